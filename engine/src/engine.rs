@@ -1,0 +1,993 @@
+//! The [`Engine`] façade: the only public entry point. It owns the queue registry, the
+//! durable key/value metadata, and the log, and turns each API call into
+//! decide → append record → apply → wait for durability → read bodies.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::ids::{LogPos, MessageId, QueueKey, QueueNo, ReservationId, SegmentId};
+use crate::limits;
+use crate::log::{Log, SyncPolicy};
+use crate::queue::{Entry, LiveBytes, MsgState, Queue, Refusal};
+use crate::record::{self, Kind, Put, QueueDef};
+use crate::recovery;
+use crate::storage::{OsStorage, Storage};
+use crate::types::{
+    DeleteItem, MessageView, NewMessage, QueueConfig, QueueInfo, ReserveOptions, ReservedMessage,
+};
+
+/// What to do with a damaged log tail on open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Truncate a torn tail (bad bytes followed by nothing valid); refuse anything else.
+    #[default]
+    Strict,
+    /// Also truncate the last segment at the first bad record even when valid records
+    /// follow it. For use after a power loss on a disk that reorders writes, when an operator
+    /// has decided to accept the loss.
+    TolerateTail,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub dir: PathBuf,
+    pub segment_bytes: u64,
+    pub body_bytes_max: u32,
+    pub sync: SyncPolicy,
+    pub recovery: RecoveryMode,
+}
+
+impl EngineConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> EngineConfig {
+        EngineConfig {
+            dir: dir.into(),
+            segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
+            body_bytes_max: limits::BODY_BYTES_DEFAULT,
+            sync: SyncPolicy::Always,
+            recovery: RecoveryMode::Strict,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            return Err(Error::Config(format!(
+                "segment_bytes must be between {} and {}",
+                limits::SEGMENT_BYTES_MIN,
+                limits::SEGMENT_BYTES_MAX
+            )));
+        }
+        if self.body_bytes_max == 0 || self.body_bytes_max > limits::BODY_BYTES_MAX {
+            return Err(Error::Config(format!(
+                "body_bytes_max must be between 1 and {}",
+                limits::BODY_BYTES_MAX
+            )));
+        }
+        let need = self.record_bytes_max() as u64 + 2 * crate::segment::HEADER_BYTES as u64;
+        if need > self.segment_bytes {
+            return Err(Error::Config(format!(
+                "segment_bytes {} cannot hold a full batch of {}-byte bodies; it needs {need}",
+                self.segment_bytes, self.body_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn record_bytes_max(&self) -> usize {
+        limits::record_bytes_max(self.body_bytes_max)
+    }
+}
+
+pub(crate) struct State {
+    pub queues: HashMap<QueueNo, Queue>,
+    pub by_key: BTreeMap<QueueKey, QueueNo>,
+    pub next_queue: u32,
+    pub next_id: u64,
+    pub meta: BTreeMap<String, (Vec<u8>, SegmentId)>,
+    pub live: LiveBytes,
+    /// Reused buffer for encoding payloads.
+    pub scratch: Vec<u8>,
+    /// First segment still on disk.
+    pub first_segment: SegmentId,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    log: Arc<Log>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    storage: Arc<dyn Storage>,
+    _lock: Option<File>,
+}
+
+/// A handle to an open engine. Cheap to clone; all clones share one engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineStats {
+    pub fsyncs: u64,
+    pub fsync_seconds: f64,
+    pub segments: u64,
+    pub live_message_bytes: u64,
+    pub queues: u64,
+}
+
+/// A message location gathered under the lock, read after the durability wait.
+struct Pending {
+    id: MessageId,
+    segment: SegmentId,
+    offset: u32,
+    body_len: u32,
+    meta_len: u16,
+    reserved_count: u32,
+    reservation: Option<(ReservationId, u64)>,
+}
+
+impl Pending {
+    fn of(e: &Entry, reservation: Option<(ReservationId, u64)>) -> Pending {
+        Pending {
+            id: MessageId(e.id),
+            segment: SegmentId(e.segment),
+            offset: e.offset,
+            body_len: e.body_len,
+            meta_len: e.meta_len,
+            reserved_count: e.reserved_count as u32,
+            reservation,
+        }
+    }
+}
+
+fn refusal(r: Refusal, id: MessageId) -> Error {
+    match r {
+        Refusal::NotFound => Error::MessageNotFound,
+        Refusal::ReservationRequired => Error::ReservationRequired(id),
+        Refusal::ReservationMismatch => Error::ReservationMismatch(id),
+    }
+}
+
+fn new_reservation_id() -> ReservationId {
+    let mut b = [0u8; 16];
+    // getrandom only fails if the OS has no entropy source at all.
+    getrandom::fill(&mut b).expect("the OS random number generator is available");
+    ReservationId(b)
+}
+
+fn check_name(key: &QueueKey) -> Result<()> {
+    if key.name.is_empty() || key.name.len() > limits::QUEUE_NAME_BYTES_MAX {
+        return Err(Error::Invalid("queue name must be 1 to 255 bytes"));
+    }
+    if key.project.is_empty() || key.project.len() > limits::PROJECT_BYTES_MAX {
+        return Err(Error::Invalid("project id must be 1 to 64 bytes"));
+    }
+    Ok(())
+}
+
+fn check_config(c: &QueueConfig) -> Result<()> {
+    let bound = |what, got: u32, max: u32| {
+        if got > max {
+            Err(Error::LimitExceeded { what, got: got as u64, max: max as u64 })
+        } else {
+            Ok(())
+        }
+    };
+    if c.message_timeout_s == 0 || c.message_expiration_s == 0 {
+        return Err(Error::Invalid("message_timeout and message_expiration must be positive"));
+    }
+    bound("message_timeout", c.message_timeout_s, limits::TIMEOUT_S_MAX)?;
+    bound("message_expiration", c.message_expiration_s, limits::EXPIRATION_S_MAX)?;
+    if c.extra.len() > limits::QUEUE_EXTRA_BYTES_MAX {
+        return Err(Error::Invalid("queue settings are too large"));
+    }
+    if let Some(dl) = &c.dead_letter {
+        if dl.queue.is_empty() || dl.queue.len() > limits::QUEUE_NAME_BYTES_MAX {
+            return Err(Error::Invalid("dead_letter queue_name must be 1 to 255 bytes"));
+        }
+        if dl.max_reservations == 0 {
+            return Err(Error::Invalid("dead_letter max_reservations must be at least 1"));
+        }
+        bound("dead_letter max_reservations", dl.max_reservations, limits::DEAD_LETTER_MAX_RESERVATIONS_MAX)?;
+    }
+    Ok(())
+}
+
+impl State {
+    pub(crate) fn floors(&self) -> (u64, u32) {
+        (self.next_id, self.next_queue)
+    }
+
+    fn queue_no(&self, key: &QueueKey) -> Result<QueueNo> {
+        self.by_key.get(key).copied().ok_or(Error::QueueNotFound)
+    }
+
+    fn info(&self, no: QueueNo) -> QueueInfo {
+        let q = &self.queues[&no];
+        QueueInfo {
+            project: q.key.project.clone(),
+            name: q.key.name.clone(),
+            number: no.0,
+            config: q.config.clone(),
+            size: q.size(),
+            reserved: q.reserved(),
+            delayed: q.delayed(),
+            total_messages: q.total_messages,
+        }
+    }
+
+    /// Appends the payload in `scratch` as one record.
+    fn append(&mut self, log: &Log, kind: Kind) -> Result<(LogPos, LogPos)> {
+        let floors = self.floors();
+        log.append(kind, &self.scratch, floors)
+    }
+
+    /// Writes a queue definition record for `no` with its current settings and counters.
+    pub(crate) fn write_def(&mut self, log: &Log, no: QueueNo) -> Result<LogPos> {
+        let q = &self.queues[&no];
+        let def = QueueDef {
+            queue: no,
+            total_messages: q.total_messages,
+            project: &q.key.project,
+            name: &q.key.name,
+            config: q.config.clone(),
+        };
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        record::put_queue_def(&mut buf, &def);
+        self.scratch = buf;
+        let (start, end) = self.append(log, Kind::QueueDef)?;
+        if let Some(q) = self.queues.get_mut(&no) {
+            q.def_segment = start.segment();
+        }
+        Ok(end)
+    }
+
+    /// Creates a queue (no record yet: the caller writes its definition).
+    fn insert_queue(&mut self, key: QueueKey, config: QueueConfig) -> QueueNo {
+        let no = QueueNo(self.next_queue);
+        self.next_queue += 1;
+        self.by_key.insert(key.clone(), no);
+        self.queues.insert(no, Queue::new(no, key, config, SegmentId(0)));
+        no
+    }
+
+    fn create_queue(&mut self, log: &Log, key: &QueueKey, config: QueueConfig) -> Result<(QueueNo, LogPos)> {
+        check_name(key)?;
+        check_config(&config)?;
+        let no = self.insert_queue(key.clone(), config);
+        let end = self.write_def(log, no)?;
+        Ok((no, end))
+    }
+
+    fn queue_or_create(&mut self, log: &Log, key: &QueueKey) -> Result<QueueNo> {
+        match self.by_key.get(key) {
+            Some(no) => Ok(*no),
+            None => Ok(self.create_queue(log, key, QueueConfig::default())?.0),
+        }
+    }
+
+    /// Removes an entry from whichever structures hold it (used by replay's drop).
+    pub(crate) fn drop_queue(&mut self, no: QueueNo) {
+        if let Some(mut q) = self.queues.remove(&no) {
+            q.apply_clear(&mut self.live);
+            self.by_key.remove(&q.key);
+            q.waiters.notify_waiters();
+        }
+    }
+
+    /// Moves a message that reached `max_reservations` to the dead-letter queue, creating
+    /// that queue if needed. Returns false if the move was not possible.
+    fn dead_letter(&mut self, log: &Log, from: QueueNo, idx_entry: Entry, now_ms: u64) -> Result<()> {
+        let project = self.queues[&from].key.project.clone();
+        let Some(dl) = self.queues[&from].config.dead_letter.clone() else { return Ok(()) };
+        let dst_key = QueueKey::new(project, dl.queue);
+        let to = self.queue_or_create(log, &dst_key)?;
+        let expires_at_s = (now_ms / 1000 + self.queues[&to].config.message_expiration_s as u64) as u32;
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        buf.u32(from.0);
+        buf.u32(to.0);
+        buf.u64(idx_entry.id);
+        buf.u32(expires_at_s);
+        self.scratch = buf;
+        self.append(log, Kind::Move)?;
+        self.apply_move(from, to, MessageId(idx_entry.id), expires_at_s);
+        Ok(())
+    }
+
+    pub(crate) fn apply_move(&mut self, from: QueueNo, to: QueueNo, id: MessageId, expires_at_s: u32) {
+        let Some(src) = self.queues.get_mut(&from) else { return };
+        let Some(mut e) = src.apply_delete(id, &mut self.live) else { return };
+        let Some(dst) = self.queues.get_mut(&to) else { return };
+        e.state = MsgState::Visible;
+        e.expires_at_s = expires_at_s;
+        dst.apply_insert(e, 0, None, &mut self.live);
+        dst.waiters.notify_one();
+    }
+}
+
+impl Engine {
+    /// Opens (or creates) the engine in `config.dir`, recovering state from the log.
+    pub fn open(config: EngineConfig) -> Result<Engine> {
+        let storage = OsStorage::new(&config.dir).map_err(|e| Error::io("create", &config.dir, e))?;
+        let lock = lock_dir(&config.dir)?;
+        Self::open_inner(config, Arc::new(storage), Arc::new(SystemClock), Some(lock))
+    }
+
+    /// Opens with injected storage and clock (tests, fault injection).
+    pub fn open_with(config: EngineConfig, storage: Arc<dyn Storage>, clock: Arc<dyn Clock>) -> Result<Engine> {
+        Self::open_inner(config, storage, clock, None)
+    }
+
+    fn open_inner(
+        config: EngineConfig,
+        storage: Arc<dyn Storage>,
+        clock: Arc<dyn Clock>,
+        lock: Option<File>,
+    ) -> Result<Engine> {
+        config.validate()?;
+        let recovered = recovery::recover(&config, storage.clone(), clock.now_ms())?;
+        let log = Log::start(
+            storage.clone(),
+            config.segment_bytes,
+            config.record_bytes_max(),
+            config.sync,
+            recovered.tail,
+            recovered.regions,
+        );
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                state: Mutex::new(recovered.state),
+                log,
+                clock,
+                config,
+                storage,
+                _lock: lock,
+            }),
+        };
+        Ok(engine)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Waits for durability of everything appended so far (for reads that must not show
+    /// state a crash could take back).
+    async fn settle(&self) -> Result<()> {
+        let end = self.inner.log.end();
+        self.inner.log.wait_durable(end).await
+    }
+
+    fn read_bodies(&self, pending: Vec<Pending>) -> Result<Vec<(Pending, Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(pending.len());
+        for p in pending {
+            let region = self.inner.log.region(p.segment).ok_or_else(|| {
+                Error::Failed(format!("segment {} holding message {} is not mapped", p.segment.0, p.id))
+            })?;
+            let mut body = vec![0u8; p.body_len as usize];
+            let mut meta = vec![0u8; p.meta_len as usize];
+            let path = || self.inner.storage.root().join(p.segment.file_name());
+            region.read(p.offset as usize, &mut body).map_err(|e| Error::io("read", path(), e))?;
+            region
+                .read(p.offset as usize + p.body_len as usize, &mut meta)
+                .map_err(|e| Error::io("read", path(), e))?;
+            out.push((p, body, meta));
+        }
+        Ok(out)
+    }
+
+    // ---- queues ----
+
+    /// Creates or updates a queue atomically. `f` sees the current settings (`None` if the
+    /// queue does not exist) and returns the new ones, or its own error to refuse.
+    /// With `create == false` a missing queue is `QueueNotFound`.
+    pub async fn upsert_queue<E>(
+        &self,
+        key: &QueueKey,
+        create: bool,
+        f: impl FnOnce(Option<&QueueConfig>) -> std::result::Result<QueueConfig, E>,
+    ) -> Result<std::result::Result<QueueInfo, E>> {
+        check_name(key)?;
+        let (end, info) = {
+            let mut st = self.inner.state.lock();
+            let existing = st.by_key.get(key).copied();
+            if existing.is_none() && !create {
+                return Err(Error::QueueNotFound);
+            }
+            let current = existing.map(|no| st.queues[&no].config.clone());
+            let config = match f(current.as_ref()) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
+            };
+            check_config(&config)?;
+            if let Some(cur) = &current {
+                if cur.kind.is_push() != config.kind.is_push() {
+                    return Err(Error::WrongQueueType("the queue type cannot be changed"));
+                }
+            }
+            let (no, end) = match existing {
+                Some(no) => {
+                    st.queues.get_mut(&no).expect("registered queue").config = config;
+                    (no, st.write_def(&self.inner.log, no)?)
+                }
+                None => st.create_queue(&self.inner.log, key, config)?,
+            };
+            (end, st.info(no))
+        };
+        self.inner.log.wait_durable(end).await?;
+        Ok(Ok(info))
+    }
+
+    pub async fn delete_queue(&self, key: &QueueKey) -> Result<()> {
+        let end = {
+            let mut st = self.inner.state.lock();
+            let no = st.queue_no(key)?;
+            let mut buf = std::mem::take(&mut st.scratch);
+            buf.clear();
+            buf.u32(no.0);
+            st.scratch = buf;
+            let (_, end) = st.append(&self.inner.log, Kind::QueueDrop)?;
+            st.drop_queue(no);
+            end
+        };
+        self.inner.log.wait_durable(end).await
+    }
+
+    pub async fn queue_info(&self, key: &QueueKey) -> Result<QueueInfo> {
+        let info = {
+            let mut st = self.inner.state.lock();
+            let no = st.queue_no(key)?;
+            let now = self.now_ms();
+            let st = &mut *st;
+            let q = st.queues.get_mut(&no).expect("registered queue");
+            q.tick(now);
+            q.sweep_expired((now / 1000) as u32, &mut st.live);
+            st.info(no)
+        };
+        self.settle().await?;
+        Ok(info)
+    }
+
+    /// Queue names of a project in byte order: those starting with `prefix`, strictly after
+    /// `after`, at most `limit`.
+    pub async fn list_queues(
+        &self,
+        project: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let names = {
+            let st = self.inner.state.lock();
+            let from = match after {
+                Some(a) if a > prefix => a,
+                _ => prefix,
+            };
+            st.by_key
+                .range(QueueKey::new(project, from)..)
+                .take_while(|(k, _)| k.project == project && k.name.starts_with(prefix))
+                .filter(|(k, _)| after.is_none_or(|a| k.name.as_str() > a))
+                .take(limit)
+                .map(|(k, _)| k.name.clone())
+                .collect()
+        };
+        self.settle().await?;
+        Ok(names)
+    }
+
+    /// All queues of all projects (for metrics and stats).
+    pub fn all_queues(&self) -> Vec<QueueInfo> {
+        let st = self.inner.state.lock();
+        st.by_key.values().map(|no| st.info(*no)).collect()
+    }
+
+    // ---- messages ----
+
+    /// Posts messages, creating the queue with default settings if `auto_create` and it
+    /// does not exist. Returns the new ids in order.
+    pub async fn post(&self, key: &QueueKey, messages: &[NewMessage], auto_create: bool) -> Result<Vec<MessageId>> {
+        if messages.is_empty() {
+            return Err(Error::Invalid("no messages to post"));
+        }
+        if messages.len() > limits::MESSAGES_PER_POST_MAX {
+            return Err(Error::LimitExceeded {
+                what: "messages per request",
+                got: messages.len() as u64,
+                max: limits::MESSAGES_PER_POST_MAX as u64,
+            });
+        }
+        let body_max = self.inner.config.body_bytes_max;
+        for m in messages {
+            if m.body.len() > body_max as usize {
+                return Err(Error::BodyTooLarge { len: m.body.len(), max: body_max });
+            }
+            if m.meta.len() > limits::META_BYTES_MAX as usize {
+                return Err(Error::MetaTooLarge { len: m.meta.len(), max: limits::META_BYTES_MAX });
+            }
+            if m.delay_s > limits::DELAY_S_MAX {
+                return Err(Error::LimitExceeded {
+                    what: "delay",
+                    got: m.delay_s as u64,
+                    max: limits::DELAY_S_MAX as u64,
+                });
+            }
+        }
+        let now = self.now_ms();
+        let (ids, end, waiters) = {
+            let mut guard = self.inner.state.lock();
+            let st = &mut *guard;
+            let no = if auto_create { st.queue_or_create(&self.inner.log, key)? } else { st.queue_no(key)? };
+            let expiration_s = st.queues[&no].config.message_expiration_s as u64;
+            let expires_at_s = (now / 1000 + expiration_s).min(u32::MAX as u64) as u32;
+            let first_id = st.next_id;
+            st.next_id += messages.len() as u64;
+            let mut buf = std::mem::take(&mut st.scratch);
+            buf.clear();
+            buf.u32(no.0);
+            buf.u16(messages.len() as u16);
+            let mut body_ats = Vec::with_capacity(messages.len());
+            for (i, m) in messages.iter().enumerate() {
+                let visible_at = if m.delay_s > 0 { now + m.delay_s as u64 * 1000 } else { 0 };
+                buf.u64(first_id + i as u64);
+                buf.u64(visible_at);
+                buf.u32(expires_at_s);
+                buf.u32(m.body.len() as u32);
+                buf.u32(m.meta.len() as u32);
+                body_ats.push((buf.len(), visible_at));
+                buf.extend_from_slice(&m.body);
+                buf.extend_from_slice(&m.meta);
+            }
+            st.scratch = buf;
+            let (start, end) = st.append(&self.inner.log, Kind::Post)?;
+            let q = st.queues.get_mut(&no).expect("registered queue");
+            q.total_messages += messages.len() as u64;
+            let base = start.offset() as usize + record::FRAME_HEADER_BYTES;
+            for (i, (m, (at, visible_at))) in messages.iter().zip(body_ats).enumerate() {
+                let e = Entry {
+                    id: first_id + i as u64,
+                    segment: start.segment().0,
+                    offset: (base + at) as u32,
+                    body_len: m.body.len() as u32,
+                    expires_at_s,
+                    meta_len: m.meta.len() as u16,
+                    reserved_count: 0,
+                    state: MsgState::Visible,
+                };
+                q.apply_insert(e, visible_at, None, &mut st.live);
+            }
+            let ids = (0..messages.len() as u64).map(|i| MessageId(first_id + i)).collect::<Vec<_>>();
+            (ids, end, q.waiters.clone())
+        };
+        for _ in 0..messages.len() {
+            waiters.notify_one();
+        }
+        self.inner.log.wait_durable(end).await?;
+        Ok(ids)
+    }
+
+    /// Reserves up to `opts.n` messages, waiting up to `opts.wait_ms` for one to appear.
+    pub async fn reserve(&self, key: &QueueKey, opts: ReserveOptions) -> Result<Vec<ReservedMessage>> {
+        if opts.n == 0 || opts.n > limits::MESSAGES_PER_RESERVE_MAX {
+            return Err(Error::LimitExceeded {
+                what: "n",
+                got: opts.n as u64,
+                max: limits::MESSAGES_PER_RESERVE_MAX as u64,
+            });
+        }
+        if opts.timeout_s > limits::TIMEOUT_S_MAX {
+            return Err(Error::LimitExceeded {
+                what: "timeout",
+                got: opts.timeout_s as u64,
+                max: limits::TIMEOUT_S_MAX as u64,
+            });
+        }
+        let wait_ms = opts.wait_ms.min(limits::WAIT_S_MAX as u64 * 1000);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        loop {
+            let (picked, end, waiters, next_due) = self.reserve_now(key, &opts)?;
+            if !picked.is_empty() || tokio::time::Instant::now() >= deadline {
+                self.inner.log.wait_durable(end).await?;
+                return Ok(self
+                    .read_bodies(picked)?
+                    .into_iter()
+                    .map(|(p, body, meta)| ReservedMessage {
+                        id: p.id,
+                        body,
+                        meta,
+                        reserved_count: p.reserved_count,
+                        reservation_id: p.reservation.map(|r| r.0),
+                        reserved_until_ms: p.reservation.map_or(0, |r| r.1),
+                    })
+                    .collect());
+            }
+            let notified = waiters.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // A message may have arrived between the attempt and `enable`; the permit model of
+            // `Notify` (notify_one stores a permit) covers posts, and timers cover the rest.
+            let mut until = deadline;
+            if let Some(due) = next_due {
+                let now = self.now_ms();
+                let wake = tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now) + 1);
+                until = until.min(wake);
+            }
+            let _ = tokio::time::timeout_at(until, notified).await;
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn reserve_now(
+        &self,
+        key: &QueueKey,
+        opts: &ReserveOptions,
+    ) -> Result<(Vec<Pending>, LogPos, Arc<tokio::sync::Notify>, Option<u64>)> {
+        let now = self.now_ms();
+        let now_s = (now / 1000) as u32;
+        let mut guard = self.inner.state.lock();
+        let st = &mut *guard;
+        let no = st.queue_no(key)?;
+        if st.queues[&no].config.kind.is_push() {
+            return Err(Error::WrongQueueType("messages on a push queue cannot be reserved"));
+        }
+        let timeout_s = if opts.timeout_s == 0 { st.queues[&no].config.message_timeout_s } else { opts.timeout_s };
+        let until = now + timeout_s as u64 * 1000;
+        let dl_max = st.queues[&no].config.dead_letter.as_ref().map(|d| d.max_reservations);
+        st.queues.get_mut(&no).expect("registered queue").tick(now);
+        let mut picked = Vec::new();
+        let mut to_dead_letter = Vec::new();
+        let mut buf = std::mem::take(&mut st.scratch);
+        buf.clear();
+        buf.u32(no.0);
+        buf.u16(0);
+        {
+            let q = st.queues.get_mut(&no).expect("registered queue");
+            while picked.len() < opts.n {
+                let Some(idx) = q.next_visible() else { break };
+                q.take_visible(idx);
+                let e = *q.entry(idx);
+                if e.expires_at_s <= now_s {
+                    q.apply_delete(MessageId(e.id), &mut st.live);
+                    continue;
+                }
+                if dl_max.is_some_and(|max| e.reserved_count as u32 >= max) {
+                    to_dead_letter.push(e);
+                    continue;
+                }
+                let id = MessageId(e.id);
+                if opts.delete {
+                    buf.u64(e.id);
+                    picked.push(Pending::of(&e, None));
+                    q.apply_delete(id, &mut st.live);
+                } else {
+                    let rid = new_reservation_id();
+                    buf.u64(e.id);
+                    buf.extend_from_slice(&rid.0);
+                    buf.u64(until);
+                    q.apply_reserve(id, rid, until);
+                    let mut p = Pending::of(&e, Some((rid, until)));
+                    p.reserved_count += 1;
+                    picked.push(p);
+                }
+            }
+        }
+        let count = picked.len() as u16;
+        buf[4..6].copy_from_slice(&count.to_le_bytes());
+        st.scratch = buf;
+        let mut end = self.inner.log.end();
+        if count > 0 {
+            let kind = if opts.delete { Kind::Delete } else { Kind::Reserve };
+            end = st.append(&self.inner.log, kind)?.1;
+        }
+        // The dead-letter moves are logged after the reserve record (which did not touch them).
+        for e in to_dead_letter {
+            // Put it back in the visible bookkeeping's view: the move deletes it anyway.
+            st.dead_letter(&self.inner.log, no, e, now)?;
+            end = self.inner.log.end();
+        }
+        let q = &st.queues[&no];
+        Ok((picked, end, q.waiters.clone(), q.next_due_ms()))
+    }
+
+    /// Visible messages from the head, without reserving them.
+    pub async fn peek(&self, key: &QueueKey, n: usize) -> Result<Vec<MessageView>> {
+        if n == 0 || n > limits::MESSAGES_PER_RESERVE_MAX {
+            return Err(Error::LimitExceeded { what: "n", got: n as u64, max: limits::MESSAGES_PER_RESERVE_MAX as u64 });
+        }
+        let pending: Vec<Pending> = {
+            let mut st = self.inner.state.lock();
+            let no = st.queue_no(key)?;
+            let now = self.now_ms();
+            let q = st.queues.get_mut(&no).expect("registered queue");
+            q.tick(now);
+            q.peek(n, (now / 1000) as u32).iter().map(|e| Pending::of(e, None)).collect()
+        };
+        self.settle().await?;
+        Ok(self.read_bodies(pending)?.into_iter().map(view).collect())
+    }
+
+    /// One message by id, reserved or not.
+    pub async fn get(&self, key: &QueueKey, id: MessageId) -> Result<MessageView> {
+        let pending = {
+            let mut st = self.inner.state.lock();
+            let no = st.queue_no(key)?;
+            let now = self.now_ms();
+            let q = st.queues.get_mut(&no).expect("registered queue");
+            q.tick(now);
+            let e = q.get(id).ok_or(Error::MessageNotFound)?;
+            Pending::of(e, q.reservation(id))
+        };
+        self.settle().await?;
+        let mut v = self.read_bodies(vec![pending])?;
+        Ok(view(v.pop().expect("one message read")))
+    }
+
+    /// Deletes one message; a reserved one needs its current reservation id.
+    pub async fn delete(&self, key: &QueueKey, id: MessageId, reservation: Option<ReservationId>) -> Result<()> {
+        self.delete_batch(key, &[DeleteItem { id, reservation_id: reservation }]).await
+    }
+
+    /// Deletes several messages: all of them, or (on any refusal) none.
+    pub async fn delete_batch(&self, key: &QueueKey, items: &[DeleteItem]) -> Result<()> {
+        if items.is_empty() {
+            return Err(Error::Invalid("no ids to delete"));
+        }
+        if items.len() > limits::IDS_PER_DELETE_MAX {
+            return Err(Error::LimitExceeded {
+                what: "ids per request",
+                got: items.len() as u64,
+                max: limits::IDS_PER_DELETE_MAX as u64,
+            });
+        }
+        let end = {
+            let mut guard = self.inner.state.lock();
+            let st = &mut *guard;
+            let no = st.queue_no(key)?;
+            let now = self.now_ms();
+            let q = st.queues.get_mut(&no).expect("registered queue");
+            q.tick(now);
+            for it in items {
+                q.check_delete(it.id, it.reservation_id).map_err(|r| refusal(r, it.id))?;
+            }
+            let mut buf = std::mem::take(&mut st.scratch);
+            buf.clear();
+            buf.u32(no.0);
+            buf.u16(0);
+            let mut count = 0u16;
+            for it in items {
+                if q.apply_delete(it.id, &mut st.live).is_some() {
+                    buf.u64(it.id.0);
+                    count += 1;
+                }
+            }
+            buf[4..6].copy_from_slice(&count.to_le_bytes());
+            st.scratch = buf;
+            st.append(&self.inner.log, Kind::Delete)?.1
+        };
+        self.inner.log.wait_durable(end).await
+    }
+
+    /// Extends a reservation: a new reservation id, expiring `timeout_s` from now (0: the
+    /// queue's timeout). The old id stops working.
+    pub async fn touch(&self, key: &QueueKey, id: MessageId, rid: ReservationId, timeout_s: u32) -> Result<(ReservationId, u64)> {
+        if timeout_s > limits::TIMEOUT_S_MAX {
+            return Err(Error::LimitExceeded { what: "timeout", got: timeout_s as u64, max: limits::TIMEOUT_S_MAX as u64 });
+        }
+        let (out, end) = {
+            let mut guard = self.inner.state.lock();
+            let st = &mut *guard;
+            let no = st.queue_no(key)?;
+            let now = self.now_ms();
+            let q = st.queues.get_mut(&no).expect("registered queue");
+            q.tick(now);
+            q.check_reservation(id, rid).map_err(|r| refusal(r, id))?;
+            let timeout_s = if timeout_s == 0 { q.config.message_timeout_s } else { timeout_s };
+            let until = now + timeout_s as u64 * 1000;
+            let new = new_reservation_id();
+            q.apply_touch(id, new, until);
+            let mut buf = std::mem::take(&mut st.scratch);
+            buf.clear();
+            buf.u32(no.0);
+            buf.u64(id.0);
+            buf.extend_from_slice(&new.0);
+            buf.u64(until);
+            st.scratch = buf;
+            ((new, until), st.append(&self.inner.log, Kind::Touch)?.1)
+        };
+        self.inner.log.wait_durable(end).await?;
+        Ok(out)
+    }
+
+    /// Ends a reservation; the message becomes visible again after `delay_s`.
+    pub async fn release(&self, key: &QueueKey, id: MessageId, rid: ReservationId, delay_s: u32) -> Result<()> {
+        if delay_s > limits::DELAY_S_MAX {
+            return Err(Error::LimitExceeded { what: "delay", got: delay_s as u64, max: limits::DELAY_S_MAX as u64 });
+        }
+        let (end, waiters) = {
+            let mut guard = self.inner.state.lock();
+            let st = &mut *guard;
+            let no = st.queue_no(key)?;
+            let now = self.now_ms();
+            let q = st.queues.get_mut(&no).expect("registered queue");
+            q.tick(now);
+            q.check_reservation(id, rid).map_err(|r| refusal(r, id))?;
+            let visible_at = if delay_s > 0 { now + delay_s as u64 * 1000 } else { 0 };
+            q.apply_release(id, visible_at, now);
+            let waiters = q.waiters.clone();
+            let mut buf = std::mem::take(&mut st.scratch);
+            buf.clear();
+            buf.u32(no.0);
+            buf.u64(id.0);
+            buf.u64(visible_at);
+            st.scratch = buf;
+            (st.append(&self.inner.log, Kind::Release)?.1, waiters)
+        };
+        if delay_s == 0 {
+            waiters.notify_one();
+        }
+        self.inner.log.wait_durable(end).await
+    }
+
+    /// Removes every message of a queue, reserved or not.
+    pub async fn clear(&self, key: &QueueKey) -> Result<()> {
+        let end = {
+            let mut guard = self.inner.state.lock();
+            let st = &mut *guard;
+            let no = st.queue_no(key)?;
+            st.queues.get_mut(&no).expect("registered queue").apply_clear(&mut st.live);
+            let mut buf = std::mem::take(&mut st.scratch);
+            buf.clear();
+            buf.u32(no.0);
+            st.scratch = buf;
+            st.append(&self.inner.log, Kind::Clear)?.1
+        };
+        self.inner.log.wait_durable(end).await
+    }
+
+    // ---- durable metadata for the server (projects, tokens) ----
+
+    /// Sets (`Some`) or removes (`None`) a metadata value.
+    pub async fn put_meta(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
+        if key.is_empty() || key.len() > limits::META_KEY_BYTES_MAX {
+            return Err(Error::Invalid("metadata key must be 1 to 1024 bytes"));
+        }
+        if value.is_some_and(|v| v.len() > limits::META_VALUE_BYTES_MAX) {
+            return Err(Error::Invalid("metadata value is too large"));
+        }
+        let end = {
+            let mut guard = self.inner.state.lock();
+            let st = &mut *guard;
+            let mut buf = std::mem::take(&mut st.scratch);
+            buf.clear();
+            record::put_meta(&mut buf, key, value);
+            st.scratch = buf;
+            let (start, end) = st.append(&self.inner.log, Kind::Meta)?;
+            match value {
+                Some(v) => {
+                    st.meta.insert(key.to_string(), (v.to_vec(), start.segment()));
+                }
+                None => {
+                    st.meta.remove(key);
+                }
+            }
+            end
+        };
+        self.inner.log.wait_durable(end).await
+    }
+
+    pub fn meta(&self, key: &str) -> Option<Vec<u8>> {
+        self.inner.state.lock().meta.get(key).map(|(v, _)| v.clone())
+    }
+
+    /// Metadata entries whose keys start with `prefix`, in key order.
+    pub fn meta_with_prefix(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let st = self.inner.state.lock();
+        st.meta
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    // ---- maintenance ----
+
+    /// Frees disk space: drops leading segments with no live message (rewriting the queue
+    /// definitions and metadata they hold first), and relocates the live messages of the
+    /// oldest segment when the log holds more than twice the live data.
+    /// Does a bounded amount of work per call; the server calls it periodically.
+    pub fn maintain(&self) -> Result<MaintainReport> {
+        crate::retention::maintain(self)
+    }
+
+    pub(crate) fn parts(&self) -> (&Mutex<State>, &Arc<Log>, &dyn Clock, &EngineConfig, &dyn Storage) {
+        (&self.inner.state, &self.inner.log, &*self.inner.clock, &self.inner.config, &*self.inner.storage)
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let st = self.inner.state.lock();
+        let log = &self.inner.log;
+        EngineStats {
+            fsyncs: log.fsyncs.load(std::sync::atomic::Ordering::Relaxed),
+            fsync_seconds: log.fsync_nanos.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9,
+            segments: (log.end().segment().0 - st.first_segment.0 + 1) as u64,
+            live_message_bytes: st.live.total,
+            queues: st.queues.len() as u64,
+        }
+    }
+
+    /// Whether an I/O failure has stopped the engine.
+    pub fn is_failed(&self) -> bool {
+        self.inner.log.is_failed()
+    }
+
+    /// Waits until everything appended so far is durable.
+    pub async fn sync(&self) -> Result<()> {
+        self.settle().await
+    }
+
+    /// Writes out everything and stops the log threads. Later calls fail with `Closed`.
+    pub fn close(&self) {
+        self.inner.log.shutdown();
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    pub fn check_invariants(&self) {
+        let st = self.inner.state.lock();
+        let mut live = 0;
+        for q in st.queues.values() {
+            q.check_invariants();
+            live += q.size();
+        }
+        let counted: u64 = st.live.per_segment.values().map(|s| s.0).sum();
+        assert_eq!(live, counted, "per-segment live counts");
+    }
+}
+
+/// Everything appended is synced and the threads stop when the last handle goes.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.log.shutdown();
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaintainReport {
+    pub segments_dropped: u64,
+    pub messages_relocated: u64,
+    pub definitions_rewritten: u64,
+}
+
+fn view((p, body, meta): (Pending, Vec<u8>, Vec<u8>)) -> MessageView {
+    MessageView { id: p.id, body, meta, reserved_count: p.reserved_count, reservation: p.reservation }
+}
+
+/// Takes an exclusive lock on the data directory, so two processes never share a log.
+fn lock_dir(dir: &std::path::Path) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    #[expect(unsafe_code, reason = "flock on a descriptor we own; no memory is involved")]
+    // SAFETY: `file` is open for the duration of the call; flock only reads the descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::Locked(dir.to_path_buf()));
+    }
+    Ok(file)
+}

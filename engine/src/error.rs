@@ -1,0 +1,81 @@
+//! The engine's error type. `Display` is written for operators and API users.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::ids::MessageId;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Queue not found")]
+    QueueNotFound,
+    #[error("Message not found")]
+    MessageNotFound,
+    /// The reservation id does not match the message's current reservation: it timed out,
+    /// was released, or was superseded by a touch.
+    #[error("Reservation timed out or is no longer valid for message {0}")]
+    ReservationMismatch(MessageId),
+    /// The message is reserved and the caller gave no reservation id.
+    #[error("Message {0} is reserved: a reservation_id is required")]
+    ReservationRequired(MessageId),
+    #[error("Message body is {len} bytes; the limit is {max} bytes")]
+    BodyTooLarge { len: usize, max: u32 },
+    #[error("Message metadata is {len} bytes; the limit is {max} bytes")]
+    MetaTooLarge { len: usize, max: u32 },
+    #[error("{what} is {got}; the limit is {max}")]
+    LimitExceeded { what: &'static str, got: u64, max: u64 },
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// Pull operations on a push queue, or the reverse.
+    #[error("{0}")]
+    WrongQueueType(&'static str),
+    #[error("I/O error during {op} on {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: io::Error },
+    #[error(
+        "corrupt log: {kind} in {path} at byte offset {offset}; the data before it is intact. \
+         If this follows a power loss (not a disk fault), reopen with recovery mode \
+         `tolerate-tail` to truncate the log at this offset"
+    )]
+    Corruption { path: PathBuf, offset: u64, kind: CorruptionKind },
+    #[error("the data directory {0} is in use by another process")]
+    Locked(PathBuf),
+    #[error("invalid engine configuration: {0}")]
+    Config(String),
+    /// A write or fsync failed earlier; the engine accepts nothing more and must be reopened.
+    #[error("the storage engine stopped after an I/O failure and must be restarted: {0}")]
+    Failed(String),
+    #[error("the storage engine is shutting down")]
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CorruptionKind {
+    #[error("bad segment header magic")]
+    BadMagic,
+    #[error("unsupported format version {0}")]
+    UnsupportedVersion(u16),
+    #[error("segment header checksum mismatch")]
+    HeaderChecksum,
+    #[error("segment header names segment {found} but the file name says {expected}")]
+    SegmentIdMismatch { expected: u32, found: u32 },
+    #[error("record checksum mismatch")]
+    RecordChecksum,
+    #[error("record length {0} out of bounds")]
+    RecordLength(u32),
+    #[error("unknown record kind {0}")]
+    UnknownKind(u8),
+    #[error("record payload does not decode")]
+    BadPayload,
+    #[error("segment is shorter than its header")]
+    ShortSegment,
+    #[error("gap in segment numbering")]
+    MissingSegment,
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io { op, path: path.into(), source }
+    }
+}

@@ -1,0 +1,143 @@
+//! Newtypes for the identifiers that must never be mixed up.
+
+use std::fmt;
+
+/// A message id. Shown on the wire as a 19-digit decimal string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(pub u64);
+
+impl MessageId {
+    /// Ids start here so that every id has exactly 19 decimal digits.
+    pub const FLOOR: u64 = 1_000_000_000_000_000_000;
+    /// Parses the decimal wire form.
+    pub fn parse(s: &str) -> Option<MessageId> {
+        if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok().map(MessageId)
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A reservation id: 128 random bits, shown as 32 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ReservationId(pub [u8; 16]);
+
+impl ReservationId {
+    pub fn parse(s: &str) -> Option<ReservationId> {
+        if s.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+            let hi = (chunk[0] as char).to_digit(16)?;
+            let lo = (chunk[1] as char).to_digit(16)?;
+            out[i] = (hi * 16 + lo) as u8;
+        }
+        Some(ReservationId(out))
+    }
+}
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReservationId({self})")
+    }
+}
+
+/// A segment file number. Segment `n` is the file `{n:016x}.seg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentId(pub u32);
+
+impl SegmentId {
+    pub fn file_name(self) -> String {
+        format!("{:016x}.seg", self.0)
+    }
+    pub fn from_file_name(name: &str) -> Option<SegmentId> {
+        let hex = name.strip_suffix(".seg")?;
+        if hex.len() != 16 {
+            return None;
+        }
+        u32::try_from(u64::from_str_radix(hex, 16).ok()?).ok().map(SegmentId)
+    }
+}
+
+/// A logical log position: segment id in the high 32 bits, byte offset in the low 32.
+/// Positions only grow, across segments too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LogPos(pub u64);
+
+impl LogPos {
+    pub fn new(segment: SegmentId, offset: u32) -> LogPos {
+        LogPos(((segment.0 as u64) << 32) | offset as u64)
+    }
+    pub fn segment(self) -> SegmentId {
+        SegmentId((self.0 >> 32) as u32)
+    }
+    pub fn offset(self) -> u32 {
+        self.0 as u32
+    }
+}
+
+/// Internal queue number, never reused; records name queues by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueNo(pub u32);
+
+/// A queue's name within a project.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueKey {
+    pub project: String,
+    pub name: String,
+}
+
+impl QueueKey {
+    pub fn new(project: impl Into<String>, name: impl Into<String>) -> QueueKey {
+        QueueKey { project: project.into(), name: name.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservation_id_round_trips_through_hex() {
+        let rid = ReservationId([0xab; 16]);
+        let s = rid.to_string();
+        assert_eq!(s.len(), 32);
+        assert_eq!(ReservationId::parse(&s), Some(rid));
+        assert_eq!(ReservationId::parse("zz"), None);
+        assert_eq!(ReservationId::parse(&"g".repeat(32)), None);
+    }
+
+    #[test]
+    fn message_ids_have_nineteen_digits_from_the_floor() {
+        assert_eq!(MessageId(MessageId::FLOOR).to_string().len(), 19);
+        assert_eq!(MessageId::parse("1000000000000000123"), Some(MessageId(1000000000000000123)));
+        assert_eq!(MessageId::parse("12a"), None);
+        assert_eq!(MessageId::parse(""), None);
+    }
+
+    #[test]
+    fn segment_names_round_trip() {
+        let id = SegmentId(42);
+        assert_eq!(SegmentId::from_file_name(&id.file_name()), Some(id));
+        assert_eq!(SegmentId::from_file_name("junk.seg"), None);
+        let p = LogPos::new(SegmentId(3), 77);
+        assert_eq!((p.segment(), p.offset()), (SegmentId(3), 77));
+        assert!(LogPos::new(SegmentId(4), 0) > LogPos::new(SegmentId(3), u32::MAX));
+    }
+}

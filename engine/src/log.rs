@@ -1,0 +1,446 @@
+//! The append path: one log for all queues, group commit, segment rolling.
+//!
+//! Appenders (holding the engine's state lock, so appends are totally ordered) frame
+//! records into an in-memory pipe. A single writer thread takes everything in the pipe,
+//! writes it, issues one fdatasync for the lot, and publishes the new durable position.
+//! Callers then wait until the durable position passes their record: that is the group
+//! commit. The pipe is bounded; appenders wait when it is full.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::ids::{LogPos, SegmentId};
+use crate::limits::PENDING_BYTES_MAX;
+use crate::record::{self, FRAME_HEADER_BYTES, Kind};
+use crate::segment::{self, HEADER_BYTES, SegmentHeader};
+use crate::storage::{Region, Storage, StorageFile};
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// After an fdatasync that covers it (group commit). Nothing acknowledged is lost.
+    Always,
+    /// After it is written to the OS; fdatasync at most every `n` ms. A power cut can lose
+    /// up to `n` ms of acknowledged writes; a process crash loses nothing.
+    IntervalMs(u64),
+    /// After it is written to the OS, never synced. For benchmarks only: a power cut can
+    /// lose everything since the OS last flushed.
+    Never,
+}
+
+struct Chunk {
+    segment: SegmentId,
+    offset: u32,
+    buf: Vec<u8>,
+}
+
+struct Pipe {
+    chunks: Vec<Chunk>,
+    bytes: usize,
+    /// Where the next record goes.
+    end: LogPos,
+    /// Highest id/queue floors to put in the next segment header.
+    shutdown: bool,
+}
+
+pub(crate) struct Log {
+    storage: Arc<dyn Storage>,
+    segment_bytes: u64,
+    record_bytes_max: usize,
+    policy: SyncPolicy,
+    pipe: Mutex<Pipe>,
+    /// Wakes the writer.
+    work: Condvar,
+    /// Wakes appenders waiting for room in the pipe.
+    room: Condvar,
+    durable: AtomicU64,
+    durable_lock: Mutex<()>,
+    durable_cv: Condvar,
+    notify: tokio::sync::Notify,
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+    regions: RwLock<HashMap<SegmentId, Arc<dyn Region>>>,
+    spare: Mutex<Option<(String, Arc<dyn StorageFile>)>>,
+    spare_cv: Condvar,
+    spare_counter: AtomicU64,
+    /// Segments to delete once the durable position passes the given point.
+    drops: Mutex<Vec<(LogPos, SegmentId)>>,
+    /// Counters for stats.
+    pub(crate) fsyncs: AtomicU64,
+    pub(crate) fsync_nanos: AtomicU64,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What recovery hands to the log to continue from.
+pub(crate) struct Tail {
+    pub segment: SegmentId,
+    pub file: Arc<dyn StorageFile>,
+    pub end: u32,
+}
+
+impl Log {
+    pub(crate) fn start(
+        storage: Arc<dyn Storage>,
+        segment_bytes: u64,
+        record_bytes_max: usize,
+        policy: SyncPolicy,
+        tail: Tail,
+        regions: HashMap<SegmentId, Arc<dyn Region>>,
+    ) -> Arc<Log> {
+        let end = LogPos::new(tail.segment, tail.end);
+        let log = Arc::new(Log {
+            storage,
+            segment_bytes,
+            record_bytes_max,
+            policy,
+            pipe: Mutex::new(Pipe { chunks: Vec::new(), bytes: 0, end, shutdown: false }),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            durable: AtomicU64::new(end.0),
+            durable_lock: Mutex::new(()),
+            durable_cv: Condvar::new(),
+            notify: tokio::sync::Notify::new(),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            regions: RwLock::new(regions),
+            spare: Mutex::new(None),
+            spare_cv: Condvar::new(),
+            spare_counter: AtomicU64::new(0),
+            drops: Mutex::new(Vec::new()),
+            fsyncs: AtomicU64::new(0),
+            fsync_nanos: AtomicU64::new(0),
+            threads: Mutex::new(Vec::new()),
+        });
+        let writer = {
+            let log = log.clone();
+            let file = tail.file;
+            std::thread::Builder::new()
+                .name("ferromq-log-writer".into())
+                .spawn(move || log.writer_loop(tail.segment, file))
+                .expect("spawn the log writer thread")
+        };
+        let allocator = {
+            let log = log.clone();
+            std::thread::Builder::new()
+                .name("ferromq-segment-allocator".into())
+                .spawn(move || log.allocator_loop())
+                .expect("spawn the segment allocator thread")
+        };
+        log.threads.lock().extend([writer, allocator]);
+        log
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::Failed(self.failure.lock().clone().unwrap_or_default()));
+        }
+        Ok(())
+    }
+
+    /// Frames `payload` as one record and queues it for writing. Returns the record's start
+    /// (the frame header) and the position just past it. Must be called with the engine's
+    /// state lock held, so that positions follow the order of state changes.
+    ///
+    /// `floors` supplies the id and queue-number floors for a new segment header, should
+    /// this append roll the log.
+    pub(crate) fn append(
+        &self,
+        kind: Kind,
+        payload: &[u8],
+        floors: (u64, u32),
+    ) -> Result<(LogPos, LogPos)> {
+        self.check()?;
+        let frame_len = FRAME_HEADER_BYTES + payload.len();
+        assert!(frame_len <= self.record_bytes_max + FRAME_HEADER_BYTES, "record over the limit");
+        let mut pipe = self.pipe.lock();
+        while pipe.bytes > PENDING_BYTES_MAX && !self.failed.load(Ordering::Acquire) {
+            self.room.wait(&mut pipe);
+        }
+        self.check()?;
+        if pipe.shutdown {
+            return Err(Error::Closed);
+        }
+        let mut end = pipe.end;
+        if end.offset() as u64 + frame_len as u64 > self.segment_bytes {
+            // Roll: the next segment starts with its header.
+            let next = SegmentId(end.segment().0 + 1);
+            let header = SegmentHeader { segment: next, next_message_id: floors.0, next_queue_no: floors.1 };
+            pipe.chunks.push(Chunk { segment: next, offset: 0, buf: header.encode().to_vec() });
+            pipe.bytes += HEADER_BYTES;
+            end = LogPos::new(next, HEADER_BYTES as u32);
+        }
+        let need_new_chunk = match pipe.chunks.last() {
+            Some(c) => c.segment != end.segment(),
+            None => true,
+        };
+        if need_new_chunk {
+            pipe.chunks.push(Chunk {
+                segment: end.segment(),
+                offset: end.offset(),
+                buf: Vec::with_capacity(frame_len.max(64 * 1024)),
+            });
+        }
+        let seed = record::crc_seed(end.segment().0);
+        let chunk = pipe.chunks.last_mut().expect("a chunk was just ensured");
+        debug_assert_eq!(chunk.offset as usize + chunk.buf.len(), end.offset() as usize);
+        record::frame(&mut chunk.buf, seed, kind, |b| b.extend_from_slice(payload));
+        pipe.bytes += frame_len;
+        let start = end;
+        pipe.end = LogPos::new(end.segment(), end.offset() + frame_len as u32);
+        let new_end = pipe.end;
+        drop(pipe);
+        self.work.notify_one();
+        Ok((start, new_end))
+    }
+
+    /// The position after the last appended record.
+    pub(crate) fn end(&self) -> LogPos {
+        self.pipe.lock().end
+    }
+
+    pub(crate) fn durable(&self) -> LogPos {
+        LogPos(self.durable.load(Ordering::Acquire))
+    }
+
+    /// Waits until everything before `pos` is durable (per the sync policy).
+    pub(crate) async fn wait_durable(&self, pos: LogPos) -> Result<()> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.durable.load(Ordering::Acquire) >= pos.0 {
+                return Ok(());
+            }
+            self.check()?;
+            notified.await;
+        }
+    }
+
+    pub(crate) fn region(&self, segment: SegmentId) -> Option<Arc<dyn Region>> {
+        self.regions.read().get(&segment).cloned()
+    }
+
+    /// Deletes `segment` once everything up to `after` is durable.
+    pub(crate) fn drop_segment_after(&self, segment: SegmentId, after: LogPos) {
+        self.drops.lock().push((after, segment));
+        self.work.notify_one();
+    }
+
+    fn fail(&self, what: String) {
+        *self.failure.lock() = Some(what);
+        self.failed.store(true, Ordering::Release);
+        self.wake_all();
+        self.room.notify_all();
+        self.spare_cv.notify_all();
+    }
+
+    fn wake_all(&self) {
+        self.notify.notify_waiters();
+        let _g = self.durable_lock.lock();
+        self.durable_cv.notify_all();
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.storage.root().join(name)
+    }
+
+    fn writer_loop(self: Arc<Self>, mut segment: SegmentId, mut file: Arc<dyn StorageFile>) {
+        let mut chunks = Vec::new();
+        let mut last_sync = Instant::now();
+        let mut dirty = false;
+        loop {
+            let target;
+            let shutdown;
+            {
+                let mut pipe = self.pipe.lock();
+                loop {
+                    if !pipe.chunks.is_empty() || pipe.shutdown || self.has_due_drops() {
+                        break;
+                    }
+                    if dirty {
+                        if let SyncPolicy::IntervalMs(ms) = self.policy {
+                            let left = Duration::from_millis(ms).saturating_sub(last_sync.elapsed());
+                            if left.is_zero() {
+                                break;
+                            }
+                            self.work.wait_for(&mut pipe, left);
+                            continue;
+                        }
+                    }
+                    self.work.wait(&mut pipe);
+                }
+                std::mem::swap(&mut chunks, &mut pipe.chunks);
+                pipe.bytes = 0;
+                target = pipe.end;
+                shutdown = pipe.shutdown;
+            }
+            self.room.notify_all();
+            if let Err(e) = self.write_chunks(&mut chunks, &mut segment, &mut file) {
+                self.fail(e.to_string());
+                return;
+            }
+            chunks.clear();
+            if chunks.capacity() > 64 {
+                chunks.shrink_to(8);
+            }
+            let must_sync = match self.policy {
+                SyncPolicy::Always => true,
+                SyncPolicy::IntervalMs(ms) => {
+                    shutdown || last_sync.elapsed() >= Duration::from_millis(ms)
+                }
+                SyncPolicy::Never => false,
+            };
+            dirty = true;
+            if must_sync {
+                let t = Instant::now();
+                if let Err(e) = file.sync_data() {
+                    // fsync errors are fatal: the kernel may have dropped the dirty pages, so a
+                    // retry could "succeed" with the data gone.
+                    self.fail(Error::io("fdatasync", self.path(&segment.file_name()), e).to_string());
+                    return;
+                }
+                self.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.fsync_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                last_sync = Instant::now();
+                dirty = false;
+            }
+            self.durable.fetch_max(target.0, Ordering::AcqRel);
+            self.wake_all();
+            if let Err(e) = self.run_due_drops() {
+                self.fail(e.to_string());
+                return;
+            }
+            if shutdown && self.pipe.lock().chunks.is_empty() {
+                if dirty && self.policy != SyncPolicy::Never {
+                    let _ = file.sync_data();
+                }
+                return;
+            }
+        }
+    }
+
+    fn write_chunks(
+        &self,
+        chunks: &mut [Chunk],
+        segment: &mut SegmentId,
+        file: &mut Arc<dyn StorageFile>,
+    ) -> Result<()> {
+        for chunk in chunks.iter() {
+            if chunk.segment != *segment {
+                debug_assert_eq!(chunk.segment.0, segment.0 + 1);
+                debug_assert_eq!(chunk.offset, 0);
+                // Seal the old segment: its bytes must be durable before the new one exists.
+                file.sync_data()
+                    .map_err(|e| Error::io("fdatasync", self.path(&segment.file_name()), e))?;
+                let (spare_name, spare) = self.take_spare()?;
+                let name = chunk.segment.file_name();
+                spare.write_at(0, &chunk.buf).map_err(|e| Error::io("write", self.path(&spare_name), e))?;
+                spare.sync_data().map_err(|e| Error::io("fdatasync", self.path(&spare_name), e))?;
+                self.storage
+                    .rename(&spare_name, &name)
+                    .map_err(|e| Error::io("rename", self.path(&name), e))?;
+                let region = spare.map().map_err(|e| Error::io("mmap", self.path(&name), e))?;
+                self.regions.write().insert(chunk.segment, region);
+                *segment = chunk.segment;
+                *file = spare;
+                continue;
+            }
+            file.write_at(chunk.offset as u64, &chunk.buf)
+                .map_err(|e| Error::io("write", self.path(&segment.file_name()), e))?;
+        }
+        Ok(())
+    }
+
+    fn take_spare(&self) -> Result<(String, Arc<dyn StorageFile>)> {
+        if let Some(s) = self.spare.lock().take() {
+            self.spare_cv.notify_all();
+            return Ok(s);
+        }
+        // The allocator fell behind: make one here.
+        let n = self.spare_counter.fetch_add(1, Ordering::Relaxed) | (1 << 62);
+        let out = segment::create_spare(&*self.storage, n, self.segment_bytes)
+            .map_err(|e| Error::io("preallocate", self.path("spare"), e))?;
+        self.spare_cv.notify_all();
+        Ok(out)
+    }
+
+    fn allocator_loop(self: Arc<Self>) {
+        loop {
+            {
+                let mut spare = self.spare.lock();
+                while spare.is_some() && !self.is_stopping() {
+                    self.spare_cv.wait(&mut spare);
+                }
+                if self.is_stopping() {
+                    return;
+                }
+            }
+            let n = self.spare_counter.fetch_add(1, Ordering::Relaxed);
+            match segment::create_spare(&*self.storage, n, self.segment_bytes) {
+                Ok(s) => {
+                    let mut spare = self.spare.lock();
+                    if spare.is_none() {
+                        *spare = Some(s);
+                    } else {
+                        let _ = self.storage.remove(&s.0);
+                    }
+                }
+                Err(e) => {
+                    // Not fatal by itself: the writer makes its own spare when it needs one,
+                    // and fails loudly if that fails too.
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.failed.load(Ordering::Acquire) || self.pipe.lock().shutdown
+    }
+
+    fn has_due_drops(&self) -> bool {
+        let durable = self.durable();
+        self.drops.lock().iter().any(|(after, _)| *after <= durable)
+    }
+
+    fn run_due_drops(&self) -> Result<()> {
+        let durable = self.durable();
+        let due: Vec<SegmentId> = {
+            let mut drops = self.drops.lock();
+            let (due, keep): (Vec<_>, Vec<_>) = drops.drain(..).partition(|(after, _)| *after <= durable);
+            *drops = keep;
+            due.into_iter().map(|(_, s)| s).collect()
+        };
+        for seg in due {
+            self.regions.write().remove(&seg);
+            let name = seg.file_name();
+            self.storage.remove(&name).map_err(|e| Error::io("remove", self.path(&name), e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes out and syncs everything appended so far, then stops the threads.
+    pub(crate) fn shutdown(&self) {
+        self.pipe.lock().shutdown = true;
+        self.work.notify_all();
+        self.spare_cv.notify_all();
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        // An unused spare is kept for the next start; recovery reuses or removes it.
+        self.wake_all();
+    }
+
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+}

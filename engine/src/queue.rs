@@ -1,0 +1,516 @@
+//! One queue's in-memory state: its messages in id order, which are visible, delayed or
+//! reserved, and the timers that move them between those states. Pure: no I/O, time comes in
+//! as `now_ms`. Live operations and log replay use the same `apply_*` methods, so a reopened
+//! engine reaches exactly the state that was acknowledged.
+//!
+//! Message bodies are not here, only where they are in the log (bodies stay on disk).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::ids::{MessageId, QueueKey, QueueNo, ReservationId, SegmentId};
+use crate::types::QueueConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum MsgState {
+    Visible,
+    Delayed,
+    Reserved,
+    Deleted,
+}
+
+/// A message's place and state: 32 bytes, the dominant cost of a live message in memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry {
+    pub id: u64,
+    pub segment: u32,
+    /// Byte offset of the body in the segment; the metadata follows the body.
+    pub offset: u32,
+    pub body_len: u32,
+    pub expires_at_s: u32,
+    pub meta_len: u16,
+    /// Saturates at `u16::MAX`.
+    pub reserved_count: u16,
+    pub state: MsgState,
+}
+
+const _: () = assert!(std::mem::size_of::<Entry>() == 32);
+
+impl Entry {
+    pub fn disk_bytes(&self) -> u64 {
+        self.body_len as u64 + self.meta_len as u64
+    }
+}
+
+/// Live message counts and bytes per segment, to know when a segment can go.
+#[derive(Debug, Default)]
+pub(crate) struct LiveBytes {
+    pub per_segment: HashMap<u32, (u64, u64)>,
+    pub total: u64,
+}
+
+impl LiveBytes {
+    pub fn add(&mut self, e: &Entry) {
+        let s = self.per_segment.entry(e.segment).or_default();
+        s.0 += 1;
+        s.1 += e.disk_bytes();
+        self.total += e.disk_bytes();
+    }
+    pub fn remove(&mut self, e: &Entry) {
+        if let Some(s) = self.per_segment.get_mut(&e.segment) {
+            s.0 -= 1;
+            s.1 -= e.disk_bytes();
+            if s.0 == 0 {
+                self.per_segment.remove(&e.segment);
+            }
+        }
+        self.total -= e.disk_bytes();
+    }
+    pub fn messages_in(&self, segment: SegmentId) -> u64 {
+        self.per_segment.get(&segment.0).map_or(0, |s| s.0)
+    }
+}
+
+pub(crate) struct Queue {
+    pub no: QueueNo,
+    pub key: QueueKey,
+    pub config: QueueConfig,
+    pub total_messages: u64,
+    /// Segment holding this queue's latest definition record.
+    pub def_segment: SegmentId,
+    /// Messages in id order. Deleted ones linger as tombstones until compacted.
+    entries: VecDeque<Entry>,
+    /// Every Visible entry before `cursor` has its id in `returned`; entries from `cursor`
+    /// on are found by scanning forward.
+    cursor: usize,
+    /// Ids made visible again (released, reservation expired, delay over); may hold stale ids.
+    returned: BinaryHeap<Reverse<u64>>,
+    /// (visible_at_ms, id) of delayed messages.
+    delayed: BinaryHeap<Reverse<(u64, u64)>>,
+    reservations: HashMap<u64, (ReservationId, u64)>,
+    /// (until_ms, id) of reservations; stale pairs are skipped.
+    expiries: BinaryHeap<Reverse<(u64, u64)>>,
+    live: u64,
+    delayed_count: u64,
+    tombstones: usize,
+    /// Long-polling reservers wait here.
+    pub waiters: Arc<tokio::sync::Notify>,
+}
+
+/// Why a message could not be changed, before the engine maps it to its error.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    NotFound,
+    ReservationRequired,
+    ReservationMismatch,
+}
+
+impl Queue {
+    pub fn new(no: QueueNo, key: QueueKey, config: QueueConfig, def_segment: SegmentId) -> Queue {
+        Queue {
+            no,
+            key,
+            config,
+            total_messages: 0,
+            def_segment,
+            entries: VecDeque::new(),
+            cursor: 0,
+            returned: BinaryHeap::new(),
+            delayed: BinaryHeap::new(),
+            reservations: HashMap::new(),
+            expiries: BinaryHeap::new(),
+            live: 0,
+            delayed_count: 0,
+            tombstones: 0,
+            waiters: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.live
+    }
+    pub fn reserved(&self) -> u64 {
+        self.reservations.len() as u64
+    }
+    pub fn delayed(&self) -> u64 {
+        self.delayed_count
+    }
+
+    fn index_of(&self, id: u64) -> Option<usize> {
+        self.entries.binary_search_by_key(&id, |e| e.id).ok()
+    }
+
+    pub fn get(&self, id: MessageId) -> Option<&Entry> {
+        let e = &self.entries[self.index_of(id.0)?];
+        (e.state != MsgState::Deleted).then_some(e)
+    }
+
+    pub fn reservation(&self, id: MessageId) -> Option<(ReservationId, u64)> {
+        self.reservations.get(&id.0).copied()
+    }
+
+    /// The earliest time a timer (delay or reservation expiry) may make a message visible.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        let a = self.delayed.peek().map(|Reverse((t, _))| *t);
+        let b = self.expiries.peek().map(|Reverse((t, _))| *t);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn make_visible(&mut self, idx: usize) {
+        let e = &mut self.entries[idx];
+        e.state = MsgState::Visible;
+        if idx < self.cursor {
+            self.returned.push(Reverse(e.id));
+        }
+    }
+
+    /// Moves due delays and expired reservations to visible. Returns how many became visible.
+    pub fn tick(&mut self, now_ms: u64) -> usize {
+        let mut woke = 0;
+        while let Some(&Reverse((at, id))) = self.delayed.peek() {
+            if at > now_ms {
+                break;
+            }
+            self.delayed.pop();
+            if let Some(idx) = self.index_of(id) {
+                if self.entries[idx].state == MsgState::Delayed {
+                    self.delayed_count -= 1;
+                    self.make_visible(idx);
+                    woke += 1;
+                }
+            }
+        }
+        while let Some(&Reverse((until, id))) = self.expiries.peek() {
+            if until > now_ms {
+                break;
+            }
+            self.expiries.pop();
+            if self.reservations.get(&id).is_some_and(|r| r.1 == until) {
+                self.reservations.remove(&id);
+                if let Some(idx) = self.index_of(id) {
+                    self.make_visible(idx);
+                    woke += 1;
+                }
+            }
+        }
+        woke
+    }
+
+    /// The next visible message in id order, without taking it. Skips stale heap ids and
+    /// advances the cursor past entries that are not visible.
+    pub fn next_visible(&mut self) -> Option<usize> {
+        let from_heap = loop {
+            let Some(&Reverse(id)) = self.returned.peek() else { break None };
+            match self.index_of(id) {
+                Some(idx) if self.entries[idx].state == MsgState::Visible && idx < self.cursor => {
+                    break Some(idx);
+                }
+                _ => {
+                    self.returned.pop();
+                }
+            }
+        };
+        while self.cursor < self.entries.len() && self.entries[self.cursor].state != MsgState::Visible
+        {
+            self.cursor += 1;
+        }
+        let from_cursor = (self.cursor < self.entries.len()).then_some(self.cursor);
+        match (from_heap, from_cursor) {
+            (Some(h), Some(c)) => Some(h.min(c)),
+            (h, c) => h.or(c),
+        }
+    }
+
+    /// Takes `idx` (as returned by `next_visible`) out of the visible set's bookkeeping.
+    pub fn take_visible(&mut self, idx: usize) {
+        if idx == self.cursor {
+            self.cursor += 1;
+        } else {
+            let top = self.returned.pop();
+            debug_assert_eq!(top.map(|Reverse(id)| id), Some(self.entries[idx].id));
+        }
+    }
+
+    pub fn entry(&self, idx: usize) -> &Entry {
+        &self.entries[idx]
+    }
+
+    /// Visible messages from the head, for peek: up to `n`, skipping expired ones.
+    pub fn peek(&self, n: usize, now_s: u32) -> Vec<Entry> {
+        self.entries
+            .iter()
+            .filter(|e| e.state == MsgState::Visible && e.expires_at_s > now_s)
+            .take(n)
+            .copied()
+            .collect()
+    }
+
+    // ---- apply: the state changes that records describe ----
+
+    /// A posted (or relocated, or dead-lettered) message arrives.
+    pub fn apply_insert(
+        &mut self,
+        mut e: Entry,
+        visible_at_ms: u64,
+        reservation: Option<(ReservationId, u64)>,
+        live: &mut LiveBytes,
+    ) {
+        if let Some((rid, until)) = reservation {
+            e.state = MsgState::Reserved;
+            self.reservations.insert(e.id, (rid, until));
+            self.expiries.push(Reverse((until, e.id)));
+        } else if visible_at_ms > 0 {
+            e.state = MsgState::Delayed;
+            self.delayed.push(Reverse((visible_at_ms, e.id)));
+            self.delayed_count += 1;
+        }
+        live.add(&e);
+        self.live += 1;
+        let at_end = self.entries.back().is_none_or(|last| last.id < e.id);
+        let idx = if at_end {
+            self.entries.push_back(e);
+            self.entries.len() - 1
+        } else {
+            match self.entries.binary_search_by_key(&e.id, |x| x.id) {
+                Ok(idx) => {
+                    // Replaces an older copy (a relocation replayed over its original).
+                    let old = self.entries[idx];
+                    if old.state == MsgState::Reserved && reservation.is_some() {
+                        // `forget` would drop the reservation just registered above.
+                        live.remove(&old);
+                        self.live -= 1;
+                    } else {
+                        self.forget(idx, old, live);
+                    }
+                    if old.state == MsgState::Deleted {
+                        self.tombstones -= 1;
+                    }
+                    self.live += 1;
+                    self.entries[idx] = e;
+                    idx
+                }
+                Err(idx) => {
+                    self.entries.insert(idx, e);
+                    if idx < self.cursor {
+                        self.cursor += 1;
+                    }
+                    idx
+                }
+            }
+        };
+        if e.state == MsgState::Visible && idx < self.cursor {
+            self.returned.push(Reverse(e.id));
+        }
+    }
+
+    /// Undoes the bookkeeping of an entry being replaced or removed.
+    fn forget(&mut self, idx: usize, old: Entry, live: &mut LiveBytes) {
+        match old.state {
+            MsgState::Deleted => return,
+            MsgState::Delayed => self.delayed_count -= 1,
+            MsgState::Reserved => {
+                self.reservations.remove(&old.id);
+            }
+            MsgState::Visible => {}
+        }
+        self.entries[idx].state = MsgState::Deleted;
+        live.remove(&old);
+        self.live -= 1;
+    }
+
+    pub fn apply_reserve(&mut self, id: MessageId, rid: ReservationId, until_ms: u64) -> bool {
+        let Some(idx) = self.index_of(id.0) else { return false };
+        let e = &mut self.entries[idx];
+        match e.state {
+            MsgState::Deleted => return false,
+            MsgState::Delayed => self.delayed_count -= 1,
+            _ => {}
+        }
+        e.state = MsgState::Reserved;
+        e.reserved_count = e.reserved_count.saturating_add(1);
+        self.reservations.insert(id.0, (rid, until_ms));
+        self.expiries.push(Reverse((until_ms, id.0)));
+        true
+    }
+
+    pub fn apply_touch(&mut self, id: MessageId, rid: ReservationId, until_ms: u64) {
+        let Some(idx) = self.index_of(id.0) else { return };
+        if self.entries[idx].state != MsgState::Reserved {
+            return;
+        }
+        let e = &mut self.entries[idx];
+        e.reserved_count = e.reserved_count.saturating_add(1);
+        self.reservations.insert(id.0, (rid, until_ms));
+        self.expiries.push(Reverse((until_ms, id.0)));
+    }
+
+    pub fn apply_release(&mut self, id: MessageId, visible_at_ms: u64, now_ms: u64) {
+        let Some(idx) = self.index_of(id.0) else { return };
+        if self.entries[idx].state != MsgState::Reserved {
+            return;
+        }
+        self.reservations.remove(&id.0);
+        if visible_at_ms > now_ms {
+            self.entries[idx].state = MsgState::Delayed;
+            self.delayed_count += 1;
+            self.delayed.push(Reverse((visible_at_ms, id.0)));
+        } else {
+            self.make_visible(idx);
+        }
+    }
+
+    /// Removes a message. Returns the removed entry.
+    pub fn apply_delete(&mut self, id: MessageId, live: &mut LiveBytes) -> Option<Entry> {
+        let idx = self.index_of(id.0)?;
+        let old = self.entries[idx];
+        if old.state == MsgState::Deleted {
+            return None;
+        }
+        self.forget(idx, old, live);
+        self.tombstones += 1;
+        self.trim();
+        Some(old)
+    }
+
+    pub fn apply_clear(&mut self, live: &mut LiveBytes) {
+        for e in self.entries.drain(..) {
+            if e.state != MsgState::Deleted {
+                live.remove(&e);
+            }
+        }
+        self.cursor = 0;
+        self.returned.clear();
+        self.delayed.clear();
+        self.reservations.clear();
+        self.expiries.clear();
+        self.live = 0;
+        self.delayed_count = 0;
+        self.tombstones = 0;
+    }
+
+    /// Drops tombstones at the head, and compacts when they dominate.
+    fn trim(&mut self) {
+        while self.entries.front().is_some_and(|e| e.state == MsgState::Deleted) {
+            self.entries.pop_front();
+            self.tombstones -= 1;
+            self.cursor = self.cursor.saturating_sub(1);
+        }
+        if self.tombstones > 1024 && self.tombstones > self.live as usize {
+            let cursor = self.cursor;
+            let mut new_cursor = 0;
+            let mut i = 0;
+            self.entries.retain(|e| {
+                let keep = e.state != MsgState::Deleted;
+                if keep && i < cursor {
+                    new_cursor += 1;
+                }
+                i += 1;
+                keep
+            });
+            self.cursor = new_cursor;
+            self.tombstones = 0;
+            if self.entries.capacity() > 2 * self.entries.len() + 1024 {
+                self.entries.shrink_to(self.entries.len() + self.entries.len() / 4);
+            }
+        }
+    }
+
+    /// Deletes expired, unreserved messages at the head. Returns how many went.
+    pub fn sweep_expired(&mut self, now_s: u32, live: &mut LiveBytes) -> usize {
+        let mut n = 0;
+        while let Some(e) = self.entries.iter().find(|e| e.state != MsgState::Deleted).copied() {
+            if e.expires_at_s > now_s || e.state == MsgState::Reserved {
+                break;
+            }
+            self.apply_delete(MessageId(e.id), live);
+            n += 1;
+        }
+        n
+    }
+
+    /// Checks a caller's claim on a message before deleting it.
+    pub fn check_delete(&self, id: MessageId, rid: Option<ReservationId>) -> Result<(), Refusal> {
+        let e = self.get(id).ok_or(Refusal::NotFound)?;
+        match (e.state, rid) {
+            (MsgState::Reserved, None) => Err(Refusal::ReservationRequired),
+            (MsgState::Reserved, Some(rid)) => {
+                if self.reservations.get(&id.0).is_some_and(|r| r.0 == rid) {
+                    Ok(())
+                } else {
+                    Err(Refusal::ReservationMismatch)
+                }
+            }
+            (_, Some(_)) => Err(Refusal::ReservationMismatch),
+            (_, None) => Ok(()),
+        }
+    }
+
+    /// Checks a reservation for touch and release.
+    pub fn check_reservation(&self, id: MessageId, rid: ReservationId) -> Result<(), Refusal> {
+        let e = self.get(id).ok_or(Refusal::NotFound)?;
+        if e.state != MsgState::Reserved {
+            return Err(Refusal::ReservationMismatch);
+        }
+        match self.reservations.get(&id.0) {
+            Some(r) if r.0 == rid => Ok(()),
+            _ => Err(Refusal::ReservationMismatch),
+        }
+    }
+
+    /// Points a message at its new place in the log after relocation.
+    pub fn relocate(&mut self, id: MessageId, segment: u32, offset: u32, live: &mut LiveBytes) {
+        let Some(idx) = self.index_of(id.0) else { return };
+        let e = &mut self.entries[idx];
+        if e.state == MsgState::Deleted {
+            return;
+        }
+        live.remove(e);
+        e.segment = segment;
+        e.offset = offset;
+        live.add(e);
+    }
+
+    /// The visible-at time of a delayed message (scans the delay heap; for relocation only).
+    pub fn delayed_until(&self, id: u64) -> u64 {
+        self.delayed.iter().filter(|Reverse((_, i))| *i == id).map(|Reverse((t, _))| *t).max().unwrap_or(0)
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    pub fn check_invariants(&self) {
+        let mut live = 0;
+        let mut delayed = 0;
+        let mut reserved = 0;
+        let mut prev = None;
+        for (i, e) in self.entries.iter().enumerate() {
+            if let Some(p) = prev {
+                assert!(e.id > p, "ids out of order");
+            }
+            prev = Some(e.id);
+            match e.state {
+                MsgState::Deleted => continue,
+                MsgState::Delayed => delayed += 1,
+                MsgState::Reserved => {
+                    reserved += 1;
+                    assert!(self.reservations.contains_key(&e.id), "reserved without reservation");
+                }
+                MsgState::Visible => {
+                    if i < self.cursor {
+                        assert!(
+                            self.returned.iter().any(|Reverse(id)| *id == e.id),
+                            "visible entry behind the cursor is not in the returned heap"
+                        );
+                    }
+                }
+            }
+            live += 1;
+        }
+        assert_eq!(live, self.live, "live count");
+        assert_eq!(delayed, self.delayed_count, "delayed count");
+        assert_eq!(reserved, self.reservations.len(), "reservation count");
+    }
+}

@@ -1,0 +1,379 @@
+//! Rebuilding the engine's state from the log on open.
+//!
+//! Pass 1 checks every record's checksum, finds the end of the log, and collects the latest
+//! definition of every queue and the final metadata values. Pass 2 replays the message
+//! records through the same `apply_*` methods the live path uses. Queue definitions are
+//! collected first because retention may rewrite a definition after records that use it.
+//!
+//! The crash model (FORMAT.md): the last segment may end in a torn write: bad bytes followed
+//! by nothing valid. That tail is zeroed. A bad record anywhere else, or one followed by a
+//! valid record, is corruption: the open fails naming the file and offset.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::engine::{EngineConfig, RecoveryMode, State};
+use crate::error::{CorruptionKind, Error, Result};
+use crate::ids::{MessageId, QueueKey, QueueNo, SegmentId};
+use crate::log::Tail;
+use crate::queue::{Entry, LiveBytes, MsgState, Queue};
+use crate::record::{self, FRAME_HEADER_BYTES, FrameCheck, Kind};
+use crate::segment::{self, HEADER_BYTES, SegmentHeader};
+use crate::storage::{Region, Storage, StorageFile};
+use crate::types::QueueConfig;
+
+pub(crate) struct Recovered {
+    pub state: State,
+    pub tail: Tail,
+    pub regions: HashMap<SegmentId, Arc<dyn Region>>,
+}
+
+struct Seg {
+    id: SegmentId,
+    file: Arc<dyn StorageFile>,
+    region: Arc<dyn Region>,
+    header: SegmentHeader,
+    /// End of the valid records.
+    end: usize,
+}
+
+struct Defs {
+    latest: HashMap<QueueNo, (String, String, QueueConfig)>,
+    dropped: HashSet<QueueNo>,
+    meta: BTreeMap<String, Option<(Vec<u8>, SegmentId)>>,
+    max_id: u64,
+    max_queue: u32,
+}
+
+pub(crate) fn recover(config: &EngineConfig, storage: Arc<dyn Storage>, now_ms: u64) -> Result<Recovered> {
+    let root = storage.root().to_path_buf();
+    let names = storage.list().map_err(|e| Error::io("list", &root, e))?;
+    for name in names.iter().filter(|n| n.starts_with(segment::SPARE_PREFIX)) {
+        storage.remove(name).map_err(|e| Error::io("remove", root.join(name), e))?;
+    }
+    let mut ids: Vec<SegmentId> = names.iter().filter_map(|n| SegmentId::from_file_name(n)).collect();
+    ids.sort();
+    let time_floor = MessageId::FLOOR + now_ms.saturating_mul(1024);
+    if ids.is_empty() {
+        let first = SegmentId(1);
+        let header = SegmentHeader { segment: first, next_message_id: time_floor, next_queue_no: 1 };
+        let (spare, file) = segment::create_spare(&*storage, 0, config.segment_bytes)
+            .map_err(|e| Error::io("create", root.join(first.file_name()), e))?;
+        file.write_at(0, &header.encode()).map_err(|e| Error::io("write", root.join(&spare), e))?;
+        file.sync_data().map_err(|e| Error::io("fdatasync", root.join(&spare), e))?;
+        storage.rename(&spare, &first.file_name()).map_err(|e| Error::io("rename", root.join(&spare), e))?;
+        ids.push(first);
+    }
+    for w in ids.windows(2) {
+        if w[1].0 != w[0].0 + 1 {
+            return Err(Error::Corruption { path: root.join(w[1].file_name()), offset: 0, kind: CorruptionKind::MissingSegment });
+        }
+    }
+
+    let mut segs = Vec::with_capacity(ids.len());
+    for &id in &ids {
+        let path = root.join(id.file_name());
+        let file = storage.open(&id.file_name()).map_err(|e| Error::io("open", &path, e))?;
+        let region = file.map().map_err(|e| Error::io("mmap", &path, e))?;
+        let mut hb = [0u8; HEADER_BYTES];
+        if region.len() < HEADER_BYTES {
+            return Err(Error::Corruption { path, offset: 0, kind: CorruptionKind::ShortSegment });
+        }
+        region.read(0, &mut hb).map_err(|e| Error::io("read", &path, e))?;
+        let header = SegmentHeader::decode(&hb, id).map_err(|kind| Error::Corruption { path: path.clone(), offset: 0, kind })?;
+        segs.push(Seg { id, file, region, header, end: HEADER_BYTES });
+    }
+
+    // Pass 1.
+    let len_max = config.record_bytes_max();
+    let mut defs = Defs {
+        latest: HashMap::new(),
+        dropped: HashSet::new(),
+        meta: BTreeMap::new(),
+        max_id: 0,
+        max_queue: 0,
+    };
+    let last = segs.len() - 1;
+    let mut torn_at = None;
+    for (i, seg) in segs.iter_mut().enumerate() {
+        let path = root.join(seg.id.file_name());
+        let seed = record::crc_seed(seg.id.0);
+        let mut outcome: Result<(usize, Option<(usize, CorruptionKind)>)> = Ok((HEADER_BYTES, None));
+        let len = seg.region.len();
+        seg.region
+            .with_slice(0, len, &mut |bytes| {
+                outcome = scan_pass1(bytes, seed, len_max, seg.id, &mut defs);
+            })
+            .map_err(|e| Error::io("read", &path, e))?;
+        let (end, bad) = outcome?;
+        seg.end = end;
+        if let Some((offset, kind)) = bad {
+            let tolerate = i == last;
+            let mut valid_after = None;
+            seg.region
+                .with_slice(0, len, &mut |bytes| valid_after = find_valid_frame(bytes, offset + 1, seed, len_max))
+                .map_err(|e| Error::io("read", &path, e))?;
+            let strict = config.recovery == RecoveryMode::Strict;
+            if !tolerate || (valid_after.is_some() && strict) {
+                return Err(Error::Corruption { path, offset: offset as u64, kind });
+            }
+            torn_at = Some(offset);
+        } else if i != last {
+            // A sealed segment ends in zeros; a valid record beyond them means a zeroed block.
+            let mut valid_after = None;
+            seg.region
+                .with_slice(0, len, &mut |bytes| valid_after = find_valid_frame(bytes, end + 1, seed, len_max))
+                .map_err(|e| Error::io("read", &path, e))?;
+            if valid_after.is_some() {
+                return Err(Error::Corruption { path, offset: end as u64, kind: CorruptionKind::RecordLength(0) });
+            }
+        }
+    }
+
+    let next_id = segs
+        .iter()
+        .map(|s| s.header.next_message_id)
+        .chain([defs.max_id + 1, time_floor])
+        .max()
+        .unwrap_or(time_floor);
+    let next_queue =
+        segs.iter().map(|s| s.header.next_queue_no).chain([defs.max_queue + 1, 1]).max().unwrap_or(1);
+
+    // Pass 2.
+    let mut state = State {
+        queues: HashMap::new(),
+        by_key: BTreeMap::new(),
+        next_queue,
+        next_id,
+        meta: BTreeMap::new(),
+        live: LiveBytes::default(),
+        scratch: Vec::with_capacity(64 * 1024),
+        first_segment: segs[0].id,
+    };
+    let mut qnos: Vec<_> = defs.latest.keys().copied().collect();
+    qnos.sort();
+    for no in qnos {
+        let (project, name, config) = defs.latest[&no].clone();
+        state.queues.insert(no, Queue::new(no, QueueKey::new(project, name), config, SegmentId(0)));
+    }
+    for seg in &segs {
+        let path = root.join(seg.id.file_name());
+        let mut outcome = Ok(());
+        seg.region
+            .with_slice(0, seg.end, &mut |bytes| outcome = replay(bytes, seg.id, &mut state, now_ms))
+            .map_err(|e| Error::io("read", &path, e))?;
+        outcome.map_err(|kind| Error::Corruption { path, offset: 0, kind })?;
+    }
+    for (key, value) in defs.meta {
+        if let Some(v) = value {
+            state.meta.insert(key, v);
+        }
+    }
+    for q in state.queues.values_mut() {
+        q.tick(now_ms);
+    }
+    state.by_key = state.queues.values().map(|q| (q.key.clone(), q.no)).collect();
+
+    let tail_seg = &segs[last];
+    if let Some(offset) = torn_at {
+        // Zero the torn bytes in place (files never shrink: they are mapped).
+        let path = root.join(tail_seg.id.file_name());
+        let zeros = vec![0u8; 1 << 20];
+        let mut off = offset;
+        let len = tail_seg.region.len();
+        while off < len {
+            let n = (len - off).min(zeros.len());
+            tail_seg.file.write_at(off as u64, &zeros[..n]).map_err(|e| Error::io("write", &path, e))?;
+            off += n;
+        }
+        tail_seg.file.sync_data().map_err(|e| Error::io("fdatasync", &path, e))?;
+    }
+    let tail = Tail { segment: tail_seg.id, file: tail_seg.file.clone(), end: tail_seg.end as u32 };
+    let regions = segs.iter().map(|s| (s.id, s.region.clone())).collect();
+    Ok(Recovered { state, tail, regions })
+}
+
+/// Checks every frame; collects definitions. Returns the end of the valid records and, if
+/// the scan stopped at a bad frame, where and why.
+fn scan_pass1(
+    bytes: &[u8],
+    seed: u32,
+    len_max: usize,
+    seg: SegmentId,
+    defs: &mut Defs,
+) -> Result<(usize, Option<(usize, CorruptionKind)>)> {
+    let mut off = HEADER_BYTES;
+    let mut items = Vec::new();
+    loop {
+        match record::check_frame(&bytes[off..], seed, len_max) {
+            FrameCheck::End => return Ok((off, None)),
+            FrameCheck::Bad(kind) => return Ok((off, Some((off, kind)))),
+            FrameCheck::Valid { kind, len } => {
+                let p = &bytes[off + FRAME_HEADER_BYTES..off + FRAME_HEADER_BYTES + len];
+                if let Err(k) = collect(kind, p, seg, defs, &mut items) {
+                    return Ok((off, Some((off, k))));
+                }
+                off += FRAME_HEADER_BYTES + len;
+            }
+        }
+    }
+}
+
+fn collect(
+    kind: Kind,
+    p: &[u8],
+    seg: SegmentId,
+    defs: &mut Defs,
+    items: &mut Vec<record::PostItem>,
+) -> std::result::Result<(), CorruptionKind> {
+    match kind {
+        Kind::QueueDef => {
+            let d = record::get_queue_def(p)?;
+            defs.max_queue = defs.max_queue.max(d.queue.0);
+            defs.latest.insert(d.queue, (d.project.to_string(), d.name.to_string(), d.config));
+        }
+        Kind::QueueDrop => {
+            let q = record::get_queue_no(p)?;
+            defs.dropped.insert(q);
+        }
+        Kind::Meta => {
+            let (k, v) = record::get_meta(p)?;
+            defs.meta.insert(k.to_string(), v.map(|v| (v.to_vec(), seg)));
+        }
+        Kind::Post => {
+            record::get_post(p, items)?;
+            if let Some(last) = items.last() {
+                defs.max_id = defs.max_id.max(last.id.0);
+            }
+        }
+        Kind::Relocate => {
+            let r = record::get_relocate(p)?;
+            defs.max_id = defs.max_id.max(r.id.0);
+        }
+        other => record::validate_payload(other, p)?,
+    }
+    Ok(())
+}
+
+/// Replays the records of one segment (already checked by pass 1) into `state`.
+fn replay(bytes: &[u8], seg: SegmentId, state: &mut State, now_ms: u64) -> std::result::Result<(), CorruptionKind> {
+    let mut off = HEADER_BYTES;
+    let mut items = Vec::new();
+    let mut reserves = Vec::new();
+    let mut ids = Vec::new();
+    while off + FRAME_HEADER_BYTES <= bytes.len() {
+        let len = u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]]) as usize;
+        let kind = Kind::from_byte(bytes[off + 8]).ok_or(CorruptionKind::UnknownKind(bytes[off + 8]))?;
+        let base = off + FRAME_HEADER_BYTES;
+        let p = &bytes[base..base + len];
+        let live = &mut state.live;
+        match kind {
+            Kind::QueueDef => {
+                let d = record::get_queue_def(p)?;
+                if let Some(q) = state.queues.get_mut(&d.queue) {
+                    q.total_messages = d.total_messages;
+                    q.def_segment = seg;
+                }
+            }
+            Kind::QueueDrop => state.drop_queue(record::get_queue_no(p)?),
+            Kind::Post => {
+                let no = record::get_post(p, &mut items)?;
+                if let Some(q) = state.queues.get_mut(&no) {
+                    q.total_messages += items.len() as u64;
+                    for it in &items {
+                        let e = Entry {
+                            id: it.id.0,
+                            segment: seg.0,
+                            offset: (base + it.body_at) as u32,
+                            body_len: it.body_len,
+                            expires_at_s: it.expires_at_s,
+                            meta_len: it.meta_len as u16,
+                            reserved_count: 0,
+                            state: MsgState::Visible,
+                        };
+                        q.apply_insert(e, it.visible_at_ms, None, live);
+                    }
+                }
+            }
+            Kind::Reserve => {
+                let no = record::get_reserve(p, &mut reserves)?;
+                if let Some(q) = state.queues.get_mut(&no) {
+                    for &(id, rid, until) in &reserves {
+                        q.apply_reserve(id, rid, until);
+                    }
+                }
+            }
+            Kind::Delete => {
+                let no = record::get_delete(p, &mut ids)?;
+                if let Some(q) = state.queues.get_mut(&no) {
+                    for &id in &ids {
+                        q.apply_delete(id, live);
+                    }
+                }
+            }
+            Kind::Release => {
+                let (no, id, visible_at) = record::get_release(p)?;
+                if let Some(q) = state.queues.get_mut(&no) {
+                    q.apply_release(id, visible_at, now_ms);
+                }
+            }
+            Kind::Touch => {
+                let (no, id, rid, until) = record::get_touch(p)?;
+                if let Some(q) = state.queues.get_mut(&no) {
+                    q.apply_touch(id, rid, until);
+                }
+            }
+            Kind::Clear => {
+                let no = record::get_queue_no(p)?;
+                if let Some(q) = state.queues.get_mut(&no) {
+                    q.apply_clear(live);
+                }
+            }
+            Kind::Move => {
+                let (from, to, id, expires) = record::get_move(p)?;
+                state.apply_move(from, to, id, expires);
+            }
+            Kind::Relocate => {
+                let r = record::get_relocate(p)?;
+                if let Some(q) = state.queues.get_mut(&r.queue) {
+                    let e = Entry {
+                        id: r.id.0,
+                        segment: seg.0,
+                        offset: (base + r.body_at) as u32,
+                        body_len: r.body_len,
+                        expires_at_s: r.expires_at_s,
+                        meta_len: r.meta_len as u16,
+                        reserved_count: r.reserved_count.min(u16::MAX as u32) as u16,
+                        state: MsgState::Visible,
+                    };
+                    q.apply_insert(e, r.visible_at_ms, r.reservation, live);
+                }
+            }
+            Kind::Meta => {}
+        }
+        off = base + len;
+    }
+    Ok(())
+}
+
+/// The first offset at or after `from` where a valid frame starts, if any.
+pub(crate) fn find_valid_frame(bytes: &[u8], from: usize, seed: u32, len_max: usize) -> Option<usize> {
+    let mut i = from;
+    while i + FRAME_HEADER_BYTES <= bytes.len() {
+        // Skip zeros quickly: a frame's length field is non-zero, so a frame can only start
+        // within three bytes before a non-zero byte.
+        let Some(nz) = bytes[i..].iter().position(|&b| b != 0) else { return None };
+        let p = i + nz;
+        let lo = p.saturating_sub(3).max(i);
+        for start in lo..=p {
+            if start + FRAME_HEADER_BYTES <= bytes.len()
+                && record::plausible_frame_start(&bytes[start..], len_max)
+                && matches!(record::check_frame(&bytes[start..], seed, len_max), FrameCheck::Valid { .. })
+            {
+                return Some(start);
+            }
+        }
+        i = p + 1;
+    }
+    None
+}

@@ -1,0 +1,165 @@
+//! Reclaiming disk space.
+//!
+//! Segments are dropped only from the front of the log, oldest first, so that a delete or
+//! reserve record is never dropped while the post it refers to survives (which would
+//! resurrect a deleted message on replay). Before the oldest segment goes:
+//! - queue definitions and metadata whose latest record is in it are written again at the
+//!   tail, so the log stays self-sufficient;
+//! - if it still holds live messages, they are relocated (a Relocate record carries the
+//!   whole message state) — but only while the log holds more than twice the live data plus
+//!   two segments, which bounds the extra writes to the garbage being reclaimed.
+
+use crate::engine::{Engine, MaintainReport};
+use crate::error::{Error, Result};
+use crate::ids::{MessageId, QueueNo, SegmentId};
+use crate::queue::MsgState;
+use crate::record::{self, FRAME_HEADER_BYTES, FrameCheck, Kind, Put, RelocateItem};
+use crate::segment::HEADER_BYTES;
+
+/// Segments dropped per call at most.
+const SEGMENTS_PER_CALL_MAX: usize = 4;
+/// Messages relocated per call at most (bounds the time the state lock is held).
+const RELOCATIONS_PER_CALL_MAX: usize = 20_000;
+
+pub(crate) fn maintain(engine: &Engine) -> Result<MaintainReport> {
+    let (state, log, clock, config, storage) = engine.parts();
+    let mut report = MaintainReport::default();
+    let mut st = state.lock();
+    log.check()?;
+    for _ in 0..SEGMENTS_PER_CALL_MAX {
+        let active = log.end().segment();
+        let first = st.first_segment;
+        if first >= active {
+            break;
+        }
+        if st.live.messages_in(first) > 0 {
+            let segments = (active.0 - first.0 + 1) as u64;
+            let disk = segments * config.segment_bytes;
+            let allowed = 2 * st.live.total + 2 * config.segment_bytes;
+            if disk <= allowed || report.messages_relocated as usize >= RELOCATIONS_PER_CALL_MAX {
+                break;
+            }
+            let now = clock.now_ms();
+            report.messages_relocated += relocate_from(&mut st, log, first, now, storage)? as u64;
+            if st.live.messages_in(first) > 0 {
+                break;
+            }
+        }
+        let defs: Vec<QueueNo> =
+            st.queues.values().filter(|q| q.def_segment <= first).map(|q| q.no).collect();
+        for no in defs {
+            st.write_def(log, no)?;
+            report.definitions_rewritten += 1;
+        }
+        let metas: Vec<(String, Vec<u8>)> = st
+            .meta
+            .iter()
+            .filter(|(_, (_, seg))| *seg <= first)
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in metas {
+            st.scratch.clear();
+            let mut buf = std::mem::take(&mut st.scratch);
+            record::put_meta(&mut buf, &k, Some(&v));
+            st.scratch = buf;
+            let floors = st.floors();
+            let (start, _) = log.append(Kind::Meta, &st.scratch, floors)?;
+            if let Some(entry) = st.meta.get_mut(&k) {
+                entry.1 = start.segment();
+            }
+            report.definitions_rewritten += 1;
+        }
+        log.drop_segment_after(first, log.end());
+        st.first_segment = SegmentId(first.0 + 1);
+        report.segments_dropped += 1;
+    }
+    Ok(report)
+}
+
+/// Copies the live messages of `segment` to the tail. Returns how many moved.
+fn relocate_from(
+    st: &mut crate::engine::State,
+    log: &crate::log::Log,
+    segment: SegmentId,
+    now_ms: u64,
+    storage: &dyn crate::storage::Storage,
+) -> Result<usize> {
+    let region = log.region(segment).ok_or_else(|| Error::Failed(format!("segment {} is not mapped", segment.0)))?;
+    let path = storage.root().join(segment.file_name());
+    // Which (queue, id) pairs live in this segment, found by walking its records.
+    let mut found: Vec<(QueueNo, MessageId)> = Vec::new();
+    let seed = record::crc_seed(segment.0);
+    let mut walk = Ok(());
+    region
+        .with_slice(0, region.len(), &mut |bytes| {
+            let mut off = HEADER_BYTES;
+            let mut items = Vec::new();
+            while let FrameCheck::Valid { kind, len } = record::check_frame(&bytes[off..], seed, usize::MAX >> 1) {
+                let p = &bytes[off + FRAME_HEADER_BYTES..off + FRAME_HEADER_BYTES + len];
+                match kind {
+                    Kind::Post => match record::get_post(p, &mut items) {
+                        Ok(no) => found.extend(items.iter().map(|it| (no, it.id))),
+                        Err(k) => walk = Err(k),
+                    },
+                    Kind::Relocate => match record::get_relocate(p) {
+                        Ok(r) => found.push((r.queue, r.id)),
+                        Err(k) => walk = Err(k),
+                    },
+                    _ => {}
+                }
+                off += FRAME_HEADER_BYTES + len;
+            }
+        })
+        .map_err(|e| Error::io("read", &path, e))?;
+    walk.map_err(|kind| Error::Corruption { path: path.clone(), offset: 0, kind })?;
+    // Messages dead-lettered into another queue keep their place: find them by id too.
+    let mut moved = 0;
+    for (no, id) in found {
+        if moved >= RELOCATIONS_PER_CALL_MAX {
+            break;
+        }
+        let located = st.queues.get(&no).and_then(|q| q.get(id).copied()).filter(|e| e.segment == segment.0);
+        let (no, e) = match located {
+            Some(e) => (no, e),
+            None => match st
+                .queues
+                .values()
+                .find_map(|q| q.get(id).filter(|e| e.segment == segment.0).map(|e| (q.no, *e)))
+            {
+                Some(x) => x,
+                None => continue,
+            },
+        };
+        let q = &st.queues[&no];
+        let mut body = vec![0u8; e.body_len as usize + e.meta_len as usize];
+        region.read(e.offset as usize, &mut body).map_err(|err| Error::io("read", &path, err))?;
+        let reservation = if e.state == MsgState::Reserved { q.reservation(id) } else { None };
+        let visible_at_ms = if e.state == MsgState::Delayed { q.delayed_until(e.id).max(now_ms) } else { 0 };
+        let item = RelocateItem {
+            queue: no,
+            id,
+            reserved_count: e.reserved_count as u32,
+            expires_at_s: e.expires_at_s,
+            visible_at_ms,
+            reservation,
+            body_at: record::RELOCATE_HEADER_BYTES,
+            body_len: e.body_len,
+            meta_len: e.meta_len as u32,
+        };
+        let mut buf = std::mem::take(&mut st.scratch);
+        buf.clear();
+        record::put_relocate(&mut buf, &item, &body[..e.body_len as usize], &body[e.body_len as usize..]);
+        st.scratch = buf;
+        let floors = st.floors();
+        let (start, _) = log.append(Kind::Relocate, &st.scratch, floors)?;
+        let mut new = e;
+        new.segment = start.segment().0;
+        new.offset = start.offset() + (FRAME_HEADER_BYTES + record::RELOCATE_HEADER_BYTES) as u32;
+        let st = &mut *st;
+        let q = st.queues.get_mut(&no).expect("queue found above");
+        q.relocate(id, new.segment, new.offset, &mut st.live);
+        moved += 1;
+    }
+    let _ = <Vec<u8> as Put>::u8;
+    Ok(moved)
+}

@@ -1,0 +1,179 @@
+//! All file I/O goes through [`Storage`], so tests can inject failed writes, failed fsyncs
+//! and crash images without touching a disk.
+//!
+//! The engine's files are preallocated to their full size before use and never shrink
+//! while open, which is what makes the read-only memory maps in [`OsStorage`] sound.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A directory of named files.
+pub trait Storage: Send + Sync + 'static {
+    /// Where the files are, for error messages.
+    fn root(&self) -> &Path;
+    /// Names of the files in the directory.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// Opens an existing file.
+    fn open(&self, name: &str) -> io::Result<Arc<dyn StorageFile>>;
+    /// Creates a new file (fails if it exists).
+    fn create(&self, name: &str) -> io::Result<Arc<dyn StorageFile>>;
+    /// Atomically renames, then makes the rename durable.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Removes a file, then makes the removal durable.
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Makes creations and removals in the directory durable.
+    fn sync_dir(&self) -> io::Result<()>;
+}
+
+/// One open file.
+pub trait StorageFile: Send + Sync {
+    fn len(&self) -> io::Result<u64>;
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// fdatasync.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Grows or shrinks the file. Never called on a file that is mapped.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// A read-only view of the whole file at its current length.
+    fn map(&self) -> io::Result<Arc<dyn Region>>;
+}
+
+/// Read access to a mapped file. Reads past the end return an error instead of faulting.
+pub trait Region: Send + Sync {
+    fn len(&self) -> usize;
+    /// Copies `dst.len()` bytes at `offset` into `dst`.
+    fn read(&self, offset: usize, dst: &mut [u8]) -> io::Result<()>;
+    /// Calls `f` with the bytes at `offset..offset + len` without copying where possible.
+    fn with_slice(&self, offset: usize, len: usize, f: &mut dyn FnMut(&[u8])) -> io::Result<()>;
+}
+
+/// The real file system.
+pub struct OsStorage {
+    dir: PathBuf,
+}
+
+impl OsStorage {
+    pub fn new(dir: impl Into<PathBuf>) -> io::Result<OsStorage> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir)?;
+        Ok(OsStorage { dir })
+    }
+}
+
+impl Storage for OsStorage {
+    fn root(&self) -> &Path {
+        &self.dir
+    }
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            if let Some(name) = entry?.file_name().to_str() {
+                out.push(name.to_string());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+    fn open(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
+        let file = OpenOptions::new().read(true).write(true).open(self.dir.join(name))?;
+        Ok(Arc::new(OsFile { file }))
+    }
+    fn create(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).open(self.dir.join(name))?;
+        Ok(Arc::new(OsFile { file }))
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.dir.join(from), self.dir.join(to))?;
+        self.sync_dir()
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.dir.join(name))?;
+        self.sync_dir()
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+struct OsFile {
+    file: File,
+}
+
+impl StorageFile for OsFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn map(&self) -> io::Result<Arc<dyn Region>> {
+        if self.len()? == 0 {
+            return Ok(Arc::new(EmptyRegion));
+        }
+        // SAFETY: the engine maps only segment files, which are preallocated to their full
+        // size before they are mapped and are never truncated or shrunk afterwards (a torn
+        // tail is zeroed in place, not cut). A file is unlinked only when it is dropped from
+        // the log, and on Linux an unlinked file stays valid for existing mappings. So no
+        // access through this map can fault. Concurrent writes through `write_at` only touch
+        // bytes past every position a reader is given (readers wait for the writer first).
+        #[expect(unsafe_code, reason = "memmap2 requires unsafe; see the SAFETY comment")]
+        let map = unsafe { memmap2::Mmap::map(&self.file)? };
+        Ok(Arc::new(MmapRegion { map }))
+    }
+}
+
+struct EmptyRegion;
+
+impl Region for EmptyRegion {
+    fn len(&self) -> usize {
+        0
+    }
+    fn read(&self, offset: usize, dst: &mut [u8]) -> io::Result<()> {
+        check_bounds(0, offset, dst.len())
+    }
+    fn with_slice(&self, offset: usize, len: usize, f: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        check_bounds(0, offset, len)?;
+        f(&[]);
+        Ok(())
+    }
+}
+
+struct MmapRegion {
+    map: memmap2::Mmap,
+}
+
+pub fn check_bounds(total: usize, offset: usize, len: usize) -> io::Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= total => Ok(()),
+        _ => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of a segment")),
+    }
+}
+
+impl Region for MmapRegion {
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+    fn read(&self, offset: usize, dst: &mut [u8]) -> io::Result<()> {
+        check_bounds(self.map.len(), offset, dst.len())?;
+        dst.copy_from_slice(&self.map[offset..offset + dst.len()]);
+        Ok(())
+    }
+    fn with_slice(&self, offset: usize, len: usize, f: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        check_bounds(self.map.len(), offset, len)?;
+        f(&self.map[offset..offset + len]);
+        Ok(())
+    }
+}
