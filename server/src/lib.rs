@@ -1,0 +1,1 @@
+//! The ferromq server (being written).
