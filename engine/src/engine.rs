@@ -95,6 +95,7 @@ pub(crate) struct State {
     pub scratch: Vec<u8>,
     /// First segment still on disk.
     pub first_segment: SegmentId,
+    pub rids: RidGen,
 }
 
 struct Inner {
@@ -155,11 +156,34 @@ fn refusal(r: Refusal, id: MessageId) -> Error {
     }
 }
 
-fn new_reservation_id() -> ReservationId {
-    let mut b = [0u8; 16];
-    // getrandom only fails if the OS has no entropy source at all.
-    getrandom::fill(&mut b).expect("the OS random number generator is available");
-    ReservationId(b)
+/// Unguessable reservation ids without a syscall each: SipHash keyed from the OS random
+/// source (by `RandomState`) over a counter, twice for 128 bits.
+pub(crate) struct RidGen {
+    keys: (std::hash::RandomState, std::hash::RandomState),
+    counter: u64,
+}
+
+impl RidGen {
+    pub(crate) fn new() -> RidGen {
+        let mut seed = [0u8; 8];
+        // getrandom only fails if the OS has no entropy source at all.
+        getrandom::fill(&mut seed).expect("the OS random number generator is available");
+        RidGen {
+            keys: (std::hash::RandomState::new(), std::hash::RandomState::new()),
+            counter: u64::from_le_bytes(seed),
+        }
+    }
+
+    fn next(&mut self) -> ReservationId {
+        use std::hash::BuildHasher;
+        self.counter = self.counter.wrapping_add(1);
+        let a = self.keys.0.hash_one(self.counter);
+        let b = self.keys.1.hash_one(self.counter);
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&a.to_le_bytes());
+        out[8..].copy_from_slice(&b.to_le_bytes());
+        ReservationId(out)
+    }
 }
 
 fn check_name(key: &QueueKey) -> Result<()> {
@@ -672,7 +696,7 @@ impl Engine {
                     picked.push(Pending::of(&e, None));
                     q.apply_delete(id, &mut st.live);
                 } else {
-                    let rid = new_reservation_id();
+                    let rid = st.rids.next();
                     buf.u64(e.id);
                     buf.extend_from_slice(&rid.0);
                     buf.u64(until);
@@ -795,7 +819,7 @@ impl Engine {
             q.check_reservation(id, rid).map_err(|r| refusal(r, id))?;
             let timeout_s = if timeout_s == 0 { q.config.message_timeout_s } else { timeout_s };
             let until = now + timeout_s as u64 * 1000;
-            let new = new_reservation_id();
+            let new = st.rids.next();
             q.apply_touch(id, new, until);
             let mut buf = std::mem::take(&mut st.scratch);
             buf.clear();

@@ -149,6 +149,7 @@ pub(crate) fn recover(config: &EngineConfig, storage: Arc<dyn Storage>, now_ms: 
         live: LiveBytes::default(),
         scratch: Vec::with_capacity(64 * 1024),
         first_segment: segs[0].id,
+        rids: crate::engine::RidGen::new(),
     };
     let mut qnos: Vec<_> = defs.latest.keys().copied().collect();
     qnos.sort();

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: formatting, lints, every Rust test (engine
+# durability tests, end-to-end tests of the real server binary), and the official IronMQ
+# clients (PyPI iron-mq, npm iron_mq) driven against the real binary.
+# Installs what it needs (Python venv and npm packages under tests/clients/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (engine, server, benches as tests)"
+cargo test --workspace --locked
+
+step "official IronMQ clients against the real server"
+bash tests/run-clients.sh
+
+echo
+echo "all test suites passed"
