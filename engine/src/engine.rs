@@ -123,6 +123,9 @@ pub struct EngineStats {
     pub queues: u64,
 }
 
+/// A message with its body and metadata, read after the durability wait.
+type ReadMessage = (Pending, Vec<u8>, Vec<u8>);
+
 /// A message location gathered under the lock, read after the durability wait.
 struct Pending {
     id: MessageId,
@@ -199,27 +202,49 @@ fn check_name(key: &QueueKey) -> Result<()> {
 fn check_config(c: &QueueConfig) -> Result<()> {
     let bound = |what, got: u32, max: u32| {
         if got > max {
-            Err(Error::LimitExceeded { what, got: got as u64, max: max as u64 })
+            Err(Error::LimitExceeded {
+                what,
+                got: got as u64,
+                max: max as u64,
+            })
         } else {
             Ok(())
         }
     };
     if c.message_timeout_s == 0 || c.message_expiration_s == 0 {
-        return Err(Error::Invalid("message_timeout and message_expiration must be positive"));
+        return Err(Error::Invalid(
+            "message_timeout and message_expiration must be positive",
+        ));
     }
-    bound("message_timeout", c.message_timeout_s, limits::TIMEOUT_S_MAX)?;
-    bound("message_expiration", c.message_expiration_s, limits::EXPIRATION_S_MAX)?;
+    bound(
+        "message_timeout",
+        c.message_timeout_s,
+        limits::TIMEOUT_S_MAX,
+    )?;
+    bound(
+        "message_expiration",
+        c.message_expiration_s,
+        limits::EXPIRATION_S_MAX,
+    )?;
     if c.extra.len() > limits::QUEUE_EXTRA_BYTES_MAX {
         return Err(Error::Invalid("queue settings are too large"));
     }
     if let Some(dl) = &c.dead_letter {
         if dl.queue.is_empty() || dl.queue.len() > limits::QUEUE_NAME_BYTES_MAX {
-            return Err(Error::Invalid("dead_letter queue_name must be 1 to 255 bytes"));
+            return Err(Error::Invalid(
+                "dead_letter queue_name must be 1 to 255 bytes",
+            ));
         }
         if dl.max_reservations == 0 {
-            return Err(Error::Invalid("dead_letter max_reservations must be at least 1"));
+            return Err(Error::Invalid(
+                "dead_letter max_reservations must be at least 1",
+            ));
         }
-        bound("dead_letter max_reservations", dl.max_reservations, limits::DEAD_LETTER_MAX_RESERVATIONS_MAX)?;
+        bound(
+            "dead_letter max_reservations",
+            dl.max_reservations,
+            limits::DEAD_LETTER_MAX_RESERVATIONS_MAX,
+        )?;
     }
     Ok(())
 }
@@ -279,11 +304,17 @@ impl State {
         let no = QueueNo(self.next_queue);
         self.next_queue += 1;
         self.by_key.insert(key.clone(), no);
-        self.queues.insert(no, Queue::new(no, key, config, SegmentId(0)));
+        self.queues
+            .insert(no, Queue::new(no, key, config, SegmentId(0)));
         no
     }
 
-    fn create_queue(&mut self, log: &Log, key: &QueueKey, config: QueueConfig) -> Result<(QueueNo, LogPos)> {
+    fn create_queue(
+        &mut self,
+        log: &Log,
+        key: &QueueKey,
+        config: QueueConfig,
+    ) -> Result<(QueueNo, LogPos)> {
         check_name(key)?;
         check_config(&config)?;
         let no = self.insert_queue(key.clone(), config);
@@ -309,12 +340,21 @@ impl State {
 
     /// Moves a message that reached `max_reservations` to the dead-letter queue, creating
     /// that queue if needed. Returns false if the move was not possible.
-    fn dead_letter(&mut self, log: &Log, from: QueueNo, idx_entry: Entry, now_ms: u64) -> Result<()> {
+    fn dead_letter(
+        &mut self,
+        log: &Log,
+        from: QueueNo,
+        idx_entry: Entry,
+        now_ms: u64,
+    ) -> Result<()> {
         let project = self.queues[&from].key.project.clone();
-        let Some(dl) = self.queues[&from].config.dead_letter.clone() else { return Ok(()) };
+        let Some(dl) = self.queues[&from].config.dead_letter.clone() else {
+            return Ok(());
+        };
         let dst_key = QueueKey::new(project, dl.queue);
         let to = self.queue_or_create(log, &dst_key)?;
-        let expires_at_s = (now_ms / 1000 + self.queues[&to].config.message_expiration_s as u64) as u32;
+        let expires_at_s =
+            (now_ms / 1000 + self.queues[&to].config.message_expiration_s as u64) as u32;
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
         buf.u32(from.0);
@@ -327,10 +367,22 @@ impl State {
         Ok(())
     }
 
-    pub(crate) fn apply_move(&mut self, from: QueueNo, to: QueueNo, id: MessageId, expires_at_s: u32) {
-        let Some(src) = self.queues.get_mut(&from) else { return };
-        let Some(mut e) = src.apply_delete(id, &mut self.live) else { return };
-        let Some(dst) = self.queues.get_mut(&to) else { return };
+    pub(crate) fn apply_move(
+        &mut self,
+        from: QueueNo,
+        to: QueueNo,
+        id: MessageId,
+        expires_at_s: u32,
+    ) {
+        let Some(src) = self.queues.get_mut(&from) else {
+            return;
+        };
+        let Some(mut e) = src.apply_delete(id, &mut self.live) else {
+            return;
+        };
+        let Some(dst) = self.queues.get_mut(&to) else {
+            return;
+        };
         e.state = MsgState::Visible;
         e.expires_at_s = expires_at_s;
         dst.apply_insert(e, 0, None, &mut self.live);
@@ -341,13 +393,18 @@ impl State {
 impl Engine {
     /// Opens (or creates) the engine in `config.dir`, recovering state from the log.
     pub fn open(config: EngineConfig) -> Result<Engine> {
-        let storage = OsStorage::new(&config.dir).map_err(|e| Error::io("create", &config.dir, e))?;
+        let storage =
+            OsStorage::new(&config.dir).map_err(|e| Error::io("create", &config.dir, e))?;
         let lock = lock_dir(&config.dir)?;
         Self::open_inner(config, Arc::new(storage), Arc::new(SystemClock), Some(lock))
     }
 
     /// Opens with injected storage and clock (tests, fault injection).
-    pub fn open_with(config: EngineConfig, storage: Arc<dyn Storage>, clock: Arc<dyn Clock>) -> Result<Engine> {
+    pub fn open_with(
+        config: EngineConfig,
+        storage: Arc<dyn Storage>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine> {
         Self::open_inner(config, storage, clock, None)
     }
 
@@ -395,16 +452,21 @@ impl Engine {
         self.inner.log.wait_durable(end).await
     }
 
-    fn read_bodies(&self, pending: Vec<Pending>) -> Result<Vec<(Pending, Vec<u8>, Vec<u8>)>> {
+    fn read_bodies(&self, pending: Vec<Pending>) -> Result<Vec<ReadMessage>> {
         let mut out = Vec::with_capacity(pending.len());
         for p in pending {
             let region = self.inner.log.region(p.segment).ok_or_else(|| {
-                Error::Failed(format!("segment {} holding message {} is not mapped", p.segment.0, p.id))
+                Error::Failed(format!(
+                    "segment {} holding message {} is not mapped",
+                    p.segment.0, p.id
+                ))
             })?;
             let mut body = vec![0u8; p.body_len as usize];
             let mut meta = vec![0u8; p.meta_len as usize];
             let path = || self.inner.storage.root().join(p.segment.file_name());
-            region.read(p.offset as usize, &mut body).map_err(|e| Error::io("read", path(), e))?;
+            region
+                .read(p.offset as usize, &mut body)
+                .map_err(|e| Error::io("read", path(), e))?;
             region
                 .read(p.offset as usize + p.body_len as usize, &mut meta)
                 .map_err(|e| Error::io("read", path(), e))?;
@@ -437,10 +499,10 @@ impl Engine {
                 Err(e) => return Ok(Err(e)),
             };
             check_config(&config)?;
-            if let Some(cur) = &current {
-                if cur.kind.is_push() != config.kind.is_push() {
-                    return Err(Error::WrongQueueType("the queue type cannot be changed"));
-                }
+            if let Some(cur) = &current
+                && cur.kind.is_push() != config.kind.is_push()
+            {
+                return Err(Error::WrongQueueType("the queue type cannot be changed"));
             }
             let (no, end) = match existing {
                 Some(no) => {
@@ -522,7 +584,12 @@ impl Engine {
 
     /// Posts messages, creating the queue with default settings if `auto_create` and it
     /// does not exist. Returns the new ids in order.
-    pub async fn post(&self, key: &QueueKey, messages: &[NewMessage], auto_create: bool) -> Result<Vec<MessageId>> {
+    pub async fn post(
+        &self,
+        key: &QueueKey,
+        messages: &[NewMessage],
+        auto_create: bool,
+    ) -> Result<Vec<MessageId>> {
         if messages.is_empty() {
             return Err(Error::Invalid("no messages to post"));
         }
@@ -536,10 +603,16 @@ impl Engine {
         let body_max = self.inner.config.body_bytes_max;
         for m in messages {
             if m.body.len() > body_max as usize {
-                return Err(Error::BodyTooLarge { len: m.body.len(), max: body_max });
+                return Err(Error::BodyTooLarge {
+                    len: m.body.len(),
+                    max: body_max,
+                });
             }
             if m.meta.len() > limits::META_BYTES_MAX as usize {
-                return Err(Error::MetaTooLarge { len: m.meta.len(), max: limits::META_BYTES_MAX });
+                return Err(Error::MetaTooLarge {
+                    len: m.meta.len(),
+                    max: limits::META_BYTES_MAX,
+                });
             }
             if m.delay_s > limits::DELAY_S_MAX {
                 return Err(Error::LimitExceeded {
@@ -553,7 +626,11 @@ impl Engine {
         let (ids, end, waiters) = {
             let mut guard = self.inner.state.lock();
             let st = &mut *guard;
-            let no = if auto_create { st.queue_or_create(&self.inner.log, key)? } else { st.queue_no(key)? };
+            let no = if auto_create {
+                st.queue_or_create(&self.inner.log, key)?
+            } else {
+                st.queue_no(key)?
+            };
             let expiration_s = st.queues[&no].config.message_expiration_s as u64;
             let expires_at_s = (now / 1000 + expiration_s).min(u32::MAX as u64) as u32;
             let first_id = st.next_id;
@@ -564,7 +641,11 @@ impl Engine {
             buf.u16(messages.len() as u16);
             let mut body_ats = Vec::with_capacity(messages.len());
             for (i, m) in messages.iter().enumerate() {
-                let visible_at = if m.delay_s > 0 { now + m.delay_s as u64 * 1000 } else { 0 };
+                let visible_at = if m.delay_s > 0 {
+                    now + m.delay_s as u64 * 1000
+                } else {
+                    0
+                };
                 buf.u64(first_id + i as u64);
                 buf.u64(visible_at);
                 buf.u32(expires_at_s);
@@ -592,7 +673,9 @@ impl Engine {
                 };
                 q.apply_insert(e, visible_at, None, &mut st.live);
             }
-            let ids = (0..messages.len() as u64).map(|i| MessageId(first_id + i)).collect::<Vec<_>>();
+            let ids = (0..messages.len() as u64)
+                .map(|i| MessageId(first_id + i))
+                .collect::<Vec<_>>();
             (ids, end, q.waiters.clone())
         };
         for _ in 0..messages.len() {
@@ -603,7 +686,11 @@ impl Engine {
     }
 
     /// Reserves up to `opts.n` messages, waiting up to `opts.wait_ms` for one to appear.
-    pub async fn reserve(&self, key: &QueueKey, opts: ReserveOptions) -> Result<Vec<ReservedMessage>> {
+    pub async fn reserve(
+        &self,
+        key: &QueueKey,
+        opts: ReserveOptions,
+    ) -> Result<Vec<ReservedMessage>> {
         if opts.n == 0 || opts.n > limits::MESSAGES_PER_RESERVE_MAX {
             return Err(Error::LimitExceeded {
                 what: "n",
@@ -645,7 +732,8 @@ impl Engine {
             let mut until = deadline;
             if let Some(due) = next_due {
                 let now = self.now_ms();
-                let wake = tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now) + 1);
+                let wake = tokio::time::Instant::now()
+                    + Duration::from_millis(due.saturating_sub(now) + 1);
                 until = until.min(wake);
             }
             let _ = tokio::time::timeout_at(until, notified).await;
@@ -664,11 +752,21 @@ impl Engine {
         let st = &mut *guard;
         let no = st.queue_no(key)?;
         if st.queues[&no].config.kind.is_push() {
-            return Err(Error::WrongQueueType("messages on a push queue cannot be reserved"));
+            return Err(Error::WrongQueueType(
+                "messages on a push queue cannot be reserved",
+            ));
         }
-        let timeout_s = if opts.timeout_s == 0 { st.queues[&no].config.message_timeout_s } else { opts.timeout_s };
+        let timeout_s = if opts.timeout_s == 0 {
+            st.queues[&no].config.message_timeout_s
+        } else {
+            opts.timeout_s
+        };
         let until = now + timeout_s as u64 * 1000;
-        let dl_max = st.queues[&no].config.dead_letter.as_ref().map(|d| d.max_reservations);
+        let dl_max = st.queues[&no]
+            .config
+            .dead_letter
+            .as_ref()
+            .map(|d| d.max_reservations);
         st.queues.get_mut(&no).expect("registered queue").tick(now);
         let mut picked = Vec::new();
         let mut to_dead_letter = Vec::new();
@@ -712,7 +810,11 @@ impl Engine {
         st.scratch = buf;
         let mut end = self.inner.log.end();
         if count > 0 {
-            let kind = if opts.delete { Kind::Delete } else { Kind::Reserve };
+            let kind = if opts.delete {
+                Kind::Delete
+            } else {
+                Kind::Reserve
+            };
             end = st.append(&self.inner.log, kind)?.1;
         }
         // The dead-letter moves are logged after the reserve record (which did not touch them).
@@ -728,7 +830,11 @@ impl Engine {
     /// Visible messages from the head, without reserving them.
     pub async fn peek(&self, key: &QueueKey, n: usize) -> Result<Vec<MessageView>> {
         if n == 0 || n > limits::MESSAGES_PER_RESERVE_MAX {
-            return Err(Error::LimitExceeded { what: "n", got: n as u64, max: limits::MESSAGES_PER_RESERVE_MAX as u64 });
+            return Err(Error::LimitExceeded {
+                what: "n",
+                got: n as u64,
+                max: limits::MESSAGES_PER_RESERVE_MAX as u64,
+            });
         }
         let pending: Vec<Pending> = {
             let mut st = self.inner.state.lock();
@@ -736,7 +842,10 @@ impl Engine {
             let now = self.now_ms();
             let q = st.queues.get_mut(&no).expect("registered queue");
             q.tick(now);
-            q.peek(n, (now / 1000) as u32).iter().map(|e| Pending::of(e, None)).collect()
+            q.peek(n, (now / 1000) as u32)
+                .iter()
+                .map(|e| Pending::of(e, None))
+                .collect()
         };
         self.settle().await?;
         Ok(self.read_bodies(pending)?.into_iter().map(view).collect())
@@ -759,8 +868,20 @@ impl Engine {
     }
 
     /// Deletes one message; a reserved one needs its current reservation id.
-    pub async fn delete(&self, key: &QueueKey, id: MessageId, reservation: Option<ReservationId>) -> Result<()> {
-        self.delete_batch(key, &[DeleteItem { id, reservation_id: reservation }]).await
+    pub async fn delete(
+        &self,
+        key: &QueueKey,
+        id: MessageId,
+        reservation: Option<ReservationId>,
+    ) -> Result<()> {
+        self.delete_batch(
+            key,
+            &[DeleteItem {
+                id,
+                reservation_id: reservation,
+            }],
+        )
+        .await
     }
 
     /// Deletes several messages: all of them, or (on any refusal) none.
@@ -783,7 +904,8 @@ impl Engine {
             let q = st.queues.get_mut(&no).expect("registered queue");
             q.tick(now);
             for it in items {
-                q.check_delete(it.id, it.reservation_id).map_err(|r| refusal(r, it.id))?;
+                q.check_delete(it.id, it.reservation_id)
+                    .map_err(|r| refusal(r, it.id))?;
             }
             let mut buf = std::mem::take(&mut st.scratch);
             buf.clear();
@@ -805,9 +927,19 @@ impl Engine {
 
     /// Extends a reservation: a new reservation id, expiring `timeout_s` from now (0: the
     /// queue's timeout). The old id stops working.
-    pub async fn touch(&self, key: &QueueKey, id: MessageId, rid: ReservationId, timeout_s: u32) -> Result<(ReservationId, u64)> {
+    pub async fn touch(
+        &self,
+        key: &QueueKey,
+        id: MessageId,
+        rid: ReservationId,
+        timeout_s: u32,
+    ) -> Result<(ReservationId, u64)> {
         if timeout_s > limits::TIMEOUT_S_MAX {
-            return Err(Error::LimitExceeded { what: "timeout", got: timeout_s as u64, max: limits::TIMEOUT_S_MAX as u64 });
+            return Err(Error::LimitExceeded {
+                what: "timeout",
+                got: timeout_s as u64,
+                max: limits::TIMEOUT_S_MAX as u64,
+            });
         }
         let (out, end) = {
             let mut guard = self.inner.state.lock();
@@ -817,7 +949,11 @@ impl Engine {
             let q = st.queues.get_mut(&no).expect("registered queue");
             q.tick(now);
             q.check_reservation(id, rid).map_err(|r| refusal(r, id))?;
-            let timeout_s = if timeout_s == 0 { q.config.message_timeout_s } else { timeout_s };
+            let timeout_s = if timeout_s == 0 {
+                q.config.message_timeout_s
+            } else {
+                timeout_s
+            };
             let until = now + timeout_s as u64 * 1000;
             let new = st.rids.next();
             q.apply_touch(id, new, until);
@@ -835,9 +971,19 @@ impl Engine {
     }
 
     /// Ends a reservation; the message becomes visible again after `delay_s`.
-    pub async fn release(&self, key: &QueueKey, id: MessageId, rid: ReservationId, delay_s: u32) -> Result<()> {
+    pub async fn release(
+        &self,
+        key: &QueueKey,
+        id: MessageId,
+        rid: ReservationId,
+        delay_s: u32,
+    ) -> Result<()> {
         if delay_s > limits::DELAY_S_MAX {
-            return Err(Error::LimitExceeded { what: "delay", got: delay_s as u64, max: limits::DELAY_S_MAX as u64 });
+            return Err(Error::LimitExceeded {
+                what: "delay",
+                got: delay_s as u64,
+                max: limits::DELAY_S_MAX as u64,
+            });
         }
         let (end, waiters) = {
             let mut guard = self.inner.state.lock();
@@ -847,7 +993,11 @@ impl Engine {
             let q = st.queues.get_mut(&no).expect("registered queue");
             q.tick(now);
             q.check_reservation(id, rid).map_err(|r| refusal(r, id))?;
-            let visible_at = if delay_s > 0 { now + delay_s as u64 * 1000 } else { 0 };
+            let visible_at = if delay_s > 0 {
+                now + delay_s as u64 * 1000
+            } else {
+                0
+            };
             q.apply_release(id, visible_at, now);
             let waiters = q.waiters.clone();
             let mut buf = std::mem::take(&mut st.scratch);
@@ -870,7 +1020,10 @@ impl Engine {
             let mut guard = self.inner.state.lock();
             let st = &mut *guard;
             let no = st.queue_no(key)?;
-            st.queues.get_mut(&no).expect("registered queue").apply_clear(&mut st.live);
+            st.queues
+                .get_mut(&no)
+                .expect("registered queue")
+                .apply_clear(&mut st.live);
             let mut buf = std::mem::take(&mut st.scratch);
             buf.clear();
             buf.u32(no.0);
@@ -900,7 +1053,8 @@ impl Engine {
             let (start, end) = st.append(&self.inner.log, Kind::Meta)?;
             match value {
                 Some(v) => {
-                    st.meta.insert(key.to_string(), (v.to_vec(), start.segment()));
+                    st.meta
+                        .insert(key.to_string(), (v.to_vec(), start.segment()));
                 }
                 None => {
                     st.meta.remove(key);
@@ -912,7 +1066,12 @@ impl Engine {
     }
 
     pub fn meta(&self, key: &str) -> Option<Vec<u8>> {
-        self.inner.state.lock().meta.get(key).map(|(v, _)| v.clone())
+        self.inner
+            .state
+            .lock()
+            .meta
+            .get(key)
+            .map(|(v, _)| v.clone())
     }
 
     /// Metadata entries whose keys start with `prefix`, in key order.
@@ -935,8 +1094,22 @@ impl Engine {
         crate::retention::maintain(self)
     }
 
-    pub(crate) fn parts(&self) -> (&Mutex<State>, &Arc<Log>, &dyn Clock, &EngineConfig, &dyn Storage) {
-        (&self.inner.state, &self.inner.log, &*self.inner.clock, &self.inner.config, &*self.inner.storage)
+    pub(crate) fn parts(
+        &self,
+    ) -> (
+        &Mutex<State>,
+        &Arc<Log>,
+        &dyn Clock,
+        &EngineConfig,
+        &dyn Storage,
+    ) {
+        (
+            &self.inner.state,
+            &self.inner.log,
+            &*self.inner.clock,
+            &self.inner.config,
+            &*self.inner.storage,
+        )
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -994,7 +1167,13 @@ pub struct MaintainReport {
 }
 
 fn view((p, body, meta): (Pending, Vec<u8>, Vec<u8>)) -> MessageView {
-    MessageView { id: p.id, body, meta, reserved_count: p.reserved_count, reservation: p.reservation }
+    MessageView {
+        id: p.id,
+        body,
+        meta,
+        reserved_count: p.reserved_count,
+        reservation: p.reservation,
+    }
 }
 
 /// Takes an exclusive lock on the data directory, so two processes never share a log.
@@ -1007,7 +1186,10 @@ fn lock_dir(dir: &std::path::Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io("open", &path, e))?;
-    #[expect(unsafe_code, reason = "flock on a descriptor we own; no memory is involved")]
+    #[expect(
+        unsafe_code,
+        reason = "flock on a descriptor we own; no memory is involved"
+    )]
     // SAFETY: `file` is open for the duration of the call; flock only reads the descriptor.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {

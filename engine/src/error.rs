@@ -25,20 +25,32 @@ pub enum Error {
     #[error("Message metadata is {len} bytes; the limit is {max} bytes")]
     MetaTooLarge { len: usize, max: u32 },
     #[error("{what} is {got}; the limit is {max}")]
-    LimitExceeded { what: &'static str, got: u64, max: u64 },
+    LimitExceeded {
+        what: &'static str,
+        got: u64,
+        max: u64,
+    },
     #[error("{0}")]
     Invalid(&'static str),
     /// Pull operations on a push queue, or the reverse.
     #[error("{0}")]
     WrongQueueType(&'static str),
     #[error("I/O error during {op} on {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error(
         "corrupt log: {kind} in {path} at byte offset {offset}; the data before it is intact. \
          If this follows a power loss (not a disk fault), reopen with recovery mode \
          `tolerate-tail` to truncate the log at this offset"
     )]
-    Corruption { path: PathBuf, offset: u64, kind: CorruptionKind },
+    Corruption {
+        path: PathBuf,
+        offset: u64,
+        kind: CorruptionKind,
+    },
     #[error("the data directory {0} is in use by another process")]
     Locked(PathBuf),
     #[error("invalid engine configuration: {0}")]
@@ -76,6 +88,10 @@ pub enum CorruptionKind {
 
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
-        Error::Io { op, path: path.into(), source }
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -71,7 +71,9 @@ impl SegmentId {
         if hex.len() != 16 {
             return None;
         }
-        u32::try_from(u64::from_str_radix(hex, 16).ok()?).ok().map(SegmentId)
+        u32::try_from(u64::from_str_radix(hex, 16).ok()?)
+            .ok()
+            .map(SegmentId)
     }
 }
 
@@ -105,7 +107,10 @@ pub struct QueueKey {
 
 impl QueueKey {
     pub fn new(project: impl Into<String>, name: impl Into<String>) -> QueueKey {
-        QueueKey { project: project.into(), name: name.into() }
+        QueueKey {
+            project: project.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -126,7 +131,10 @@ mod tests {
     #[test]
     fn message_ids_have_nineteen_digits_from_the_floor() {
         assert_eq!(MessageId(MessageId::FLOOR).to_string().len(), 19);
-        assert_eq!(MessageId::parse("1000000000000000123"), Some(MessageId(1000000000000000123)));
+        assert_eq!(
+            MessageId::parse("1000000000000000123"),
+            Some(MessageId(1000000000000000123))
+        );
         assert_eq!(MessageId::parse("12a"), None);
         assert_eq!(MessageId::parse(""), None);
     }

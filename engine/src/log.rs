@@ -100,7 +100,12 @@ impl Log {
             segment_bytes,
             record_bytes_max,
             policy,
-            pipe: Mutex::new(Pipe { chunks: Vec::new(), bytes: 0, end, shutdown: false }),
+            pipe: Mutex::new(Pipe {
+                chunks: Vec::new(),
+                bytes: 0,
+                end,
+                shutdown: false,
+            }),
             work: Condvar::new(),
             room: Condvar::new(),
             durable: AtomicU64::new(end.0),
@@ -139,7 +144,9 @@ impl Log {
 
     pub(crate) fn check(&self) -> Result<()> {
         if self.failed.load(Ordering::Acquire) {
-            return Err(Error::Failed(self.failure.lock().clone().unwrap_or_default()));
+            return Err(Error::Failed(
+                self.failure.lock().clone().unwrap_or_default(),
+            ));
         }
         Ok(())
     }
@@ -158,7 +165,10 @@ impl Log {
     ) -> Result<(LogPos, LogPos)> {
         self.check()?;
         let frame_len = FRAME_HEADER_BYTES + payload.len();
-        assert!(frame_len <= self.record_bytes_max + FRAME_HEADER_BYTES, "record over the limit");
+        assert!(
+            frame_len <= self.record_bytes_max + FRAME_HEADER_BYTES,
+            "record over the limit"
+        );
         let mut pipe = self.pipe.lock();
         while pipe.bytes > PENDING_BYTES_MAX && !self.failed.load(Ordering::Acquire) {
             self.room.wait(&mut pipe);
@@ -171,8 +181,16 @@ impl Log {
         if end.offset() as u64 + frame_len as u64 > self.segment_bytes {
             // Roll: the next segment starts with its header.
             let next = SegmentId(end.segment().0 + 1);
-            let header = SegmentHeader { segment: next, next_message_id: floors.0, next_queue_no: floors.1 };
-            pipe.chunks.push(Chunk { segment: next, offset: 0, buf: header.encode().to_vec() });
+            let header = SegmentHeader {
+                segment: next,
+                next_message_id: floors.0,
+                next_queue_no: floors.1,
+            };
+            pipe.chunks.push(Chunk {
+                segment: next,
+                offset: 0,
+                buf: header.encode().to_vec(),
+            });
             pipe.bytes += HEADER_BYTES;
             end = LogPos::new(next, HEADER_BYTES as u32);
         }
@@ -189,7 +207,10 @@ impl Log {
         }
         let seed = record::crc_seed(end.segment().0);
         let chunk = pipe.chunks.last_mut().expect("a chunk was just ensured");
-        debug_assert_eq!(chunk.offset as usize + chunk.buf.len(), end.offset() as usize);
+        debug_assert_eq!(
+            chunk.offset as usize + chunk.buf.len(),
+            end.offset() as usize
+        );
         record::frame(&mut chunk.buf, seed, kind, |b| b.extend_from_slice(payload));
         pipe.bytes += frame_len;
         let start = end;
@@ -264,15 +285,13 @@ impl Log {
                     if !pipe.chunks.is_empty() || pipe.shutdown || self.has_due_drops() {
                         break;
                     }
-                    if dirty {
-                        if let SyncPolicy::IntervalMs(ms) = self.policy {
-                            let left = Duration::from_millis(ms).saturating_sub(last_sync.elapsed());
-                            if left.is_zero() {
-                                break;
-                            }
-                            self.work.wait_for(&mut pipe, left);
-                            continue;
+                    if dirty && let SyncPolicy::IntervalMs(ms) = self.policy {
+                        let left = Duration::from_millis(ms).saturating_sub(last_sync.elapsed());
+                        if left.is_zero() {
+                            break;
                         }
+                        self.work.wait_for(&mut pipe, left);
+                        continue;
                     }
                     self.work.wait(&mut pipe);
                 }
@@ -303,11 +322,14 @@ impl Log {
                 if let Err(e) = file.sync_data() {
                     // fsync errors are fatal: the kernel may have dropped the dirty pages, so a
                     // retry could "succeed" with the data gone.
-                    self.fail(Error::io("fdatasync", self.path(&segment.file_name()), e).to_string());
+                    self.fail(
+                        Error::io("fdatasync", self.path(&segment.file_name()), e).to_string(),
+                    );
                     return;
                 }
                 self.fsyncs.fetch_add(1, Ordering::Relaxed);
-                self.fsync_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                self.fsync_nanos
+                    .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 last_sync = Instant::now();
                 dirty = false;
             }
@@ -341,12 +363,18 @@ impl Log {
                     .map_err(|e| Error::io("fdatasync", self.path(&segment.file_name()), e))?;
                 let (spare_name, spare) = self.take_spare()?;
                 let name = chunk.segment.file_name();
-                spare.write_at(0, &chunk.buf).map_err(|e| Error::io("write", self.path(&spare_name), e))?;
-                spare.sync_data().map_err(|e| Error::io("fdatasync", self.path(&spare_name), e))?;
+                spare
+                    .write_at(0, &chunk.buf)
+                    .map_err(|e| Error::io("write", self.path(&spare_name), e))?;
+                spare
+                    .sync_data()
+                    .map_err(|e| Error::io("fdatasync", self.path(&spare_name), e))?;
                 self.storage
                     .rename(&spare_name, &name)
                     .map_err(|e| Error::io("rename", self.path(&name), e))?;
-                let region = spare.map().map_err(|e| Error::io("mmap", self.path(&name), e))?;
+                let region = spare
+                    .map()
+                    .map_err(|e| Error::io("mmap", self.path(&name), e))?;
                 self.regions.write().insert(chunk.segment, region);
                 *segment = chunk.segment;
                 *file = spare;
@@ -415,14 +443,17 @@ impl Log {
         let durable = self.durable();
         let due: Vec<SegmentId> = {
             let mut drops = self.drops.lock();
-            let (due, keep): (Vec<_>, Vec<_>) = drops.drain(..).partition(|(after, _)| *after <= durable);
+            let (due, keep): (Vec<_>, Vec<_>) =
+                drops.drain(..).partition(|(after, _)| *after <= durable);
             *drops = keep;
             due.into_iter().map(|(_, s)| s).collect()
         };
         for seg in due {
             self.regions.write().remove(&seg);
             let name = seg.file_name();
-            self.storage.remove(&name).map_err(|e| Error::io("remove", self.path(&name), e))?;
+            self.storage
+                .remove(&name)
+                .map_err(|e| Error::io("remove", self.path(&name), e))?;
         }
         Ok(())
     }

@@ -177,12 +177,12 @@ impl Queue {
                 break;
             }
             self.delayed.pop();
-            if let Some(idx) = self.index_of(id) {
-                if self.entries[idx].state == MsgState::Delayed {
-                    self.delayed_count -= 1;
-                    self.make_visible(idx);
-                    woke += 1;
-                }
+            if let Some(idx) = self.index_of(id)
+                && self.entries[idx].state == MsgState::Delayed
+            {
+                self.delayed_count -= 1;
+                self.make_visible(idx);
+                woke += 1;
             }
         }
         while let Some(&Reverse((until, id))) = self.expiries.peek() {
@@ -205,7 +205,9 @@ impl Queue {
     /// advances the cursor past entries that are not visible.
     pub fn next_visible(&mut self) -> Option<usize> {
         let from_heap = loop {
-            let Some(&Reverse(id)) = self.returned.peek() else { break None };
+            let Some(&Reverse(id)) = self.returned.peek() else {
+                break None;
+            };
             match self.index_of(id) {
                 Some(idx) if self.entries[idx].state == MsgState::Visible && idx < self.cursor => {
                     break Some(idx);
@@ -215,7 +217,8 @@ impl Queue {
                 }
             }
         };
-        while self.cursor < self.entries.len() && self.entries[self.cursor].state != MsgState::Visible
+        while self.cursor < self.entries.len()
+            && self.entries[self.cursor].state != MsgState::Visible
         {
             self.cursor += 1;
         }
@@ -324,7 +327,9 @@ impl Queue {
     }
 
     pub fn apply_reserve(&mut self, id: MessageId, rid: ReservationId, until_ms: u64) -> bool {
-        let Some(idx) = self.index_of(id.0) else { return false };
+        let Some(idx) = self.index_of(id.0) else {
+            return false;
+        };
         let e = &mut self.entries[idx];
         match e.state {
             MsgState::Deleted => return false,
@@ -339,7 +344,9 @@ impl Queue {
     }
 
     pub fn apply_touch(&mut self, id: MessageId, rid: ReservationId, until_ms: u64) {
-        let Some(idx) = self.index_of(id.0) else { return };
+        let Some(idx) = self.index_of(id.0) else {
+            return;
+        };
         if self.entries[idx].state != MsgState::Reserved {
             return;
         }
@@ -350,7 +357,9 @@ impl Queue {
     }
 
     pub fn apply_release(&mut self, id: MessageId, visible_at_ms: u64, now_ms: u64) {
-        let Some(idx) = self.index_of(id.0) else { return };
+        let Some(idx) = self.index_of(id.0) else {
+            return;
+        };
         if self.entries[idx].state != MsgState::Reserved {
             return;
         }
@@ -395,7 +404,11 @@ impl Queue {
 
     /// Drops tombstones at the head, and compacts when they dominate.
     fn trim(&mut self) {
-        while self.entries.front().is_some_and(|e| e.state == MsgState::Deleted) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| e.state == MsgState::Deleted)
+        {
             self.entries.pop_front();
             self.tombstones -= 1;
             self.cursor = self.cursor.saturating_sub(1);
@@ -415,7 +428,8 @@ impl Queue {
             self.cursor = new_cursor;
             self.tombstones = 0;
             if self.entries.capacity() > 2 * self.entries.len() + 1024 {
-                self.entries.shrink_to(self.entries.len() + self.entries.len() / 4);
+                self.entries
+                    .shrink_to(self.entries.len() + self.entries.len() / 4);
             }
         }
     }
@@ -423,7 +437,12 @@ impl Queue {
     /// Deletes expired, unreserved messages at the head. Returns how many went.
     pub fn sweep_expired(&mut self, now_s: u32, live: &mut LiveBytes) -> usize {
         let mut n = 0;
-        while let Some(e) = self.entries.iter().find(|e| e.state != MsgState::Deleted).copied() {
+        while let Some(e) = self
+            .entries
+            .iter()
+            .find(|e| e.state != MsgState::Deleted)
+            .copied()
+        {
             if e.expires_at_s > now_s || e.state == MsgState::Reserved {
                 break;
             }
@@ -464,7 +483,9 @@ impl Queue {
 
     /// Points a message at its new place in the log after relocation.
     pub fn relocate(&mut self, id: MessageId, segment: u32, offset: u32, live: &mut LiveBytes) {
-        let Some(idx) = self.index_of(id.0) else { return };
+        let Some(idx) = self.index_of(id.0) else {
+            return;
+        };
         let e = &mut self.entries[idx];
         if e.state == MsgState::Deleted {
             return;
@@ -477,7 +498,12 @@ impl Queue {
 
     /// The visible-at time of a delayed message (scans the delay heap; for relocation only).
     pub fn delayed_until(&self, id: u64) -> u64 {
-        self.delayed.iter().filter(|Reverse((_, i))| *i == id).map(|Reverse((t, _))| *t).max().unwrap_or(0)
+        self.delayed
+            .iter()
+            .filter(|Reverse((_, i))| *i == id)
+            .map(|Reverse((t, _))| *t)
+            .max()
+            .unwrap_or(0)
     }
 
     #[cfg(any(test, feature = "testing"))]
@@ -496,7 +522,10 @@ impl Queue {
                 MsgState::Delayed => delayed += 1,
                 MsgState::Reserved => {
                     reserved += 1;
-                    assert!(self.reservations.contains_key(&e.id), "reserved without reservation");
+                    assert!(
+                        self.reservations.contains_key(&e.id),
+                        "reserved without reservation"
+                    );
                 }
                 MsgState::Visible => {
                     if i < self.cursor {

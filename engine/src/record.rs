@@ -54,7 +54,12 @@ pub fn crc_seed(segment: u32) -> u32 {
 
 /// Appends one framed record to `buf`; `payload` writes the payload. Returns the frame's
 /// start offset within `buf`.
-pub fn frame(buf: &mut Vec<u8>, seed: u32, kind: Kind, payload: impl FnOnce(&mut Vec<u8>)) -> usize {
+pub fn frame(
+    buf: &mut Vec<u8>,
+    seed: u32,
+    kind: Kind,
+    payload: impl FnOnce(&mut Vec<u8>),
+) -> usize {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; 8]);
     buf.push(kind as u8);
@@ -110,7 +115,10 @@ pub fn check_frame(bytes: &[u8], seed: u32, len_max: usize) -> FrameCheck {
     if header[9] != RECORD_VERSION {
         return FrameCheck::Bad(CorruptionKind::UnsupportedVersion(header[9] as u16));
     }
-    FrameCheck::Valid { kind, len: len as usize }
+    FrameCheck::Valid {
+        kind,
+        len: len as usize,
+    }
 }
 
 /// Cheap test used when scanning garbage for a valid frame: could a frame start here?
@@ -179,7 +187,10 @@ impl<'a> Reader<'a> {
     }
     pub fn take(&mut self, n: usize) -> R<&'a [u8]> {
         let end = self.pos.checked_add(n).ok_or(CorruptionKind::BadPayload)?;
-        let out = self.buf.get(self.pos..end).ok_or(CorruptionKind::BadPayload)?;
+        let out = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(CorruptionKind::BadPayload)?;
         self.pos = end;
         Ok(out)
     }
@@ -218,7 +229,11 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.bytes16()?).map_err(|_| CorruptionKind::BadPayload)
     }
     pub fn finish(self) -> R<()> {
-        if self.pos == self.buf.len() { Ok(()) } else { Err(CorruptionKind::BadPayload) }
+        if self.pos == self.buf.len() {
+            Ok(())
+        } else {
+            Err(CorruptionKind::BadPayload)
+        }
     }
 }
 
@@ -268,7 +283,10 @@ pub fn get_queue_def(p: &[u8]) -> R<QueueDef<'_>> {
         0 => None,
         1 => {
             let max_reservations = r.u32()?;
-            Some(DeadLetter { max_reservations, queue: r.str16()?.to_string() })
+            Some(DeadLetter {
+                max_reservations,
+                queue: r.str16()?.to_string(),
+            })
         }
         _ => return Err(CorruptionKind::BadPayload),
     };
@@ -279,7 +297,13 @@ pub fn get_queue_def(p: &[u8]) -> R<QueueDef<'_>> {
         total_messages,
         project,
         name,
-        config: QueueConfig { message_timeout_s, message_expiration_s, kind, dead_letter, extra },
+        config: QueueConfig {
+            message_timeout_s,
+            message_expiration_s,
+            kind,
+            dead_letter,
+            extra,
+        },
     })
 }
 
@@ -315,7 +339,14 @@ pub fn get_post(p: &[u8], items: &mut Vec<PostItem>) -> R<QueueNo> {
         let body_at = r.pos();
         r.take(body_len as usize)?;
         r.take(meta_len as usize)?;
-        items.push(PostItem { id, visible_at_ms, expires_at_s, body_at, body_len, meta_len });
+        items.push(PostItem {
+            id,
+            visible_at_ms,
+            expires_at_s,
+            body_at,
+            body_len,
+            meta_len,
+        });
     }
     r.finish()?;
     Ok(queue)
@@ -380,7 +411,12 @@ pub fn get_queue_no(p: &[u8]) -> R<QueueNo> {
 /// Format (Move): { from: u32 | to: u32 | id: u64 | expires_at_s: u32 }
 pub fn get_move(p: &[u8]) -> R<(QueueNo, QueueNo, MessageId, u32)> {
     let mut r = Reader::new(p);
-    let out = (QueueNo(r.u32()?), QueueNo(r.u32()?), MessageId(r.u64()?), r.u32()?);
+    let out = (
+        QueueNo(r.u32()?),
+        QueueNo(r.u32()?),
+        MessageId(r.u64()?),
+        r.u32()?,
+    );
     r.finish()?;
     Ok(out)
 }
@@ -507,15 +543,27 @@ mod tests {
     fn frame_round_trips_and_detects_flips() {
         let mut buf = Vec::new();
         frame(&mut buf, crc_seed(7), Kind::Clear, |b| b.u32(42));
-        assert_eq!(check_frame(&buf, crc_seed(7), 1024), FrameCheck::Valid { kind: Kind::Clear, len: 4 });
+        assert_eq!(
+            check_frame(&buf, crc_seed(7), 1024),
+            FrameCheck::Valid {
+                kind: Kind::Clear,
+                len: 4
+            }
+        );
         assert_eq!(get_queue_no(&buf[FRAME_HEADER_BYTES..]), Ok(QueueNo(42)));
         // The same bytes do not validate in another segment.
-        assert_eq!(check_frame(&buf, crc_seed(8), 1024), FrameCheck::Bad(CorruptionKind::RecordChecksum));
+        assert_eq!(
+            check_frame(&buf, crc_seed(8), 1024),
+            FrameCheck::Bad(CorruptionKind::RecordChecksum)
+        );
         for i in 0..buf.len() {
             for bit in 0..8 {
                 let mut b = buf.clone();
                 b[i] ^= 1 << bit;
-                assert!(matches!(check_frame(&b, crc_seed(7), 1024), FrameCheck::Bad(_)), "flip at {i}:{bit}");
+                assert!(
+                    matches!(check_frame(&b, crc_seed(7), 1024), FrameCheck::Bad(_)),
+                    "flip at {i}:{bit}"
+                );
             }
         }
         assert_eq!(check_frame(&[0u8; 40], 1, 1024), FrameCheck::End);
@@ -529,7 +577,10 @@ mod tests {
             project: "p",
             name: "a queue",
             config: QueueConfig {
-                dead_letter: Some(DeadLetter { queue: "dlq".into(), max_reservations: 4 }),
+                dead_letter: Some(DeadLetter {
+                    queue: "dlq".into(),
+                    max_reservations: 4,
+                }),
                 extra: b"{\"x\":1}".to_vec(),
                 ..QueueConfig::default()
             },

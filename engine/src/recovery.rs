@@ -45,43 +45,85 @@ struct Defs {
     max_queue: u32,
 }
 
-pub(crate) fn recover(config: &EngineConfig, storage: Arc<dyn Storage>, now_ms: u64) -> Result<Recovered> {
+pub(crate) fn recover(
+    config: &EngineConfig,
+    storage: Arc<dyn Storage>,
+    now_ms: u64,
+) -> Result<Recovered> {
     let root = storage.root().to_path_buf();
     let names = storage.list().map_err(|e| Error::io("list", &root, e))?;
-    for name in names.iter().filter(|n| n.starts_with(segment::SPARE_PREFIX)) {
-        storage.remove(name).map_err(|e| Error::io("remove", root.join(name), e))?;
+    for name in names
+        .iter()
+        .filter(|n| n.starts_with(segment::SPARE_PREFIX))
+    {
+        storage
+            .remove(name)
+            .map_err(|e| Error::io("remove", root.join(name), e))?;
     }
-    let mut ids: Vec<SegmentId> = names.iter().filter_map(|n| SegmentId::from_file_name(n)).collect();
+    let mut ids: Vec<SegmentId> = names
+        .iter()
+        .filter_map(|n| SegmentId::from_file_name(n))
+        .collect();
     ids.sort();
     let time_floor = MessageId::FLOOR + now_ms.saturating_mul(1024);
     if ids.is_empty() {
         let first = SegmentId(1);
-        let header = SegmentHeader { segment: first, next_message_id: time_floor, next_queue_no: 1 };
+        let header = SegmentHeader {
+            segment: first,
+            next_message_id: time_floor,
+            next_queue_no: 1,
+        };
         let (spare, file) = segment::create_spare(&*storage, 0, config.segment_bytes)
             .map_err(|e| Error::io("create", root.join(first.file_name()), e))?;
-        file.write_at(0, &header.encode()).map_err(|e| Error::io("write", root.join(&spare), e))?;
-        file.sync_data().map_err(|e| Error::io("fdatasync", root.join(&spare), e))?;
-        storage.rename(&spare, &first.file_name()).map_err(|e| Error::io("rename", root.join(&spare), e))?;
+        file.write_at(0, &header.encode())
+            .map_err(|e| Error::io("write", root.join(&spare), e))?;
+        file.sync_data()
+            .map_err(|e| Error::io("fdatasync", root.join(&spare), e))?;
+        storage
+            .rename(&spare, &first.file_name())
+            .map_err(|e| Error::io("rename", root.join(&spare), e))?;
         ids.push(first);
     }
     for w in ids.windows(2) {
         if w[1].0 != w[0].0 + 1 {
-            return Err(Error::Corruption { path: root.join(w[1].file_name()), offset: 0, kind: CorruptionKind::MissingSegment });
+            return Err(Error::Corruption {
+                path: root.join(w[1].file_name()),
+                offset: 0,
+                kind: CorruptionKind::MissingSegment,
+            });
         }
     }
 
     let mut segs = Vec::with_capacity(ids.len());
     for &id in &ids {
         let path = root.join(id.file_name());
-        let file = storage.open(&id.file_name()).map_err(|e| Error::io("open", &path, e))?;
+        let file = storage
+            .open(&id.file_name())
+            .map_err(|e| Error::io("open", &path, e))?;
         let region = file.map().map_err(|e| Error::io("mmap", &path, e))?;
         let mut hb = [0u8; HEADER_BYTES];
         if region.len() < HEADER_BYTES {
-            return Err(Error::Corruption { path, offset: 0, kind: CorruptionKind::ShortSegment });
+            return Err(Error::Corruption {
+                path,
+                offset: 0,
+                kind: CorruptionKind::ShortSegment,
+            });
         }
-        region.read(0, &mut hb).map_err(|e| Error::io("read", &path, e))?;
-        let header = SegmentHeader::decode(&hb, id).map_err(|kind| Error::Corruption { path: path.clone(), offset: 0, kind })?;
-        segs.push(Seg { id, file, region, header, end: HEADER_BYTES });
+        region
+            .read(0, &mut hb)
+            .map_err(|e| Error::io("read", &path, e))?;
+        let header = SegmentHeader::decode(&hb, id).map_err(|kind| Error::Corruption {
+            path: path.clone(),
+            offset: 0,
+            kind,
+        })?;
+        segs.push(Seg {
+            id,
+            file,
+            region,
+            header,
+            end: HEADER_BYTES,
+        });
     }
 
     // Pass 1.
@@ -98,7 +140,8 @@ pub(crate) fn recover(config: &EngineConfig, storage: Arc<dyn Storage>, now_ms: 
     for (i, seg) in segs.iter_mut().enumerate() {
         let path = root.join(seg.id.file_name());
         let seed = record::crc_seed(seg.id.0);
-        let mut outcome: Result<(usize, Option<(usize, CorruptionKind)>)> = Ok((HEADER_BYTES, None));
+        let mut outcome: Result<(usize, Option<(usize, CorruptionKind)>)> =
+            Ok((HEADER_BYTES, None));
         let len = seg.region.len();
         seg.region
             .with_slice(0, len, &mut |bytes| {
@@ -111,21 +154,33 @@ pub(crate) fn recover(config: &EngineConfig, storage: Arc<dyn Storage>, now_ms: 
             let tolerate = i == last;
             let mut valid_after = None;
             seg.region
-                .with_slice(0, len, &mut |bytes| valid_after = find_valid_frame(bytes, offset + 1, seed, len_max))
+                .with_slice(0, len, &mut |bytes| {
+                    valid_after = find_valid_frame(bytes, offset + 1, seed, len_max)
+                })
                 .map_err(|e| Error::io("read", &path, e))?;
             let strict = config.recovery == RecoveryMode::Strict;
             if !tolerate || (valid_after.is_some() && strict) {
-                return Err(Error::Corruption { path, offset: offset as u64, kind });
+                return Err(Error::Corruption {
+                    path,
+                    offset: offset as u64,
+                    kind,
+                });
             }
             torn_at = Some(offset);
         } else if i != last {
             // A sealed segment ends in zeros; a valid record beyond them means a zeroed block.
             let mut valid_after = None;
             seg.region
-                .with_slice(0, len, &mut |bytes| valid_after = find_valid_frame(bytes, end + 1, seed, len_max))
+                .with_slice(0, len, &mut |bytes| {
+                    valid_after = find_valid_frame(bytes, end + 1, seed, len_max)
+                })
                 .map_err(|e| Error::io("read", &path, e))?;
             if valid_after.is_some() {
-                return Err(Error::Corruption { path, offset: end as u64, kind: CorruptionKind::RecordLength(0) });
+                return Err(Error::Corruption {
+                    path,
+                    offset: end as u64,
+                    kind: CorruptionKind::RecordLength(0),
+                });
             }
         }
     }
@@ -136,8 +191,12 @@ pub(crate) fn recover(config: &EngineConfig, storage: Arc<dyn Storage>, now_ms: 
         .chain([defs.max_id + 1, time_floor])
         .max()
         .unwrap_or(time_floor);
-    let next_queue =
-        segs.iter().map(|s| s.header.next_queue_no).chain([defs.max_queue + 1, 1]).max().unwrap_or(1);
+    let next_queue = segs
+        .iter()
+        .map(|s| s.header.next_queue_no)
+        .chain([defs.max_queue + 1, 1])
+        .max()
+        .unwrap_or(1);
 
     // Pass 2.
     let mut state = State {
@@ -155,15 +214,24 @@ pub(crate) fn recover(config: &EngineConfig, storage: Arc<dyn Storage>, now_ms: 
     qnos.sort();
     for no in qnos {
         let (project, name, config) = defs.latest[&no].clone();
-        state.queues.insert(no, Queue::new(no, QueueKey::new(project, name), config, SegmentId(0)));
+        state.queues.insert(
+            no,
+            Queue::new(no, QueueKey::new(project, name), config, SegmentId(0)),
+        );
     }
     for seg in &segs {
         let path = root.join(seg.id.file_name());
         let mut outcome = Ok(());
         seg.region
-            .with_slice(0, seg.end, &mut |bytes| outcome = replay(bytes, seg.id, &mut state, now_ms))
+            .with_slice(0, seg.end, &mut |bytes| {
+                outcome = replay(bytes, seg.id, &mut state, now_ms)
+            })
             .map_err(|e| Error::io("read", &path, e))?;
-        outcome.map_err(|kind| Error::Corruption { path, offset: 0, kind })?;
+        outcome.map_err(|kind| Error::Corruption {
+            path,
+            offset: 0,
+            kind,
+        })?;
     }
     for (key, value) in defs.meta {
         if let Some(v) = value {
@@ -173,7 +241,11 @@ pub(crate) fn recover(config: &EngineConfig, storage: Arc<dyn Storage>, now_ms: 
     for q in state.queues.values_mut() {
         q.tick(now_ms);
     }
-    state.by_key = state.queues.values().map(|q| (q.key.clone(), q.no)).collect();
+    state.by_key = state
+        .queues
+        .values()
+        .map(|q| (q.key.clone(), q.no))
+        .collect();
 
     let tail_seg = &segs[last];
     if let Some(offset) = torn_at {
@@ -184,14 +256,28 @@ pub(crate) fn recover(config: &EngineConfig, storage: Arc<dyn Storage>, now_ms: 
         let len = tail_seg.region.len();
         while off < len {
             let n = (len - off).min(zeros.len());
-            tail_seg.file.write_at(off as u64, &zeros[..n]).map_err(|e| Error::io("write", &path, e))?;
+            tail_seg
+                .file
+                .write_at(off as u64, &zeros[..n])
+                .map_err(|e| Error::io("write", &path, e))?;
             off += n;
         }
-        tail_seg.file.sync_data().map_err(|e| Error::io("fdatasync", &path, e))?;
+        tail_seg
+            .file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync", &path, e))?;
     }
-    let tail = Tail { segment: tail_seg.id, file: tail_seg.file.clone(), end: tail_seg.end as u32 };
+    let tail = Tail {
+        segment: tail_seg.id,
+        file: tail_seg.file.clone(),
+        end: tail_seg.end as u32,
+    };
     let regions = segs.iter().map(|s| (s.id, s.region.clone())).collect();
-    Ok(Recovered { state, tail, regions })
+    Ok(Recovered {
+        state,
+        tail,
+        regions,
+    })
 }
 
 /// Checks every frame; collects definitions. Returns the end of the valid records and, if
@@ -231,7 +317,10 @@ fn collect(
         Kind::QueueDef => {
             let d = record::get_queue_def(p)?;
             defs.max_queue = defs.max_queue.max(d.queue.0);
-            defs.latest.insert(d.queue, (d.project.to_string(), d.name.to_string(), d.config));
+            defs.latest.insert(
+                d.queue,
+                (d.project.to_string(), d.name.to_string(), d.config),
+            );
         }
         Kind::QueueDrop => {
             let q = record::get_queue_no(p)?;
@@ -239,7 +328,8 @@ fn collect(
         }
         Kind::Meta => {
             let (k, v) = record::get_meta(p)?;
-            defs.meta.insert(k.to_string(), v.map(|v| (v.to_vec(), seg)));
+            defs.meta
+                .insert(k.to_string(), v.map(|v| (v.to_vec(), seg)));
         }
         Kind::Post => {
             record::get_post(p, items)?;
@@ -257,14 +347,21 @@ fn collect(
 }
 
 /// Replays the records of one segment (already checked by pass 1) into `state`.
-fn replay(bytes: &[u8], seg: SegmentId, state: &mut State, now_ms: u64) -> std::result::Result<(), CorruptionKind> {
+fn replay(
+    bytes: &[u8],
+    seg: SegmentId,
+    state: &mut State,
+    now_ms: u64,
+) -> std::result::Result<(), CorruptionKind> {
     let mut off = HEADER_BYTES;
     let mut items = Vec::new();
     let mut reserves = Vec::new();
     let mut ids = Vec::new();
     while off + FRAME_HEADER_BYTES <= bytes.len() {
-        let len = u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]]) as usize;
-        let kind = Kind::from_byte(bytes[off + 8]).ok_or(CorruptionKind::UnknownKind(bytes[off + 8]))?;
+        let len = u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]])
+            as usize;
+        let kind =
+            Kind::from_byte(bytes[off + 8]).ok_or(CorruptionKind::UnknownKind(bytes[off + 8]))?;
         let base = off + FRAME_HEADER_BYTES;
         let p = &bytes[base..base + len];
         let live = &mut state.live;
@@ -358,18 +455,26 @@ fn replay(bytes: &[u8], seg: SegmentId, state: &mut State, now_ms: u64) -> std::
 }
 
 /// The first offset at or after `from` where a valid frame starts, if any.
-pub(crate) fn find_valid_frame(bytes: &[u8], from: usize, seed: u32, len_max: usize) -> Option<usize> {
+pub(crate) fn find_valid_frame(
+    bytes: &[u8],
+    from: usize,
+    seed: u32,
+    len_max: usize,
+) -> Option<usize> {
     let mut i = from;
     while i + FRAME_HEADER_BYTES <= bytes.len() {
         // Skip zeros quickly: a frame's length field is non-zero, so a frame can only start
         // within three bytes before a non-zero byte.
-        let Some(nz) = bytes[i..].iter().position(|&b| b != 0) else { return None };
+        let nz = bytes[i..].iter().position(|&b| b != 0)?;
         let p = i + nz;
         let lo = p.saturating_sub(3).max(i);
         for start in lo..=p {
             if start + FRAME_HEADER_BYTES <= bytes.len()
                 && record::plausible_frame_start(&bytes[start..], len_max)
-                && matches!(record::check_frame(&bytes[start..], seed, len_max), FrameCheck::Valid { .. })
+                && matches!(
+                    record::check_frame(&bytes[start..], seed, len_max),
+                    FrameCheck::Valid { .. }
+                )
             {
                 return Some(start);
             }

@@ -45,8 +45,12 @@ pub(crate) fn maintain(engine: &Engine) -> Result<MaintainReport> {
                 break;
             }
         }
-        let defs: Vec<QueueNo> =
-            st.queues.values().filter(|q| q.def_segment <= first).map(|q| q.no).collect();
+        let defs: Vec<QueueNo> = st
+            .queues
+            .values()
+            .filter(|q| q.def_segment <= first)
+            .map(|q| q.no)
+            .collect();
         for no in defs {
             st.write_def(log, no)?;
             report.definitions_rewritten += 1;
@@ -84,7 +88,9 @@ fn relocate_from(
     now_ms: u64,
     storage: &dyn crate::storage::Storage,
 ) -> Result<usize> {
-    let region = log.region(segment).ok_or_else(|| Error::Failed(format!("segment {} is not mapped", segment.0)))?;
+    let region = log
+        .region(segment)
+        .ok_or_else(|| Error::Failed(format!("segment {} is not mapped", segment.0)))?;
     let path = storage.root().join(segment.file_name());
     // Which (queue, id) pairs live in this segment, found by walking its records.
     let mut found: Vec<(QueueNo, MessageId)> = Vec::new();
@@ -94,7 +100,9 @@ fn relocate_from(
         .with_slice(0, region.len(), &mut |bytes| {
             let mut off = HEADER_BYTES;
             let mut items = Vec::new();
-            while let FrameCheck::Valid { kind, len } = record::check_frame(&bytes[off..], seed, usize::MAX >> 1) {
+            while let FrameCheck::Valid { kind, len } =
+                record::check_frame(&bytes[off..], seed, usize::MAX >> 1)
+            {
                 let p = &bytes[off + FRAME_HEADER_BYTES..off + FRAME_HEADER_BYTES + len];
                 match kind {
                     Kind::Post => match record::get_post(p, &mut items) {
@@ -111,30 +119,48 @@ fn relocate_from(
             }
         })
         .map_err(|e| Error::io("read", &path, e))?;
-    walk.map_err(|kind| Error::Corruption { path: path.clone(), offset: 0, kind })?;
+    walk.map_err(|kind| Error::Corruption {
+        path: path.clone(),
+        offset: 0,
+        kind,
+    })?;
     // Messages dead-lettered into another queue keep their place: find them by id too.
     let mut moved = 0;
     for (no, id) in found {
         if moved >= RELOCATIONS_PER_CALL_MAX {
             break;
         }
-        let located = st.queues.get(&no).and_then(|q| q.get(id).copied()).filter(|e| e.segment == segment.0);
+        let located = st
+            .queues
+            .get(&no)
+            .and_then(|q| q.get(id).copied())
+            .filter(|e| e.segment == segment.0);
         let (no, e) = match located {
             Some(e) => (no, e),
-            None => match st
-                .queues
-                .values()
-                .find_map(|q| q.get(id).filter(|e| e.segment == segment.0).map(|e| (q.no, *e)))
-            {
+            None => match st.queues.values().find_map(|q| {
+                q.get(id)
+                    .filter(|e| e.segment == segment.0)
+                    .map(|e| (q.no, *e))
+            }) {
                 Some(x) => x,
                 None => continue,
             },
         };
         let q = &st.queues[&no];
         let mut body = vec![0u8; e.body_len as usize + e.meta_len as usize];
-        region.read(e.offset as usize, &mut body).map_err(|err| Error::io("read", &path, err))?;
-        let reservation = if e.state == MsgState::Reserved { q.reservation(id) } else { None };
-        let visible_at_ms = if e.state == MsgState::Delayed { q.delayed_until(e.id).max(now_ms) } else { 0 };
+        region
+            .read(e.offset as usize, &mut body)
+            .map_err(|err| Error::io("read", &path, err))?;
+        let reservation = if e.state == MsgState::Reserved {
+            q.reservation(id)
+        } else {
+            None
+        };
+        let visible_at_ms = if e.state == MsgState::Delayed {
+            q.delayed_until(e.id).max(now_ms)
+        } else {
+            0
+        };
         let item = RelocateItem {
             queue: no,
             id,
@@ -148,7 +174,12 @@ fn relocate_from(
         };
         let mut buf = std::mem::take(&mut st.scratch);
         buf.clear();
-        record::put_relocate(&mut buf, &item, &body[..e.body_len as usize], &body[e.body_len as usize..]);
+        record::put_relocate(
+            &mut buf,
+            &item,
+            &body[..e.body_len as usize],
+            &body[e.body_len as usize..],
+        );
         st.scratch = buf;
         let floors = st.floors();
         let (start, _) = log.append(Kind::Relocate, &st.scratch, floors)?;

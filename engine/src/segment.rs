@@ -56,7 +56,10 @@ impl SegmentHeader {
         }
         let segment = u32::from_le_bytes([b[12], b[13], b[14], b[15]]);
         if segment != expected.0 {
-            return Err(CorruptionKind::SegmentIdMismatch { expected: expected.0, found: segment });
+            return Err(CorruptionKind::SegmentIdMismatch {
+                expected: expected.0,
+                found: segment,
+            });
         }
         let mut id = [0u8; 8];
         id.copy_from_slice(&b[16..24]);

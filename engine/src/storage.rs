@@ -31,6 +31,9 @@ pub trait Storage: Send + Sync + 'static {
 /// One open file.
 pub trait StorageFile: Send + Sync {
     fn len(&self) -> io::Result<u64>;
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// fdatasync.
@@ -44,6 +47,9 @@ pub trait StorageFile: Send + Sync {
 /// Read access to a mapped file. Reads past the end return an error instead of faulting.
 pub trait Region: Send + Sync {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Copies `dst.len()` bytes at `offset` into `dst`.
     fn read(&self, offset: usize, dst: &mut [u8]) -> io::Result<()>;
     /// Calls `f` with the bytes at `offset..offset + len` without copying where possible.
@@ -78,12 +84,18 @@ impl Storage for OsStorage {
         Ok(out)
     }
     fn open(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
-        let file = OpenOptions::new().read(true).write(true).open(self.dir.join(name))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.dir.join(name))?;
         Ok(Arc::new(OsFile { file }))
     }
     fn create(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
-        let file =
-            OpenOptions::new().read(true).write(true).create_new(true).open(self.dir.join(name))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(self.dir.join(name))?;
         Ok(Arc::new(OsFile { file }))
     }
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -129,7 +141,10 @@ impl StorageFile for OsFile {
         // the log, and on Linux an unlinked file stays valid for existing mappings. So no
         // access through this map can fault. Concurrent writes through `write_at` only touch
         // bytes past every position a reader is given (readers wait for the writer first).
-        #[expect(unsafe_code, reason = "memmap2 requires unsafe; see the SAFETY comment")]
+        #[expect(
+            unsafe_code,
+            reason = "memmap2 requires unsafe; see the SAFETY comment"
+        )]
         let map = unsafe { memmap2::Mmap::map(&self.file)? };
         Ok(Arc::new(MmapRegion { map }))
     }
@@ -158,7 +173,10 @@ struct MmapRegion {
 pub fn check_bounds(total: usize, offset: usize, len: usize) -> io::Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= total => Ok(()),
-        _ => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of a segment")),
+        _ => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "read past the end of a segment",
+        )),
     }
 }
 

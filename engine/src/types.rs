@@ -135,7 +135,12 @@ pub struct ReserveOptions {
 
 impl Default for ReserveOptions {
     fn default() -> Self {
-        ReserveOptions { n: 1, timeout_s: 0, wait_ms: 0, delete: false }
+        ReserveOptions {
+            n: 1,
+            timeout_s: 0,
+            wait_ms: 0,
+            delete: false,
+        }
     }
 }
 

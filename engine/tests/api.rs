@@ -13,11 +13,19 @@ fn open(dir: &std::path::Path, clock: &ManualClock) -> Engine {
     let mut config = EngineConfig::new(dir);
     config.segment_bytes = 2 << 20;
     config.body_bytes_max = 4096;
-    Engine::open_with(config, Arc::new(OsStorage::new(dir).unwrap()), Arc::new(clock.clone())).unwrap()
+    Engine::open_with(
+        config,
+        Arc::new(OsStorage::new(dir).unwrap()),
+        Arc::new(clock.clone()),
+    )
+    .unwrap()
 }
 
 fn msg(body: &str) -> NewMessage {
-    NewMessage { body: body.as_bytes().to_vec(), ..Default::default() }
+    NewMessage {
+        body: body.as_bytes().to_vec(),
+        ..Default::default()
+    }
 }
 
 fn key(name: &str) -> QueueKey {
@@ -25,7 +33,10 @@ fn key(name: &str) -> QueueKey {
 }
 
 fn reserve(n: usize) -> ReserveOptions {
-    ReserveOptions { n, ..Default::default() }
+    ReserveOptions {
+        n,
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -33,15 +44,23 @@ async fn post_reserve_delete_in_fifo_order_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     let e = open(dir.path(), &clock);
-    let ids = e.post(&key("q"), &[msg("a"), msg("b"), msg("c")], true).await.unwrap();
+    let ids = e
+        .post(&key("q"), &[msg("a"), msg("b"), msg("c")], true)
+        .await
+        .unwrap();
     assert_eq!(ids.len(), 3);
     assert!(ids.iter().all(|id| id.to_string().len() == 19));
     let got = e.reserve(&key("q"), reserve(2)).await.unwrap();
-    assert_eq!(got.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(), vec![b"a", b"b"]);
+    assert_eq!(
+        got.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(),
+        vec![b"a", b"b"]
+    );
     assert_eq!(got[0].reserved_count, 1);
     let info = e.queue_info(&key("q")).await.unwrap();
     assert_eq!((info.size, info.reserved, info.total_messages), (3, 2, 3));
-    e.delete(&key("q"), got[0].id, got[0].reservation_id).await.unwrap();
+    e.delete(&key("q"), got[0].id, got[0].reservation_id)
+        .await
+        .unwrap();
     drop(e);
 
     let e = open(dir.path(), &clock);
@@ -51,11 +70,17 @@ async fn post_reserve_delete_in_fifo_order_and_survive_reopen() {
     let b = e.get(&key("q"), got[1].id).await.unwrap();
     assert_eq!(b.reservation.map(|r| r.0), got[1].reservation_id);
     let next = e.reserve(&key("q"), reserve(5)).await.unwrap();
-    assert_eq!(next.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(), vec![b"c"]);
+    assert_eq!(
+        next.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(),
+        vec![b"c"]
+    );
     // After the timeout "b" comes back at the head.
     clock.advance_ms(61_000);
     let again = e.reserve(&key("q"), reserve(5)).await.unwrap();
-    assert_eq!(again.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(), vec![b"b", b"c"]);
+    assert_eq!(
+        again.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(),
+        vec![b"b", b"c"]
+    );
     assert_eq!(again[0].reserved_count, 2);
     e.check_invariants();
 }
@@ -66,22 +91,56 @@ async fn stale_reservations_are_refused_and_change_nothing() {
     let clock = ManualClock::new(T0);
     let e = open(dir.path(), &clock);
     e.post(&key("q"), &[msg("a")], true).await.unwrap();
-    let m = e.reserve(&key("q"), ReserveOptions { timeout_s: 5, ..reserve(1) }).await.unwrap().remove(0);
+    let m = e
+        .reserve(
+            &key("q"),
+            ReserveOptions {
+                timeout_s: 5,
+                ..reserve(1)
+            },
+        )
+        .await
+        .unwrap()
+        .remove(0);
     let rid = m.reservation_id.unwrap();
-    assert!(matches!(e.delete(&key("q"), m.id, None).await, Err(Error::ReservationRequired(_))));
+    assert!(matches!(
+        e.delete(&key("q"), m.id, None).await,
+        Err(Error::ReservationRequired(_))
+    ));
     let (rid2, _) = e.touch(&key("q"), m.id, rid, 0).await.unwrap();
     assert_ne!(rid, rid2);
-    assert!(matches!(e.delete(&key("q"), m.id, Some(rid)).await, Err(Error::ReservationMismatch(_))));
-    assert!(matches!(e.release(&key("q"), m.id, rid, 0).await, Err(Error::ReservationMismatch(_))));
+    assert!(matches!(
+        e.delete(&key("q"), m.id, Some(rid)).await,
+        Err(Error::ReservationMismatch(_))
+    ));
+    assert!(matches!(
+        e.release(&key("q"), m.id, rid, 0).await,
+        Err(Error::ReservationMismatch(_))
+    ));
     e.release(&key("q"), m.id, rid2, 10).await.unwrap();
-    assert!(e.reserve(&key("q"), reserve(1)).await.unwrap().is_empty(), "released with delay");
+    assert!(
+        e.reserve(&key("q"), reserve(1)).await.unwrap().is_empty(),
+        "released with delay"
+    );
     clock.advance_ms(10_001);
     let m2 = e.reserve(&key("q"), reserve(1)).await.unwrap().remove(0);
     // touch counts as a reservation (dead-letter rules), so: reserve, touch, reserve = 3.
     assert_eq!(m2.reserved_count, 3);
     // A batch with one bad entry deletes nothing.
-    let bad = [DeleteItem { id: m2.id, reservation_id: m2.reservation_id }, DeleteItem { id: engine::MessageId(1), reservation_id: None }];
-    assert!(matches!(e.delete_batch(&key("q"), &bad).await, Err(Error::MessageNotFound)));
+    let bad = [
+        DeleteItem {
+            id: m2.id,
+            reservation_id: m2.reservation_id,
+        },
+        DeleteItem {
+            id: engine::MessageId(1),
+            reservation_id: None,
+        },
+    ];
+    assert!(matches!(
+        e.delete_batch(&key("q"), &bad).await,
+        Err(Error::MessageNotFound)
+    ));
     assert_eq!(e.queue_info(&key("q")).await.unwrap().size, 1);
     e.delete_batch(&key("q"), &bad[..1]).await.unwrap();
     assert_eq!(e.queue_info(&key("q")).await.unwrap().size, 0);
@@ -93,21 +152,56 @@ async fn delayed_posts_peek_clear_and_pop() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     let e = open(dir.path(), &clock);
-    e.post(&key("q"), &[NewMessage { delay_s: 5, ..msg("later") }, msg("now")], true).await.unwrap();
+    e.post(
+        &key("q"),
+        &[
+            NewMessage {
+                delay_s: 5,
+                ..msg("later")
+            },
+            msg("now"),
+        ],
+        true,
+    )
+    .await
+    .unwrap();
     let peeked = e.peek(&key("q"), 10).await.unwrap();
-    assert_eq!(peeked.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(), vec![b"now"]);
+    assert_eq!(
+        peeked.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(),
+        vec![b"now"]
+    );
     assert_eq!(peeked[0].reserved_count, 0);
     clock.advance_ms(5_000);
-    let popped = e.reserve(&key("q"), ReserveOptions { delete: true, ..reserve(10) }).await.unwrap();
-    assert_eq!(popped.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(), vec![&b"later"[..], &b"now"[..]]);
+    let popped = e
+        .reserve(
+            &key("q"),
+            ReserveOptions {
+                delete: true,
+                ..reserve(10)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        popped.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(),
+        vec![&b"later"[..], &b"now"[..]]
+    );
     assert_eq!(e.queue_info(&key("q")).await.unwrap().size, 0);
-    assert!(matches!(e.get(&key("q"), popped[0].id).await, Err(Error::MessageNotFound)));
-    e.post(&key("q"), &[msg("x"), msg("y")], false).await.unwrap();
+    assert!(matches!(
+        e.get(&key("q"), popped[0].id).await,
+        Err(Error::MessageNotFound)
+    ));
+    e.post(&key("q"), &[msg("x"), msg("y")], false)
+        .await
+        .unwrap();
     e.reserve(&key("q"), reserve(1)).await.unwrap();
     e.clear(&key("q")).await.unwrap();
     let info = e.queue_info(&key("q")).await.unwrap();
     assert_eq!((info.size, info.reserved, info.total_messages), (0, 0, 4));
-    assert!(matches!(e.post(&key("missing"), &[msg("x")], false).await, Err(Error::QueueNotFound)));
+    assert!(matches!(
+        e.post(&key("missing"), &[msg("x")], false).await,
+        Err(Error::QueueNotFound)
+    ));
 }
 
 #[tokio::test]
@@ -116,7 +210,13 @@ async fn dead_letter_moves_on_reserve_after_max_reservations() {
     let clock = ManualClock::new(T0);
     let e = open(dir.path(), &clock);
     e.upsert_queue(&key("q"), true, |_| -> Result<_, ()> {
-        Ok(QueueConfig { dead_letter: Some(DeadLetter { queue: "dlq".into(), max_reservations: 2 }), ..QueueConfig::default() })
+        Ok(QueueConfig {
+            dead_letter: Some(DeadLetter {
+                queue: "dlq".into(),
+                max_reservations: 2,
+            }),
+            ..QueueConfig::default()
+        })
     })
     .await
     .unwrap()
@@ -124,11 +224,16 @@ async fn dead_letter_moves_on_reserve_after_max_reservations() {
     let id = e.post(&key("q"), &[msg("poison")], false).await.unwrap()[0];
     for _ in 0..2 {
         let m = e.reserve(&key("q"), reserve(1)).await.unwrap().remove(0);
-        e.release(&key("q"), m.id, m.reservation_id.unwrap(), 0).await.unwrap();
+        e.release(&key("q"), m.id, m.reservation_id.unwrap(), 0)
+            .await
+            .unwrap();
     }
     assert!(e.reserve(&key("q"), reserve(1)).await.unwrap().is_empty());
     let moved = e.get(&key("dlq"), id).await.unwrap();
-    assert_eq!((moved.body.as_slice(), moved.reserved_count), (&b"poison"[..], 2));
+    assert_eq!(
+        (moved.body.as_slice(), moved.reserved_count),
+        (&b"poison"[..], 2)
+    );
     drop(e);
     let e = open(dir.path(), &clock);
     assert_eq!(e.queue_info(&key("q")).await.unwrap().size, 0);
@@ -144,20 +249,45 @@ async fn queue_type_is_fixed_and_list_is_ordered_with_prefix_and_previous() {
     for name in ["b", "a", "ab", "abc", "c"] {
         e.post(&key(name), &[msg("x")], true).await.unwrap();
     }
-    e.post(&QueueKey::new("other", "a"), &[msg("x")], true).await.unwrap();
-    assert_eq!(e.list_queues("p", "", None, 30).await.unwrap(), vec!["a", "ab", "abc", "b", "c"]);
-    assert_eq!(e.list_queues("p", "ab", None, 30).await.unwrap(), vec!["ab", "abc"]);
-    assert_eq!(e.list_queues("p", "", Some("ab"), 2).await.unwrap(), vec!["abc", "b"]);
-    assert_eq!(e.list_queues("p", "", Some("aa"), 1).await.unwrap(), vec!["ab"]);
+    e.post(&QueueKey::new("other", "a"), &[msg("x")], true)
+        .await
+        .unwrap();
+    assert_eq!(
+        e.list_queues("p", "", None, 30).await.unwrap(),
+        vec!["a", "ab", "abc", "b", "c"]
+    );
+    assert_eq!(
+        e.list_queues("p", "ab", None, 30).await.unwrap(),
+        vec!["ab", "abc"]
+    );
+    assert_eq!(
+        e.list_queues("p", "", Some("ab"), 2).await.unwrap(),
+        vec!["abc", "b"]
+    );
+    assert_eq!(
+        e.list_queues("p", "", Some("aa"), 1).await.unwrap(),
+        vec!["ab"]
+    );
     let r = e
-        .upsert_queue(&key("a"), false, |c| -> Result<_, ()> { Ok(QueueConfig { kind: QueueKind::Multicast, ..c.unwrap().clone() }) })
+        .upsert_queue(&key("a"), false, |c| -> Result<_, ()> {
+            Ok(QueueConfig {
+                kind: QueueKind::Multicast,
+                ..c.unwrap().clone()
+            })
+        })
         .await;
     assert!(matches!(r, Err(Error::WrongQueueType(_))));
     e.delete_queue(&key("a")).await.unwrap();
-    assert!(matches!(e.queue_info(&key("a")).await, Err(Error::QueueNotFound)));
+    assert!(matches!(
+        e.queue_info(&key("a")).await,
+        Err(Error::QueueNotFound)
+    ));
     drop(e);
     let e = open(dir.path(), &clock);
-    assert_eq!(e.list_queues("p", "", None, 30).await.unwrap(), vec!["ab", "abc", "b", "c"]);
+    assert_eq!(
+        e.list_queues("p", "", None, 30).await.unwrap(),
+        vec!["ab", "abc", "b", "c"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,13 +295,39 @@ async fn long_poll_wakes_on_post_and_times_out_empty() {
     let dir = tempfile::tempdir().unwrap();
     let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
     e.post(&key("q"), &[msg("seed")], true).await.unwrap();
-    e.reserve(&key("q"), ReserveOptions { delete: true, ..reserve(1) }).await.unwrap();
+    e.reserve(
+        &key("q"),
+        ReserveOptions {
+            delete: true,
+            ..reserve(1)
+        },
+    )
+    .await
+    .unwrap();
     let t = std::time::Instant::now();
-    let none = e.reserve(&key("q"), ReserveOptions { wait_ms: 300, ..reserve(1) }).await.unwrap();
+    let none = e
+        .reserve(
+            &key("q"),
+            ReserveOptions {
+                wait_ms: 300,
+                ..reserve(1)
+            },
+        )
+        .await
+        .unwrap();
     assert!(none.is_empty());
     assert!(t.elapsed() >= std::time::Duration::from_millis(300));
     let e2 = e.clone();
-    let waiter = tokio::spawn(async move { e2.reserve(&key("q"), ReserveOptions { wait_ms: 10_000, ..reserve(1) }).await });
+    let waiter = tokio::spawn(async move {
+        e2.reserve(
+            &key("q"),
+            ReserveOptions {
+                wait_ms: 10_000,
+                ..reserve(1)
+            },
+        )
+        .await
+    });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let t = std::time::Instant::now();
     e.post(&key("q"), &[msg("wake")], false).await.unwrap();
@@ -185,14 +341,35 @@ async fn limits_are_enforced_with_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     let e = open(dir.path(), &clock);
-    let big = NewMessage { body: vec![b'x'; 4097], ..Default::default() };
-    assert!(matches!(e.post(&key("q"), &[big], true).await, Err(Error::BodyTooLarge { len: 4097, max: 4096 })));
+    let big = NewMessage {
+        body: vec![b'x'; 4097],
+        ..Default::default()
+    };
+    assert!(matches!(
+        e.post(&key("q"), &[big], true).await,
+        Err(Error::BodyTooLarge {
+            len: 4097,
+            max: 4096
+        })
+    ));
     let many: Vec<_> = (0..101).map(|_| msg("x")).collect();
-    assert!(matches!(e.post(&key("q"), &many, true).await, Err(Error::LimitExceeded { .. })));
-    assert!(matches!(e.queue_info(&key("q")).await, Err(Error::QueueNotFound)), "a refused post creates nothing");
+    assert!(matches!(
+        e.post(&key("q"), &many, true).await,
+        Err(Error::LimitExceeded { .. })
+    ));
+    assert!(
+        matches!(e.queue_info(&key("q")).await, Err(Error::QueueNotFound)),
+        "a refused post creates nothing"
+    );
     e.post(&key("q"), &[msg("x")], true).await.unwrap();
-    assert!(matches!(e.reserve(&key("q"), reserve(101)).await, Err(Error::LimitExceeded { .. })));
-    assert!(matches!(e.reserve(&key("q"), reserve(0)).await, Err(Error::LimitExceeded { .. })));
+    assert!(matches!(
+        e.reserve(&key("q"), reserve(101)).await,
+        Err(Error::LimitExceeded { .. })
+    ));
+    assert!(matches!(
+        e.reserve(&key("q"), reserve(0)).await,
+        Err(Error::LimitExceeded { .. })
+    ));
 }
 
 #[tokio::test]
@@ -206,12 +383,30 @@ async fn segments_roll_and_space_is_reclaimed_under_post_delete() {
     for _ in 0..100 {
         let batch: Vec<_> = (0..50).map(|_| msg(&body)).collect();
         e.post(&key("q"), &batch, true).await.unwrap();
-        let got = e.reserve(&key("q"), ReserveOptions { delete: true, ..reserve(50) }).await.unwrap();
+        let got = e
+            .reserve(
+                &key("q"),
+                ReserveOptions {
+                    delete: true,
+                    ..reserve(50)
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(got.len(), 50);
         e.maintain().unwrap();
     }
     e.sync().await.unwrap();
-    let segs = std::fs::read_dir(dir.path()).unwrap().filter(|f| f.as_ref().unwrap().file_name().to_string_lossy().ends_with(".seg")).count();
+    let segs = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".seg")
+        })
+        .count();
     assert!(segs <= 4, "{segs} segments left for ~0 live data");
     drop(e);
     let e = open(dir.path(), &clock);

@@ -1,0 +1,225 @@
+//! Server configuration: defaults, then a JSON file, then `FERROMQ_*` environment
+//! variables, then command-line flags. Unknown keys and bad values stop the start.
+
+use std::path::{Path, PathBuf};
+
+use engine::{EngineConfig, RecoveryMode, SyncPolicy};
+use figment::Figment;
+use figment::providers::{Env, Format, Json, Serialized};
+use serde::{Deserialize, Serialize};
+
+/// Everything the server can be configured with. Field names are the config-file keys;
+/// the environment variable of a key is `FERROMQ_` + the key in upper case.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Directory of the engine's log segments.
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: String,
+    /// Durability: `always`, `never` or `interval:MS`.
+    pub sync: String,
+    /// Log level: `debug`, `info`, `warn`, `error` (or a tracing filter directive).
+    pub log_level: String,
+    /// Damaged log tail handling on open: `strict` or `tolerate-tail`.
+    pub recovery: String,
+    /// Largest message body, bytes.
+    pub body_bytes_max: u32,
+    /// Log segment size, bytes.
+    pub segment_bytes: u64,
+    /// Largest request body, bytes; 0 means `body_bytes_max * 100 + 65536`.
+    pub request_bytes_max: u64,
+    /// Largest request head (request line + headers), bytes (at least 8192).
+    pub header_bytes_max: usize,
+    /// Concurrent connections; further ones wait in the listen backlog.
+    pub connections_max: usize,
+    /// Time allowed to send a complete request head, milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// Idle keep-alive connections are closed after this, milliseconds.
+    pub keep_alive_timeout_ms: u64,
+    /// How long shutdown waits for in-flight requests, milliseconds.
+    pub shutdown_grace_ms: u64,
+    /// Admin token to ensure at start (env `FERROMQ_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// Project to ensure at start (env `FERROMQ_PROJECT_ID`).
+    pub project_id: Option<String>,
+    /// Token of `project_id` to ensure at start (env `FERROMQ_TOKEN`).
+    pub token: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("./data"),
+            listen: "127.0.0.1:8080".into(),
+            sync: "always".into(),
+            log_level: "info".into(),
+            recovery: "strict".into(),
+            body_bytes_max: engine::limits::BODY_BYTES_DEFAULT,
+            segment_bytes: engine::limits::SEGMENT_BYTES_DEFAULT,
+            request_bytes_max: 0,
+            header_bytes_max: 64 * 1024,
+            connections_max: 10_000,
+            header_read_timeout_ms: 30_000,
+            keep_alive_timeout_ms: 75_000,
+            shutdown_grace_ms: 5_000,
+            admin_token: None,
+            project_id: None,
+            token: None,
+        }
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration key `{key}`: {msg}")]
+    Invalid { key: &'static str, msg: String },
+}
+
+const ENV_KEYS: &[&str] = &[
+    "data_dir",
+    "listen",
+    "sync",
+    "log_level",
+    "recovery",
+    "body_bytes_max",
+    "segment_bytes",
+    "request_bytes_max",
+    "header_bytes_max",
+    "connections_max",
+    "header_read_timeout_ms",
+    "keep_alive_timeout_ms",
+    "shutdown_grace_ms",
+];
+
+impl ServerConfig {
+    /// Loads defaults < `file` < environment. Credentials come from the plain environment
+    /// (`FERROMQ_ADMIN_TOKEN`, `FERROMQ_PROJECT_ID`, `FERROMQ_TOKEN`) so that numeric-looking
+    /// values stay strings.
+    pub fn load(file: Option<&Path>) -> Result<ServerConfig, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(ServerConfig::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    msg: format!("file {} does not exist", f.display()),
+                });
+            }
+            fig = fig.merge(Json::file(f));
+        }
+        fig = fig.merge(Env::prefixed("FERROMQ_").only(ENV_KEYS));
+        let mut c: ServerConfig = fig.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        for (var, slot) in [
+            ("FERROMQ_ADMIN_TOKEN", &mut c.admin_token),
+            ("FERROMQ_PROJECT_ID", &mut c.project_id),
+            ("FERROMQ_TOKEN", &mut c.token),
+        ] {
+            if let Ok(v) = std::env::var(var)
+                && !v.is_empty()
+            {
+                *slot = Some(v);
+            }
+        }
+        Ok(c)
+    }
+
+    /// Checks every value; returns the first problem with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, msg: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                msg: msg.to_string(),
+            })
+        };
+        self.sync_policy()?;
+        self.recovery_mode()?;
+        if self.listen.parse::<std::net::SocketAddr>().is_err() && !self.listen.contains(':') {
+            return bad("listen", "must be HOST:PORT");
+        }
+        if self.header_bytes_max < 8192 {
+            return bad("header_bytes_max", "must be at least 8192");
+        }
+        if self.connections_max == 0 || self.connections_max > (u32::MAX >> 3) as usize {
+            return bad("connections_max", "must be between 1 and 536870911");
+        }
+        if self.header_read_timeout_ms == 0 {
+            return bad("header_read_timeout_ms", "must be positive");
+        }
+        if self.keep_alive_timeout_ms == 0 {
+            return bad("keep_alive_timeout_ms", "must be positive");
+        }
+        if let (Some(_), None) = (&self.token, &self.project_id) {
+            return bad("token", "FERROMQ_TOKEN needs FERROMQ_PROJECT_ID");
+        }
+        if let Some(p) = &self.project_id
+            && !crate::auth::valid_project_id(p)
+        {
+            return bad(
+                "project_id",
+                "must be 1 to 64 characters of A-Z a-z 0-9 _ -",
+            );
+        }
+        for (key, t) in [("admin_token", &self.admin_token), ("token", &self.token)] {
+            if t.as_ref().is_some_and(|t| t.len() < 8 || t.len() > 256) {
+                return bad(key, "must be 8 to 256 characters");
+            }
+        }
+        self.engine_config()
+            .validate()
+            .map_err(|e| ConfigError::Invalid {
+                key: "body_bytes_max",
+                msg: e.to_string(),
+            })?;
+        Ok(())
+    }
+
+    pub fn sync_policy(&self) -> Result<SyncPolicy, ConfigError> {
+        let s = self.sync.trim();
+        match s {
+            "always" => Ok(SyncPolicy::Always),
+            "never" => Ok(SyncPolicy::Never),
+            _ => match s
+                .strip_prefix("interval:")
+                .and_then(|ms| ms.parse::<u64>().ok())
+            {
+                Some(ms) if ms > 0 => Ok(SyncPolicy::IntervalMs(ms)),
+                _ => Err(ConfigError::Invalid {
+                    key: "sync",
+                    msg: format!("{s:?} is not one of always, never, interval:MS"),
+                }),
+            },
+        }
+    }
+
+    pub fn recovery_mode(&self) -> Result<RecoveryMode, ConfigError> {
+        match self.recovery.as_str() {
+            "strict" => Ok(RecoveryMode::Strict),
+            "tolerate-tail" => Ok(RecoveryMode::TolerateTail),
+            other => Err(ConfigError::Invalid {
+                key: "recovery",
+                msg: format!("{other:?} is not strict or tolerate-tail"),
+            }),
+        }
+    }
+
+    /// The effective request body limit.
+    pub fn request_limit(&self) -> usize {
+        if self.request_bytes_max > 0 {
+            self.request_bytes_max as usize
+        } else {
+            self.body_bytes_max as usize * 100 + 64 * 1024
+        }
+    }
+
+    pub fn engine_config(&self) -> EngineConfig {
+        let mut e = EngineConfig::new(&self.data_dir);
+        e.body_bytes_max = self.body_bytes_max;
+        e.segment_bytes = self.segment_bytes;
+        e.sync = self.sync_policy().unwrap_or(SyncPolicy::Always);
+        e.recovery = self.recovery_mode().unwrap_or_default();
+        e
+    }
+}

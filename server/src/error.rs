@@ -1,0 +1,72 @@
+//! API errors: one type mapping engine errors and request errors to a status code and a
+//! `{"msg": ...}` JSON body.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::response::json_response;
+
+/// An error answered to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub msg: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, msg: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            msg: msg.into(),
+        }
+    }
+    pub fn bad_request(msg: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, msg)
+    }
+    pub fn forbidden(msg: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, msg)
+    }
+    pub fn not_found(msg: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, msg)
+    }
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "Invalid or missing token")
+    }
+    pub fn too_large(msg: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, msg)
+    }
+    pub fn queue_not_found() -> ApiError {
+        ApiError::not_found("Queue not found")
+    }
+}
+
+impl From<engine::Error> for ApiError {
+    fn from(e: engine::Error) -> ApiError {
+        use engine::Error as E;
+        let status = match &e {
+            E::QueueNotFound | E::MessageNotFound => StatusCode::NOT_FOUND,
+            E::ReservationMismatch(_) | E::ReservationRequired(_) | E::WrongQueueType(_) => {
+                StatusCode::FORBIDDEN
+            }
+            E::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            E::MetaTooLarge { .. } | E::LimitExceeded { .. } | E::Invalid(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            E::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            E::Io { .. } | E::Corruption { .. } | E::Locked(_) | E::Config(_) | E::Failed(_) => {
+                tracing::error!(error = %e, "internal error");
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error");
+            }
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json_response(self.status, &serde_json::json!({ "msg": self.msg }))
+    }
+}
+
+/// Handler result.
+pub type ApiResult = Result<Response, ApiError>;

@@ -1,0 +1,163 @@
+//! Request input: a lenient JSON body extractor (missing body = `{}`, any Content-Type,
+//! rejections are 400 `{"msg"}`, oversize is 413), query-string parsing, path decoding and
+//! lenient number fields.
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Request};
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, Deserializer};
+
+use crate::error::ApiError;
+
+/// Reads the whole (already size-limited) body; a body over the limit is 413.
+pub async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
+    match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = src {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return Err(ApiError::too_large("Request body is too large"));
+                }
+                src = s.source();
+            }
+            Err(ApiError::bad_request("Could not read the request body"))
+        }
+    }
+}
+
+/// Parses a JSON object body; an empty body counts as `{}`.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let trimmed = bytes.iter().all(|b| b.is_ascii_whitespace());
+    let v: serde_json::Value = if trimmed {
+        serde_json::Value::Object(Default::default())
+    } else {
+        serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("Invalid JSON: {e}")))?
+    };
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "Invalid JSON: the body must be a JSON object",
+        ));
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("Invalid JSON: {e}")))
+}
+
+/// A JSON body of type `T`.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let bytes = read_body(req.into_body()).await?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Percent-decodes one path segment; `+` stays literal.
+pub fn decode_path(seg: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(seg)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::bad_request("Path is not valid UTF-8"))
+}
+
+/// Query parameters, form-decoded (`+` is a space), in order.
+pub fn query_params(q: Option<&str>) -> Vec<(String, String)> {
+    let Some(q) = q else { return Vec::new() };
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let dec = |s: &str| {
+                let s = s.replace('+', " ");
+                percent_encoding::percent_decode_str(&s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+/// The first non-empty value of any of `names`.
+pub fn query_get<'a>(params: &'a [(String, String)], names: &[&str]) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, v)| names.contains(&k.as_str()) && !v.is_empty())
+        .map(|(_, v)| v.as_str())
+}
+
+/// An integer field that also accepts numeric strings, integral floats and null.
+pub fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        I(i64),
+        F(f64),
+        S(String),
+        Other(serde::de::IgnoredAny),
+    }
+    let v: Option<N> = Option::deserialize(d)?;
+    Ok(match v {
+        None => None,
+        Some(N::I(i)) => Some(i),
+        Some(N::F(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(f as i64),
+        Some(N::F(_)) => return Err(serde::de::Error::custom("expected an integer")),
+        Some(N::S(s)) if s.trim().is_empty() => None,
+        Some(N::S(s)) => Some(
+            s.trim()
+                .parse()
+                .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an integer")))?,
+        ),
+        Some(N::Other(_)) => return Err(serde::de::Error::custom("expected an integer")),
+    })
+}
+
+/// A boolean field that also accepts "true"/"false" strings and 0/1.
+pub fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum B {
+        Flag(bool),
+        I(i64),
+        S(String),
+    }
+    let v: Option<B> = Option::deserialize(d)?;
+    Ok(match v {
+        None => None,
+        Some(B::Flag(b)) => Some(b),
+        Some(B::I(i)) => Some(i != 0),
+        Some(B::S(s)) => match s.as_str() {
+            "true" | "1" => Some(true),
+            "false" | "0" | "" => Some(false),
+            _ => return Err(serde::de::Error::custom("expected a boolean")),
+        },
+    })
+}
+
+/// Checks `v` (absent or 0 = `None`) against `0..=max`.
+pub fn range(name: &str, v: Option<i64>, max: i64) -> Result<Option<u32>, ApiError> {
+    match v {
+        None | Some(0) => Ok(None),
+        Some(x) if x < 0 || x > max => Err(ApiError::bad_request(format!(
+            "{name} must be between 0 and {max}"
+        ))),
+        Some(x) => Ok(Some(x as u32)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_path_decoding() {
+        let q = query_params(Some("prefix=a+b&prev=&per_page=%33"));
+        assert_eq!(query_get(&q, &["prefix"]), Some("a b"));
+        assert_eq!(query_get(&q, &["previous", "prev"]), None);
+        assert_eq!(query_get(&q, &["per_page"]), Some("3"));
+        assert_eq!(decode_path("a+b%20c").ok().as_deref(), Some("a+b c"));
+    }
+}

@@ -1,0 +1,144 @@
+//! Logging: a small logfmt formatter (`t=... lvl=... msg="..." key=value`) for `tracing`.
+//!
+//! Levels print as `dbug|info|warn|eror|crit`; an event with the field `crit = true` is
+//! printed as `crit`.
+
+use std::fmt::{self, Write as _};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The logfmt event formatter.
+pub struct Logfmt;
+
+#[derive(Default)]
+struct Fields {
+    msg: String,
+    crit: bool,
+    rest: Vec<(&'static str, String)>,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let s = format!("{value:?}");
+        self.push(field, s);
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.push(field, value.to_string());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if field.name() == "crit" {
+            self.crit = value;
+        } else {
+            self.push(field, value.to_string());
+        }
+    }
+}
+
+impl Fields {
+    fn push(&mut self, field: &Field, s: String) {
+        if field.name() == "message" {
+            self.msg = s;
+        } else {
+            self.rest.push((field.name(), s));
+        }
+    }
+}
+
+/// Appends a logfmt value, quoted and escaped when needed.
+pub fn write_value(out: &mut String, v: &str) {
+    let needs_quotes = v.is_empty()
+        || v.chars()
+            .any(|c| c == ' ' || c == '=' || c == '"' || c.is_control());
+    if !needs_quotes {
+        out.push_str(v);
+        return;
+    }
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+impl<S, N> FormatEvent<S, N> for Logfmt
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let lvl = if f.crit {
+            "crit"
+        } else {
+            match *event.metadata().level() {
+                Level::TRACE | Level::DEBUG => "dbug",
+                Level::INFO => "info",
+                Level::WARN => "warn",
+                Level::ERROR => "eror",
+            }
+        };
+        let mut line = String::with_capacity(128);
+        line.push_str("t=");
+        line.push_str(&crate::time::now_rfc3339());
+        line.push_str(" lvl=");
+        line.push_str(lvl);
+        line.push_str(" msg=");
+        write_value(&mut line, &f.msg);
+        for (k, v) in &f.rest {
+            line.push(' ');
+            line.push_str(k);
+            line.push('=');
+            write_value(&mut line, v);
+        }
+        writeln!(writer, "{line}")
+    }
+}
+
+/// Installs the global subscriber writing logfmt to stderr at `level`
+/// (`debug|info|warn|error` or a tracing filter directive).
+pub fn init(level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("log_level {level:?}: {e}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .event_format(Logfmt)
+        .try_init()
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_value;
+
+    #[test]
+    fn quotes_when_needed() {
+        let mut s = String::new();
+        write_value(&mut s, "plain");
+        s.push(' ');
+        write_value(&mut s, "a b=\"c\"\n");
+        s.push(' ');
+        write_value(&mut s, "");
+        assert_eq!(s, "plain \"a b=\\\"c\\\"\\n\" \"\"");
+    }
+}

@@ -1,0 +1,35 @@
+//! Background upkeep: `engine.maintain()` once a second on the blocking pool; an engine
+//! failure is reported at `crit` and stops the server.
+
+use std::time::Duration;
+
+use engine::Engine;
+
+/// Runs until the engine fails (returns the failure text) — the caller exits non-zero.
+pub async fn run(engine: Engine) -> String {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let e = engine.clone();
+        let res = tokio::task::spawn_blocking(move || e.maintain()).await;
+        match res {
+            Ok(Ok(r)) => {
+                if r.segments_dropped + r.messages_relocated > 0 {
+                    tracing::debug!(
+                        segments_dropped = r.segments_dropped,
+                        messages_relocated = r.messages_relocated,
+                        "maintenance"
+                    );
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "maintenance failed"),
+            Err(e) => tracing::warn!(error = %e, "maintenance task panicked"),
+        }
+        if engine.is_failed() {
+            let msg = "the storage engine stopped after an I/O failure".to_string();
+            tracing::error!(crit = true, "{msg}");
+            return msg;
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! Message endpoints: post, webhook, reserve, peek, get, delete (one, batch), clear, touch,
+//! release, push statuses.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use engine::{DeleteItem, MessageId, NewMessage, QueueKey, ReservationId, ReserveOptions};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::ProjectAuth;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{
+    JsonBody, lenient_bool, lenient_i64, query_get, query_params, range, read_body,
+};
+use crate::response::{json_response, ok, ok_msg};
+use crate::settings::Extra;
+use crate::state::AppState;
+
+type QPath = Path<(String, String)>;
+type MPath = Path<(String, String, String)>;
+
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "user-agent",
+    "iron-message-id",
+    "iron-reservation-id",
+    "iron-subscriber-name",
+    "iron-subscriber-message-url",
+];
+
+/// Validates push headers (§5.1); returns the error text of the first violation.
+pub fn check_push_headers(h: &BTreeMap<String, String>) -> Result<(), String> {
+    if h.len() > 5 {
+        return Err("at most 5 push_headers per message".into());
+    }
+    for (k, v) in h {
+        if k.is_empty() || k.len() > 64 {
+            return Err("push header names must be 1 to 64 bytes".into());
+        }
+        if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+            return Err(format!("push header {k} cannot be set"));
+        }
+        if v.is_empty() || v.len() > 1024 {
+            return Err(format!(
+                "push header {k} must have a value of 1 to 1024 bytes"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn key(auth: &ProjectAuth, name: String) -> QueueKey {
+    QueueKey::new(auth.project.clone(), name)
+}
+
+fn parse_id(s: &str) -> Result<MessageId, ApiError> {
+    MessageId::parse(s).ok_or_else(|| ApiError::not_found("Message not found"))
+}
+
+/// A reservation id; `""` is absent; a malformed one can never match (403).
+fn parse_rid(s: Option<String>, id: MessageId) -> Result<Option<ReservationId>, ApiError> {
+    match s.as_deref() {
+        None | Some("") => Ok(None),
+        Some(r) => ReservationId::parse(r)
+            .map(Some)
+            .ok_or_else(|| engine::Error::ReservationMismatch(id).into()),
+    }
+}
+
+async fn size_of(st: &AppState, key: &QueueKey) -> Option<u64> {
+    st.engine.queue_info(key).await.ok().map(|i| i.size)
+}
+
+async fn post_and_alert(st: &AppState, key: &QueueKey, msgs: &[NewMessage]) -> ApiResult {
+    let ids = st.engine.post(key, msgs, true).await?;
+    if let Some(after) = size_of(st, key).await {
+        crate::alerts::check(st, key, after.saturating_sub(ids.len() as u64), after).await;
+    }
+    let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({ "ids": ids, "msg": "Messages put on queue." }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct PostItem {
+    body: Option<Value>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    delay: Option<i64>,
+    #[serde(default)]
+    push_headers: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Default, Deserialize)]
+pub struct PostBody {
+    #[serde(default)]
+    messages: Option<Vec<PostItem>>,
+}
+
+/// `POST /queues/{q}/messages`.
+pub async fn post(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q)): QPath,
+    JsonBody(b): JsonBody<PostBody>,
+) -> ApiResult {
+    let items = b.messages.unwrap_or_default();
+    if items.is_empty() {
+        return Err(ApiError::bad_request(
+            "messages must hold at least one message",
+        ));
+    }
+    if items.len() > engine::limits::MESSAGES_PER_POST_MAX {
+        return Err(ApiError::bad_request("at most 100 messages per request"));
+    }
+    let mut msgs = Vec::with_capacity(items.len());
+    for it in items {
+        let body = match it.body {
+            Some(Value::String(s)) => s.into_bytes(),
+            Some(Value::Null) | None => {
+                return Err(ApiError::bad_request("message body is required"));
+            }
+            Some(other) => other.to_string().into_bytes(),
+        };
+        let delay = range("delay", it.delay, engine::limits::DELAY_S_MAX as i64)?.unwrap_or(0);
+        let meta = match it.push_headers.filter(|h| !h.is_empty()) {
+            None => Vec::new(),
+            Some(h) => {
+                check_push_headers(&h).map_err(ApiError::bad_request)?;
+                serde_json::to_vec(&h).unwrap_or_default()
+            }
+        };
+        msgs.push(NewMessage {
+            body,
+            delay_s: delay,
+            meta,
+        });
+    }
+    post_and_alert(&st, &key(&auth, q), &msgs).await
+}
+
+/// `POST /queues/{q}/webhook`: the raw body is the message; `X-Subscribers-*` headers
+/// become push headers (invalid ones dropped).
+pub async fn webhook(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q)): QPath,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let bytes = read_body(body).await?;
+    let mut h = BTreeMap::new();
+    for (name, value) in &headers {
+        let n = name.as_str();
+        if n.len() > 14
+            && n[..14].eq_ignore_ascii_case("x-subscribers-")
+            && let Ok(v) = value.to_str()
+        {
+            let one: BTreeMap<String, String> = [(n[14..].to_string(), v.to_string())].into();
+            if check_push_headers(&one).is_ok() && h.len() < 5 {
+                h.extend(one);
+            }
+        }
+    }
+    let meta = if h.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(&h).unwrap_or_default()
+    };
+    post_and_alert(
+        &st,
+        &key(&auth, q),
+        &[NewMessage {
+            body: bytes.to_vec(),
+            delay_s: 0,
+            meta,
+        }],
+    )
+    .await
+}
+
+#[derive(Default, Deserialize)]
+pub struct ReserveBody {
+    #[serde(default, deserialize_with = "lenient_i64")]
+    n: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    timeout: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    wait: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    delete: Option<bool>,
+}
+
+fn body_string(b: Vec<u8>) -> String {
+    String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// `POST /queues/{q}/reservations`.
+pub async fn reserve(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q)): QPath,
+    JsonBody(b): JsonBody<ReserveBody>,
+) -> ApiResult {
+    let n = range("n", b.n, engine::limits::MESSAGES_PER_RESERVE_MAX as i64)?.unwrap_or(1) as usize;
+    let timeout_s = range("timeout", b.timeout, engine::limits::TIMEOUT_S_MAX as i64)?.unwrap_or(0);
+    let wait = match b.wait {
+        Some(w) if w < 0 => return Err(ApiError::bad_request("wait must be between 0 and 30")),
+        Some(w) => w.min(30) as u64,
+        None => 0,
+    };
+    let delete = b.delete.unwrap_or(false);
+    let key = key(&auth, q);
+    let got = st
+        .engine
+        .reserve(
+            &key,
+            ReserveOptions {
+                n,
+                timeout_s,
+                wait_ms: wait * 1000,
+                delete,
+            },
+        )
+        .await?;
+    if delete
+        && !got.is_empty()
+        && let Some(after) = size_of(&st, &key).await
+    {
+        crate::alerts::check(&st, &key, after + got.len() as u64, after).await;
+    }
+    let msgs: Vec<Value> = got
+        .into_iter()
+        .map(|m| {
+            let mut v = json!({ "id": m.id.to_string(), "body": body_string(m.body), "reserved_count": m.reserved_count });
+            if let Some(r) = m.reservation_id {
+                v["reservation_id"] = json!(r.to_string());
+            }
+            v
+        })
+        .collect();
+    Ok(ok(json!({ "messages": msgs })))
+}
+
+/// `GET /queues/{q}/messages?n=`: peek.
+pub async fn peek(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q)): QPath,
+    uri: Uri,
+) -> ApiResult {
+    let params = query_params(uri.query());
+    let n = match query_get(&params, &["n"]) {
+        None => 1,
+        Some(v) => {
+            let n = v
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request("n must be an integer"))?;
+            range(
+                "n",
+                Some(n),
+                engine::limits::MESSAGES_PER_RESERVE_MAX as i64,
+            )?
+            .unwrap_or(1) as usize
+        }
+    };
+    let got = st.engine.peek(&key(&auth, q), n).await?;
+    let msgs: Vec<Value> = got
+        .into_iter()
+        .map(|m| json!({ "id": m.id.to_string(), "body": body_string(m.body), "reserved_count": m.reserved_count }))
+        .collect();
+    Ok(ok(json!({ "messages": msgs })))
+}
+
+/// `GET /queues/{q}/messages/{id}`.
+pub async fn get(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q, id)): MPath,
+) -> ApiResult {
+    let id = parse_id(&id)?;
+    let m = st.engine.get(&key(&auth, q), id).await?;
+    Ok(ok(
+        json!({ "message": { "id": m.id.to_string(), "body": body_string(m.body), "reserved_count": m.reserved_count } }),
+    ))
+}
+
+#[derive(Default, Deserialize)]
+pub struct DeleteBody {
+    #[serde(default)]
+    reservation_id: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    subscriber_name: Option<String>,
+}
+
+/// `DELETE /queues/{q}/messages/{id}`.
+pub async fn delete(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q, id)): MPath,
+    JsonBody(b): JsonBody<DeleteBody>,
+) -> ApiResult {
+    let id = parse_id(&id)?;
+    let rid = parse_rid(b.reservation_id, id)?;
+    let key = key(&auth, q);
+    st.engine.delete(&key, id, rid).await?;
+    if let Some(after) = size_of(&st, &key).await {
+        crate::alerts::check(&st, &key, after + 1, after).await;
+    }
+    Ok(ok_msg("Deleted"))
+}
+
+/// `DELETE /queues/{q}/messages`: batch delete when the body has `ids`, else clear.
+pub async fn delete_many(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q)): QPath,
+    JsonBody(b): JsonBody<Value>,
+) -> ApiResult {
+    let key = key(&auth, q);
+    let before = size_of(&st, &key).await;
+    let Some(ids) = b.get("ids") else {
+        st.engine.clear(&key).await?;
+        if let Some(before) = before {
+            crate::alerts::check(&st, &key, before, 0).await;
+        }
+        return Ok(ok_msg("Cleared"));
+    };
+    let arr = ids
+        .as_array()
+        .ok_or_else(|| ApiError::bad_request("ids must be an array"))?;
+    if arr.is_empty() {
+        return Err(ApiError::bad_request("ids must not be empty"));
+    }
+    if arr.len() > engine::limits::IDS_PER_DELETE_MAX {
+        return Err(ApiError::bad_request("at most 100 ids per request"));
+    }
+    let mut items = Vec::with_capacity(arr.len());
+    for e in arr {
+        let (id, rid) = match e {
+            Value::String(s) => (s.clone(), None),
+            Value::Object(o) => {
+                let id = o
+                    .get("id")
+                    .and_then(|v| v.as_str())
+                    .ok_or_else(|| ApiError::bad_request("each ids entry needs an id"))?;
+                let rid = match o.get("reservation_id") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(_) => {
+                        return Err(ApiError::bad_request("reservation_id must be a string"));
+                    }
+                };
+                (id.to_string(), rid)
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "ids entries must be strings or objects",
+                ));
+            }
+        };
+        let id = parse_id(&id)?;
+        items.push(DeleteItem {
+            id,
+            reservation_id: parse_rid(rid, id)?,
+        });
+    }
+    st.engine.delete_batch(&key, &items).await?;
+    if let Some(after) = size_of(&st, &key).await {
+        crate::alerts::check(&st, &key, after + items.len() as u64, after).await;
+    }
+    Ok(ok_msg("Deleted"))
+}
+
+#[derive(Default, Deserialize)]
+pub struct TouchBody {
+    #[serde(default)]
+    reservation_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    timeout: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    delay: Option<i64>,
+}
+
+fn required_rid(s: Option<String>, id: MessageId) -> Result<ReservationId, ApiError> {
+    parse_rid(s, id)?.ok_or_else(|| ApiError::bad_request("reservation_id is required"))
+}
+
+/// `POST /queues/{q}/messages/{id}/touch`.
+pub async fn touch(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q, id)): MPath,
+    JsonBody(b): JsonBody<TouchBody>,
+) -> ApiResult {
+    let id = parse_id(&id)?;
+    let rid = required_rid(b.reservation_id, id)?;
+    let timeout = range("timeout", b.timeout, engine::limits::TIMEOUT_S_MAX as i64)?.unwrap_or(0);
+    let (new, _) = st.engine.touch(&key(&auth, q), id, rid, timeout).await?;
+    Ok(ok(
+        json!({ "reservation_id": new.to_string(), "msg": "Touched" }),
+    ))
+}
+
+/// `POST /queues/{q}/messages/{id}/release`.
+pub async fn release(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q, id)): MPath,
+    JsonBody(b): JsonBody<TouchBody>,
+) -> ApiResult {
+    let id = parse_id(&id)?;
+    let rid = required_rid(b.reservation_id, id)?;
+    let delay = range("delay", b.delay, engine::limits::DELAY_S_MAX as i64)?.unwrap_or(0);
+    st.engine.release(&key(&auth, q), id, rid, delay).await?;
+    Ok(ok_msg("Released"))
+}
+
+/// `GET /queues/{q}/messages/{id}/subscribers`: push statuses (every subscriber `queued`
+/// until push delivery exists).
+pub async fn push_statuses(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q, id)): MPath,
+) -> ApiResult {
+    let id = parse_id(&id)?;
+    let key = key(&auth, q);
+    let info = st.engine.queue_info(&key).await?;
+    st.engine.get(&key, id).await?;
+    let Some(push) = Extra::of(&info.config)
+        .push
+        .filter(|_| info.config.kind.is_push())
+    else {
+        return Err(ApiError::bad_request(
+            "Pull queues do not have push statuses",
+        ));
+    };
+    let subs: Vec<Value> = push
+        .subscribers
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name, "subscriber_name": s.name, "url": s.url, "status": "queued",
+                "status_code": 0, "tries": 0, "retries_remaining": push.retries, "msg": "",
+            })
+        })
+        .collect();
+    Ok(ok(json!({ "subscribers": subs })))
+}

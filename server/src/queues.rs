@@ -1,0 +1,280 @@
+//! Queue endpoints: list, info, create/update (PUT/PATCH), delete, subscribers, alerts.
+
+use axum::extract::{Path, State};
+use axum::http::Uri;
+use engine::QueueKey;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::ProjectAuth;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBody, query_get, query_params};
+use crate::response::{ok, ok_msg};
+use crate::settings::{self, AlertSpec, Extra, SubscriberSpec};
+use crate::state::AppState;
+
+/// `GET /queues?per_page&previous|prev&prefix` (page ignored).
+pub async fn list(State(st): State<AppState>, auth: ProjectAuth, uri: Uri) -> ApiResult {
+    let params = query_params(uri.query());
+    let per_page = match query_get(&params, &["per_page"]) {
+        None => 30,
+        Some(v) => match v.trim().parse::<i64>() {
+            Ok(n) if n <= 0 => 30,
+            Ok(n) => n.min(100) as usize,
+            Err(_) => return Err(ApiError::bad_request("per_page must be an integer")),
+        },
+    };
+    let prefix = query_get(&params, &["prefix"]).unwrap_or("");
+    let previous = query_get(&params, &["previous", "prev"]);
+    let names = st
+        .engine
+        .list_queues(&auth.project, prefix, previous, per_page)
+        .await?;
+    let queues: Vec<Value> = names.into_iter().map(|n| json!({ "name": n })).collect();
+    Ok(ok(json!({ "queues": queues })))
+}
+
+fn key(auth: &ProjectAuth, name: String) -> QueueKey {
+    QueueKey::new(auth.project.clone(), name)
+}
+
+/// `GET /queues/{q}`.
+pub async fn info(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q)): Path<(String, String)>,
+) -> ApiResult {
+    let info = st.engine.queue_info(&key(&auth, q)).await?;
+    Ok(ok(json!({ "queue": settings::queue_json(&info, true) })))
+}
+
+async fn upsert(st: &AppState, key: &QueueKey, body: Value, create: bool) -> ApiResult {
+    let spec = settings::spec_from_body(body)?;
+    let info = st
+        .engine
+        .upsert_queue(key, create, |cur| settings::apply(cur, spec))
+        .await??;
+    Ok(ok(json!({ "queue": settings::queue_json(&info, !create) })))
+}
+
+/// `PUT /queues/{q}`: create or update.
+pub async fn put(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q)): Path<(String, String)>,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult {
+    upsert(&st, &key(&auth, q), body, true).await
+}
+
+/// `PATCH /queues/{q}`: update; 404 if missing.
+pub async fn patch(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q)): Path<(String, String)>,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult {
+    upsert(&st, &key(&auth, q), body, false).await
+}
+
+/// `DELETE /queues/{q}`.
+pub async fn delete(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q)): Path<(String, String)>,
+) -> ApiResult {
+    st.engine.delete_queue(&key(&auth, q)).await?;
+    Ok(ok_msg("Deleted"))
+}
+
+#[derive(Default, Deserialize)]
+pub struct SubscribersBody {
+    #[serde(default)]
+    subscribers: Option<Vec<SubscriberSpec>>,
+}
+
+#[derive(Clone, Copy)]
+enum Edit {
+    Add,
+    Replace,
+    Remove,
+}
+
+async fn edit_subscribers(
+    st: &AppState,
+    key: &QueueKey,
+    body: SubscribersBody,
+    edit: Edit,
+) -> ApiResult {
+    let specs = body
+        .subscribers
+        .ok_or_else(|| ApiError::bad_request("subscribers is required"))?;
+    st.engine
+        .upsert_queue(key, false, |cur| {
+            let mut c = cur.cloned().unwrap_or_default();
+            let mut extra = Extra::of(&c);
+            let push = extra
+                .push
+                .as_mut()
+                .filter(|_| c.kind.is_push())
+                .ok_or_else(|| ApiError::bad_request("Pull queues do not have subscribers"))?;
+            match edit {
+                Edit::Add => {
+                    for s in settings::subscribers_from(specs)? {
+                        match push.subscribers.iter_mut().find(|o| o.name == s.name) {
+                            Some(o) => *o = s,
+                            None => push.subscribers.push(s),
+                        }
+                    }
+                }
+                Edit::Replace => push.subscribers = settings::subscribers_from(specs)?,
+                Edit::Remove => {
+                    let names: Vec<String> = specs
+                        .into_iter()
+                        .filter_map(|s| s.name.filter(|n| !n.is_empty()).or(s.url))
+                        .collect();
+                    push.subscribers.retain(|s| !names.contains(&s.name));
+                }
+            }
+            if push.subscribers.is_empty() {
+                return Err(ApiError::bad_request(
+                    "Push queues must have at least one subscriber",
+                ));
+            }
+            c.extra = extra.to_bytes();
+            Ok(c)
+        })
+        .await??;
+    Ok(ok_msg("Updated"))
+}
+
+/// `POST /queues/{q}/subscribers`: add or update by name.
+pub async fn subscribers_add(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q)): Path<(String, String)>,
+    JsonBody(body): JsonBody<SubscribersBody>,
+) -> ApiResult {
+    edit_subscribers(&st, &key(&auth, q), body, Edit::Add).await
+}
+
+/// `PUT /queues/{q}/subscribers`: replace.
+pub async fn subscribers_replace(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q)): Path<(String, String)>,
+    JsonBody(body): JsonBody<SubscribersBody>,
+) -> ApiResult {
+    edit_subscribers(&st, &key(&auth, q), body, Edit::Replace).await
+}
+
+/// `DELETE /queues/{q}/subscribers`: remove by name.
+pub async fn subscribers_remove(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q)): Path<(String, String)>,
+    JsonBody(body): JsonBody<SubscribersBody>,
+) -> ApiResult {
+    edit_subscribers(&st, &key(&auth, q), body, Edit::Remove).await
+}
+
+#[derive(Default, Deserialize)]
+pub struct AlertsBody {
+    #[serde(default)]
+    alerts: Option<Vec<AlertSpec>>,
+}
+
+enum AlertEdit {
+    Add(Vec<AlertSpec>),
+    Replace(Vec<AlertSpec>),
+    Remove(Vec<String>),
+}
+
+async fn edit_alerts(st: &AppState, key: &QueueKey, edit: AlertEdit) -> ApiResult {
+    let removing = matches!(edit, AlertEdit::Remove(_));
+    let info = st
+        .engine
+        .upsert_queue(key, false, |cur| {
+            let mut c = cur.cloned().unwrap_or_default();
+            if c.kind.is_push() {
+                return Err(ApiError::bad_request("Push queues do not support alerts."));
+            }
+            let mut extra = Extra::of(&c);
+            extra.alerts = match edit {
+                AlertEdit::Add(specs) => settings::alerts_from(specs, &extra.alerts)?,
+                AlertEdit::Replace(specs) => settings::alerts_from(specs, &[])?,
+                AlertEdit::Remove(ids) => {
+                    let before = extra.alerts.len();
+                    extra.alerts.retain(|a| !ids.contains(&a.id));
+                    if extra.alerts.len() == before {
+                        return Err(ApiError::not_found("Alert not found"));
+                    }
+                    extra.alerts
+                }
+            };
+            c.extra = extra.to_bytes();
+            Ok(c)
+        })
+        .await??;
+    if removing {
+        Ok(ok_msg("Deleted"))
+    } else {
+        Ok(ok(
+            json!({ "msg": "Updated", "queue": settings::queue_json(&info, true) }),
+        ))
+    }
+}
+
+/// `POST /queues/{q}/alerts`: add.
+pub async fn alerts_add(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q)): Path<(String, String)>,
+    JsonBody(body): JsonBody<AlertsBody>,
+) -> ApiResult {
+    let specs = body
+        .alerts
+        .ok_or_else(|| ApiError::bad_request("alerts is required"))?;
+    edit_alerts(&st, &key(&auth, q), AlertEdit::Add(specs)).await
+}
+
+/// `PUT /queues/{q}/alerts`: replace.
+pub async fn alerts_replace(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q)): Path<(String, String)>,
+    JsonBody(body): JsonBody<AlertsBody>,
+) -> ApiResult {
+    let specs = body
+        .alerts
+        .ok_or_else(|| ApiError::bad_request("alerts is required"))?;
+    edit_alerts(&st, &key(&auth, q), AlertEdit::Replace(specs)).await
+}
+
+/// `DELETE /queues/{q}/alerts` with `{"alerts":[{"id"}]}`.
+pub async fn alerts_remove(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q)): Path<(String, String)>,
+    JsonBody(body): JsonBody<AlertsBody>,
+) -> ApiResult {
+    let ids: Vec<String> = body
+        .alerts
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|a| a.id)
+        .collect();
+    if ids.is_empty() {
+        return Err(ApiError::bad_request("alerts with ids are required"));
+    }
+    edit_alerts(&st, &key(&auth, q), AlertEdit::Remove(ids)).await
+}
+
+/// `DELETE /queues/{q}/alerts/{id}`.
+pub async fn alert_remove(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q, id)): Path<(String, String, String)>,
+) -> ApiResult {
+    edit_alerts(&st, &key(&auth, q), AlertEdit::Remove(vec![id])).await
+}

@@ -1,0 +1,472 @@
+//! Queue settings: parsing create/update bodies, the server-owned part kept in
+//! `QueueConfig.extra` (push settings and alerts, as JSON), and the queue JSON object.
+
+use std::collections::BTreeMap;
+
+use engine::{DeadLetter, QueueConfig, QueueInfo, QueueKind};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::extract::lenient_i64;
+
+/// A push subscriber.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Subscriber {
+    pub name: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Push settings as stored and shown (all four fields always present).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Push {
+    pub subscribers: Vec<Subscriber>,
+    pub retries: u32,
+    pub retries_delay: u32,
+    pub error_queue: String,
+}
+
+/// A queue alert.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Alert {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub trigger: u64,
+    pub queue: String,
+    pub direction: String,
+    pub snooze: u64,
+}
+
+/// What the server keeps in `QueueConfig.extra`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Extra {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<Push>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<Alert>,
+}
+
+impl Extra {
+    pub fn of(c: &QueueConfig) -> Extra {
+        if c.extra.is_empty() {
+            Extra::default()
+        } else {
+            serde_json::from_slice(&c.extra).unwrap_or_default()
+        }
+    }
+    pub fn to_bytes(&self) -> Vec<u8> {
+        if self.push.is_none() && self.alerts.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(self).unwrap_or_default()
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SubscriberSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PushSpec {
+    #[serde(default)]
+    pub subscribers: Option<Vec<SubscriberSpec>>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub retries: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub retries_delay: Option<i64>,
+    #[serde(default)]
+    pub error_queue: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct DeadLetterSpec {
+    #[serde(default)]
+    pub queue_name: Option<String>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub max_reservations: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AlertSpec {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub trigger: Option<i64>,
+    #[serde(default)]
+    pub queue: Option<String>,
+    #[serde(default)]
+    pub direction: Option<String>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub snooze: Option<i64>,
+}
+
+/// The settings of a create/update body (`{"queue": {...}}`, or the fields at top level).
+#[derive(Debug, Default, Deserialize)]
+pub struct QueueSpec {
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub message_timeout: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub message_expiration: Option<i64>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub push: Option<PushSpec>,
+    #[serde(default)]
+    pub dead_letter: Option<DeadLetterSpec>,
+    #[serde(default)]
+    pub alerts: Option<Vec<AlertSpec>>,
+}
+
+/// Extracts the queue spec from a body value.
+pub fn spec_from_body(v: Value) -> Result<QueueSpec, ApiError> {
+    let inner = match v {
+        Value::Object(mut m) => match m.remove("queue") {
+            Some(Value::Null) | None => Value::Object(m),
+            Some(q @ Value::Object(_)) => q,
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "Invalid JSON: queue must be an object",
+                ));
+            }
+        },
+        _ => {
+            return Err(ApiError::bad_request(
+                "Invalid JSON: the body must be a JSON object",
+            ));
+        }
+    };
+    serde_json::from_value(inner).map_err(|e| ApiError::bad_request(format!("Invalid JSON: {e}")))
+}
+
+fn parse_kind(s: &str) -> Result<QueueKind, ApiError> {
+    match s {
+        "pull" => Ok(QueueKind::Pull),
+        "multicast" => Ok(QueueKind::Multicast),
+        "unicast" => Ok(QueueKind::Unicast),
+        _ => Err(ApiError::bad_request(format!(
+            "type must be pull, multicast or unicast, not {s:?}"
+        ))),
+    }
+}
+
+/// Validates and converts subscriber specs.
+pub fn subscribers_from(specs: Vec<SubscriberSpec>) -> Result<Vec<Subscriber>, ApiError> {
+    let mut out: Vec<Subscriber> = Vec::with_capacity(specs.len());
+    for s in specs {
+        let url = s
+            .url
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| ApiError::bad_request("subscriber url is required"))?;
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("ironworker://") {
+            return Err(ApiError::bad_request(
+                "ironworker:// subscribers are not supported",
+            ));
+        }
+        if !(lower.starts_with("http://")
+            || lower.starts_with("https://")
+            || lower.starts_with("ironmq://"))
+        {
+            return Err(ApiError::bad_request(format!(
+                "subscriber url {url:?} must be http://, https:// or ironmq://"
+            )));
+        }
+        let name = s
+            .name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| url.clone());
+        let sub = Subscriber {
+            name,
+            url,
+            headers: s.headers.unwrap_or_default(),
+        };
+        match out.iter_mut().find(|o| o.name == sub.name) {
+            Some(o) => *o = sub,
+            None => out.push(sub),
+        }
+    }
+    Ok(out)
+}
+
+const NO_SUBSCRIBERS: &str = "Push queues must have at least one subscriber";
+
+/// Validates alert specs against `existing` (ids kept when they match), max 5, no duplicates.
+pub fn alerts_from(specs: Vec<AlertSpec>, existing: &[Alert]) -> Result<Vec<Alert>, ApiError> {
+    let mut out: Vec<Alert> = existing.to_vec();
+    for s in specs {
+        let kind = s.kind.unwrap_or_default();
+        if kind != "fixed" && kind != "progressive" {
+            return Err(ApiError::bad_request(
+                "alert type must be fixed or progressive",
+            ));
+        }
+        let trigger = match s.trigger {
+            Some(t) if t > 0 => t as u64,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "alert trigger must be a positive integer",
+                ));
+            }
+        };
+        let queue = s
+            .queue
+            .filter(|q| !q.is_empty())
+            .ok_or_else(|| ApiError::bad_request("alert queue is required"))?;
+        let direction = match s.direction.as_deref() {
+            None | Some("") | Some("asc") => "asc".to_string(),
+            Some("desc") => "desc".to_string(),
+            Some(_) => return Err(ApiError::bad_request("alert direction must be asc or desc")),
+        };
+        let snooze = match s.snooze {
+            None => 0,
+            Some(x) if x >= 0 => x as u64,
+            Some(_) => return Err(ApiError::bad_request("alert snooze must be 0 or more")),
+        };
+        if out
+            .iter()
+            .any(|a| a.kind == kind && a.direction == direction && a.trigger == trigger)
+        {
+            return Err(ApiError::bad_request(
+                "At least one new alert duplicates current queue alerts.",
+            ));
+        }
+        let id =
+            s.id.filter(|i| i.len() == 24 && i.bytes().all(|b| b.is_ascii_hexdigit()))
+                .unwrap_or_else(|| crate::auth::random_hex(12));
+        out.push(Alert {
+            id,
+            kind,
+            trigger,
+            queue,
+            direction,
+            snooze,
+        });
+    }
+    if out.len() > 5 {
+        return Err(ApiError::bad_request("A queue can have at most 5 alerts"));
+    }
+    Ok(out)
+}
+
+/// Applies a create/update spec to the current settings (`None` = new queue).
+pub fn apply(current: Option<&QueueConfig>, spec: QueueSpec) -> Result<QueueConfig, ApiError> {
+    let mut c = current.cloned().unwrap_or_default();
+    let mut extra = current.map(Extra::of).unwrap_or_default();
+    let requested = spec
+        .kind
+        .as_deref()
+        .filter(|k| !k.is_empty())
+        .map(parse_kind)
+        .transpose()?;
+    let kind = match (current, requested) {
+        (Some(cur), Some(k)) if k != cur.kind => {
+            return Err(ApiError::forbidden(
+                "Trying to Change Immutable Queue Parameters: type cannot be changed",
+            ));
+        }
+        (Some(cur), _) => cur.kind,
+        (None, Some(k)) => k,
+        (None, None) if spec.push.is_some() => QueueKind::Multicast,
+        (None, None) => QueueKind::Pull,
+    };
+    c.kind = kind;
+    if let Some(t) = crate::extract::range(
+        "message_timeout",
+        spec.message_timeout,
+        engine::limits::TIMEOUT_S_MAX as i64,
+    )? {
+        c.message_timeout_s = t;
+    }
+    if let Some(e) = crate::extract::range(
+        "message_expiration",
+        spec.message_expiration,
+        engine::limits::EXPIRATION_S_MAX as i64,
+    )? {
+        c.message_expiration_s = e;
+    }
+    if let Some(p) = spec.push {
+        if !kind.is_push() {
+            return Err(ApiError::bad_request(
+                "Pull queues cannot have push settings or subscribers",
+            ));
+        }
+        let mut push = extra.push.take().unwrap_or(Push {
+            subscribers: Vec::new(),
+            retries: 3,
+            retries_delay: 60,
+            error_queue: String::new(),
+        });
+        if let Some(s) = p.subscribers {
+            push.subscribers = subscribers_from(s)?;
+        }
+        if let Some(r) = p.retries {
+            if !(0..=100).contains(&r) {
+                return Err(ApiError::bad_request("retries must be between 0 and 100"));
+            }
+            push.retries = r as u32;
+        }
+        match p.retries_delay {
+            None | Some(0) => {}
+            Some(d) if (3..=86_400).contains(&d) => push.retries_delay = d as u32,
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "retries_delay must be between 3 and 86400",
+                ));
+            }
+        }
+        if let Some(q) = p.error_queue {
+            push.error_queue = q;
+        }
+        extra.push = Some(push);
+    }
+    if kind.is_push() {
+        if extra.push.as_ref().is_none_or(|p| p.subscribers.is_empty()) {
+            return Err(ApiError::bad_request(NO_SUBSCRIBERS));
+        }
+    } else {
+        extra.push = None;
+    }
+    if let Some(dl) = spec.dead_letter {
+        let name = dl.queue_name.unwrap_or_default();
+        if name.is_empty() {
+            if dl.max_reservations.is_some_and(|m| m != 0) && c.dead_letter.is_none() {
+                return Err(ApiError::bad_request("dead_letter queue_name is required"));
+            }
+            c.dead_letter = None;
+        } else {
+            if kind.is_push() {
+                return Err(ApiError::bad_request(
+                    "Push queues do not support dead letter queues; use error_queue",
+                ));
+            }
+            let max = match dl.max_reservations {
+                None | Some(0) => c
+                    .dead_letter
+                    .as_ref()
+                    .map(|d| d.max_reservations)
+                    .unwrap_or(10),
+                Some(m) if (1..=1000).contains(&m) => m as u32,
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "dead_letter max_reservations must be between 1 and 1000",
+                    ));
+                }
+            };
+            c.dead_letter = Some(DeadLetter {
+                queue: name,
+                max_reservations: max,
+            });
+        }
+    }
+    if let Some(a) = spec.alerts {
+        if kind.is_push() && !a.is_empty() {
+            return Err(ApiError::bad_request("Push queues do not support alerts."));
+        }
+        extra.alerts = alerts_from(a, &[])?;
+    }
+    c.extra = extra.to_bytes();
+    Ok(c)
+}
+
+/// The 24-hex queue id derived from the queue number.
+pub fn queue_id(number: u32) -> String {
+    format!("{:016x}{:08x}", 0x6665_7272_6f6d_7100u64, number)
+}
+
+/// The `queue` JSON object; `counts` adds `size` and `total_messages`.
+pub fn queue_json(info: &QueueInfo, counts: bool) -> Value {
+    let c = &info.config;
+    let mut q = json!({
+        "id": queue_id(info.number),
+        "name": info.name,
+        "project_id": info.project,
+        "message_timeout": c.message_timeout_s,
+        "message_expiration": c.message_expiration_s,
+        "type": c.kind.as_str(),
+    });
+    let m = q.as_object_mut().expect("object literal");
+    if counts {
+        m.insert("size".into(), json!(info.size));
+        m.insert("total_messages".into(), json!(info.total_messages));
+    }
+    let extra = Extra::of(c);
+    if let Some(p) = &extra.push {
+        m.insert(
+            "push".into(),
+            serde_json::to_value(p).unwrap_or(Value::Null),
+        );
+    }
+    if !extra.alerts.is_empty() {
+        m.insert(
+            "alerts".into(),
+            serde_json::to_value(&extra.alerts).unwrap_or(Value::Null),
+        );
+    }
+    if let Some(d) = &c.dead_letter {
+        m.insert(
+            "dead_letter".into(),
+            json!({"queue_name": d.queue, "max_reservations": d.max_reservations}),
+        );
+    }
+    q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_defaults_and_type_rules() {
+        let spec = spec_from_body(
+            json!({"queue": {"push": {"subscribers": [{"name": "a", "url": "http://x"}]}}}),
+        )
+        .expect("spec");
+        let c = apply(None, spec).expect("apply");
+        assert_eq!(c.kind, QueueKind::Multicast);
+        let p = Extra::of(&c).push.expect("push");
+        assert_eq!(
+            (p.retries, p.retries_delay, p.error_queue.as_str()),
+            (3, 60, "")
+        );
+        let change = spec_from_body(json!({"queue": {"type": "unicast"}})).expect("spec");
+        assert_eq!(
+            apply(Some(&c), change).err().map(|e| e.status.as_u16()),
+            Some(403)
+        );
+        let worker = spec_from_body(
+            json!({"push": {"subscribers": [{"name": "w", "url": "ironworker://a"}]}}),
+        )
+        .expect("spec");
+        assert_eq!(
+            apply(None, worker).err().map(|e| e.status.as_u16()),
+            Some(400)
+        );
+    }
+
+    #[test]
+    fn zero_means_unset_and_dead_letter_removal() {
+        let spec = spec_from_body(
+            json!({"message_timeout": 0, "message_expiration": 0, "size": 3,
+            "dead_letter": {"queue_name": "dlq"}}),
+        )
+        .expect("spec");
+        let c = apply(None, spec).expect("apply");
+        assert_eq!((c.message_timeout_s, c.message_expiration_s), (60, 604_800));
+        assert_eq!(c.dead_letter.as_ref().map(|d| d.max_reservations), Some(10));
+        let rm =
+            spec_from_body(json!({"queue": {"dead_letter": {"queue_name": ""}}})).expect("spec");
+        assert_eq!(apply(Some(&c), rm).expect("apply").dead_letter, None);
+    }
+}

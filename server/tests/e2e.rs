@@ -1,0 +1,523 @@
+//! End-to-end tests: start the real `ferromq` binary and drive it over HTTP.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const PID: &str = "0123456789abcdef01234567";
+const TOKEN: &str = "project-token-123";
+const ADMIN: &str = "admin-token-456";
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn start(dir: &std::path::Path) -> Server {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ferromq"))
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("FERROMQ_PROJECT_ID", PID)
+        .env("FERROMQ_TOKEN", TOKEN)
+        .env("FERROMQ_ADMIN_TOKEN", ADMIN)
+        .env("FERROMQ_HEADER_READ_TIMEOUT_MS", "1000")
+        .env("FERROMQ_SYNC", "never")
+        .env("FERROMQ_BODY_BYTES_MAX", "1024")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ferromq");
+    let s = Server { child, port };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = std::panic::catch_unwind(|| {
+            raw(
+                port,
+                "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+        }) && r.0 == 200
+        {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends raw bytes, reads to EOF; returns (status, head, body).
+fn raw(port: u16, req: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(40)))
+        .expect("timeout");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("response head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .expect("status")
+        .parse()
+        .expect("status code");
+    (status, head.to_string(), body.to_string())
+}
+
+fn call_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    extra: &str,
+    body: &str,
+) -> (u16, Value) {
+    let auth = auth
+        .map(|t| format!("Authorization: OAuth {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, head, body) = raw(port, &req);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: "),
+        "{head}"
+    );
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad json {body:?}: {e}")),
+    )
+}
+
+fn call(port: u16, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let b = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    call_with(port, method, path, Some(TOKEN), "", &b)
+}
+
+fn qp(q: &str) -> String {
+    format!("/3/projects/{PID}/queues/{q}")
+}
+
+fn post_msgs(port: u16, q: &str, bodies: &[&str]) -> Vec<String> {
+    let msgs: Vec<Value> = bodies.iter().map(|b| json!({ "body": b })).collect();
+    let (s, v) = call(
+        port,
+        "POST",
+        &format!("{}/messages", qp(q)),
+        json!({ "messages": msgs }),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["msg"], "Messages put on queue.");
+    v["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|i| i.as_str().expect("id").to_string())
+        .collect()
+}
+
+#[test]
+fn full_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start(dir.path());
+    let p = srv.port;
+
+    // Auth.
+    let (s, v) = call_with(p, "GET", &format!("/3/projects/{PID}/queues"), None, "", "");
+    assert_eq!((s, v["msg"].is_string()), (401, true));
+    let (s, _) = call_with(
+        p,
+        "GET",
+        &format!("/3/projects/{PID}/queues"),
+        Some("wrong-token"),
+        "",
+        "",
+    );
+    assert_eq!(s, 401);
+    let (s, v) = call_with(
+        p,
+        "GET",
+        &format!("/3/projects/{PID}/queues?oauth={TOKEN}"),
+        None,
+        "",
+        "",
+    );
+    assert_eq!((s, v), (200, json!({"queues": []})));
+    let (s, _) = call_with(
+        p,
+        "GET",
+        "/3/projects/ffffffffffffffffffffffff/queues",
+        Some(TOKEN),
+        "",
+        "",
+    );
+    assert_eq!(s, 404);
+    let (s, _) = call_with(
+        p,
+        "GET",
+        "/3/projects/ffffffffffffffffffffffff/queues",
+        Some(ADMIN),
+        "",
+        "",
+    );
+    assert_eq!(s, 200);
+
+    // Queue CRUD.
+    let (s, v) = call(
+        p,
+        "PUT",
+        &qp("a%20b+c"),
+        json!({"queue": {"message_timeout": 30}}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["queue"]["name"], "a b+c");
+    assert_eq!(v["queue"]["message_timeout"], 30);
+    assert_eq!(v["queue"]["project_id"], PID);
+    assert_eq!(v["queue"]["id"].as_str().map(str::len), Some(24));
+    let (s, v) = call(
+        p,
+        "PATCH",
+        &qp("a%20b+c"),
+        json!({"queue": {"message_expiration": 404, "size": 9}}),
+    );
+    assert_eq!((s, &v["queue"]["message_expiration"]), (200, &json!(404)));
+    let (s, v) = call(p, "PATCH", &qp("missing"), json!({}));
+    assert_eq!((s, &v["msg"]), (404, &json!("Queue not found")));
+    let (s, v) = call(p, "GET", &qp("a%20b+c"), Value::Null);
+    assert_eq!(
+        (s, &v["queue"]["size"], &v["queue"]["type"]),
+        (200, &json!(0), &json!("pull"))
+    );
+    let (s, v) = call(
+        p,
+        "PUT",
+        &qp("push1"),
+        json!({"queue": {"push": {"subscribers": [{"name": "s", "url": "http://h/x"}]}}}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["queue"]["type"], "multicast");
+    assert_eq!(
+        v["queue"]["push"],
+        json!({"subscribers": [{"name": "s", "url": "http://h/x"}], "retries": 3, "retries_delay": 60, "error_queue": ""})
+    );
+    let (s, v) = call(p, "PATCH", &qp("push1"), json!({"queue": {"type": "pull"}}));
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = call(
+        p,
+        "DELETE",
+        &format!("{}/subscribers", qp("push1")),
+        json!({"subscribers": [{"name": "s"}]}),
+    );
+    assert_eq!(
+        (s, &v["msg"]),
+        (400, &json!("Push queues must have at least one subscriber"))
+    );
+    let (s, _) = call(
+        p,
+        "POST",
+        &format!("{}/reservations", qp("push1")),
+        json!({}),
+    );
+    assert_eq!(s, 403);
+    for n in ["l1", "l2", "l3", "m1"] {
+        assert_eq!(call(p, "PUT", &qp(n), Value::Null).0, 200);
+    }
+    let (_, v) = call(
+        p,
+        "GET",
+        &format!("/3/projects/{PID}/queues?per_page=2&prefix=l&page=3"),
+        Value::Null,
+    );
+    assert_eq!(v, json!({"queues": [{"name": "l1"}, {"name": "l2"}]}));
+    let (_, v) = call(
+        p,
+        "GET",
+        &format!("/3/projects/{PID}/queues?per_page=2&prefix=l&prev=l2"),
+        Value::Null,
+    );
+    assert_eq!(v, json!({"queues": [{"name": "l3"}]}));
+    let (s, v) = call(p, "DELETE", &qp("l3"), Value::Null);
+    assert_eq!((s, &v["msg"]), (200, &json!("Deleted")));
+    assert_eq!(call(p, "GET", &qp("l3"), Value::Null).0, 404);
+    // Method override.
+    let (s, v) = call_with(
+        p,
+        "POST",
+        &qp("l2"),
+        Some(TOKEN),
+        "X-HTTP-Method-Override: DELETE\r\n",
+        "",
+    );
+    assert_eq!((s, &v["msg"]), (200, &json!("Deleted")));
+
+    // Messages: FIFO, reserve, delete, touch, release, peek, get.
+    let ids = post_msgs(p, "work", &["one", "two", "three"]);
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|i| i.len() == 19));
+    let (_, v) = call(
+        p,
+        "GET",
+        &format!("{}/messages?n=10", qp("work")),
+        Value::Null,
+    );
+    let bodies: Vec<&str> = v["messages"]
+        .as_array()
+        .expect("msgs")
+        .iter()
+        .map(|m| m["body"].as_str().expect("b"))
+        .collect();
+    assert_eq!(bodies, ["one", "two", "three"]);
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("{}/reservations", qp("work")),
+        json!({"n": 2, "oauth": "x"}),
+    );
+    assert_eq!(s, 200);
+    let r = v["messages"].as_array().expect("msgs").clone();
+    assert_eq!(
+        (r[0]["body"].as_str(), r[1]["body"].as_str()),
+        (Some("one"), Some("two"))
+    );
+    assert_eq!(r[0]["reserved_count"], 1);
+    let rid0 = r[0]["reservation_id"].as_str().expect("rid").to_string();
+    let rid1 = r[1]["reservation_id"].as_str().expect("rid").to_string();
+    assert_eq!(rid0.len(), 32);
+    let (_, v) = call(p, "GET", &qp("work"), Value::Null);
+    assert_eq!(
+        (
+            v["queue"]["size"].as_u64(),
+            v["queue"]["total_messages"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
+    // Reserved without reservation id -> 403; touch gives a new id; old one is stale.
+    let (s, _) = call(
+        p,
+        "DELETE",
+        &format!("{}/messages/{}", qp("work"), ids[0]),
+        json!({"reservation_id": ""}),
+    );
+    assert_eq!(s, 403);
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("{}/messages/{}/touch", qp("work"), ids[0]),
+        json!({"reservation_id": rid0}),
+    );
+    assert_eq!((s, &v["msg"]), (200, &json!("Touched")));
+    let new_rid = v["reservation_id"].as_str().expect("rid").to_string();
+    assert_ne!(new_rid, rid0);
+    let (s, v) = call(
+        p,
+        "DELETE",
+        &format!("{}/messages/{}", qp("work"), ids[0]),
+        json!({"reservation_id": rid0}),
+    );
+    assert_eq!(s, 403);
+    assert!(
+        v["msg"]
+            .as_str()
+            .expect("msg")
+            .contains("Reservation timed out")
+    );
+    let (s, v) = call(
+        p,
+        "DELETE",
+        &format!("{}/messages/{}", qp("work"), ids[0]),
+        json!({"reservation_id": new_rid}),
+    );
+    assert_eq!((s, &v["msg"]), (200, &json!("Deleted")));
+    let (s, v) = call(
+        p,
+        "GET",
+        &format!("{}/messages/{}", qp("work"), ids[0]),
+        Value::Null,
+    );
+    assert_eq!((s, &v["msg"]), (404, &json!("Message not found")));
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("{}/messages/{}/release", qp("work"), ids[1]),
+        json!({"reservation_id": rid1}),
+    );
+    assert_eq!((s, &v["msg"]), (200, &json!("Released")));
+    let (s, v) = call(
+        p,
+        "GET",
+        &format!("{}/messages/{}", qp("work"), ids[1]),
+        Value::Null,
+    );
+    assert_eq!(
+        (s, &v["message"]["body"], &v["message"]["reserved_count"]),
+        (200, &json!("two"), &json!(1))
+    );
+    // Batch delete with bare ids and objects.
+    let (s, v) = call(
+        p,
+        "DELETE",
+        &format!("{}/messages", qp("work")),
+        json!({"ids": [ids[1], {"id": ids[2]}]}),
+    );
+    assert_eq!((s, &v["msg"]), (200, &json!("Deleted")), "{v}");
+    let (_, v) = call(p, "GET", &qp("work"), Value::Null);
+    assert_eq!(v["queue"]["size"], 0);
+    // Clear.
+    post_msgs(p, "work", &["x", "y"]);
+    let (s, v) = call(
+        p,
+        "DELETE",
+        &format!("{}/messages", qp("work")),
+        json!({"oauth": TOKEN}),
+    );
+    assert_eq!((s, &v["msg"]), (200, &json!("Cleared")));
+    let (_, v) = call(
+        p,
+        "POST",
+        &format!("{}/reservations", qp("work")),
+        json!({}),
+    );
+    assert_eq!(v, json!({"messages": []}));
+    // Errors.
+    let (s, _) = call(
+        p,
+        "POST",
+        &format!("{}/reservations", qp("nope")),
+        json!({}),
+    );
+    assert_eq!(s, 404);
+    let (s, v) = call_with(
+        p,
+        "POST",
+        &format!("{}/messages", qp("work")),
+        Some(TOKEN),
+        "",
+        "{not json",
+    );
+    assert_eq!(s, 400);
+    assert!(v["msg"].as_str().expect("msg").starts_with("Invalid JSON"));
+    let big = format!(
+        "{{\"messages\":[{{\"body\":\"{}\"}}]}}",
+        "x".repeat(200_000)
+    );
+    let (s, v) = call_with(
+        p,
+        "POST",
+        &format!("{}/messages", qp("work")),
+        Some(TOKEN),
+        "",
+        &big,
+    );
+    assert_eq!((s, v["msg"].is_string()), (413, true));
+    let (s, _) = call(
+        p,
+        "POST",
+        &format!("{}/messages", qp("work")),
+        json!({"messages": [{"body": "d", "delay": 604801}]}),
+    );
+    assert_eq!(s, 400);
+    let (s, _) = call(
+        p,
+        "POST",
+        &format!("{}/messages", qp("work")),
+        json!({"messages": [{"body": "d", "push_headers": {"Content-Type": "x"}}]}),
+    );
+    assert_eq!(s, 400);
+    let (s, _) = call(
+        p,
+        "PATCH",
+        &format!("/3/projects/{PID}/queues"),
+        Value::Null,
+    );
+    assert_eq!(s, 405);
+
+    // Long poll: returns early on post, and empty at its deadline.
+    let t = Instant::now();
+    let (_, v) = call(
+        p,
+        "POST",
+        &format!("{}/reservations", qp("lp")),
+        json!({"wait": 1}),
+    );
+    assert_eq!(v["msg"], "Queue not found");
+    post_msgs(p, "lp", &["seed"]);
+    call(p, "DELETE", &format!("{}/messages", qp("lp")), json!({}));
+    let (_, v) = call(
+        p,
+        "POST",
+        &format!("{}/reservations", qp("lp")),
+        json!({"wait": 1}),
+    );
+    assert_eq!(v, json!({"messages": []}));
+    assert!(t.elapsed() >= Duration::from_millis(900));
+    let poster = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        post_msgs(p, "lp", &["late"]);
+    });
+    let t = Instant::now();
+    let (_, v) = call(
+        p,
+        "POST",
+        &format!("{}/reservations", qp("lp")),
+        json!({"wait": 10}),
+    );
+    assert_eq!(v["messages"][0]["body"], "late");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    poster.join().expect("poster");
+
+    // Slowloris: an incomplete request head is cut after the 1 s header-read timeout.
+    let mut s = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "connection was not closed"
+    );
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+
+    // Restart keeps messages.
+    post_msgs(p, "durable", &["keep me"]);
+    drop(srv);
+    let srv = start(dir.path());
+    let (_, v) = call(
+        srv.port,
+        "GET",
+        &format!("{}/messages", qp("durable")),
+        Value::Null,
+    );
+    assert_eq!(v["messages"][0]["body"], "keep me");
+}
