@@ -182,6 +182,21 @@ pub async fn subscribers_remove(
 pub struct AlertsBody {
     #[serde(default)]
     alerts: Option<Vec<AlertSpec>>,
+    /// The older Python client wraps the list: `{"queue": {"alerts": [...]}}`.
+    #[serde(default)]
+    queue: Option<WrappedAlerts>,
+}
+
+#[derive(Default, Deserialize)]
+pub struct WrappedAlerts {
+    #[serde(default)]
+    alerts: Option<Vec<AlertSpec>>,
+}
+
+impl AlertsBody {
+    fn alerts(self) -> Option<Vec<AlertSpec>> {
+        self.alerts.or(self.queue.and_then(|q| q.alerts))
+    }
 }
 
 enum AlertEdit {
@@ -233,7 +248,7 @@ pub async fn alerts_add(
     JsonBody(body): JsonBody<AlertsBody>,
 ) -> ApiResult {
     let specs = body
-        .alerts
+        .alerts()
         .ok_or_else(|| ApiError::bad_request("alerts is required"))?;
     edit_alerts(&st, &key(&auth, q), AlertEdit::Add(specs)).await
 }
@@ -246,7 +261,7 @@ pub async fn alerts_replace(
     JsonBody(body): JsonBody<AlertsBody>,
 ) -> ApiResult {
     let specs = body
-        .alerts
+        .alerts()
         .ok_or_else(|| ApiError::bad_request("alerts is required"))?;
     edit_alerts(&st, &key(&auth, q), AlertEdit::Replace(specs)).await
 }
@@ -259,7 +274,7 @@ pub async fn alerts_remove(
     JsonBody(body): JsonBody<AlertsBody>,
 ) -> ApiResult {
     let ids: Vec<String> = body
-        .alerts
+        .alerts()
         .unwrap_or_default()
         .into_iter()
         .filter_map(|a| a.id)
