@@ -1,0 +1,798 @@
+//! `ferromq-load`: a bounded HTTP/1.1 load generator for the IronMQ v3 API of ferromq.
+//!
+//! One keep-alive connection per task (TCP_NODELAY), hyper 1 client. Modes:
+//!
+//! * `post`     — POST batches of `--batch` messages of `--body-bytes` bytes (default 100 × 100 B).
+//! * `post1`    — POST one message per request.
+//! * `cycle`    — half the connections post batches, half reserve `n=100` and DELETE the
+//!   reserved batch with ids and reservation ids; throughput = consumed messages/s.
+//! * `longpoll` — all connections but `--producers` long-poll with `wait=30`; producers post
+//!   single messages carrying their send time (at `--rate`, default 200/s); reports the
+//!   wake latency (post sent → message received by a waiting consumer).
+//!
+//! `--raw-url` (post mode): POST the same body to that exact URL instead (for comparing
+//! against nginx's `return 200`). The run always ends by itself: `--duration` is capped at
+//! 120 s and in-flight requests are abandoned at the deadline. Only the given URL is
+//! contacted. Progress goes to stderr every second; the summary to stdout.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use counters::Shared;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+const DURATION_CAP_S: u64 = 120;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Post,
+    Post1,
+    Cycle,
+    Longpoll,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferromq-load",
+    about = "Bounded HTTP load generator for ferromq (IronMQ v3 API)"
+)]
+struct Args {
+    /// What to run.
+    #[arg(value_enum)]
+    mode: Mode,
+    /// Base URL of the server, plain HTTP.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Project id.
+    #[arg(
+        long,
+        env = "FERROMQ_PROJECT_ID",
+        default_value = "000000000000000000000001"
+    )]
+    project: String,
+    /// OAuth token.
+    #[arg(long, env = "FERROMQ_TOKEN", default_value = "")]
+    token: String,
+    /// Queue name.
+    #[arg(long, default_value = "bench")]
+    queue: String,
+    /// Concurrent keep-alive connections (one task each).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Seconds to run (capped at 120).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Fixed total request rate (req/s) instead of closed-loop; in `cycle` it paces the
+    /// producers, in `longpoll` it is the message rate (default 200).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Messages per POST (`post`, `cycle`).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Bytes per message body.
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+    /// Messages per reservation (`cycle`).
+    #[arg(long, default_value_t = 100)]
+    reserve_n: usize,
+    /// Producer connections in `longpoll` mode.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// `post` mode only: POST the same body to this exact URL instead of the queue.
+    #[arg(long)]
+    raw_url: Option<String>,
+    /// Runtime worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+/// Counters and histograms shared by all tasks.
+mod counters {
+    use super::*;
+
+    pub struct Shared {
+        pub requests: AtomicU64,
+        pub messages: AtomicU64,
+        pub errors: AtomicU64,
+        pub error_kinds: std::sync::Mutex<BTreeMap<String, u64>>,
+        pub hists: std::sync::Mutex<BTreeMap<&'static str, Histogram<u64>>>,
+    }
+
+    impl Shared {
+        pub fn new() -> Shared {
+            Shared {
+                requests: AtomicU64::new(0),
+                messages: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                error_kinds: std::sync::Mutex::new(BTreeMap::new()),
+                hists: std::sync::Mutex::new(BTreeMap::new()),
+            }
+        }
+
+        pub fn error(&self, kind: String) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut m) = self.error_kinds.lock() {
+                *m.entry(kind).or_insert(0) += 1;
+            }
+        }
+
+        pub fn merge(&self, name: &'static str, h: &Histogram<u64>) {
+            if let Ok(mut m) = self.hists.lock() {
+                let e = m.entry(name).or_insert_with(new_hist);
+                let _ = e.add(h);
+            }
+        }
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
+}
+
+/// Where to connect and what to send.
+#[derive(Clone)]
+struct Target {
+    authority: String,
+    connect: String,
+    auth: String,
+}
+
+impl Target {
+    fn parse(url: &str, token: &str) -> Result<(Target, String)> {
+        let uri: Uri = url.parse().with_context(|| format!("bad url {url}"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("only plain http:// URLs are supported: {url}");
+        }
+        let auth = uri
+            .authority()
+            .ok_or_else(|| anyhow!("url without host: {url}"))?;
+        let port = auth.port_u16().unwrap_or(80);
+        let path = uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        Ok((
+            Target {
+                authority: auth.as_str().to_string(),
+                connect: format!(
+                    "{}:{port}",
+                    auth.host().trim_start_matches('[').trim_end_matches(']')
+                ),
+                auth: format!("OAuth {token}"),
+            },
+            path,
+        ))
+    }
+}
+
+/// One keep-alive connection, reconnected after a failure.
+struct Conn {
+    target: Target,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Conn {
+    fn new(target: Target) -> Conn {
+        Conn {
+            target,
+            sender: None,
+        }
+    }
+
+    async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream = TcpStream::connect(&self.target.connect)
+                .await
+                .context("connect")?;
+            stream.set_nodelay(true).context("TCP_NODELAY")?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .context("handshake")?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.sender = Some(sender);
+        }
+        Ok(self.sender.as_mut().expect("connected"))
+    }
+
+    /// Sends one request; returns status and the whole response body.
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes)> {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &self.target.authority)
+            .header(hyper::header::AUTHORIZATION, &self.target.auth)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .context("build request")?;
+        let sender = self.connect().await?;
+        if let Err(e) = sender.ready().await {
+            self.sender = None;
+            return Err(anyhow!("connection: {e}"));
+        }
+        let sender = self.sender.as_mut().expect("connected");
+        let res = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.sender = None;
+                return Err(anyhow!("request: {e}"));
+            }
+        };
+        let status = res.status();
+        match res.into_body().collect().await {
+            Ok(b) => Ok((status, b.to_bytes())),
+            Err(e) => {
+                self.sender = None;
+                Err(anyhow!("response body: {e}"))
+            }
+        }
+    }
+}
+
+/// Paces a task at `interval` (open loop: latency counts from the intended send time, so
+/// a slow server does not hide its queueing), or runs closed-loop without one.
+struct Pacer {
+    interval: Option<Duration>,
+    next: Instant,
+}
+
+impl Pacer {
+    fn new(interval: Option<Duration>, start: Instant, phase: Duration) -> Pacer {
+        Pacer {
+            interval,
+            next: start + phase,
+        }
+    }
+
+    /// Waits for the next slot; returns the time latency is measured from.
+    async fn tick(&mut self) -> Instant {
+        match self.interval {
+            None => Instant::now(),
+            Some(iv) => {
+                let at = self.next;
+                self.next += iv;
+                tokio::time::sleep_until(at.into()).await;
+                at
+            }
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
+}
+
+fn messages_body(n: usize, body_bytes: usize) -> Bytes {
+    let body = "x".repeat(body_bytes);
+    let msgs: Vec<_> = (0..n)
+        .map(|_| serde_json::json!({ "body": body }))
+        .collect();
+    Bytes::from(serde_json::to_vec(&serde_json::json!({ "messages": msgs })).expect("json"))
+}
+
+fn short(b: &[u8]) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(80)]).replace('\n', " ")
+}
+
+struct Ctx {
+    args: Args,
+    target: Target,
+    raw_target: Option<(Target, String)>,
+    messages_path: String,
+    reservations_path: String,
+    shared: Shared,
+    start: Instant,
+    deadline: Instant,
+}
+
+/// A producer: POSTs `body` (holding `count` messages) until the deadline.
+async fn producer(
+    ctx: Arc<Ctx>,
+    body: Bytes,
+    count: u64,
+    interval: Option<Duration>,
+    phase: Duration,
+) {
+    let (target, path) = match &ctx.raw_target {
+        Some((t, p)) => (t.clone(), p.clone()),
+        None => (ctx.target.clone(), ctx.messages_path.clone()),
+    };
+    let raw = ctx.raw_target.is_some();
+    let mut conn = Conn::new(target);
+    let mut hist = new_hist();
+    let mut pacer = Pacer::new(interval, ctx.start, phase);
+    loop {
+        let from = pacer.tick().await;
+        if Instant::now() >= ctx.deadline {
+            break;
+        }
+        let r = tokio::time::timeout_at(
+            ctx.deadline.into(),
+            conn.send(Method::POST, &path, body.clone()),
+        )
+        .await;
+        let Ok(r) = r else { break };
+        ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
+        match r {
+            Ok((st, _))
+                if (raw && st.is_success())
+                    || st == StatusCode::CREATED
+                    || st == StatusCode::OK =>
+            {
+                hist.saturating_record(micros(from.elapsed()));
+                ctx.shared.messages.fetch_add(count, Ordering::Relaxed);
+            }
+            Ok((st, b)) => ctx.shared.error(format!("post: HTTP {st}: {}", short(&b))),
+            Err(e) => {
+                ctx.shared.error(format!("post: {e}"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    ctx.shared.merge("post", &hist);
+}
+
+/// A consumer: reserve `n`, then DELETE what it got, until the deadline.
+async fn consumer(ctx: Arc<Ctx>) {
+    let mut conn = Conn::new(ctx.target.clone());
+    let (mut h_res, mut h_del) = (new_hist(), new_hist());
+    let reserve = Bytes::from(
+        serde_json::to_vec(
+            &serde_json::json!({ "n": ctx.args.reserve_n, "timeout": 60, "wait": 1 }),
+        )
+        .expect("json"),
+    );
+    while Instant::now() < ctx.deadline {
+        let t = Instant::now();
+        let r = tokio::time::timeout_at(
+            ctx.deadline.into(),
+            conn.send(Method::POST, &ctx.reservations_path, reserve.clone()),
+        )
+        .await;
+        let Ok(r) = r else { break };
+        ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
+        let ids = match r {
+            Ok((StatusCode::OK, b)) => match reserved_ids(&b) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    ctx.shared.error(format!("reserve: {e}"));
+                    continue;
+                }
+            },
+            Ok((st, b)) => {
+                ctx.shared
+                    .error(format!("reserve: HTTP {st}: {}", short(&b)));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            Err(e) => {
+                ctx.shared.error(format!("reserve: {e}"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        h_res.saturating_record(micros(t.elapsed()));
+        if ids.is_empty() {
+            continue;
+        }
+        let n = ids.len() as u64;
+        let body =
+            Bytes::from(serde_json::to_vec(&serde_json::json!({ "ids": ids })).expect("json"));
+        let t = Instant::now();
+        let r = tokio::time::timeout_at(
+            ctx.deadline.into(),
+            conn.send(Method::DELETE, &ctx.messages_path, body),
+        )
+        .await;
+        let Ok(r) = r else { break };
+        ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
+        match r {
+            Ok((StatusCode::OK, _)) => {
+                h_del.saturating_record(micros(t.elapsed()));
+                ctx.shared.messages.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok((st, b)) => ctx
+                .shared
+                .error(format!("delete: HTTP {st}: {}", short(&b))),
+            Err(e) => ctx.shared.error(format!("delete: {e}")),
+        }
+    }
+    ctx.shared.merge("reserve", &h_res);
+    ctx.shared.merge("delete", &h_del);
+}
+
+/// `{"messages":[{"id","reservation_id",..}]}` → `[{"id","reservation_id"}]`.
+fn reserved_ids(body: &[u8]) -> Result<Vec<serde_json::Value>> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).context("reserve response is not JSON")?;
+    let msgs = v
+        .get("messages")
+        .and_then(|m| m.as_array())
+        .ok_or_else(|| anyhow!("reserve response without messages"))?;
+    msgs.iter()
+        .map(|m| {
+            let id = m
+                .get("id")
+                .cloned()
+                .ok_or_else(|| anyhow!("message without id"))?;
+            let rid = m
+                .get("reservation_id")
+                .cloned()
+                .ok_or_else(|| anyhow!("message without reservation_id"))?;
+            Ok(serde_json::json!({ "id": id, "reservation_id": rid }))
+        })
+        .collect()
+}
+
+fn now_unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(micros)
+        .unwrap_or(0)
+}
+
+/// Long-poll consumer: reserve n=1 with wait=30; the body holds the send time in µs.
+async fn waiter(ctx: Arc<Ctx>) {
+    let mut conn = Conn::new(ctx.target.clone());
+    let mut wake = new_hist();
+    let reserve = Bytes::from(
+        serde_json::to_vec(&serde_json::json!({ "n": 1, "timeout": 60, "wait": 30 }))
+            .expect("json"),
+    );
+    while Instant::now() < ctx.deadline {
+        let r = tokio::time::timeout_at(
+            ctx.deadline.into(),
+            conn.send(Method::POST, &ctx.reservations_path, reserve.clone()),
+        )
+        .await;
+        let Ok(r) = r else { break };
+        let got = now_unix_us();
+        ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
+        let b = match r {
+            Ok((StatusCode::OK, b)) => b,
+            Ok((st, b)) => {
+                ctx.shared
+                    .error(format!("reserve: HTTP {st}: {}", short(&b)));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            Err(e) => {
+                ctx.shared.error(format!("reserve: {e}"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+        let Some(msgs) = v.get("messages").and_then(|m| m.as_array()) else {
+            ctx.shared
+                .error("reserve: response without messages".into());
+            continue;
+        };
+        let mut ids = Vec::new();
+        for m in msgs {
+            if let Some(sent) = m
+                .get("body")
+                .and_then(|b| b.as_str())
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                wake.saturating_record(got.saturating_sub(sent).max(1));
+                ctx.shared.messages.fetch_add(1, Ordering::Relaxed);
+            }
+            if let (Some(id), Some(rid)) = (m.get("id"), m.get("reservation_id")) {
+                ids.push(serde_json::json!({ "id": id, "reservation_id": rid }));
+            }
+        }
+        if !ids.is_empty() {
+            let body =
+                Bytes::from(serde_json::to_vec(&serde_json::json!({ "ids": ids })).expect("json"));
+            let r = tokio::time::timeout_at(
+                ctx.deadline.into(),
+                conn.send(Method::DELETE, &ctx.messages_path, body),
+            )
+            .await;
+            let Ok(r) = r else { break };
+            ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
+            match r {
+                Ok((StatusCode::OK, _)) => {}
+                Ok((st, b)) => ctx
+                    .shared
+                    .error(format!("delete: HTTP {st}: {}", short(&b))),
+                Err(e) => ctx.shared.error(format!("delete: {e}")),
+            }
+        }
+    }
+    ctx.shared.merge("wake", &wake);
+}
+
+/// Long-poll producer: one message per POST, the body being the send time in µs.
+async fn stamper(ctx: Arc<Ctx>, interval: Duration, phase: Duration) {
+    let mut conn = Conn::new(ctx.target.clone());
+    let mut hist = new_hist();
+    let mut pacer = Pacer::new(Some(interval), ctx.start, phase);
+    loop {
+        let from = pacer.tick().await;
+        if Instant::now() >= ctx.deadline {
+            break;
+        }
+        let body = Bytes::from(
+            serde_json::to_vec(
+                &serde_json::json!({ "messages": [{ "body": now_unix_us().to_string() }] }),
+            )
+            .expect("json"),
+        );
+        let r = tokio::time::timeout_at(
+            ctx.deadline.into(),
+            conn.send(Method::POST, &ctx.messages_path, body),
+        )
+        .await;
+        let Ok(r) = r else { break };
+        ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
+        match r {
+            Ok((StatusCode::CREATED | StatusCode::OK, _)) => {
+                hist.saturating_record(micros(from.elapsed()))
+            }
+            Ok((st, b)) => ctx.shared.error(format!("post: HTTP {st}: {}", short(&b))),
+            Err(e) => ctx.shared.error(format!("post: {e}")),
+        }
+    }
+    ctx.shared.merge("post", &hist);
+}
+
+fn fmt_ms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1000.0)
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.duration == 0 || args.duration > DURATION_CAP_S {
+        eprintln!("duration capped to {DURATION_CAP_S} s");
+        args.duration = args.duration.clamp(1, DURATION_CAP_S);
+    }
+    if args.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    if args.mode == Mode::Post1 {
+        args.batch = 1;
+    }
+    if args.raw_url.is_some() && args.mode != Mode::Post && args.mode != Mode::Post1 {
+        bail!("--raw-url works with post and post1 only");
+    }
+    if args.mode == Mode::Cycle && args.connections < 2 {
+        bail!("cycle needs at least 2 connections");
+    }
+    if args.mode == Mode::Longpoll && args.connections <= args.producers {
+        bail!("longpoll needs more connections than --producers");
+    }
+    let (target, base) = Target::parse(&args.url, &args.token)?;
+    let base = base.trim_end_matches('/').to_string();
+    let raw_target = match &args.raw_url {
+        Some(u) => Some(Target::parse(u, &args.token)?),
+        None => None,
+    };
+    let queue_path = format!("{base}/3/projects/{}/queues/{}", args.project, args.queue);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()?;
+    let start = Instant::now();
+    let ctx = Arc::new(Ctx {
+        messages_path: format!("{queue_path}/messages"),
+        reservations_path: format!("{queue_path}/reservations"),
+        target,
+        raw_target,
+        shared: Shared::new(),
+        start,
+        deadline: start + Duration::from_secs(args.duration),
+        args,
+    });
+    let wall = rt.block_on(run(ctx.clone()));
+    summary(&ctx, wall);
+    // Abandon anything still in flight (e.g. a long poll): the run is over.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(())
+}
+
+/// Creates the queue (`PUT .../queues/{queue}`) so that consumers started before any
+/// producer do not get 404s. A failure is reported and the run goes on.
+async fn ensure_queue(ctx: &Ctx) {
+    let path = ctx.messages_path.trim_end_matches("/messages").to_string();
+    let mut conn = Conn::new(ctx.target.clone());
+    let r = tokio::time::timeout_at(
+        ctx.deadline.into(),
+        conn.send(Method::PUT, &path, Bytes::from_static(b"{\"queue\":{}}")),
+    )
+    .await;
+    match r {
+        Ok(Ok((st, _))) if st.is_success() => {}
+        Ok(Ok((st, b))) => eprintln!("create queue: HTTP {st}: {}", short(&b)),
+        Ok(Err(e)) => eprintln!("create queue: {e}"),
+        Err(_) => eprintln!("create queue: timed out"),
+    }
+}
+
+async fn run(ctx: Arc<Ctx>) -> Duration {
+    let a = &ctx.args;
+    if matches!(a.mode, Mode::Cycle | Mode::Longpoll) {
+        ensure_queue(&ctx).await;
+    }
+    let n = a.connections;
+    let mut tasks = Vec::new();
+    let per_task = |rate: Option<f64>, tasks: usize| {
+        rate.filter(|r| *r > 0.0)
+            .map(|r| Duration::from_secs_f64(tasks as f64 / r))
+    };
+    let phase = |i: usize, iv: Option<Duration>, tasks: usize| {
+        iv.map_or(Duration::ZERO, |iv| iv * i as u32 / tasks as u32)
+    };
+    match a.mode {
+        Mode::Post | Mode::Post1 => {
+            let body = messages_body(a.batch, a.body_bytes);
+            let iv = per_task(a.rate, n);
+            for i in 0..n {
+                tasks.push(tokio::spawn(producer(
+                    ctx.clone(),
+                    body.clone(),
+                    a.batch as u64,
+                    iv,
+                    phase(i, iv, n),
+                )));
+            }
+        }
+        Mode::Cycle => {
+            let producers = n / 2;
+            let body = messages_body(a.batch, a.body_bytes);
+            let iv = per_task(a.rate, producers);
+            for i in 0..producers {
+                tasks.push(tokio::spawn(producer_uncounted(
+                    ctx.clone(),
+                    body.clone(),
+                    iv,
+                    phase(i, iv, producers),
+                )));
+            }
+            for _ in producers..n {
+                tasks.push(tokio::spawn(consumer(ctx.clone())));
+            }
+        }
+        Mode::Longpoll => {
+            let p = a.producers;
+            let iv = per_task(Some(a.rate.unwrap_or(200.0)), p).expect("positive rate");
+            for _ in p..n {
+                tasks.push(tokio::spawn(waiter(ctx.clone())));
+            }
+            // Let the waiters park first.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for i in 0..p {
+                tasks.push(tokio::spawn(stamper(
+                    ctx.clone(),
+                    iv,
+                    Duration::from_millis(500) + phase(i, Some(iv), p),
+                )));
+            }
+        }
+    }
+    let progress = tokio::spawn(progress(ctx.clone()));
+    let hard = ctx.deadline + Duration::from_secs(5);
+    for t in tasks {
+        let _ = tokio::time::timeout_at(hard.into(), t).await;
+    }
+    progress.abort();
+    ctx.start.elapsed().min(ctx.deadline - ctx.start)
+}
+
+/// Cycle-mode producer: its posts count as requests but messages count when consumed.
+async fn producer_uncounted(
+    ctx: Arc<Ctx>,
+    body: Bytes,
+    interval: Option<Duration>,
+    phase: Duration,
+) {
+    let mut conn = Conn::new(ctx.target.clone());
+    let mut hist = new_hist();
+    let mut pacer = Pacer::new(interval, ctx.start, phase);
+    loop {
+        let from = pacer.tick().await;
+        if Instant::now() >= ctx.deadline {
+            break;
+        }
+        let r = tokio::time::timeout_at(
+            ctx.deadline.into(),
+            conn.send(Method::POST, &ctx.messages_path, body.clone()),
+        )
+        .await;
+        let Ok(r) = r else { break };
+        ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
+        match r {
+            Ok((StatusCode::CREATED | StatusCode::OK, _)) => {
+                hist.saturating_record(micros(from.elapsed()))
+            }
+            Ok((st, b)) => ctx.shared.error(format!("post: HTTP {st}: {}", short(&b))),
+            Err(e) => {
+                ctx.shared.error(format!("post: {e}"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    ctx.shared.merge("post", &hist);
+}
+
+async fn progress(ctx: Arc<Ctx>) {
+    let (mut last_r, mut last_m) = (0u64, 0u64);
+    let mut tick = tokio::time::interval_at(
+        (ctx.start + Duration::from_secs(1)).into(),
+        Duration::from_secs(1),
+    );
+    loop {
+        tick.tick().await;
+        let r = ctx.shared.requests.load(Ordering::Relaxed);
+        let m = ctx.shared.messages.load(Ordering::Relaxed);
+        let e = ctx.shared.errors.load(Ordering::Relaxed);
+        eprintln!(
+            "[{:>4.0}s] {:>9} req/s {:>11} msg/s  errors {}",
+            ctx.start.elapsed().as_secs_f64(),
+            r - last_r,
+            m - last_m,
+            e
+        );
+        (last_r, last_m) = (r, m);
+    }
+}
+
+fn summary(ctx: &Ctx, wall: Duration) {
+    let a = &ctx.args;
+    let secs = wall.as_secs_f64().max(1e-9);
+    let r = ctx.shared.requests.load(Ordering::Relaxed);
+    let m = ctx.shared.messages.load(Ordering::Relaxed);
+    let e = ctx.shared.errors.load(Ordering::Relaxed);
+    let url = a.raw_url.as_deref().unwrap_or(&a.url);
+    println!(
+        "mode={:?} url={url} connections={} duration={:.1}s batch={} body_bytes={} rate={}",
+        a.mode,
+        a.connections,
+        secs,
+        a.batch,
+        a.body_bytes,
+        a.rate.map_or("max".to_string(), |r| format!("{r}/s"))
+    );
+    println!(
+        "requests={r} requests/s={:.0} messages={m} messages/s={:.0} errors={e}",
+        r as f64 / secs,
+        m as f64 / secs
+    );
+    if let Ok(h) = ctx.shared.hists.lock() {
+        for (name, h) in h.iter() {
+            if h.is_empty() {
+                continue;
+            }
+            println!(
+                "{name} latency ms: n={} p50={} p99={} p999={} max={}",
+                h.len(),
+                fmt_ms(h.value_at_quantile(0.5)),
+                fmt_ms(h.value_at_quantile(0.99)),
+                fmt_ms(h.value_at_quantile(0.999)),
+                fmt_ms(h.max())
+            );
+        }
+    }
+    if let Ok(k) = ctx.shared.error_kinds.lock() {
+        for (kind, n) in k.iter().take(10) {
+            println!("error x{n}: {kind}");
+        }
+    }
+}
