@@ -547,6 +547,14 @@ impl Engine {
         Ok(info)
     }
 
+    /// A queue's settings and counters as they are in memory right now, without waiting for
+    /// durability. For the server's own decisions (alerts), never for answering a client.
+    pub fn queue_info_now(&self, key: &QueueKey) -> Result<QueueInfo> {
+        let st = self.inner.state.lock();
+        let no = st.queue_no(key)?;
+        Ok(st.info(no))
+    }
+
     /// Queue names of a project in byte order: those starting with `prefix`, strictly after
     /// `after`, at most `limit`.
     pub async fn list_queues(

@@ -15,6 +15,8 @@ pub const FORMAT_VERSION: u16 = 1;
 pub const HEADER_BYTES: usize = 64;
 /// Prefix of preallocated, zero-filled files not yet part of the log.
 pub const SPARE_PREFIX: &str = "spare-";
+/// How much of a spare is zero-filled between fdatasyncs.
+const SPARE_SYNC_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -89,6 +91,11 @@ pub fn create_spare(
         let n = ((bytes - off) as usize).min(zeros.len());
         file.write_at(off, &zeros[..n])?;
         off += n as u64;
+        // Flush in small steps: one fdatasync of a whole dirty segment would occupy the
+        // device for tens of milliseconds and stall the log writer's syncs behind it.
+        if off % SPARE_SYNC_BYTES == 0 {
+            file.sync_data()?;
+        }
     }
     file.sync_data()?;
     storage.sync_dir()?;

@@ -26,7 +26,7 @@ pub async fn check(st: &AppState, key: &QueueKey, before: u64, after: u64) {
     if before == after {
         return;
     }
-    let Ok(info) = st.engine.queue_info(key).await else {
+    let Ok(info) = st.engine.queue_info_now(key) else {
         return;
     };
     let extra = Extra::of(&info.config);

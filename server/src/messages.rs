@@ -70,8 +70,12 @@ fn parse_rid(s: Option<String>, id: MessageId) -> Result<Option<ReservationId>, 
     }
 }
 
+/// The queue's size now, if it has settings that may hold alerts; `None` means there is no
+/// alert to check. Reads memory only: waiting for durability here would cost every request
+/// a second group commit.
 async fn size_of(st: &AppState, key: &QueueKey) -> Option<u64> {
-    st.engine.queue_info(key).await.ok().map(|i| i.size)
+    let info = st.engine.queue_info_now(key).ok()?;
+    (!info.config.extra.is_empty()).then_some(info.size)
 }
 
 async fn post_and_alert(st: &AppState, key: &QueueKey, msgs: &[NewMessage]) -> ApiResult {
