@@ -258,7 +258,11 @@ impl Log {
         *self.failure.lock() = Some(what);
         self.failed.store(true, Ordering::Release);
         self.wake_all();
+        // Take each condvar's mutex before notifying: a waiter that checked the flag just
+        // before it was set holds that mutex until it sleeps, so the notify cannot be lost.
+        drop(self.pipe.lock());
         self.room.notify_all();
+        drop(self.spare.lock());
         self.spare_cv.notify_all();
     }
 
@@ -462,6 +466,9 @@ impl Log {
     pub(crate) fn shutdown(&self) {
         self.pipe.lock().shutdown = true;
         self.work.notify_all();
+        // The allocator checks `is_stopping` under the spare mutex and then sleeps: take that
+        // mutex so this notify cannot fall between its check and its wait (a hang on drop).
+        drop(self.spare.lock());
         self.spare_cv.notify_all();
         let threads: Vec<_> = self.threads.lock().drain(..).collect();
         for t in threads {

@@ -93,7 +93,7 @@ pub fn create_spare(
         off += n as u64;
         // Flush in small steps: one fdatasync of a whole dirty segment would occupy the
         // device for tens of milliseconds and stall the log writer's syncs behind it.
-        if off % SPARE_SYNC_BYTES == 0 {
+        if off.is_multiple_of(SPARE_SYNC_BYTES) {
             file.sync_data()?;
         }
     }
