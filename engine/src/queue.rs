@@ -434,6 +434,20 @@ impl Queue {
         }
     }
 
+    /// Drops delay-heap entries superseded by a later one for the same message. Replay
+    /// applies records without ticking between them, so a message posted with a delay,
+    /// reserved, then released with a delay holds both visible-at times, and the stale
+    /// earlier one would make it visible early. Later delays of a message are never earlier.
+    pub fn drop_stale_delays(&mut self) {
+        let mut latest: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+        for Reverse((at, id)) in self.delayed.iter() {
+            let e = latest.entry(*id).or_insert(*at);
+            *e = (*e).max(*at);
+        }
+        self.delayed
+            .retain(|Reverse((at, id))| latest.get(id) == Some(at));
+    }
+
     /// Deletes expired, unreserved messages at the head. Returns how many went.
     pub fn sweep_expired(&mut self, now_s: u32, live: &mut LiveBytes) -> usize {
         let mut n = 0;

@@ -239,6 +239,7 @@ pub(crate) fn recover(
         }
     }
     for q in state.queues.values_mut() {
+        q.drop_stale_delays();
         q.tick(now_ms);
     }
     state.by_key = state

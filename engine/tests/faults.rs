@@ -1,0 +1,334 @@
+//! Fault injection: the Nth write / fdatasync / create-or-rename fails during a workload.
+//! Every call either succeeds (and its effect is in the durable image) or fails; after the
+//! first failure every call fails; the durable image and crash images reopen consistently
+//! with every acknowledged operation. Never a false ack.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use engine::testing::{FaultOp, SimStorage};
+use engine::{
+    Engine, EngineConfig, Error, ManualClock, MessageId, NewMessage, QueueKey, ReserveOptions,
+};
+
+const T0: u64 = 1_700_000_000_000;
+const ROUNDS: usize = 24;
+
+fn config() -> EngineConfig {
+    let mut c = EngineConfig::new("/sim");
+    c.segment_bytes = 2 << 20;
+    c.body_bytes_max = 4096;
+    c
+}
+
+fn open(storage: &SimStorage, clock: &ManualClock) -> engine::Result<Engine> {
+    Engine::open_with(config(), Arc::new(storage.clone()), Arc::new(clock.clone()))
+}
+
+fn key() -> QueueKey {
+    QueueKey::new("p", "q")
+}
+
+#[derive(Default)]
+struct Acked {
+    posted: BTreeMap<MessageId, Vec<u8>>,
+    deleted: BTreeSet<MessageId>,
+    /// Calls made after the first failure (all must have failed).
+    calls_after_failure: usize,
+    first_failure: Option<String>,
+}
+
+impl Acked {
+    /// Records a call's outcome; returns the value if it succeeded.
+    fn note<T>(&mut self, r: engine::Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => {
+                assert!(
+                    self.first_failure.is_none(),
+                    "a call succeeded after a failure: {:?}",
+                    self.first_failure
+                );
+                Some(v)
+            }
+            Err(e) => {
+                if self.first_failure.is_some() {
+                    self.calls_after_failure += 1;
+                    assert!(
+                        matches!(e, Error::Failed(_)),
+                        "after a failure every call is Failed, got {e}"
+                    );
+                } else {
+                    assert!(
+                        matches!(e, Error::Failed(_) | Error::Io { .. }),
+                        "unexpected error {e}"
+                    );
+                    self.first_failure = Some(e.to_string());
+                }
+                None
+            }
+        }
+    }
+}
+
+fn body(round: usize, i: usize, len: usize) -> Vec<u8> {
+    let mut b = format!("r{round}-m{i}-").into_bytes();
+    b.resize(len, (round * 7 + i) as u8);
+    b
+}
+
+/// Posts, reserves and deletes; every 4th round a bulk post that fills segments.
+async fn workload(e: &Engine, acked: &mut Acked) {
+    for round in 0..ROUNDS {
+        let msgs: Vec<NewMessage> = if round % 4 == 3 {
+            (0..100)
+                .map(|i| NewMessage {
+                    body: body(round, i, 4000),
+                    ..Default::default()
+                })
+                .collect()
+        } else {
+            (0..3)
+                .map(|i| NewMessage {
+                    body: body(round, i, 100),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        if let Some(ids) = acked.note(e.post(&key(), &msgs, true).await) {
+            for (id, m) in ids.into_iter().zip(msgs) {
+                acked.posted.insert(id, m.body);
+            }
+        }
+        let opts = ReserveOptions {
+            n: 2,
+            ..Default::default()
+        };
+        if let Some(got) = acked.note(e.reserve(&key(), opts).await) {
+            for m in &got {
+                assert_eq!(Some(&m.body), acked.posted.get(&m.id), "reserved body");
+            }
+            if let Some(m) = got.first()
+                && acked
+                    .note(e.delete(&key(), m.id, m.reservation_id).await)
+                    .is_some()
+            {
+                acked.deleted.insert(m.id);
+            }
+        }
+        let popped = acked.note(
+            e.reserve(
+                &key(),
+                ReserveOptions {
+                    n: 1,
+                    delete: true,
+                    ..Default::default()
+                },
+            )
+            .await,
+        );
+        if let Some(got) = popped {
+            acked.deleted.extend(got.iter().map(|m| m.id));
+        }
+    }
+}
+
+/// Reopens `image` and checks it against the acknowledged operations.
+async fn verify(image: &SimStorage, clock: &ManualClock, acked: &Acked, what: &str) {
+    let e = open(image, clock).unwrap_or_else(|err| panic!("{what}: reopen failed: {err}"));
+    e.check_invariants();
+    match e.queue_info(&key()).await {
+        Ok(info) => {
+            // The unacknowledged post, if any, may have landed too.
+            assert!(
+                info.total_messages >= acked.posted.len() as u64,
+                "{what}: total_messages"
+            );
+        }
+        Err(Error::QueueNotFound) => assert!(acked.posted.is_empty(), "{what}: the queue is gone"),
+        Err(err) => panic!("{what}: {err}"),
+    }
+    let mut missing = 0;
+    for (id, b) in &acked.posted {
+        let got = e.get(&key(), *id).await;
+        if acked.deleted.contains(id) {
+            assert!(
+                matches!(got, Err(Error::MessageNotFound)),
+                "{what}: acked delete of {id} was lost"
+            );
+        } else {
+            match got {
+                Ok(v) => assert_eq!(&v.body, b, "{what}: body of {id}"),
+                // The one call that failed (a delete or a popping reserve of one message) may
+                // have reached the disk before its fsync failed. Nothing after it is written.
+                Err(Error::MessageNotFound) => missing += 1,
+                Err(err) => panic!("{what}: get {id}: {err}"),
+            }
+        }
+    }
+    assert!(
+        missing <= 1 && (missing == 0 || acked.first_failure.is_some()),
+        "{what}: {missing} acked posts lost"
+    );
+    e.close();
+}
+
+/// How many operations of each kind a clean run makes after open.
+fn clean_counts() -> (u64, u64, u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let storage = SimStorage::new();
+        let clock = ManualClock::new(T0);
+        let e = open(&storage, &clock).expect("open");
+        let before = storage.op_counts();
+        let mut acked = Acked::default();
+        workload(&e, &mut acked).await;
+        assert!(acked.first_failure.is_none());
+        assert_eq!(acked.posted.len(), ROUNDS / 4 * 100 + ROUNDS * 3 / 4 * 3);
+        let after = storage.op_counts();
+        e.close();
+        verify(&storage.durable_image(), &clock, &acked, "clean").await;
+        (after.0 - before.0, after.1 - before.1, after.2 - before.2)
+    })
+}
+
+fn run_fault(op: FaultOp, n: u64) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let storage = SimStorage::new();
+        let clock = ManualClock::new(T0);
+        let e = open(&storage, &clock).expect("open");
+        storage.fail_nth(op, n);
+        let mut acked = Acked::default();
+        workload(&e, &mut acked).await;
+        let failed = acked.first_failure.is_some();
+        if failed {
+            assert!(
+                e.is_failed(),
+                "{op:?} #{n}: a failed call leaves the engine stopped"
+            );
+            let again = e
+                .post(
+                    &key(),
+                    &[NewMessage {
+                        body: b"x".to_vec(),
+                        ..Default::default()
+                    }],
+                    true,
+                )
+                .await;
+            assert!(
+                matches!(again, Err(Error::Failed(_))),
+                "{op:?} #{n}: a post after the failure"
+            );
+        }
+        let fired = storage.faults_fired() > 0;
+        let what = format!("{op:?} #{n}");
+        storage.clear_faults();
+        // The durable image (no unsynced write kept) and torn crash images.
+        verify(
+            &storage.durable_image(),
+            &clock,
+            &acked,
+            &format!("{what} durable"),
+        )
+        .await;
+        for seed in 0..3 {
+            verify(
+                &storage.crash_image(seed * 7919 + n),
+                &clock,
+                &acked,
+                &format!("{what} crash {seed}"),
+            )
+            .await;
+        }
+        drop(e);
+        fired
+    })
+}
+
+fn sweep(op: FaultOp, total: u64) {
+    assert!(total > 0, "{op:?}: the clean run made no such operation");
+    // Every point at the start, then a stride: keeps the run short in debug builds.
+    let points: Vec<u64> = (1..=total.min(40)).chain((41..=total).step_by(5)).collect();
+    let mut fired = 0;
+    for &n in &points {
+        fired += run_fault(op, n) as usize;
+    }
+    // Background allocation makes counts vary a little, but most points must be reached.
+    assert!(
+        fired + 1 >= points.len() * 8 / 10,
+        "{op:?}: only {fired} of {} faults fired",
+        points.len()
+    );
+}
+
+#[test]
+fn every_failed_write_stops_the_engine_without_false_acks() {
+    let (writes, _, _) = clean_counts();
+    sweep(FaultOp::Write, writes);
+}
+
+#[test]
+fn every_failed_fsync_stops_the_engine_without_false_acks() {
+    let (_, syncs, _) = clean_counts();
+    sweep(FaultOp::Sync, syncs);
+}
+
+#[test]
+fn failed_creates_and_renames_stop_the_engine_without_false_acks() {
+    let (_, _, metas) = clean_counts();
+    sweep(FaultOp::Meta, metas);
+}
+
+#[test]
+fn a_failed_write_is_never_acknowledged() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let storage = SimStorage::new();
+        let clock = ManualClock::new(T0);
+        let e = open(&storage, &clock).expect("open");
+        let msg = [NewMessage {
+            body: b"kept".to_vec(),
+            ..Default::default()
+        }];
+        let kept = e.post(&key(), &msg, true).await.expect("post")[0];
+        storage.fail_nth(FaultOp::Sync, 1);
+        let lost = [NewMessage {
+            body: b"lost".to_vec(),
+            ..Default::default()
+        }];
+        assert!(matches!(
+            e.post(&key(), &lost, true).await,
+            Err(Error::Failed(_))
+        ));
+        assert!(matches!(
+            e.post(&key(), &msg, true).await,
+            Err(Error::Failed(_))
+        ));
+        assert!(matches!(
+            e.reserve(&key(), ReserveOptions::default()).await,
+            Err(Error::Failed(_))
+        ));
+        assert!(e.is_failed());
+        let image = storage.durable_image();
+        drop(e);
+        let e = open(&image, &clock).expect("reopen");
+        let info = e.queue_info(&key()).await.expect("info");
+        assert_eq!(
+            (info.size, info.total_messages),
+            (1, 1),
+            "only the acknowledged post survives"
+        );
+        assert_eq!(e.get(&key(), kept).await.expect("get").body, b"kept");
+        e.check_invariants();
+    });
+}
