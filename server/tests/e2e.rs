@@ -32,6 +32,10 @@ fn free_port() -> u16 {
 }
 
 fn start(dir: &std::path::Path) -> Server {
+    start_env(dir, &[])
+}
+
+fn start_env(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_ferromq"))
         .args(["serve", "--data-dir"])
@@ -43,6 +47,7 @@ fn start(dir: &std::path::Path) -> Server {
         .env("FERROMQ_HEADER_READ_TIMEOUT_MS", "1000")
         .env("FERROMQ_SYNC", "never")
         .env("FERROMQ_BODY_BYTES_MAX", "1024")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -520,4 +525,109 @@ fn full_api() {
         Value::Null,
     );
     assert_eq!(v["messages"][0]["body"], "keep me");
+}
+
+/// Sends one keep-alive request on `s` and reads its complete response head and body.
+fn request_on(s: &mut TcpStream, path: &str) -> Option<String> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let len: usize = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if buf.len() >= head_end + 4 + len {
+                return Some(text);
+            }
+        }
+    }
+}
+
+#[test]
+fn connection_cap_and_idle_keep_alive_timeout_are_enforced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start_env(
+        dir.path(),
+        &[
+            ("FERROMQ_CONNECTIONS_MAX", "3"),
+            ("FERROMQ_KEEP_ALIVE_TIMEOUT_MS", "1500"),
+            // hyper also applies the header-read timeout to the wait for the next request on
+            // a kept-alive connection; keep it out of the way of the idle timeout measured.
+            ("FERROMQ_HEADER_READ_TIMEOUT_MS", "10000"),
+        ],
+    );
+    let p = srv.port;
+    // The start-up probe used one slot; give the server a moment to release it.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let r = request_on(&mut s, "/health").expect("served under the cap");
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+            s
+        })
+        .collect();
+    // A fourth connection is not served while three are open.
+    let mut extra = TcpStream::connect(("127.0.0.1", p)).expect("connect (kernel backlog)");
+    extra
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    assert_eq!(
+        request_on(&mut extra, "/health"),
+        None,
+        "served over the connection cap"
+    );
+    // Closing one lets it through.
+    drop(held.pop());
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut got = String::new();
+    let mut b = [0u8; 1024];
+    let t = Instant::now();
+    while !got.contains("\r\n\r\n") && t.elapsed() < Duration::from_secs(5) {
+        match extra.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&b[..n])),
+        }
+    }
+    assert!(
+        got.starts_with("HTTP/1.1 200"),
+        "queued connection not served: {got:?}"
+    );
+    // An idle keep-alive connection is closed after the idle timeout (1.5 s), counted from
+    // its last request.
+    drop(held);
+    drop(extra);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut idle = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    idle.set_read_timeout(Some(Duration::from_secs(6)))
+        .expect("timeout");
+    let r = request_on(&mut idle, "/health").expect("served");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let t = Instant::now();
+    let mut sink = Vec::new();
+    let _ = idle.read_to_end(&mut sink);
+    let waited = t.elapsed();
+    assert!(sink.is_empty(), "unexpected bytes on an idle connection");
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4),
+        "idle connection closed after {waited:?}"
+    );
+    drop(srv);
 }
