@@ -138,8 +138,31 @@ impl Queue {
         self.delayed_count
     }
 
+    /// Finds a message's index. Ids in a queue are increasing and mostly dense (a queue's
+    /// posts take consecutive ids unless other queues post in between), so the interpolated
+    /// position `id - first id` is usually right or an upper bound; binary search covers the
+    /// rest of the range.
     fn index_of(&self, id: u64) -> Option<usize> {
-        self.entries.binary_search_by_key(&id, |e| e.id).ok()
+        let first = self.entries.front()?.id;
+        if id < first {
+            return None;
+        }
+        let last = self.entries.len() - 1;
+        let guess = (id - first).min(last as u64) as usize;
+        let at = self.entries[guess].id;
+        if at == id {
+            return Some(guess);
+        }
+        let (mut lo, mut hi) = if at > id { (0, guess) } else { (guess + 1, last + 1) };
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.entries[mid].id.cmp(&id) {
+                std::cmp::Ordering::Equal => return Some(mid),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
     }
 
     pub fn get(&self, id: MessageId) -> Option<&Entry> {
