@@ -91,21 +91,6 @@ fn recovery(c: &mut Criterion) {
 
     let mut g = c.benchmark_group(format!("recovery/{n}x100B"));
     g.throughput(Throughput::Elements(n as u64));
-    // Without the restart snapshot (removed before each open, untimed): a full log replay.
-    g.bench_function("engine_open_replay", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let _ = std::fs::remove_file(dir.path().join("index.snap"));
-                let t = Instant::now();
-                let engine = Engine::open(EngineConfig::new(dir.path())).expect("open");
-                total += t.elapsed();
-                drop(engine);
-            }
-            total
-        })
-    });
-    // With the snapshot the previous clean close wrote.
     g.bench_function("engine_open", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;

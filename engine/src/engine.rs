@@ -104,7 +104,6 @@ struct Inner {
     clock: Arc<dyn Clock>,
     config: EngineConfig,
     storage: Arc<dyn Storage>,
-    snapshotted: std::sync::atomic::AtomicBool,
     _lock: Option<File>,
 }
 
@@ -432,7 +431,6 @@ impl Engine {
                 clock,
                 config,
                 storage,
-                snapshotted: std::sync::atomic::AtomicBool::new(false),
                 _lock: lock,
             }),
         };
@@ -1146,7 +1144,7 @@ impl Engine {
 
     /// Writes out everything and stops the log threads. Later calls fail with `Closed`.
     pub fn close(&self) {
-        self.inner.close();
+        self.inner.log.shutdown();
     }
 
     #[cfg(any(test, feature = "testing"))]
@@ -1162,27 +1160,10 @@ impl Engine {
     }
 }
 
-impl Inner {
-    /// Stops the log and, if it stopped cleanly, writes the restart snapshot (once).
-    fn close(&self) {
-        self.log.shutdown();
-        if self.log.is_failed()
-            || self
-                .snapshotted
-                .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            return;
-        }
-        let st = self.state.lock();
-        // The snapshot is a cache: failing to write it costs only a slower start.
-        let _ = crate::snapshot::write(&*self.storage, &st, self.log.end());
-    }
-}
-
 /// Everything appended is synced and the threads stop when the last handle goes.
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.close();
+        self.log.shutdown();
     }
 }
 

@@ -22,7 +22,6 @@ pub mod record;
 mod recovery;
 mod retention;
 mod segment;
-mod snapshot;
 mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

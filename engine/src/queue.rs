@@ -153,11 +153,7 @@ impl Queue {
         if at == id {
             return Some(guess);
         }
-        let (mut lo, mut hi) = if at > id {
-            (0, guess)
-        } else {
-            (guess + 1, last + 1)
-        };
+        let (mut lo, mut hi) = if at > id { (0, guess) } else { (guess + 1, last + 1) };
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             match self.entries[mid].id.cmp(&id) {
@@ -473,129 +469,6 @@ impl Queue {
         }
         self.delayed
             .retain(|Reverse((at, id))| latest.get(id) == Some(at));
-    }
-
-    /// Writes the queue's messages, reservations and delays for the restart snapshot.
-    /// Format: { entries: u64 | entries × 32 B | reservations: u64 | × {id u64, rid [16],
-    ///   until u64} | delays: u64 | × {id u64, visible_at u64} }
-    pub fn export(&self, buf: &mut Vec<u8>) {
-        let live: Vec<&Entry> = self
-            .entries
-            .iter()
-            .filter(|e| e.state != MsgState::Deleted)
-            .collect();
-        buf.extend_from_slice(&(live.len() as u64).to_le_bytes());
-        for e in live {
-            buf.extend_from_slice(&e.id.to_le_bytes());
-            buf.extend_from_slice(&e.segment.to_le_bytes());
-            buf.extend_from_slice(&e.offset.to_le_bytes());
-            buf.extend_from_slice(&e.body_len.to_le_bytes());
-            buf.extend_from_slice(&e.expires_at_s.to_le_bytes());
-            buf.extend_from_slice(&e.meta_len.to_le_bytes());
-            buf.extend_from_slice(&e.reserved_count.to_le_bytes());
-            buf.extend_from_slice(&[e.state as u8, 0, 0, 0]);
-        }
-        buf.extend_from_slice(&(self.reservations.len() as u64).to_le_bytes());
-        for (id, (rid, until)) in &self.reservations {
-            buf.extend_from_slice(&id.to_le_bytes());
-            buf.extend_from_slice(&rid.0);
-            buf.extend_from_slice(&until.to_le_bytes());
-        }
-        let mut latest: HashMap<u64, u64> = HashMap::new();
-        for Reverse((at, id)) in &self.delayed {
-            let e = latest.entry(*id).or_insert(*at);
-            *e = (*e).max(*at);
-        }
-        latest.retain(|id, _| {
-            self.get(MessageId(*id))
-                .is_some_and(|e| e.state == MsgState::Delayed)
-        });
-        buf.extend_from_slice(&(latest.len() as u64).to_le_bytes());
-        for (id, at) in latest {
-            buf.extend_from_slice(&id.to_le_bytes());
-            buf.extend_from_slice(&at.to_le_bytes());
-        }
-    }
-
-    /// Rebuilds the messages written by `export`.
-    pub fn import(
-        &mut self,
-        r: &mut crate::record::Reader<'_>,
-        live: &mut LiveBytes,
-    ) -> Result<(), crate::error::CorruptionKind> {
-        use crate::error::CorruptionKind::BadPayload;
-        let n = r.u64()? as usize;
-        if n > r.remaining() / 32 {
-            return Err(BadPayload);
-        }
-        self.entries.reserve(n);
-        let mut prev = None;
-        for _ in 0..n {
-            let id = r.u64()?;
-            let segment = r.u32()?;
-            let offset = r.u32()?;
-            let body_len = r.u32()?;
-            let expires_at_s = r.u32()?;
-            let meta_len = r.u16()?;
-            let reserved_count = r.u16()?;
-            let state = match r.take(4)?[0] {
-                0 => MsgState::Visible,
-                1 => MsgState::Delayed,
-                2 => MsgState::Reserved,
-                _ => return Err(BadPayload),
-            };
-            if prev.is_some_and(|p| p >= id) {
-                return Err(BadPayload);
-            }
-            prev = Some(id);
-            let e = Entry {
-                id,
-                segment,
-                offset,
-                body_len,
-                expires_at_s,
-                meta_len,
-                reserved_count,
-                state,
-            };
-            live.add(&e);
-            self.live += 1;
-            if state == MsgState::Delayed {
-                self.delayed_count += 1;
-            }
-            self.entries.push_back(e);
-        }
-        let n = r.u64()? as usize;
-        for _ in 0..n {
-            let id = r.u64()?;
-            let rid = r.rid()?;
-            let until = r.u64()?;
-            if self
-                .get(MessageId(id))
-                .is_none_or(|e| e.state != MsgState::Reserved)
-            {
-                return Err(BadPayload);
-            }
-            self.reservations.insert(id, (rid, until));
-            self.expiries.push(Reverse((until, id)));
-        }
-        let n = r.u64()? as usize;
-        for _ in 0..n {
-            let id = r.u64()?;
-            let at = r.u64()?;
-            self.delayed.push(Reverse((at, id)));
-        }
-        if self.reservations.len()
-            != self
-                .entries
-                .iter()
-                .filter(|e| e.state == MsgState::Reserved)
-                .count()
-            || self.delayed.len() as u64 != self.delayed_count
-        {
-            return Err(BadPayload);
-        }
-        Ok(())
     }
 
     /// Deletes expired, unreserved messages at the head. Returns how many went.

@@ -171,7 +171,7 @@ impl Put for Vec<u8> {
 }
 
 /// A bounds-checked little-endian reader over a payload.
-pub struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
@@ -184,9 +184,6 @@ impl<'a> Reader<'a> {
     }
     pub fn pos(&self) -> usize {
         self.pos
-    }
-    pub fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
     }
     pub fn take(&mut self, n: usize) -> R<&'a [u8]> {
         let end = self.pos.checked_add(n).ok_or(CorruptionKind::BadPayload)?;

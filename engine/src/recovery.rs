@@ -198,34 +198,6 @@ pub(crate) fn recover(
         .max()
         .unwrap_or(1);
 
-    // A snapshot written at a clean close that covers exactly this log end replaces pass 2.
-    let end = crate::ids::LogPos::new(segs[last].id, segs[last].end as u32);
-    let snapshot = if torn_at.is_none() {
-        crate::snapshot::load(&*storage, end, segs[0].id)
-    } else {
-        let _ = storage.remove(crate::snapshot::FILE);
-        None
-    };
-    if let Some(mut state) = snapshot {
-        state.next_id = state.next_id.max(next_id);
-        state.next_queue = state.next_queue.max(next_queue);
-        for q in state.queues.values_mut() {
-            q.tick(now_ms);
-        }
-        let tail_seg = &segs[last];
-        let tail = Tail {
-            segment: tail_seg.id,
-            file: tail_seg.file.clone(),
-            end: tail_seg.end as u32,
-        };
-        let regions = segs.iter().map(|s| (s.id, s.region.clone())).collect();
-        return Ok(Recovered {
-            state,
-            tail,
-            regions,
-        });
-    }
-
     // Pass 2.
     let mut state = State {
         queues: HashMap::new(),
