@@ -153,7 +153,11 @@ impl Queue {
         if at == id {
             return Some(guess);
         }
-        let (mut lo, mut hi) = if at > id { (0, guess) } else { (guess + 1, last + 1) };
+        let (mut lo, mut hi) = if at > id {
+            (0, guess)
+        } else {
+            (guess + 1, last + 1)
+        };
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             match self.entries[mid].id.cmp(&id) {
