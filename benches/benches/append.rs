@@ -9,7 +9,7 @@
 //!   pre-zero-filled file (the engine also writes into zero-filled spares).
 //! * `fdatasync/raw_append` — the same into a fresh (growing) file, for reference.
 
-use std::time::Duration;
+mod common;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use engine::SyncPolicy;
@@ -100,17 +100,9 @@ fn fdatasync(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .configure_from_args()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config(3);
     targets = nosync, fdatasync
 }
 criterion_main!(benches);

@@ -5,6 +5,8 @@
 //! Raw baseline, same run: ideal group commit by hand — one writer writes 16 post records'
 //! worth of bytes into a pre-zero-filled file and issues one `sync_data` for the lot.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -110,17 +112,9 @@ fn group_commit(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-        .configure_from_args()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config(4);
     targets = group_commit
 }
 criterion_main!(benches);

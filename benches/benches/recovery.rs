@@ -10,6 +10,8 @@
 //! spare) with `read` into a reused 1 MiB buffer — what a recovery scan has to do at
 //! least — also warm.
 
+mod common;
+
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -123,17 +125,9 @@ fn recovery(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5))
-        .configure_from_args()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config(5);
     targets = recovery
 }
 criterion_main!(benches);

@@ -10,6 +10,8 @@
 //! * `durable_16_consumers/raw_overwrite` — ideal group commit by hand: 16 reserve records,
 //!   one fdatasync, 16 delete records, one fdatasync, into a pre-zero-filled file.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -202,17 +204,9 @@ fn durable(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .configure_from_args()
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config(3);
     targets = nosync, durable
 }
 criterion_main!(benches);

@@ -151,6 +151,28 @@ impl Pending {
     }
 }
 
+/// `Err(LimitExceeded)` when `got` is over `max`.
+fn check_limit(what: &'static str, got: u64, max: u64) -> Result<()> {
+    if got > max {
+        Err(Error::LimitExceeded { what, got, max })
+    } else {
+        Ok(())
+    }
+}
+
+/// `n` of reserve and peek: 1 to 100.
+fn check_n(n: usize) -> Result<()> {
+    let max = limits::MESSAGES_PER_RESERVE_MAX as u64;
+    if n == 0 {
+        return Err(Error::LimitExceeded {
+            what: "n",
+            got: 0,
+            max,
+        });
+    }
+    check_limit("n", n as u64, max)
+}
+
 fn refusal(r: Refusal, id: MessageId) -> Error {
     match r {
         Refusal::NotFound => Error::MessageNotFound,
@@ -200,17 +222,7 @@ fn check_name(key: &QueueKey) -> Result<()> {
 }
 
 fn check_config(c: &QueueConfig) -> Result<()> {
-    let bound = |what, got: u32, max: u32| {
-        if got > max {
-            Err(Error::LimitExceeded {
-                what,
-                got: got as u64,
-                max: max as u64,
-            })
-        } else {
-            Ok(())
-        }
-    };
+    let bound = |what, got: u32, max: u32| check_limit(what, got as u64, max as u64);
     if c.message_timeout_s == 0 || c.message_expiration_s == 0 {
         return Err(Error::Invalid(
             "message_timeout and message_expiration must be positive",
@@ -288,10 +300,9 @@ impl State {
             name: &q.key.name,
             config: q.config.clone(),
         };
-        let mut buf = std::mem::take(&mut self.scratch);
+        let buf = &mut self.scratch;
         buf.clear();
-        record::put_queue_def(&mut buf, &def);
-        self.scratch = buf;
+        record::put_queue_def(buf, &def);
         let (start, end) = self.append(log, Kind::QueueDef)?;
         if let Some(q) = self.queues.get_mut(&no) {
             q.def_segment = start.segment();
@@ -355,13 +366,12 @@ impl State {
         let to = self.queue_or_create(log, &dst_key)?;
         let expires_at_s =
             (now_ms / 1000 + self.queues[&to].config.message_expiration_s as u64) as u32;
-        let mut buf = std::mem::take(&mut self.scratch);
+        let buf = &mut self.scratch;
         buf.clear();
         buf.u32(from.0);
         buf.u32(to.0);
         buf.u64(idx_entry.id);
         buf.u32(expires_at_s);
-        self.scratch = buf;
         self.append(log, Kind::Move)?;
         self.apply_move(from, to, MessageId(idx_entry.id), expires_at_s);
         Ok(())
@@ -521,10 +531,9 @@ impl Engine {
         let end = {
             let mut st = self.inner.state.lock();
             let no = st.queue_no(key)?;
-            let mut buf = std::mem::take(&mut st.scratch);
+            let buf = &mut st.scratch;
             buf.clear();
             buf.u32(no.0);
-            st.scratch = buf;
             let (_, end) = st.append(&self.inner.log, Kind::QueueDrop)?;
             st.drop_queue(no);
             end
@@ -601,13 +610,11 @@ impl Engine {
         if messages.is_empty() {
             return Err(Error::Invalid("no messages to post"));
         }
-        if messages.len() > limits::MESSAGES_PER_POST_MAX {
-            return Err(Error::LimitExceeded {
-                what: "messages per request",
-                got: messages.len() as u64,
-                max: limits::MESSAGES_PER_POST_MAX as u64,
-            });
-        }
+        check_limit(
+            "messages per request",
+            messages.len() as u64,
+            limits::MESSAGES_PER_POST_MAX as u64,
+        )?;
         let body_max = self.inner.config.body_bytes_max;
         for m in messages {
             if m.body.len() > body_max as usize {
@@ -622,13 +629,7 @@ impl Engine {
                     max: limits::META_BYTES_MAX,
                 });
             }
-            if m.delay_s > limits::DELAY_S_MAX {
-                return Err(Error::LimitExceeded {
-                    what: "delay",
-                    got: m.delay_s as u64,
-                    max: limits::DELAY_S_MAX as u64,
-                });
-            }
+            check_limit("delay", m.delay_s as u64, limits::DELAY_S_MAX as u64)?;
         }
         let now = self.now_ms();
         let (ids, end, waiters) = {
@@ -643,7 +644,7 @@ impl Engine {
             let expires_at_s = (now / 1000 + expiration_s).min(u32::MAX as u64) as u32;
             let first_id = st.next_id;
             st.next_id += messages.len() as u64;
-            let mut buf = std::mem::take(&mut st.scratch);
+            let buf = &mut st.scratch;
             buf.clear();
             buf.u32(no.0);
             buf.u16(messages.len() as u16);
@@ -663,7 +664,6 @@ impl Engine {
                 buf.extend_from_slice(&m.body);
                 buf.extend_from_slice(&m.meta);
             }
-            st.scratch = buf;
             let (start, end) = st.append(&self.inner.log, Kind::Post)?;
             let q = st.queues.get_mut(&no).expect("registered queue");
             q.total_messages += messages.len() as u64;
@@ -699,20 +699,12 @@ impl Engine {
         key: &QueueKey,
         opts: ReserveOptions,
     ) -> Result<Vec<ReservedMessage>> {
-        if opts.n == 0 || opts.n > limits::MESSAGES_PER_RESERVE_MAX {
-            return Err(Error::LimitExceeded {
-                what: "n",
-                got: opts.n as u64,
-                max: limits::MESSAGES_PER_RESERVE_MAX as u64,
-            });
-        }
-        if opts.timeout_s > limits::TIMEOUT_S_MAX {
-            return Err(Error::LimitExceeded {
-                what: "timeout",
-                got: opts.timeout_s as u64,
-                max: limits::TIMEOUT_S_MAX as u64,
-            });
-        }
+        check_n(opts.n)?;
+        check_limit(
+            "timeout",
+            opts.timeout_s as u64,
+            limits::TIMEOUT_S_MAX as u64,
+        )?;
         let wait_ms = opts.wait_ms.min(limits::WAIT_S_MAX as u64 * 1000);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         loop {
@@ -778,7 +770,7 @@ impl Engine {
         st.queues.get_mut(&no).expect("registered queue").tick(now);
         let mut picked = Vec::new();
         let mut to_dead_letter = Vec::new();
-        let mut buf = std::mem::take(&mut st.scratch);
+        let buf = &mut st.scratch;
         buf.clear();
         buf.u32(no.0);
         buf.u16(0);
@@ -815,7 +807,6 @@ impl Engine {
         }
         let count = picked.len() as u16;
         buf[4..6].copy_from_slice(&count.to_le_bytes());
-        st.scratch = buf;
         let mut end = self.inner.log.end();
         if count > 0 {
             let kind = if opts.delete {
@@ -837,13 +828,7 @@ impl Engine {
 
     /// Visible messages from the head, without reserving them.
     pub async fn peek(&self, key: &QueueKey, n: usize) -> Result<Vec<MessageView>> {
-        if n == 0 || n > limits::MESSAGES_PER_RESERVE_MAX {
-            return Err(Error::LimitExceeded {
-                what: "n",
-                got: n as u64,
-                max: limits::MESSAGES_PER_RESERVE_MAX as u64,
-            });
-        }
+        check_n(n)?;
         let pending: Vec<Pending> = {
             let mut st = self.inner.state.lock();
             let no = st.queue_no(key)?;
@@ -897,13 +882,11 @@ impl Engine {
         if items.is_empty() {
             return Err(Error::Invalid("no ids to delete"));
         }
-        if items.len() > limits::IDS_PER_DELETE_MAX {
-            return Err(Error::LimitExceeded {
-                what: "ids per request",
-                got: items.len() as u64,
-                max: limits::IDS_PER_DELETE_MAX as u64,
-            });
-        }
+        check_limit(
+            "ids per request",
+            items.len() as u64,
+            limits::IDS_PER_DELETE_MAX as u64,
+        )?;
         let end = {
             let mut guard = self.inner.state.lock();
             let st = &mut *guard;
@@ -915,7 +898,7 @@ impl Engine {
                 q.check_delete(it.id, it.reservation_id)
                     .map_err(|r| refusal(r, it.id))?;
             }
-            let mut buf = std::mem::take(&mut st.scratch);
+            let buf = &mut st.scratch;
             buf.clear();
             buf.u32(no.0);
             buf.u16(0);
@@ -927,7 +910,6 @@ impl Engine {
                 }
             }
             buf[4..6].copy_from_slice(&count.to_le_bytes());
-            st.scratch = buf;
             st.append(&self.inner.log, Kind::Delete)?.1
         };
         self.inner.log.wait_durable(end).await
@@ -942,13 +924,7 @@ impl Engine {
         rid: ReservationId,
         timeout_s: u32,
     ) -> Result<(ReservationId, u64)> {
-        if timeout_s > limits::TIMEOUT_S_MAX {
-            return Err(Error::LimitExceeded {
-                what: "timeout",
-                got: timeout_s as u64,
-                max: limits::TIMEOUT_S_MAX as u64,
-            });
-        }
+        check_limit("timeout", timeout_s as u64, limits::TIMEOUT_S_MAX as u64)?;
         let (out, end) = {
             let mut guard = self.inner.state.lock();
             let st = &mut *guard;
@@ -965,13 +941,12 @@ impl Engine {
             let until = now + timeout_s as u64 * 1000;
             let new = st.rids.next();
             q.apply_touch(id, new, until);
-            let mut buf = std::mem::take(&mut st.scratch);
+            let buf = &mut st.scratch;
             buf.clear();
             buf.u32(no.0);
             buf.u64(id.0);
             buf.extend_from_slice(&new.0);
             buf.u64(until);
-            st.scratch = buf;
             ((new, until), st.append(&self.inner.log, Kind::Touch)?.1)
         };
         self.inner.log.wait_durable(end).await?;
@@ -986,13 +961,7 @@ impl Engine {
         rid: ReservationId,
         delay_s: u32,
     ) -> Result<()> {
-        if delay_s > limits::DELAY_S_MAX {
-            return Err(Error::LimitExceeded {
-                what: "delay",
-                got: delay_s as u64,
-                max: limits::DELAY_S_MAX as u64,
-            });
-        }
+        check_limit("delay", delay_s as u64, limits::DELAY_S_MAX as u64)?;
         let (end, waiters) = {
             let mut guard = self.inner.state.lock();
             let st = &mut *guard;
@@ -1008,12 +977,11 @@ impl Engine {
             };
             q.apply_release(id, visible_at, now);
             let waiters = q.waiters.clone();
-            let mut buf = std::mem::take(&mut st.scratch);
+            let buf = &mut st.scratch;
             buf.clear();
             buf.u32(no.0);
             buf.u64(id.0);
             buf.u64(visible_at);
-            st.scratch = buf;
             (st.append(&self.inner.log, Kind::Release)?.1, waiters)
         };
         if delay_s == 0 {
@@ -1032,10 +1000,9 @@ impl Engine {
                 .get_mut(&no)
                 .expect("registered queue")
                 .apply_clear(&mut st.live);
-            let mut buf = std::mem::take(&mut st.scratch);
+            let buf = &mut st.scratch;
             buf.clear();
             buf.u32(no.0);
-            st.scratch = buf;
             st.append(&self.inner.log, Kind::Clear)?.1
         };
         self.inner.log.wait_durable(end).await
@@ -1054,10 +1021,9 @@ impl Engine {
         let end = {
             let mut guard = self.inner.state.lock();
             let st = &mut *guard;
-            let mut buf = std::mem::take(&mut st.scratch);
+            let buf = &mut st.scratch;
             buf.clear();
-            record::put_meta(&mut buf, key, value);
-            st.scratch = buf;
+            record::put_meta(buf, key, value);
             let (start, end) = st.append(&self.inner.log, Kind::Meta)?;
             match value {
                 Some(v) => {

@@ -13,7 +13,7 @@ use crate::engine::{Engine, MaintainReport};
 use crate::error::{Error, Result};
 use crate::ids::{MessageId, QueueNo, SegmentId};
 use crate::queue::MsgState;
-use crate::record::{self, FRAME_HEADER_BYTES, FrameCheck, Kind, Put, RelocateItem};
+use crate::record::{self, FRAME_HEADER_BYTES, FrameCheck, Kind, RelocateItem};
 use crate::segment::HEADER_BYTES;
 
 /// Segments dropped per call at most.
@@ -63,9 +63,7 @@ pub(crate) fn maintain(engine: &Engine) -> Result<MaintainReport> {
             .collect();
         for (k, v) in metas {
             st.scratch.clear();
-            let mut buf = std::mem::take(&mut st.scratch);
-            record::put_meta(&mut buf, &k, Some(&v));
-            st.scratch = buf;
+            record::put_meta(&mut st.scratch, &k, Some(&v));
             let floors = st.floors();
             let (start, _) = log.append(Kind::Meta, &st.scratch, floors)?;
             if let Some(entry) = st.meta.get_mut(&k) {
@@ -172,15 +170,14 @@ fn relocate_from(
             body_len: e.body_len,
             meta_len: e.meta_len as u32,
         };
-        let mut buf = std::mem::take(&mut st.scratch);
+        let buf = &mut st.scratch;
         buf.clear();
         record::put_relocate(
-            &mut buf,
+            buf,
             &item,
             &body[..e.body_len as usize],
             &body[e.body_len as usize..],
         );
-        st.scratch = buf;
         let floors = st.floors();
         let (start, _) = log.append(Kind::Relocate, &st.scratch, floors)?;
         let mut new = e;
@@ -191,6 +188,5 @@ fn relocate_from(
         q.relocate(id, new.segment, new.offset, &mut st.live);
         moved += 1;
     }
-    let _ = <Vec<u8> as Put>::u8;
     Ok(moved)
 }
