@@ -2,7 +2,7 @@
 //! durable key/value metadata, and the log, and turns each API call into
 //! decide → append record → apply → wait for durability → read bodies.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -96,6 +96,8 @@ pub(crate) struct State {
     /// First segment still on disk.
     pub first_segment: SegmentId,
     pub rids: RidGen,
+    /// Push queues, for the pusher's scan of due deliveries.
+    pub push_queues: BTreeSet<QueueNo>,
 }
 
 struct Inner {
@@ -104,6 +106,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     config: EngineConfig,
     storage: Arc<dyn Storage>,
+    /// Woken when push deliveries may have become due (post, acknowledgement, settings).
+    push_wake: Arc<tokio::sync::Notify>,
     _lock: Option<File>,
 }
 
@@ -124,21 +128,21 @@ pub struct EngineStats {
 }
 
 /// A message with its body and metadata, read after the durability wait.
-type ReadMessage = (Pending, Vec<u8>, Vec<u8>);
+pub(crate) type ReadMessage = (Pending, Vec<u8>, Vec<u8>);
 
 /// A message location gathered under the lock, read after the durability wait.
-struct Pending {
-    id: MessageId,
-    segment: SegmentId,
-    offset: u32,
-    body_len: u32,
-    meta_len: u16,
-    reserved_count: u32,
-    reservation: Option<(ReservationId, u64)>,
+pub(crate) struct Pending {
+    pub id: MessageId,
+    pub segment: SegmentId,
+    pub offset: u32,
+    pub body_len: u32,
+    pub meta_len: u16,
+    pub reserved_count: u32,
+    pub reservation: Option<(ReservationId, u64)>,
 }
 
 impl Pending {
-    fn of(e: &Entry, reservation: Option<(ReservationId, u64)>) -> Pending {
+    pub(crate) fn of(e: &Entry, reservation: Option<(ReservationId, u64)>) -> Pending {
         Pending {
             id: MessageId(e.id),
             segment: SegmentId(e.segment),
@@ -199,7 +203,7 @@ impl RidGen {
         }
     }
 
-    fn next(&mut self) -> ReservationId {
+    pub(crate) fn next(&mut self) -> ReservationId {
         use std::hash::BuildHasher;
         self.counter = self.counter.wrapping_add(1);
         let a = self.keys.0.hash_one(self.counter);
@@ -314,6 +318,9 @@ impl State {
     fn insert_queue(&mut self, key: QueueKey, config: QueueConfig) -> QueueNo {
         let no = QueueNo(self.next_queue);
         self.next_queue += 1;
+        if config.kind.is_push() {
+            self.push_queues.insert(no);
+        }
         self.by_key.insert(key.clone(), no);
         self.queues
             .insert(no, Queue::new(no, key, config, SegmentId(0)));
@@ -342,6 +349,7 @@ impl State {
 
     /// Removes an entry from whichever structures hold it (used by replay's drop).
     pub(crate) fn drop_queue(&mut self, no: QueueNo) {
+        self.push_queues.remove(&no);
         if let Some(mut q) = self.queues.remove(&no) {
             q.apply_clear(&mut self.live);
             self.by_key.remove(&q.key);
@@ -441,6 +449,7 @@ impl Engine {
                 clock,
                 config,
                 storage,
+                push_wake: Arc::new(tokio::sync::Notify::new()),
                 _lock: lock,
             }),
         };
@@ -457,12 +466,12 @@ impl Engine {
 
     /// Waits for durability of everything appended so far (for reads that must not show
     /// state a crash could take back).
-    async fn settle(&self) -> Result<()> {
+    pub(crate) async fn settle(&self) -> Result<()> {
         let end = self.inner.log.end();
         self.inner.log.wait_durable(end).await
     }
 
-    fn read_bodies(&self, pending: Vec<Pending>) -> Result<Vec<ReadMessage>> {
+    pub(crate) fn read_bodies(&self, pending: Vec<Pending>) -> Result<Vec<ReadMessage>> {
         let mut out = Vec::with_capacity(pending.len());
         for p in pending {
             let region = self.inner.log.region(p.segment).ok_or_else(|| {
@@ -516,7 +525,10 @@ impl Engine {
             }
             let (no, end) = match existing {
                 Some(no) => {
-                    st.queues.get_mut(&no).expect("registered queue").config = config;
+                    st.queues
+                        .get_mut(&no)
+                        .expect("registered queue")
+                        .set_config(config);
                     (no, st.write_def(&self.inner.log, no)?)
                 }
                 None => st.create_queue(&self.inner.log, key, config)?,
@@ -524,6 +536,9 @@ impl Engine {
             (end, st.info(no))
         };
         self.inner.log.wait_durable(end).await?;
+        if info.config.kind.is_push() {
+            self.inner.push_wake.notify_one();
+        }
         Ok(Ok(info))
     }
 
@@ -632,7 +647,7 @@ impl Engine {
             check_limit("delay", m.delay_s as u64, limits::DELAY_S_MAX as u64)?;
         }
         let now = self.now_ms();
-        let (ids, end, waiters) = {
+        let (ids, end, waiters, push) = {
             let mut guard = self.inner.state.lock();
             let st = &mut *guard;
             let no = if auto_create {
@@ -684,12 +699,19 @@ impl Engine {
             let ids = (0..messages.len() as u64)
                 .map(|i| MessageId(first_id + i))
                 .collect::<Vec<_>>();
-            (ids, end, q.waiters.clone())
+            let push = q.push.is_some();
+            (ids, end, q.waiters.clone(), push)
         };
-        for _ in 0..messages.len() {
-            waiters.notify_one();
+        if !push {
+            for _ in 0..messages.len() {
+                waiters.notify_one();
+            }
         }
         self.inner.log.wait_durable(end).await?;
+        if push {
+            // Only durable messages are pushed.
+            self.inner.push_wake.notify_one();
+        }
         Ok(ids)
     }
 
@@ -852,8 +874,17 @@ impl Engine {
             let now = self.now_ms();
             let q = st.queues.get_mut(&no).expect("registered queue");
             q.tick(now);
-            let e = q.get(id).ok_or(Error::MessageNotFound)?;
-            Pending::of(e, q.reservation(id))
+            match q.get(id) {
+                Some(e) => Pending::of(e, q.reservation(id)),
+                // A delivered push message stays readable for a while.
+                None => q
+                    .push
+                    .as_ref()
+                    .and_then(|p| p.done(id.0))
+                    .filter(|d| self.inner.log.region(SegmentId(d.entry.segment)).is_some())
+                    .map(|d| Pending::of(&d.entry, None))
+                    .ok_or(Error::MessageNotFound)?,
+            }
         };
         self.settle().await?;
         let mut v = self.read_bodies(vec![pending])?;
@@ -1066,6 +1097,10 @@ impl Engine {
     /// Does a bounded amount of work per call; the server calls it periodically.
     pub fn maintain(&self) -> Result<MaintainReport> {
         crate::retention::maintain(self)
+    }
+
+    pub(crate) fn push_wake_handle(&self) -> &Arc<tokio::sync::Notify> {
+        &self.inner.push_wake
     }
 
     pub(crate) fn parts(

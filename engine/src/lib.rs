@@ -12,11 +12,13 @@
 //! The on-disk format is specified in `engine/FORMAT.md`.
 
 mod clock;
+mod delivery;
 mod engine;
 mod error;
 mod ids;
 pub mod limits;
 mod log;
+mod push;
 mod queue;
 pub mod record;
 mod recovery;
@@ -35,8 +37,9 @@ pub use log::SyncPolicy;
 pub use segment::{FORMAT_VERSION, HEADER_BYTES as SEGMENT_HEADER_BYTES};
 pub use storage::{OsStorage, Region, Storage, StorageFile};
 pub use types::{
-    DeadLetter, DeleteItem, MessageView, NewMessage, QueueConfig, QueueInfo, QueueKind,
-    ReserveOptions, ReservedMessage,
+    DeadLetter, DeleteItem, MessageView, NewMessage, PushAttempt, PushDelivery, PushLane,
+    PushStatus, PushSubState, PushUpdate, QueueConfig, QueueInfo, QueueKind, ReserveOptions,
+    ReservedMessage,
 };
 
 /// Recovery's scan for a valid frame, exposed for the fuzz targets.

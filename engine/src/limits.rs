@@ -33,6 +33,17 @@ pub const QUEUE_EXTRA_BYTES_MAX: usize = 256 * 1024;
 pub const META_KEY_BYTES_MAX: usize = 1024;
 pub const META_VALUE_BYTES_MAX: usize = 64 * 1024;
 
+/// Subscribers of one push queue.
+pub const SUBSCRIBERS_MAX: usize = 64;
+pub const SUBSCRIBER_NAME_BYTES_MAX: usize = 255;
+/// The error text kept with a push attempt (longer ones are cut).
+pub const PUSH_MSG_BYTES_MAX: usize = 1024;
+/// Delivery attempts kept per message and subscriber (the delivery log).
+pub const PUSH_ATTEMPTS_KEPT: usize = 8;
+/// Delivered push messages kept per queue for lookups (by id, statuses), and for how long.
+pub const PUSH_DONE_KEPT: usize = 4096;
+pub const PUSH_DONE_KEPT_MS: u64 = 3_600_000;
+
 /// Fixed per-message overhead inside a post record (see FORMAT.md).
 pub const POST_ITEM_HEADER_BYTES: usize = 28;
 /// The largest record the engine ever writes, for a given body limit: a full post batch,
@@ -40,7 +51,11 @@ pub const POST_ITEM_HEADER_BYTES: usize = 28;
 pub const fn record_bytes_max(body_bytes_max: u32) -> usize {
     let post = 6 + MESSAGES_PER_POST_MAX
         * (POST_ITEM_HEADER_BYTES + body_bytes_max as usize + META_BYTES_MAX as usize);
-    let def = 64 + PROJECT_BYTES_MAX + QUEUE_NAME_BYTES_MAX * 2 + QUEUE_EXTRA_BYTES_MAX;
+    let def = 64
+        + PROJECT_BYTES_MAX
+        + QUEUE_NAME_BYTES_MAX * 2
+        + QUEUE_EXTRA_BYTES_MAX
+        + SUBSCRIBERS_MAX * (2 + SUBSCRIBER_NAME_BYTES_MAX);
     if post > def { post } else { def }
 }
 

@@ -10,7 +10,8 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::ids::{MessageId, QueueKey, QueueNo, ReservationId, SegmentId};
-use crate::types::QueueConfig;
+use crate::push::PushState;
+use crate::types::{PushUpdate, QueueConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -73,6 +74,36 @@ impl LiveBytes {
     }
 }
 
+/// Finds a message's index. Ids in a queue are increasing and mostly dense (a queue's posts
+/// take consecutive ids unless other queues post in between), so the interpolated position
+/// `id - first id` is usually right or an upper bound; binary search covers the rest.
+fn index_in(entries: &VecDeque<Entry>, id: u64) -> Option<usize> {
+    let first = entries.front()?.id;
+    if id < first {
+        return None;
+    }
+    let last = entries.len() - 1;
+    let guess = (id - first).min(last as u64) as usize;
+    let at = entries[guess].id;
+    if at == id {
+        return Some(guess);
+    }
+    let (mut lo, mut hi) = if at > id {
+        (0, guess)
+    } else {
+        (guess + 1, last + 1)
+    };
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match entries[mid].id.cmp(&id) {
+            std::cmp::Ordering::Equal => return Some(mid),
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+        }
+    }
+    None
+}
+
 pub(crate) struct Queue {
     pub no: QueueNo,
     pub key: QueueKey,
@@ -97,6 +128,8 @@ pub(crate) struct Queue {
     tombstones: usize,
     /// Long-polling reservers wait here.
     pub waiters: Arc<tokio::sync::Notify>,
+    /// Delivery state (push queues only).
+    pub push: Option<PushState>,
 }
 
 /// Why a message could not be changed, before the engine maps it to its error.
@@ -109,7 +142,9 @@ pub(crate) enum Refusal {
 
 impl Queue {
     pub fn new(no: QueueNo, key: QueueKey, config: QueueConfig, def_segment: SegmentId) -> Queue {
+        let push = config.kind.is_push().then(|| PushState::new(&config));
         Queue {
+            push,
             no,
             key,
             config,
@@ -138,35 +173,74 @@ impl Queue {
         self.delayed_count
     }
 
-    /// Finds a message's index. Ids in a queue are increasing and mostly dense (a queue's
-    /// posts take consecutive ids unless other queues post in between), so the interpolated
-    /// position `id - first id` is usually right or an upper bound; binary search covers the
-    /// rest of the range.
     fn index_of(&self, id: u64) -> Option<usize> {
-        let first = self.entries.front()?.id;
-        if id < first {
-            return None;
+        index_in(&self.entries, id)
+    }
+
+    /// Takes new settings (the kind never changes); re-plans push deliveries when the
+    /// subscribers changed.
+    pub fn set_config(&mut self, config: QueueConfig) {
+        if let Some(p) = &mut self.push
+            && p.set_config(&config)
+        {
+            p.rebuild(
+                self.entries
+                    .iter()
+                    .filter(|e| e.state != MsgState::Deleted)
+                    .map(|e| (e.id, 0)),
+            );
         }
-        let last = self.entries.len() - 1;
-        let guess = (id - first).min(last as u64) as usize;
-        let at = self.entries[guess].id;
-        if at == id {
-            return Some(guess);
+        self.config = config;
+    }
+
+    /// Plans push deliveries from scratch (after replay).
+    pub fn rebuild_push(&mut self) {
+        if let Some(p) = &mut self.push {
+            p.rebuild(
+                self.entries
+                    .iter()
+                    .filter(|e| e.state != MsgState::Deleted)
+                    .map(|e| (e.id, 0)),
+            );
         }
-        let (mut lo, mut hi) = if at > id {
-            (0, guess)
-        } else {
-            (guess + 1, last + 1)
+    }
+
+    /// The due time of `lane`'s first delivery, skipping stale ones.
+    pub fn push_lane_top(&mut self, lane: usize) -> Option<u64> {
+        let entries = &self.entries;
+        let p = self.push.as_mut()?;
+        p.lane_top(lane, |id| {
+            index_in(entries, id).is_some_and(|i| entries[i].state != MsgState::Deleted)
+        })
+    }
+
+    /// Applies a Push record's updates; a message that is now finished leaves the queue (kept
+    /// aside for lookups). Returns true if it finished.
+    pub fn apply_push(
+        &mut self,
+        id: MessageId,
+        attempt: bool,
+        ups: &[PushUpdate],
+        now_ms: u64,
+        live: &mut LiveBytes,
+    ) -> bool {
+        if self.get(id).is_none() {
+            return false;
+        }
+        let Some(p) = &mut self.push else {
+            return false;
         };
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.entries[mid].id.cmp(&id) {
-                std::cmp::Ordering::Equal => return Some(mid),
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-            }
+        if !p.apply(id.0, attempt, ups) {
+            return false;
         }
-        None
+        let states_kept = p.states(id.0);
+        let Some(e) = self.apply_delete(id, live) else {
+            return false;
+        };
+        if let Some(p) = &mut self.push {
+            p.finish_with(e, states_kept, now_ms);
+        }
+        true
     }
 
     pub fn get(&self, id: MessageId) -> Option<&Entry> {
@@ -290,7 +364,12 @@ impl Queue {
         reservation: Option<(ReservationId, u64)>,
         live: &mut LiveBytes,
     ) {
-        if let Some((rid, until)) = reservation {
+        if let Some(p) = &mut self.push {
+            // Push messages are never reserved or delayed in the pull sense: their lanes
+            // hold when each subscriber's delivery is due.
+            p.on_insert(e.id, visible_at_ms);
+            e.state = MsgState::Visible;
+        } else if let Some((rid, until)) = reservation {
             e.state = MsgState::Reserved;
             self.reservations.insert(e.id, (rid, until));
             self.expiries.push(Reverse((until, e.id)));
@@ -408,6 +487,9 @@ impl Queue {
             return None;
         }
         self.forget(idx, old, live);
+        if let Some(p) = &mut self.push {
+            p.on_remove(id.0);
+        }
         self.tombstones += 1;
         self.trim();
         Some(old)
@@ -418,6 +500,9 @@ impl Queue {
             if e.state != MsgState::Deleted {
                 live.remove(&e);
             }
+        }
+        if let Some(p) = &mut self.push {
+            p.on_clear();
         }
         self.cursor = 0;
         self.returned.clear();

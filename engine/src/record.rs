@@ -7,7 +7,7 @@
 
 use crate::error::CorruptionKind;
 use crate::ids::{MessageId, QueueNo, ReservationId};
-use crate::types::{DeadLetter, QueueConfig, QueueKind};
+use crate::types::{DeadLetter, PushStatus, PushUpdate, QueueConfig, QueueKind};
 
 pub const FRAME_HEADER_BYTES: usize = 12;
 pub const RECORD_VERSION: u8 = 1;
@@ -27,6 +27,7 @@ pub enum Kind {
     Move = 9,
     Relocate = 10,
     Meta = 11,
+    Push = 12,
 }
 
 impl Kind {
@@ -43,6 +44,7 @@ impl Kind {
             9 => Kind::Move,
             10 => Kind::Relocate,
             11 => Kind::Meta,
+            12 => Kind::Push,
             _ => return None,
         })
     }
@@ -241,7 +243,8 @@ impl<'a> Reader<'a> {
 
 /// Format (QueueDef): { queue: u32 | total_messages: u64 | project: str16 | name: str16 |
 ///   timeout_s: u32 | expiration_s: u32 | kind: u8 | has_dlq: u8 [| dlq_max: u32 | dlq: str16]
-///   | extra: bytes32 }
+///   | extra: bytes32 [| subscribers: u16 | subscribers × str16] }
+/// (the subscriber list is absent when empty, so definitions written before it read alike)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueDef<'a> {
     pub queue: QueueNo,
@@ -268,6 +271,12 @@ pub fn put_queue_def(buf: &mut Vec<u8>, d: &QueueDef<'_>) {
         }
     }
     buf.bytes32(&d.config.extra);
+    if !d.config.subscribers.is_empty() {
+        buf.u16(d.config.subscribers.len() as u16);
+        for s in &d.config.subscribers {
+            buf.bytes16(s.as_bytes());
+        }
+    }
 }
 
 pub fn get_queue_def(p: &[u8]) -> R<QueueDef<'_>> {
@@ -291,6 +300,16 @@ pub fn get_queue_def(p: &[u8]) -> R<QueueDef<'_>> {
         _ => return Err(CorruptionKind::BadPayload),
     };
     let extra = r.bytes32()?.to_vec();
+    let mut subscribers = Vec::new();
+    if r.pos() < p.len() {
+        let n = r.u16()? as usize;
+        if n == 0 || n > crate::limits::SUBSCRIBERS_MAX {
+            return Err(CorruptionKind::BadPayload);
+        }
+        for _ in 0..n {
+            subscribers.push(r.str16()?.to_string());
+        }
+    }
     r.finish()?;
     Ok(QueueDef {
         queue,
@@ -302,6 +321,7 @@ pub fn get_queue_def(p: &[u8]) -> R<QueueDef<'_>> {
             message_expiration_s,
             kind,
             dead_letter,
+            subscribers,
             extra,
         },
     })
@@ -519,6 +539,76 @@ pub fn get_meta(p: &[u8]) -> R<(&str, Option<&[u8]>)> {
     Ok((key, value))
 }
 
+/// Marks a Push record as describing delivery attempts (their results go to the delivery
+/// log); without it the record restates the state (after an acknowledgement, relocation).
+pub const PUSH_FLAG_ATTEMPT: u8 = 1;
+/// `due_ms` value meaning "nothing scheduled".
+const NOT_DUE: u64 = u64::MAX;
+
+/// Format (Push): { queue: u32 | id: u64 | flags: u8 | count: u16 | count × {
+///   subscriber: str16 | status: u8 | tries: u32 | status_code: u16 | at_ms: u64 |
+///   latency_ms: u32 | due_ms: u64 (u64::MAX: none) | has_rid: u8 | rid: [u8;16] | msg: str16 } }
+pub fn put_push(buf: &mut Vec<u8>, queue: QueueNo, id: MessageId, flags: u8, ups: &[PushUpdate]) {
+    buf.u32(queue.0);
+    buf.u64(id.0);
+    buf.u8(flags);
+    buf.u16(ups.len() as u16);
+    for u in ups {
+        buf.bytes16(u.subscriber.as_bytes());
+        buf.u8(u.status as u8);
+        buf.u32(u.tries);
+        buf.u16(u.status_code);
+        buf.u64(u.at_ms);
+        buf.u32(u.latency_ms);
+        buf.u64(u.due_ms.unwrap_or(NOT_DUE));
+        buf.u8(u.reservation.is_some() as u8);
+        buf.extend_from_slice(&u.reservation.unwrap_or_default().0);
+        buf.bytes16(u.msg.as_bytes());
+    }
+}
+
+pub fn get_push(p: &[u8], out: &mut Vec<PushUpdate>) -> R<(QueueNo, MessageId, u8)> {
+    let mut r = Reader::new(p);
+    let queue = QueueNo(r.u32()?);
+    let id = MessageId(r.u64()?);
+    let flags = r.u8()?;
+    let count = r.u16()? as usize;
+    if count == 0 || count > crate::limits::SUBSCRIBERS_MAX {
+        return Err(CorruptionKind::BadPayload);
+    }
+    out.clear();
+    for _ in 0..count {
+        let subscriber = r.str16()?.to_string();
+        let status = PushStatus::from_byte(r.u8()?).ok_or(CorruptionKind::BadPayload)?;
+        let tries = r.u32()?;
+        let status_code = r.u16()?;
+        let at_ms = r.u64()?;
+        let latency_ms = r.u32()?;
+        let due = r.u64()?;
+        let has_rid = r.u8()?;
+        let rid = r.rid()?;
+        let reservation = match has_rid {
+            0 => None,
+            1 => Some(rid),
+            _ => return Err(CorruptionKind::BadPayload),
+        };
+        let msg = r.str16()?.to_string();
+        out.push(PushUpdate {
+            subscriber,
+            status,
+            tries,
+            status_code,
+            at_ms,
+            latency_ms,
+            due_ms: (due != NOT_DUE).then_some(due),
+            reservation,
+            msg,
+        });
+    }
+    r.finish()?;
+    Ok((queue, id, flags))
+}
+
 /// Decodes any payload fully, for validation and fuzzing: `Ok` if it is well formed.
 pub fn validate_payload(kind: Kind, p: &[u8]) -> R<()> {
     match kind {
@@ -532,6 +622,7 @@ pub fn validate_payload(kind: Kind, p: &[u8]) -> R<()> {
         Kind::Move => get_move(p).map(drop),
         Kind::Relocate => get_relocate(p).map(drop),
         Kind::Meta => get_meta(p).map(drop),
+        Kind::Push => get_push(p, &mut Vec::new()).map(drop),
     }
 }
 
@@ -582,6 +673,7 @@ mod tests {
                     max_reservations: 4,
                 }),
                 extra: b"{\"x\":1}".to_vec(),
+                subscribers: vec!["a".into(), "b".into()],
                 ..QueueConfig::default()
             },
         };
@@ -607,6 +699,25 @@ mod tests {
         let mut buf = Vec::new();
         put_relocate(&mut buf, &it, b"abc", b"xy");
         assert_eq!(get_relocate(&buf), Ok(it));
+        let ups = vec![PushUpdate {
+            subscriber: "s1".into(),
+            status: PushStatus::Reserved,
+            tries: 2,
+            status_code: 202,
+            at_ms: 77,
+            latency_ms: 5,
+            due_ms: Some(99),
+            reservation: Some(ReservationId([3; 16])),
+            msg: "held".into(),
+        }];
+        let mut pb = Vec::new();
+        put_push(&mut pb, QueueNo(4), MessageId(8), PUSH_FLAG_ATTEMPT, &ups);
+        let mut got = Vec::new();
+        assert_eq!(
+            get_push(&pb, &mut got),
+            Ok((QueueNo(4), MessageId(8), PUSH_FLAG_ATTEMPT))
+        );
+        assert_eq!(got, ups);
         let mut m = Vec::new();
         put_meta(&mut m, "k", Some(b"v"));
         assert_eq!(get_meta(&m), Ok(("k", Some(&b"v"[..]))));

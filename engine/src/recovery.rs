@@ -209,11 +209,15 @@ pub(crate) fn recover(
         scratch: Vec::with_capacity(64 * 1024),
         first_segment: segs[0].id,
         rids: crate::engine::RidGen::new(),
+        push_queues: std::collections::BTreeSet::new(),
     };
     let mut qnos: Vec<_> = defs.latest.keys().copied().collect();
     qnos.sort();
     for no in qnos {
         let (project, name, config) = defs.latest[&no].clone();
+        if config.kind.is_push() {
+            state.push_queues.insert(no);
+        }
         state.queues.insert(
             no,
             Queue::new(no, QueueKey::new(project, name), config, SegmentId(0)),
@@ -241,6 +245,7 @@ pub(crate) fn recover(
     for q in state.queues.values_mut() {
         q.drop_stale_delays();
         q.tick(now_ms);
+        q.rebuild_push();
     }
     state.by_key = state
         .queues
@@ -358,6 +363,7 @@ fn replay(
     let mut items = Vec::new();
     let mut reserves = Vec::new();
     let mut ids = Vec::new();
+    let mut ups = Vec::new();
     while off + FRAME_HEADER_BYTES <= bytes.len() {
         let len = u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]])
             as usize;
@@ -449,6 +455,13 @@ fn replay(
                 }
             }
             Kind::Meta => {}
+            Kind::Push => {
+                let (no, id, flags) = record::get_push(p, &mut ups)?;
+                if let Some(q) = state.queues.get_mut(&no) {
+                    let attempt = flags & record::PUSH_FLAG_ATTEMPT != 0;
+                    q.apply_push(id, attempt, &ups, now_ms, live);
+                }
+            }
         }
         off = base + len;
     }

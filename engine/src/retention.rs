@@ -186,6 +186,19 @@ fn relocate_from(
         let st = &mut *st;
         let q = st.queues.get_mut(&no).expect("queue found above");
         q.relocate(id, new.segment, new.offset, &mut st.live);
+        // A push message's delivery state follows it (its records are in the segments about
+        // to go).
+        let restated = q
+            .push
+            .as_ref()
+            .map(|p| p.recorded(id.0))
+            .unwrap_or_default();
+        if !restated.is_empty() {
+            st.scratch.clear();
+            record::put_push(&mut st.scratch, no, id, 0, &restated);
+            let floors = st.floors();
+            log.append(Kind::Push, &st.scratch, floors)?;
+        }
         moved += 1;
     }
     Ok(moved)

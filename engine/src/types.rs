@@ -1,6 +1,6 @@
 //! Public value types of the engine API.
 
-use crate::ids::{MessageId, ReservationId};
+use crate::ids::{MessageId, QueueKey, ReservationId};
 
 /// The three kinds of queue. The engine treats the push kinds alike; the server delivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +53,9 @@ pub struct QueueConfig {
     pub message_expiration_s: u32,
     pub kind: QueueKind,
     pub dead_letter: Option<DeadLetter>,
+    /// Push queues: the subscriber names, in order. The engine keeps one delivery state per
+    /// message and subscriber; where and how to deliver is the server's business (`extra`).
+    pub subscribers: Vec<String>,
     pub extra: Vec<u8>,
 }
 
@@ -68,6 +71,7 @@ impl Default for QueueConfig {
             message_expiration_s: Self::EXPIRATION_S_DEFAULT,
             kind: QueueKind::Pull,
             dead_letter: None,
+            subscribers: Vec::new(),
             extra: Vec::new(),
         }
     }
@@ -149,4 +153,125 @@ impl Default for ReserveOptions {
 pub struct DeleteItem {
     pub id: MessageId,
     pub reservation_id: Option<ReservationId>,
+}
+
+/// Where a message stands with one push subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PushStatus {
+    /// Not attempted yet.
+    Queued = 0,
+    /// Answered 202: held for the subscriber until it acknowledges or `retries_delay` passes.
+    Reserved = 1,
+    /// The last attempt failed; another is scheduled.
+    Retrying = 2,
+    /// Delivered (or acknowledged).
+    Deleted = 3,
+    /// Retries exhausted.
+    Error = 4,
+}
+
+impl PushStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushStatus::Queued => "queued",
+            PushStatus::Reserved => "reserved",
+            PushStatus::Retrying => "retrying",
+            PushStatus::Deleted => "deleted",
+            PushStatus::Error => "error",
+        }
+    }
+    pub fn is_terminal(self) -> bool {
+        matches!(self, PushStatus::Deleted | PushStatus::Error)
+    }
+    pub(crate) fn from_byte(b: u8) -> Option<PushStatus> {
+        Some(match b {
+            0 => PushStatus::Queued,
+            1 => PushStatus::Reserved,
+            2 => PushStatus::Retrying,
+            3 => PushStatus::Deleted,
+            4 => PushStatus::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// One delivery attempt, as the bounded delivery log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushAttempt {
+    pub at_ms: u64,
+    /// HTTP status; 0 when there was no answer.
+    pub status_code: u16,
+    pub latency_ms: u32,
+    /// Empty on success.
+    pub error: String,
+}
+
+/// A message's delivery state for one subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushSubState {
+    pub subscriber: String,
+    pub status: PushStatus,
+    /// Attempts made so far.
+    pub tries: u32,
+    /// The last attempt's HTTP status (0: none yet, or no answer).
+    pub status_code: u16,
+    pub last_try_ms: u64,
+    /// When the next attempt is due; `None` when none is scheduled.
+    pub due_ms: Option<u64>,
+    /// The reservation a 202 answer holds (acknowledged with it).
+    pub reservation: Option<ReservationId>,
+    /// The last error, if any.
+    pub msg: String,
+    /// The last attempts, oldest first (at most `limits::PUSH_ATTEMPTS_KEPT`).
+    pub attempts: Vec<PushAttempt>,
+}
+
+/// A change to one subscriber's delivery state, as the server decides it after an attempt
+/// (or an acknowledgement). Written as one log record with the others of the same call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushUpdate {
+    pub subscriber: String,
+    pub status: PushStatus,
+    pub tries: u32,
+    pub status_code: u16,
+    /// When the attempt was made (0: this update is not an attempt).
+    pub at_ms: u64,
+    pub latency_ms: u32,
+    pub due_ms: Option<u64>,
+    pub reservation: Option<ReservationId>,
+    pub msg: String,
+}
+
+/// A subscriber of a push queue with deliveries due (a handle for `Engine::push_claim`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PushLane {
+    pub queue: u32,
+    pub lane: u16,
+    pub key: QueueKey,
+    pub subscriber: String,
+}
+
+/// One delivery handed to the pusher: the message, the subscriber, and the state of every
+/// subscriber of the message (unicast picks the next one from it).
+#[derive(Debug, Clone)]
+pub struct PushDelivery {
+    pub queue: u32,
+    pub key: QueueKey,
+    pub config: QueueConfig,
+    pub id: MessageId,
+    pub subscriber: String,
+    /// The reservation id sent with this attempt (`Iron-Reservation-Id`).
+    pub reservation: ReservationId,
+    pub body: Vec<u8>,
+    pub meta: Vec<u8>,
+    /// Every current subscriber's state, in subscriber order (this one included).
+    pub states: Vec<PushSubState>,
+}
+
+impl PushDelivery {
+    /// This delivery's subscriber state.
+    pub fn state(&self) -> Option<&PushSubState> {
+        self.states.iter().find(|s| s.subscriber == self.subscriber)
+    }
 }

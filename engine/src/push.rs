@@ -1,0 +1,369 @@
+//! Push delivery state of one push queue: per message and subscriber, where delivery stands
+//! (the durable part, restated by `Push` records), and per subscriber a lane of due
+//! deliveries (a timer heap, rebuilt from the durable part on open).
+//!
+//! The engine decides nothing about HTTP, retries or backoff: the server's pusher claims due
+//! deliveries, makes the attempt, and writes back the new state it decided. The engine keeps
+//! that state, finishes a message when its kind's rule says it is done (multicast: every
+//! subscriber delivered or failed for good; unicast: one delivered, or all failed for good),
+//! and then keeps the finished message for a while for lookups by id.
+//!
+//! A message is delivered to the queue's current subscribers: a subscriber added later gets
+//! the messages still pending, a removed one stops getting them.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::ids::ReservationId;
+use crate::limits;
+use crate::queue::Entry;
+use crate::types::{PushAttempt, PushStatus, PushSubState, PushUpdate, QueueConfig, QueueKind};
+
+/// A message's state for one subscriber, plus the in-memory claim of an attempt in flight.
+#[derive(Debug, Clone)]
+pub(crate) struct Sub {
+    pub state: PushSubState,
+    /// The reservation id of the attempt in flight, if one is (never logged: a crash redoes it).
+    pub inflight: Option<ReservationId>,
+}
+
+impl Sub {
+    fn queued(name: &str) -> Sub {
+        Sub {
+            state: PushSubState {
+                subscriber: name.to_string(),
+                status: PushStatus::Queued,
+                tries: 0,
+                status_code: 0,
+                last_try_ms: 0,
+                due_ms: None,
+                reservation: None,
+                msg: String::new(),
+                attempts: Vec::new(),
+            },
+            inflight: None,
+        }
+    }
+}
+
+/// A finished message, kept for lookups.
+#[derive(Debug, Clone)]
+pub(crate) struct Done {
+    pub entry: Entry,
+    pub subs: Vec<PushSubState>,
+}
+
+pub(crate) struct PushState {
+    unicast: bool,
+    names: Vec<Arc<str>>,
+    /// Per subscriber (same order as `names`): (due_ms, message id); stale pairs are skipped.
+    lanes: Vec<BinaryHeap<Reverse<(u64, u64)>>>,
+    /// Messages with any recorded or in-flight delivery state (others are all `queued`).
+    msgs: HashMap<u64, Vec<Sub>>,
+    done: HashMap<u64, Done>,
+    done_order: VecDeque<(u64, u64)>,
+}
+
+impl PushState {
+    pub fn new(config: &QueueConfig) -> PushState {
+        let mut p = PushState {
+            unicast: false,
+            names: Vec::new(),
+            lanes: Vec::new(),
+            msgs: HashMap::new(),
+            done: HashMap::new(),
+            done_order: VecDeque::new(),
+        };
+        p.set_config(config);
+        p.lanes = (0..p.names.len()).map(|_| BinaryHeap::new()).collect();
+        p
+    }
+
+    /// Takes new settings; the caller rebuilds the lanes (`rebuild`) when the names changed.
+    pub fn set_config(&mut self, config: &QueueConfig) -> bool {
+        self.unicast = config.kind == QueueKind::Unicast;
+        let names: Vec<Arc<str>> = config
+            .subscribers
+            .iter()
+            .map(|s| Arc::from(s.as_str()))
+            .collect();
+        let changed = names != self.names;
+        self.names = names;
+        changed
+    }
+
+    pub fn names(&self) -> &[Arc<str>] {
+        &self.names
+    }
+
+    /// The lane a never-attempted unicast message starts on (spreads messages over subscribers).
+    fn first_lane(&self, id: u64) -> usize {
+        (id % self.names.len().max(1) as u64) as usize
+    }
+
+    /// A message arrived (post, relocation): schedule its first attempts.
+    pub fn on_insert(&mut self, id: u64, visible_at_ms: u64) {
+        if self.names.is_empty() {
+            return;
+        }
+        if self.msgs.contains_key(&id) {
+            // A relocation replayed over the original: its state (and lanes) stand.
+            return;
+        }
+        if self.unicast {
+            let l = self.first_lane(id);
+            self.lanes[l].push(Reverse((visible_at_ms, id)));
+        } else {
+            for lane in &mut self.lanes {
+                lane.push(Reverse((visible_at_ms, id)));
+            }
+        }
+    }
+
+    pub fn on_remove(&mut self, id: u64) {
+        self.msgs.remove(&id);
+    }
+
+    pub fn on_clear(&mut self) {
+        self.msgs.clear();
+        for lane in &mut self.lanes {
+            lane.clear();
+        }
+    }
+
+    /// Rebuilds every lane from the live messages (`(id, visible_at_ms)`) and their states.
+    pub fn rebuild(&mut self, live: impl Iterator<Item = (u64, u64)>) {
+        self.lanes = (0..self.names.len()).map(|_| BinaryHeap::new()).collect();
+        for (id, visible_at) in live {
+            match self.msgs.get(&id) {
+                None => self.on_insert(id, visible_at),
+                Some(subs) => {
+                    for (l, name) in self.names.iter().enumerate() {
+                        match subs.iter().find(|s| *s.state.subscriber == **name) {
+                            Some(s) => {
+                                if let Some(due) = s.state.due_ms
+                                    && s.inflight.is_none()
+                                {
+                                    self.lanes[l].push(Reverse((due, id)));
+                                }
+                            }
+                            None if !self.unicast => self.lanes[l].push(Reverse((visible_at, id))),
+                            None => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a lane's pair is still a due delivery.
+    fn valid(&self, lane: usize, due: u64, id: u64) -> bool {
+        let name = &self.names[lane];
+        match self.msgs.get(&id) {
+            None => !self.unicast || self.first_lane(id) == lane,
+            Some(subs) => match subs.iter().find(|s| *s.state.subscriber == **name) {
+                None => !self.unicast,
+                Some(s) => s.inflight.is_none() && s.state.due_ms == Some(due),
+            },
+        }
+    }
+
+    /// Drops stale pairs from the top of `lane`; returns the due time of the first real one.
+    pub fn lane_top(&mut self, lane: usize, is_live: impl Fn(u64) -> bool) -> Option<u64> {
+        while let Some(&Reverse((due, id))) = self.lanes[lane].peek() {
+            if is_live(id) && self.valid(lane, due, id) {
+                return Some(due);
+            }
+            self.lanes[lane].pop();
+        }
+        None
+    }
+
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Takes the top pair of `lane` (checked by `lane_top`) as an attempt in flight.
+    pub fn claim_top(&mut self, lane: usize, rid: ReservationId) -> Option<u64> {
+        let Reverse((due, id)) = self.lanes[lane].pop()?;
+        let name = self.names[lane].clone();
+        let subs = self.msgs.entry(id).or_default();
+        let sub = match subs.iter_mut().position(|s| *s.state.subscriber == *name) {
+            Some(i) => &mut subs[i],
+            None => {
+                let mut s = Sub::queued(&name);
+                s.state.due_ms = Some(due);
+                subs.push(s);
+                subs.last_mut().expect("just pushed")
+            }
+        };
+        sub.inflight = Some(rid);
+        Some(id)
+    }
+
+    /// Every current subscriber's state for a message, in subscriber order.
+    pub fn states(&self, id: u64) -> Vec<PushSubState> {
+        let subs = self.msgs.get(&id);
+        self.names
+            .iter()
+            .map(|name| {
+                subs.and_then(|v| v.iter().find(|s| *s.state.subscriber == **name))
+                    .map(|s| s.state.clone())
+                    .unwrap_or_else(|| Sub::queued(name).state)
+            })
+            .collect()
+    }
+
+    /// The in-flight claim or 202 hold of `subscriber` on message `id`, if `rid` matches.
+    pub fn holds(&self, id: u64, subscriber: &str, rid: ReservationId) -> bool {
+        self.msgs
+            .get(&id)
+            .and_then(|v| v.iter().find(|s| *s.state.subscriber == *subscriber))
+            .is_some_and(|s| {
+                s.inflight == Some(rid)
+                    || (s.state.status == PushStatus::Reserved && s.state.reservation == Some(rid))
+            })
+    }
+
+    /// Whether `subscriber` has an attempt in flight on message `id` under `rid`.
+    pub fn is_inflight(&self, id: u64, subscriber: &str, rid: ReservationId) -> bool {
+        self.msgs
+            .get(&id)
+            .and_then(|v| v.iter().find(|s| *s.state.subscriber == *subscriber))
+            .is_some_and(|s| s.inflight == Some(rid))
+    }
+
+    /// Forgets an in-flight claim without a result (the attempt will be made again).
+    pub fn unclaim(&mut self, id: u64, subscriber: &str) {
+        let Some(l) = self.names.iter().position(|n| **n == *subscriber) else {
+            return;
+        };
+        if let Some(s) = self
+            .msgs
+            .get_mut(&id)
+            .and_then(|v| v.iter_mut().find(|s| *s.state.subscriber == *subscriber))
+            && s.inflight.take().is_some()
+            && let Some(due) = s.state.due_ms
+        {
+            self.lanes[l].push(Reverse((due, id)));
+        }
+    }
+
+    /// Applies the updates of a Push record. Returns true when the message is now finished.
+    pub fn apply(&mut self, id: u64, attempt: bool, ups: &[PushUpdate]) -> bool {
+        let subs = self.msgs.entry(id).or_default();
+        for u in ups {
+            let i = match subs.iter().position(|s| s.state.subscriber == u.subscriber) {
+                Some(i) => i,
+                None => {
+                    subs.push(Sub::queued(&u.subscriber));
+                    subs.len() - 1
+                }
+            };
+            let s = &mut subs[i];
+            s.inflight = None;
+            let st = &mut s.state;
+            st.status = u.status;
+            st.tries = u.tries;
+            st.status_code = u.status_code;
+            if u.at_ms > 0 {
+                st.last_try_ms = u.at_ms;
+            }
+            st.due_ms = u.due_ms;
+            st.reservation = u.reservation;
+            st.msg = u.msg.clone();
+            if attempt && u.at_ms > 0 {
+                if st.attempts.len() >= limits::PUSH_ATTEMPTS_KEPT {
+                    st.attempts.remove(0);
+                }
+                st.attempts.push(PushAttempt {
+                    at_ms: u.at_ms,
+                    status_code: u.status_code,
+                    latency_ms: u.latency_ms,
+                    error: u.msg.clone(),
+                });
+            }
+            if let Some(due) = u.due_ms
+                && let Some(l) = self.names.iter().position(|n| **n == *u.subscriber)
+            {
+                self.lanes[l].push(Reverse((due, id)));
+            }
+        }
+        self.finished(id)
+    }
+
+    /// The kind's rule: multicast is done when every current subscriber is delivered or
+    /// failed; unicast when one delivered, or every one failed.
+    fn finished(&self, id: u64) -> bool {
+        let Some(subs) = self.msgs.get(&id) else {
+            return false;
+        };
+        let status = |name: &Arc<str>| {
+            subs.iter()
+                .find(|s| *s.state.subscriber == **name)
+                .filter(|s| s.inflight.is_none())
+                .map(|s| s.state.status)
+        };
+        if self.unicast {
+            self.names
+                .iter()
+                .any(|n| status(n) == Some(PushStatus::Deleted))
+                || self
+                    .names
+                    .iter()
+                    .all(|n| status(n) == Some(PushStatus::Error))
+        } else {
+            self.names
+                .iter()
+                .all(|n| status(n).is_some_and(PushStatus::is_terminal))
+        }
+    }
+
+    /// Keeps a finished message (already out of the queue) with its final `subs` states.
+    pub fn finish_with(&mut self, entry: Entry, subs: Vec<PushSubState>, now_ms: u64) {
+        self.msgs.remove(&entry.id);
+        self.done.insert(entry.id, Done { entry, subs });
+        self.done_order.push_back((now_ms, entry.id));
+        self.prune_done(now_ms);
+    }
+
+    /// Forgets finished messages beyond the count and age limits.
+    pub fn prune_done(&mut self, now_ms: u64) {
+        while let Some(&(at, id)) = self.done_order.front() {
+            if self.done_order.len() <= limits::PUSH_DONE_KEPT
+                && at + limits::PUSH_DONE_KEPT_MS > now_ms
+            {
+                break;
+            }
+            self.done_order.pop_front();
+            self.done.remove(&id);
+        }
+    }
+
+    pub fn done(&self, id: u64) -> Option<&Done> {
+        self.done.get(&id)
+    }
+
+    /// Recorded state of a live message, for restating it after relocation.
+    pub fn recorded(&self, id: u64) -> Vec<PushUpdate> {
+        self.msgs
+            .get(&id)
+            .map(|subs| {
+                subs.iter()
+                    .map(|s| PushUpdate {
+                        subscriber: s.state.subscriber.clone(),
+                        status: s.state.status,
+                        tries: s.state.tries,
+                        status_code: s.state.status_code,
+                        at_ms: s.state.last_try_ms,
+                        latency_ms: 0,
+                        due_ms: s.state.due_ms,
+                        reservation: s.state.reservation,
+                        msg: s.state.msg.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

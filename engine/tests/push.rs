@@ -1,0 +1,319 @@
+//! Push delivery state in the engine: lanes, claims, outcomes, acknowledgements, finishing,
+//! and all of it surviving a reopen and log relocation.
+
+use std::sync::Arc;
+
+use engine::{
+    Engine, EngineConfig, Error, ManualClock, NewMessage, OsStorage, PushDelivery, PushStatus,
+    PushUpdate, QueueConfig, QueueKey, QueueKind,
+};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn open(dir: &std::path::Path, clock: &ManualClock) -> Engine {
+    let mut config = EngineConfig::new(dir);
+    config.segment_bytes = 1536 << 10;
+    config.body_bytes_max = 4096;
+    Engine::open_with(
+        config,
+        Arc::new(OsStorage::new(dir).unwrap()),
+        Arc::new(clock.clone()),
+    )
+    .unwrap()
+}
+
+fn key(name: &str) -> QueueKey {
+    QueueKey::new("p", name)
+}
+
+async fn push_queue(e: &Engine, name: &str, kind: QueueKind, subs: &[&str]) {
+    e.upsert_queue::<()>(&key(name), true, |_| {
+        Ok(QueueConfig {
+            kind,
+            subscribers: subs.iter().map(|s| s.to_string()).collect(),
+            ..QueueConfig::default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+}
+
+async fn post(e: &Engine, name: &str, bodies: &[&str]) -> Vec<engine::MessageId> {
+    let msgs: Vec<NewMessage> = bodies
+        .iter()
+        .map(|b| NewMessage {
+            body: b.as_bytes().to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    e.post(&key(name), &msgs, false).await.unwrap()
+}
+
+/// Claims everything due now, lane by lane.
+async fn claim_all(e: &Engine, now: u64) -> Vec<PushDelivery> {
+    let (lanes, _) = e.push_ready(now);
+    let mut out = Vec::new();
+    for l in lanes {
+        out.extend(e.push_claim(&l, now, 100).await.unwrap());
+    }
+    out
+}
+
+fn outcome(
+    d: &PushDelivery,
+    status: PushStatus,
+    code: u16,
+    at: u64,
+    due: Option<u64>,
+) -> PushUpdate {
+    let tries = d.state().unwrap().tries + 1;
+    PushUpdate {
+        subscriber: d.subscriber.clone(),
+        status,
+        tries,
+        status_code: code,
+        at_ms: at,
+        latency_ms: 3,
+        due_ms: due,
+        reservation: (status == PushStatus::Reserved).then_some(d.reservation),
+        msg: if code >= 400 {
+            format!("HTTP {code}")
+        } else {
+            String::new()
+        },
+    }
+}
+
+#[tokio::test]
+async fn multicast_claims_each_subscriber_once_and_finishes_when_all_are_final() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "b"]).await;
+    let ids = post(&e, "m", &["one", "two"]).await;
+
+    // Statuses exist from the moment of posting.
+    let st = e.push_statuses(&key("m"), ids[0]).await.unwrap();
+    assert_eq!(
+        st.iter()
+            .map(|s| (s.subscriber.as_str(), s.status))
+            .collect::<Vec<_>>(),
+        vec![("a", PushStatus::Queued), ("b", PushStatus::Queued)]
+    );
+
+    let ds = claim_all(&e, T0).await;
+    assert_eq!(ds.len(), 4, "two messages x two subscribers");
+    assert!(claim_all(&e, T0).await.is_empty(), "claims are exclusive");
+    assert_eq!(ds[0].body, b"one");
+
+    // a delivers both; b fails the first and delivers the second.
+    for d in &ds {
+        let ok = d.subscriber == "a" || d.id == ids[1];
+        let up = if ok {
+            outcome(d, PushStatus::Deleted, 200, T0, None)
+        } else {
+            outcome(d, PushStatus::Retrying, 500, T0, Some(T0 + 60_000))
+        };
+        assert!(e.push_complete(d, &[up]).await.unwrap());
+    }
+    let info = e.queue_info(&key("m")).await.unwrap();
+    assert_eq!(info.size, 1, "the second message is done, the first is not");
+    // Done messages stay readable with their statuses.
+    assert_eq!(e.get(&key("m"), ids[1]).await.unwrap().body, b"two");
+    let st = e.push_statuses(&key("m"), ids[1]).await.unwrap();
+    assert!(
+        st.iter()
+            .all(|s| s.status == PushStatus::Deleted && s.tries == 1)
+    );
+
+    // Nothing due before the retry time; the retry survives a reopen with its tries.
+    let (ready, next) = e.push_ready(T0 + 1);
+    assert!(ready.is_empty());
+    assert_eq!(next, Some(T0 + 60_000));
+    drop(e);
+    let e = open(dir.path(), &clock);
+    let st = e.push_statuses(&key("m"), ids[0]).await.unwrap();
+    assert_eq!(st[0].status, PushStatus::Deleted);
+    assert_eq!(
+        (
+            st[1].status,
+            st[1].tries,
+            st[1].status_code,
+            st[1].msg.as_str()
+        ),
+        (PushStatus::Retrying, 1, 500, "HTTP 500")
+    );
+    assert_eq!(st[1].attempts.len(), 1);
+    clock.set_ms(T0 + 60_000);
+    let ds = claim_all(&e, T0 + 60_000).await;
+    assert_eq!(ds.len(), 1);
+    assert_eq!((ds[0].subscriber.as_str(), ds[0].id), ("b", ids[0]));
+    let up = outcome(&ds[0], PushStatus::Error, 503, T0 + 60_000, None);
+    assert!(e.push_complete(&ds[0], &[up]).await.unwrap());
+    assert_eq!(e.queue_info(&key("m")).await.unwrap().size, 0);
+    let st = e.push_statuses(&key("m"), ids[0]).await.unwrap();
+    assert_eq!((st[1].status, st[1].tries), (PushStatus::Error, 2));
+}
+
+#[tokio::test]
+async fn a_202_holds_until_acknowledged_and_a_stale_ack_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "h", QueueKind::Multicast, &["s"]).await;
+    let ids = post(&e, "h", &["x"]).await;
+    let d = claim_all(&e, T0).await.pop().unwrap();
+    let up = outcome(&d, PushStatus::Reserved, 202, T0, Some(T0 + 60_000));
+    assert!(e.push_complete(&d, &[up]).await.unwrap());
+    let wrong = engine::ReservationId([9; 16]);
+    assert!(matches!(
+        e.push_ack(&key("h"), ids[0], "s", wrong).await,
+        Err(Error::ReservationMismatch(_))
+    ));
+    assert!(matches!(
+        e.push_ack(&key("h"), ids[0], "other", d.reservation).await,
+        Err(Error::ReservationMismatch(_))
+    ));
+    // The hold survives a reopen, then the acknowledgement finishes the message.
+    drop(e);
+    let e = open(dir.path(), &clock);
+    let st = e.push_statuses(&key("h"), ids[0]).await.unwrap();
+    assert_eq!(
+        (st[0].status, st[0].reservation),
+        (PushStatus::Reserved, Some(d.reservation))
+    );
+    e.push_ack(&key("h"), ids[0], "s", d.reservation)
+        .await
+        .unwrap();
+    assert_eq!(e.queue_info(&key("h")).await.unwrap().size, 0);
+    assert_eq!(
+        e.push_statuses(&key("h"), ids[0]).await.unwrap()[0].status,
+        PushStatus::Deleted
+    );
+    assert!(e.push_ready(T0 + 120_000).0.is_empty());
+}
+
+#[tokio::test]
+async fn an_ack_during_the_attempt_wins_over_its_late_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "r", QueueKind::Multicast, &["s"]).await;
+    let ids = post(&e, "r", &["x"]).await;
+    let d = claim_all(&e, T0).await.pop().unwrap();
+    e.push_ack(&key("r"), ids[0], "s", d.reservation)
+        .await
+        .unwrap();
+    let up = outcome(&d, PushStatus::Reserved, 202, T0, Some(T0 + 60_000));
+    assert!(
+        !e.push_complete(&d, &[up]).await.unwrap(),
+        "the claim was settled by the ack"
+    );
+    assert_eq!(e.queue_info(&key("r")).await.unwrap().size, 0);
+}
+
+#[tokio::test]
+async fn unicast_goes_to_one_subscriber_and_the_pusher_picks_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "u", QueueKind::Unicast, &["a", "b", "c"]).await;
+    let ids = post(&e, "u", &["x"]).await;
+    let ds = claim_all(&e, T0).await;
+    assert_eq!(ds.len(), 1, "one subscriber at a time");
+    let d = &ds[0];
+    let next = ["a", "b", "c"]
+        .iter()
+        .find(|s| **s != d.subscriber)
+        .unwrap()
+        .to_string();
+    let mut fail = outcome(d, PushStatus::Retrying, 500, T0, None);
+    fail.due_ms = None;
+    let go_next = PushUpdate {
+        subscriber: next.clone(),
+        status: PushStatus::Queued,
+        tries: 0,
+        status_code: 0,
+        at_ms: 0,
+        latency_ms: 0,
+        due_ms: Some(T0),
+        reservation: None,
+        msg: String::new(),
+    };
+    assert!(e.push_complete(d, &[fail, go_next]).await.unwrap());
+    drop(e);
+    let e = open(dir.path(), &clock);
+    let ds = claim_all(&e, T0).await;
+    assert_eq!(ds.len(), 1);
+    assert_eq!(ds[0].subscriber, next);
+    let ok = outcome(&ds[0], PushStatus::Deleted, 200, T0, None);
+    assert!(e.push_complete(&ds[0], &[ok]).await.unwrap());
+    assert_eq!(e.queue_info(&key("u")).await.unwrap().size, 0);
+    assert_eq!(e.get(&key("u"), ids[0]).await.unwrap().body, b"x");
+}
+
+#[tokio::test]
+async fn subscriber_changes_replan_pending_deliveries_and_unclaim_gives_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "c", QueueKind::Multicast, &["a"]).await;
+    post(&e, "c", &["x", "y"]).await;
+    let ds = claim_all(&e, T0).await;
+    assert_eq!(ds.len(), 2);
+    e.push_unclaim(&ds[0]);
+    assert_eq!(claim_all(&e, T0).await.len(), 1, "given back, due again");
+    push_queue(&e, "c", QueueKind::Multicast, &["a", "b"]).await;
+    let ds = claim_all(&e, T0).await;
+    assert!(ds.iter().all(|d| d.subscriber == "b") && ds.len() == 2);
+    // Pull operations refuse push queues.
+    assert!(matches!(
+        e.reserve(&key("c"), engine::ReserveOptions::default())
+            .await,
+        Err(Error::WrongQueueType(_))
+    ));
+}
+
+#[tokio::test]
+async fn delivery_state_survives_relocation_and_segment_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "k", QueueKind::Multicast, &["s"]).await;
+    let keep = post(&e, "k", &["keep"]).await[0];
+    let d = claim_all(&e, T0).await.pop().unwrap();
+    let up = outcome(&d, PushStatus::Retrying, 500, T0, Some(T0 + 1_000_000));
+    assert!(e.push_complete(&d, &[up]).await.unwrap());
+    // Churn through many segments with a pull queue so the first one must be reclaimed.
+    let body = "z".repeat(3000);
+    for _ in 0..150 {
+        let msgs: Vec<NewMessage> = (0..20)
+            .map(|_| NewMessage {
+                body: body.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .collect();
+        let ids = e.post(&key("pull"), &msgs, true).await.unwrap();
+        let items: Vec<engine::DeleteItem> = ids
+            .iter()
+            .map(|id| engine::DeleteItem {
+                id: *id,
+                reservation_id: None,
+            })
+            .collect();
+        e.delete_batch(&key("pull"), &items).await.unwrap();
+        e.maintain().unwrap();
+    }
+    let report = e.maintain().unwrap();
+    let _ = report;
+    assert!(e.stats().segments <= 4, "segments: {}", e.stats().segments);
+    drop(e);
+    let e = open(dir.path(), &clock);
+    let st = e.push_statuses(&key("k"), keep).await.unwrap();
+    assert_eq!(
+        (st[0].status, st[0].tries, st[0].due_ms),
+        (PushStatus::Retrying, 1, Some(T0 + 1_000_000))
+    );
+    assert_eq!(e.get(&key("k"), keep).await.unwrap().body, b"keep");
+}
