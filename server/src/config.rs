@@ -45,6 +45,17 @@ pub struct ServerConfig {
     pub project_id: Option<String>,
     /// Token of `project_id` to ensure at start (env `FERROMQ_TOKEN`).
     pub token: Option<String>,
+
+    // ---- push delivery ----
+    /// How long a push subscriber has to answer, milliseconds.
+    pub push_timeout_ms: u64,
+    /// Push attempts in flight at most, in total.
+    pub push_concurrency: usize,
+    /// Push attempts in flight at most per subscriber.
+    pub push_concurrency_per_subscriber: usize,
+    /// Base URL of this server as subscribers reach it, for `Iron-Subscriber-Message-Url`;
+    /// empty means `http://` + the listen address.
+    pub push_base_url: String,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +77,10 @@ impl Default for ServerConfig {
             admin_token: None,
             project_id: None,
             token: None,
+            push_timeout_ms: 10_000,
+            push_concurrency: 512,
+            push_concurrency_per_subscriber: 64,
+            push_base_url: String::new(),
         }
     }
 }
@@ -93,6 +108,10 @@ const ENV_KEYS: &[&str] = &[
     "header_read_timeout_ms",
     "keep_alive_timeout_ms",
     "shutdown_grace_ms",
+    "push_timeout_ms",
+    "push_concurrency",
+    "push_concurrency_per_subscriber",
+    "push_base_url",
 ];
 
 impl ServerConfig {
@@ -150,6 +169,21 @@ impl ServerConfig {
         }
         if self.keep_alive_timeout_ms == 0 {
             return bad("keep_alive_timeout_ms", "must be positive");
+        }
+        if self.push_timeout_ms == 0 || self.push_timeout_ms > 600_000 {
+            return bad("push_timeout_ms", "must be between 1 and 600000");
+        }
+        if self.push_concurrency == 0 || self.push_concurrency > 100_000 {
+            return bad("push_concurrency", "must be between 1 and 100000");
+        }
+        if self.push_concurrency_per_subscriber == 0 {
+            return bad("push_concurrency_per_subscriber", "must be positive");
+        }
+        if !self.push_base_url.is_empty()
+            && !(self.push_base_url.starts_with("http://")
+                || self.push_base_url.starts_with("https://"))
+        {
+            return bad("push_base_url", "must start with http:// or https://");
         }
         if let (Some(_), None) = (&self.token, &self.project_id) {
             return bad("token", "FERROMQ_TOKEN needs FERROMQ_PROJECT_ID");
@@ -211,6 +245,27 @@ impl ServerConfig {
             self.request_bytes_max as usize
         } else {
             self.body_bytes_max as usize * 100 + 64 * 1024
+        }
+    }
+
+    /// The pusher's settings; `listen` is the bound address (for the default base URL).
+    pub fn push_config(&self, listen: std::net::SocketAddr) -> crate::push::PushConfig {
+        let base_url = if self.push_base_url.is_empty() {
+            let host = if listen.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                listen.ip().to_string()
+            };
+            format!("http://{host}:{}", listen.port())
+        } else {
+            self.push_base_url.trim_end_matches('/').to_string()
+        };
+        crate::push::PushConfig {
+            timeout: std::time::Duration::from_millis(self.push_timeout_ms),
+            concurrency: self.push_concurrency,
+            concurrency_per_subscriber: self.push_concurrency_per_subscriber,
+            base_url,
+            shutdown_grace: std::time::Duration::from_millis(self.shutdown_grace_ms),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod http;
 pub mod logfmt;
 pub mod maintenance;
 pub mod messages;
+pub mod push;
 pub mod queues;
 pub mod response;
 pub mod router;
@@ -70,6 +71,14 @@ pub async fn run(
         creds: Arc::new(creds),
         alerts_fired: Arc::new(parking_lot::Mutex::new(HashMap::new())),
     };
+    let (push_stop_tx, push_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let pusher = tokio::spawn(push::run(
+        state.clone(),
+        config.push_config(addr),
+        async move {
+            let _ = push_stop_rx.await;
+        },
+    ));
     let router = router::build(state);
     let limits = http::Limits::from_config(&config);
     tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), "listening");
@@ -92,6 +101,8 @@ pub async fn run(
         http::serve(listener, router, limits, stop).await;
     }
     maint.abort();
+    let _ = push_stop_tx.send(());
+    let _ = pusher.await;
     tracing::info!("closing the engine");
     let e = engine.clone();
     let _ = tokio::task::spawn_blocking(move || e.close()).await;

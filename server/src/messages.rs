@@ -298,19 +298,35 @@ pub async fn get(
 pub struct DeleteBody {
     #[serde(default)]
     reservation_id: Option<String>,
+    /// With `reservation_id`: a push subscriber acknowledging a delivery it answered with 202.
     #[serde(default)]
-    #[allow(dead_code)]
     subscriber_name: Option<String>,
 }
 
-/// `DELETE /queues/{q}/messages/{id}`.
+/// `DELETE /queues/{q}/messages/{id}`. With `subscriber_name` it is a push acknowledgement,
+/// which the `reservation_id` (an unguessable secret sent only to that subscriber) authorizes
+/// on its own: subscribers call `Iron-Subscriber-Message-Url` without a token.
 pub async fn delete(
     State(st): State<AppState>,
-    auth: ProjectAuth,
-    Path((_, q, id)): MPath,
+    auth: Result<ProjectAuth, ApiError>,
+    Path((pid, q, id)): MPath,
     JsonBody(b): JsonBody<DeleteBody>,
 ) -> ApiResult {
     let id = parse_id(&id)?;
+    if let Some(sub) = b.subscriber_name.filter(|s| !s.is_empty()) {
+        let project = match auth {
+            Ok(a) => a.project,
+            Err(_) => crate::extract::decode_path(&pid)?,
+        };
+        let rid = parse_rid(b.reservation_id, id)?.ok_or_else(|| {
+            ApiError::bad_request("reservation_id is required to acknowledge a push delivery")
+        })?;
+        st.engine
+            .push_ack(&QueueKey::new(project, q), id, &sub, rid)
+            .await?;
+        return Ok(ok_msg("Deleted"));
+    }
+    let auth = auth?;
     let rid = parse_rid(b.reservation_id, id)?;
     let key = key(&auth, q);
     st.engine.delete(&key, id, rid).await?;
@@ -426,17 +442,74 @@ pub async fn release(
     Ok(ok_msg("Released"))
 }
 
-/// `GET /queues/{q}/messages/{id}/subscribers`: push statuses (every subscriber `queued`
-/// until push delivery exists).
+/// `GET /queues/{q}/messages/{id}/subscribers`: push statuses, one per subscriber in order.
 pub async fn push_statuses(
     State(st): State<AppState>,
     auth: ProjectAuth,
     Path((_, q, id)): MPath,
 ) -> ApiResult {
-    let id = parse_id(&id)?;
-    let key = key(&auth, q);
+    let (push, states) = push_states(&st, key(&auth, q), &id).await?;
+    let url_of = |name: &str| {
+        push.subscribers
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.url.clone())
+            .unwrap_or_default()
+    };
+    let subs: Vec<Value> = states
+        .iter()
+        .map(|s| {
+            let mut v = json!({
+                "name": s.subscriber, "subscriber_name": s.subscriber,
+                "url": url_of(&s.subscriber), "status": s.status.as_str(),
+                "status_code": s.status_code, "tries": s.tries,
+                "retries_remaining": crate::push::decide::retries_remaining(s, push.retries),
+                "retries_delay": push.retries_delay, "msg": s.msg,
+            });
+            if s.last_try_ms > 0 {
+                v["last_try_at"] = json!(crate::time::rfc3339_ms(s.last_try_ms, false));
+            }
+            v
+        })
+        .collect();
+    Ok(ok(json!({ "subscribers": subs })))
+}
+
+/// `GET /queues/{q}/messages/{id}/deliveries`: the delivery log, the last attempts per
+/// subscriber (time, status code, latency, error), oldest first.
+pub async fn deliveries(
+    State(st): State<AppState>,
+    auth: ProjectAuth,
+    Path((_, q, id)): MPath,
+) -> ApiResult {
+    let (_, states) = push_states(&st, key(&auth, q), &id).await?;
+    let out: Vec<Value> = states
+        .iter()
+        .map(|s| {
+            let attempts: Vec<Value> = s
+                .attempts
+                .iter()
+                .map(|a| {
+                    json!({
+                        "at": crate::time::rfc3339_ms(a.at_ms, true),
+                        "status_code": a.status_code, "latency_ms": a.latency_ms,
+                        "error": a.error,
+                    })
+                })
+                .collect();
+            json!({"subscriber_name": s.subscriber, "status": s.status.as_str(), "attempts": attempts})
+        })
+        .collect();
+    Ok(ok(json!({ "deliveries": out })))
+}
+
+async fn push_states(
+    st: &AppState,
+    key: QueueKey,
+    id: &str,
+) -> Result<(crate::settings::Push, Vec<engine::PushSubState>), ApiError> {
+    let id = parse_id(id)?;
     let info = st.engine.queue_info(&key).await?;
-    st.engine.get(&key, id).await?;
     let Some(push) = Extra::of(&info.config)
         .push
         .filter(|_| info.config.kind.is_push())
@@ -445,15 +518,6 @@ pub async fn push_statuses(
             "Pull queues do not have push statuses",
         ));
     };
-    let subs: Vec<Value> = push
-        .subscribers
-        .iter()
-        .map(|s| {
-            json!({
-                "name": s.name, "subscriber_name": s.name, "url": s.url, "status": "queued",
-                "status_code": 0, "tries": 0, "retries_remaining": push.retries, "msg": "",
-            })
-        })
-        .collect();
-    Ok(ok(json!({ "subscribers": subs })))
+    let states = st.engine.push_statuses(&key, id).await?;
+    Ok((push, states))
 }

@@ -141,7 +141,7 @@ async fn edit_subscribers(
                     "Push queues must have at least one subscriber",
                 ));
             }
-            c.extra = extra.to_bytes();
+            extra.store(&mut c)?;
             Ok(c)
         })
         .await??;
@@ -227,7 +227,7 @@ async fn edit_alerts(st: &AppState, key: &QueueKey, edit: AlertEdit) -> ApiResul
                     extra.alerts
                 }
             };
-            c.extra = extra.to_bytes();
+            extra.store(&mut c)?;
             Ok(c)
         })
         .await??;

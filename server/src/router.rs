@@ -76,6 +76,10 @@ pub fn build(state: AppState) -> Router {
             &format!("{q}/messages/{{id}}/subscribers"),
             get(messages::push_statuses),
         )
+        .route(
+            &format!("{q}/messages/{{id}}/deliveries"),
+            get(messages::deliveries),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

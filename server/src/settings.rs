@@ -19,13 +19,46 @@ pub struct Subscriber {
     pub headers: BTreeMap<String, String>,
 }
 
-/// Push settings as stored and shown (all four fields always present).
+/// Push settings as stored and shown (all four IronMQ fields always present; the opt-in
+/// extensions only when set, and signing secrets never shown).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Push {
     pub subscribers: Vec<Subscriber>,
     pub retries: u32,
     pub retries_delay: u32,
     pub error_queue: String,
+    /// `"exponential"`: the delay doubles per retry up to `retries_delay_max`, with jitter.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub retries_backoff: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries_delay_max: Option<u32>,
+    /// Standard Webhooks secrets (`whsec_...`); two during a rotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_secrets: Vec<String>,
+}
+
+impl Push {
+    /// The delay before retry number `retry` (1-based), in milliseconds, before jitter.
+    pub fn delay_ms(&self, retry: u32) -> u64 {
+        let base = self.retries_delay as u64 * 1000;
+        if self.retries_backoff != "exponential" {
+            return base;
+        }
+        let cap = self.retries_delay_max.unwrap_or(3600).max(self.retries_delay) as u64 * 1000;
+        let shift = retry.saturating_sub(1).min(20);
+        (base << shift).min(cap)
+    }
+}
+
+/// Subscribers of one push queue, at most.
+pub const SUBSCRIBERS_MAX: usize = engine::limits::SUBSCRIBERS_MAX;
+
+/// Decodes a Standard Webhooks secret (`whsec_` + base64 of 24 to 64 bytes).
+pub fn signing_key(secret: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
+    let key = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    (24..=64).contains(&key.len()).then_some(key)
 }
 
 /// A queue alert.
@@ -64,6 +97,20 @@ impl Extra {
             serde_json::to_vec(self).unwrap_or_default()
         }
     }
+
+    /// Stores these settings in `c`: the JSON, and the subscriber names the engine keeps a
+    /// delivery state for.
+    pub fn store(&self, c: &mut QueueConfig) -> Result<(), ApiError> {
+        let subs = self.push.as_ref().map_or(&[][..], |p| &p.subscribers[..]);
+        if subs.len() > SUBSCRIBERS_MAX {
+            return Err(ApiError::bad_request(format!(
+                "a push queue can have at most {SUBSCRIBERS_MAX} subscribers"
+            )));
+        }
+        c.subscribers = subs.iter().map(|s| s.name.clone()).collect();
+        c.extra = self.to_bytes();
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +133,13 @@ pub struct PushSpec {
     pub retries_delay: Option<i64>,
     #[serde(default)]
     pub error_queue: Option<String>,
+    #[serde(default)]
+    pub retries_backoff: Option<String>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub retries_delay_max: Option<i64>,
+    /// One secret, or a list of up to two (rotation); `""` or `[]` removes signing.
+    #[serde(default)]
+    pub signing_secret: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +241,18 @@ pub fn subscribers_from(specs: Vec<SubscriberSpec>) -> Result<Vec<Subscriber>, A
             .name
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| url.clone());
+        if name.len() > engine::limits::SUBSCRIBER_NAME_BYTES_MAX {
+            return Err(ApiError::bad_request(
+                "subscriber name must be at most 255 bytes",
+            ));
+        }
+        if lower.starts_with("ironmq://") {
+            crate::push::target::IronMqUrl::parse(&url).map_err(ApiError::bad_request)?;
+        } else if reqwest::Url::parse(&url).is_err() {
+            return Err(ApiError::bad_request(format!(
+                "subscriber url {url:?} is not a valid URL"
+            )));
+        }
         let sub = Subscriber {
             name,
             url,
@@ -307,6 +373,9 @@ pub fn apply(current: Option<&QueueConfig>, spec: QueueSpec) -> Result<QueueConf
             retries: 3,
             retries_delay: 60,
             error_queue: String::new(),
+            retries_backoff: String::new(),
+            retries_delay_max: None,
+            signing_secrets: Vec::new(),
         });
         if let Some(s) = p.subscribers {
             push.subscribers = subscribers_from(s)?;
@@ -327,7 +396,61 @@ pub fn apply(current: Option<&QueueConfig>, spec: QueueSpec) -> Result<QueueConf
             }
         }
         if let Some(q) = p.error_queue {
+            if q.len() > engine::limits::QUEUE_NAME_BYTES_MAX {
+                return Err(ApiError::bad_request(
+                    "error_queue must be at most 255 bytes",
+                ));
+            }
             push.error_queue = q;
+        }
+        match p.retries_backoff.as_deref() {
+            None => {}
+            Some("") | Some("fixed") => push.retries_backoff = String::new(),
+            Some("exponential") => push.retries_backoff = "exponential".into(),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "retries_backoff must be fixed or exponential",
+                ));
+            }
+        }
+        match p.retries_delay_max {
+            None | Some(0) => {}
+            Some(m) if (3..=86_400).contains(&m) => push.retries_delay_max = Some(m as u32),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "retries_delay_max must be between 3 and 86400",
+                ));
+            }
+        }
+        if let Some(v) = p.signing_secret {
+            let list: Vec<String> = match v {
+                Value::Null => Vec::new(),
+                Value::String(s) if s.is_empty() => Vec::new(),
+                Value::String(s) => vec![s],
+                Value::Array(a) => a
+                    .into_iter()
+                    .map(|x| match x {
+                        Value::String(s) => Ok(s),
+                        _ => Err(ApiError::bad_request("signing_secret entries must be strings")),
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "signing_secret must be a string or a list of strings",
+                    ));
+                }
+            };
+            if list.len() > 2 {
+                return Err(ApiError::bad_request(
+                    "at most two signing secrets may be active",
+                ));
+            }
+            if list.iter().any(|s| signing_key(s).is_none()) {
+                return Err(ApiError::bad_request(
+                    "signing_secret must be whsec_ followed by base64 of 24 to 64 bytes",
+                ));
+            }
+            push.signing_secrets = list;
         }
         extra.push = Some(push);
     }
@@ -376,7 +499,7 @@ pub fn apply(current: Option<&QueueConfig>, spec: QueueSpec) -> Result<QueueConf
         }
         extra.alerts = alerts_from(a, &[])?;
     }
-    c.extra = extra.to_bytes();
+    extra.store(&mut c)?;
     Ok(c)
 }
 
@@ -403,10 +526,13 @@ pub fn queue_json(info: &QueueInfo, counts: bool) -> Value {
     }
     let extra = Extra::of(c);
     if let Some(p) = &extra.push {
-        m.insert(
-            "push".into(),
-            serde_json::to_value(p).unwrap_or(Value::Null),
-        );
+        let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
+        if let Some(o) = v.as_object_mut()
+            && o.remove("signing_secrets").is_some()
+        {
+            o.insert("signed".into(), Value::Bool(true));
+        }
+        m.insert("push".into(), v);
     }
     if !extra.alerts.is_empty() {
         m.insert(

@@ -1,0 +1,448 @@
+//! The pusher: delivers the messages of push queues to their subscribers.
+//!
+//! One loop asks the engine which subscribers have deliveries due (`push_ready`), claims as
+//! many as the in-flight limits allow (in total, and per subscriber so that one slow or dead
+//! subscriber cannot take every slot), and runs each attempt as a task. A task makes the
+//! request, decides the new state (`decide`), posts to the error queue if the message failed
+//! for good, and writes the new state to the log (`push_complete`) before it is done.
+//! Between rounds the loop sleeps until the earliest due time or a wake-up (a post, an
+//! acknowledgement, a finished attempt): no task waits per message, and no polling.
+
+pub mod decide;
+pub mod sign;
+pub mod target;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine::{NewMessage, PushDelivery, QueueKey};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::settings::{Extra, Push, Subscriber};
+use crate::state::AppState;
+use decide::{Outcome, decide};
+use target::IronMqUrl;
+
+/// Pusher settings (from the server config).
+#[derive(Debug, Clone)]
+pub struct PushConfig {
+    /// How long a subscriber has to answer.
+    pub timeout: Duration,
+    /// Attempts in flight at most, in total.
+    pub concurrency: usize,
+    /// Attempts in flight at most per subscriber.
+    pub concurrency_per_subscriber: usize,
+    /// The base of `Iron-Subscriber-Message-Url`, e.g. `http://127.0.0.1:8080`.
+    pub base_url: String,
+    /// How long in-flight attempts may finish after a shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+type LaneKey = (u32, String);
+
+struct Ctx {
+    st: AppState,
+    client: reqwest::Client,
+    config: PushConfig,
+}
+
+/// Runs until `stop` resolves, then lets in-flight attempts finish within the grace period
+/// (unfinished ones are simply due again after a restart).
+pub async fn run(st: AppState, config: PushConfig, stop: impl std::future::Future<Output = ()>) {
+    let client = match reqwest::Client::builder()
+        .use_rustls_tls()
+        .pool_max_idle_per_host(config.concurrency_per_subscriber.max(1))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .connect_timeout(config.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the push HTTP client; push delivery is off");
+            return;
+        }
+    };
+    let engine = st.engine.clone();
+    let ctx = Arc::new(Ctx { st, client, config });
+    let wake = engine.push_wake();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<LaneKey>();
+    let mut tasks = JoinSet::new();
+    let mut per_lane: HashMap<LaneKey, usize> = HashMap::new();
+    let mut inflight = 0usize;
+    tokio::pin!(stop);
+    loop {
+        while let Ok(k) = done_rx.try_recv() {
+            finished(&mut per_lane, &mut inflight, k);
+        }
+        while tasks.try_join_next().is_some() {}
+        if engine.is_failed() {
+            break;
+        }
+        let now = crate::time::now_ms();
+        let (lanes, next_due) = engine.push_ready(now);
+        for lane in lanes {
+            let k = (lane.queue, lane.subscriber.clone());
+            let used = per_lane.get(&k).copied().unwrap_or(0);
+            let free = ctx
+                .config
+                .concurrency
+                .saturating_sub(inflight)
+                .min(ctx.config.concurrency_per_subscriber.saturating_sub(used));
+            if free == 0 {
+                continue;
+            }
+            let batch = match engine.push_claim(&lane, now, free).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, queue = %lane.key.name, "claiming deliveries failed");
+                    continue;
+                }
+            };
+            for d in batch {
+                inflight += 1;
+                *per_lane.entry(k.clone()).or_default() += 1;
+                let ctx = ctx.clone();
+                let tx = done_tx.clone();
+                let k = k.clone();
+                tasks.spawn(async move {
+                    deliver(&ctx, d).await;
+                    let _ = tx.send(k);
+                });
+            }
+        }
+        let sleep = next_due
+            .map(|t| Duration::from_millis(t.saturating_sub(crate::time::now_ms()).max(1)))
+            .unwrap_or(Duration::from_secs(5))
+            .min(Duration::from_secs(5));
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = wake.notified() => {}
+            Some(k) = done_rx.recv() => finished(&mut per_lane, &mut inflight, k),
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+    if !tasks.is_empty() {
+        tracing::info!(in_flight = tasks.len(), "waiting for push attempts in flight");
+        let deadline = tokio::time::Instant::now() + ctx.config.shutdown_grace;
+        while !tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(
+                        abandoned = tasks.len(),
+                        "push attempts still in flight at the deadline; they are redone after restart"
+                    );
+                    tasks.abort_all();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn finished(per_lane: &mut HashMap<LaneKey, usize>, inflight: &mut usize, k: LaneKey) {
+    *inflight = inflight.saturating_sub(1);
+    if let Some(n) = per_lane.get_mut(&k) {
+        *n -= 1;
+        if *n == 0 {
+            per_lane.remove(&k);
+        }
+    }
+}
+
+/// One attempt, start to durable outcome.
+async fn deliver(ctx: &Ctx, d: PushDelivery) {
+    let engine = &ctx.st.engine;
+    let Some(push) = Extra::of(&d.config).push else {
+        engine.push_unclaim(&d);
+        return;
+    };
+    let Some(sub) = push.subscribers.iter().find(|s| s.name == d.subscriber).cloned() else {
+        engine.push_unclaim(&d);
+        return;
+    };
+    let prev = d.state().cloned();
+    let expired_hold = prev
+        .as_ref()
+        .is_some_and(|p| p.status == engine::PushStatus::Reserved);
+    let started = Instant::now();
+    let (outcome, counted) = if expired_hold && prev.as_ref().is_some_and(|p| p.tries > push.retries) {
+        (
+            Outcome::Failed {
+                code: 202,
+                msg: "not acknowledged within retries_delay".into(),
+            },
+            false,
+        )
+    } else {
+        (attempt(ctx, &d, &push, &sub).await, true)
+    };
+    let latency_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
+    let now = crate::time::now_ms();
+    let mut jitter = |ms: u64| -> u64 {
+        // ±10 % so that retries of many messages do not arrive in lockstep.
+        if ms < 10 {
+            return ms;
+        }
+        let spread = ms / 5;
+        ms - ms / 10 + rand::random_range(0..=spread)
+    };
+    let decision = decide(&d, &push, &outcome, counted, now, latency_ms, &mut jitter);
+    let label = match &outcome {
+        Outcome::Delivered(_) => "delivered",
+        Outcome::Held => "held",
+        Outcome::Failed { code: 0, .. } => "unreachable",
+        Outcome::Failed { .. } => "failed",
+    };
+    tracing::debug!(
+        queue = %d.key.name, id = %d.id, subscriber = %d.subscriber, outcome = label,
+        latency_ms, "push attempt"
+    );
+    if !decision.failed_for_good.is_empty() && !push.error_queue.is_empty() {
+        if let Err(e) = post_error(ctx, &d, &push, &decision.failed_for_good).await {
+            // The state is not recorded either: the attempt is redone (at least once).
+            tracing::error!(queue = %d.key.name, id = %d.id, error = %e, "posting to the error queue failed");
+            engine.push_unclaim(&d);
+            return;
+        }
+    }
+    match engine.push_complete(&d, &decision.updates).await {
+        Ok(_) => {}
+        Err(e) => tracing::error!(queue = %d.key.name, id = %d.id, error = %e, "recording a push outcome failed"),
+    }
+}
+
+/// The error-queue message for subscribers that failed for good (contract §7.3).
+async fn post_error(
+    ctx: &Ctx,
+    d: &PushDelivery,
+    push: &Push,
+    failed: &[engine::PushSubState],
+) -> Result<(), engine::Error> {
+    let headers: BTreeMap<String, String> = if d.meta.is_empty() {
+        BTreeMap::new()
+    } else {
+        serde_json::from_slice(&d.meta).unwrap_or_default()
+    };
+    let url_of = |name: &str| {
+        push.subscribers
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.url.clone())
+            .unwrap_or_default()
+    };
+    let subs: Vec<_> = failed
+        .iter()
+        .map(|s| json!({"name": s.subscriber, "url": url_of(&s.subscriber), "code": s.status_code, "msg": s.msg}))
+        .collect();
+    let body = json!({
+        "source_msg_id": d.id.to_string(),
+        "body": String::from_utf8_lossy(&d.body),
+        "headers": headers,
+        "subscribers": subs,
+    });
+    let key = QueueKey::new(d.key.project.clone(), push.error_queue.clone());
+    ctx.st
+        .engine
+        .post(
+            &key,
+            &[NewMessage {
+                body: body.to_string().into_bytes(),
+                ..Default::default()
+            }],
+            true,
+        )
+        .await
+        .map(drop)
+}
+
+/// Makes one attempt to `sub`.
+async fn attempt(ctx: &Ctx, d: &PushDelivery, push: &Push, sub: &Subscriber) -> Outcome {
+    if sub.url.len() >= 9 && sub.url[..9].eq_ignore_ascii_case("ironmq://") {
+        return match IronMqUrl::parse(&sub.url) {
+            Ok(u) => fan_out(ctx, d, &u).await,
+            Err(e) => Outcome::Failed { code: 0, msg: e },
+        };
+    }
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    let set = |h: &mut BTreeMap<String, String>, k: &str, v: &str| {
+        h.retain(|old, _| !old.eq_ignore_ascii_case(k));
+        h.insert(k.to_string(), v.to_string());
+    };
+    set(&mut headers, "User-Agent", "IronMQ Pusherd");
+    set(&mut headers, "Content-Type", "text/plain; encoding=utf-8");
+    for (k, v) in &sub.headers {
+        set(&mut headers, k, v);
+    }
+    if !d.meta.is_empty()
+        && let Ok(h) = serde_json::from_slice::<BTreeMap<String, String>>(&d.meta)
+    {
+        for (k, v) in &h {
+            set(&mut headers, k, v);
+        }
+    }
+    let id = d.id.to_string();
+    set(&mut headers, "Iron-Message-Id", &id);
+    set(&mut headers, "Iron-Reservation-Id", &d.reservation.to_string());
+    set(&mut headers, "Iron-Subscriber-Name", &sub.name);
+    set(&mut headers, "Iron-Subscriber-Message-Url", &message_url(&ctx.config.base_url, &d.key, &id));
+    let keys: Vec<Vec<u8>> = push
+        .signing_secrets
+        .iter()
+        .filter_map(|s| crate::settings::signing_key(s))
+        .collect();
+    if !keys.is_empty() {
+        for (k, v) in sign::headers(&keys, &format!("msg_{id}"), crate::time::now_ms() / 1000, &d.body) {
+            set(&mut headers, &k, &v);
+        }
+    }
+    let mut req = ctx
+        .client
+        .post(&sub.url)
+        .timeout(ctx.config.timeout)
+        .body(d.body.clone());
+    for (k, v) in &headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let code = status.as_u16();
+            let text = read_some(resp).await;
+            if code == 202 {
+                Outcome::Held
+            } else if status.is_success() {
+                Outcome::Delivered(code)
+            } else {
+                let reason = status.canonical_reason().unwrap_or("error");
+                let msg = if text.trim().is_empty() {
+                    format!("{code} {reason}")
+                } else {
+                    text.trim().to_string()
+                };
+                Outcome::Failed { code, msg }
+            }
+        }
+        Err(e) => {
+            let msg = if e.is_timeout() {
+                format!("no answer within {} ms", ctx.config.timeout.as_millis())
+            } else if e.is_connect() {
+                format!("cannot connect: {}", root_cause(&e))
+            } else {
+                root_cause(&e)
+            };
+            Outcome::Failed { code: 0, msg }
+        }
+    }
+}
+
+/// The first 512 bytes of a response body (read to the end up to 64 KiB so the connection
+/// can be reused).
+async fn read_some(mut resp: reqwest::Response) -> String {
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        total += chunk.len();
+        if out.len() < 512 {
+            out.extend_from_slice(&chunk[..chunk.len().min(512 - out.len())]);
+        }
+        if total > 64 * 1024 {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// The acknowledgement URL of a message (`Iron-Subscriber-Message-Url`).
+pub fn message_url(base: &str, key: &QueueKey, id: &str) -> String {
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    format!(
+        "{}/3/projects/{}/queues/{}/messages/{id}",
+        base.trim_end_matches('/'),
+        enc(&key.project),
+        enc(&key.name)
+    )
+}
+
+/// Delivery to an `ironmq://` queue.
+async fn fan_out(ctx: &Ctx, d: &PushDelivery, u: &IronMqUrl) -> Outcome {
+    let msg = NewMessage {
+        body: d.body.clone(),
+        delay_s: 0,
+        meta: d.meta.clone(),
+    };
+    match (&u.credentials, &u.host) {
+        (None, _) | (Some(_), None) => {
+            let project = match &u.credentials {
+                None => d.key.project.clone(),
+                Some((project, token)) => {
+                    let allowed = ctx.st.creds.lookup(token).is_some_and(|r| {
+                        r.admin || r.project_id.as_deref() == Some(project.as_str())
+                    });
+                    if !allowed {
+                        return Outcome::Failed {
+                            code: 401,
+                            msg: format!("the token is not valid for project {project}"),
+                        };
+                    }
+                    project.clone()
+                }
+            };
+            let key = QueueKey::new(project, u.queue.clone());
+            match ctx.st.engine.post(&key, &[msg], true).await {
+                Ok(_) => Outcome::Delivered(200),
+                Err(e) => Outcome::Failed {
+                    code: 0,
+                    msg: e.to_string(),
+                },
+            }
+        }
+        (Some((project, token)), Some(_)) => {
+            let url = u.post_url(project).expect("a host is set");
+            let body = json!({"messages": [{"body": String::from_utf8_lossy(&d.body)}]});
+            let resp = ctx
+                .client
+                .post(&url)
+                .timeout(ctx.config.timeout)
+                .header("Authorization", format!("OAuth {token}"))
+                .header("Content-Type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await;
+            match resp {
+                Ok(r) if r.status().is_success() => {
+                    let code = r.status().as_u16();
+                    read_some(r).await;
+                    Outcome::Delivered(code)
+                }
+                Ok(r) => {
+                    let code = r.status().as_u16();
+                    let text = read_some(r).await;
+                    Outcome::Failed {
+                        code,
+                        msg: text.trim().to_string(),
+                    }
+                }
+                Err(e) => Outcome::Failed {
+                    code: 0,
+                    msg: root_cause(&e),
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Where a subscriber URL delivers: an HTTP(S) endpoint, or an `ironmq://` queue (of this
+//! project, another project on this server, or another server, over the API).
+
+use percent_encoding::percent_decode_str;
+
+/// A parsed `ironmq://[{project}:{token}@[{host}[:{port}]]]/{queue}` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IronMqUrl {
+    /// `(project, token)` when given; `None` means this queue's own project.
+    pub credentials: Option<(String, String)>,
+    /// `host[:port]` of another server; `None` means this server.
+    pub host: Option<String>,
+    pub queue: String,
+}
+
+impl IronMqUrl {
+    pub fn parse(url: &str) -> Result<IronMqUrl, String> {
+        let bad = |why: &str| format!("subscriber url {url:?}: {why}");
+        let rest = url
+            .get(..9)
+            .filter(|s| s.eq_ignore_ascii_case("ironmq://"))
+            .map(|_| &url[9..])
+            .ok_or_else(|| bad("not an ironmq:// URL"))?;
+        let (authority, path) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("the queue name is missing"))?;
+        let queue = percent_decode_str(path)
+            .decode_utf8()
+            .map_err(|_| bad("the queue name is not UTF-8"))?
+            .into_owned();
+        if queue.is_empty() || queue.contains('/') || queue.len() > 255 {
+            return Err(bad("the queue name must be 1 to 255 bytes without '/'"));
+        }
+        if authority.is_empty() {
+            return Ok(IronMqUrl {
+                credentials: None,
+                host: None,
+                queue,
+            });
+        }
+        let (userinfo, host) = match authority.rsplit_once('@') {
+            Some((u, h)) => (u, h),
+            None => return Err(bad("expected project:token@host")),
+        };
+        let (project, token) = userinfo
+            .split_once(':')
+            .filter(|(p, t)| !p.is_empty() && !t.is_empty())
+            .ok_or_else(|| bad("expected project:token before '@'"))?;
+        let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+        Ok(IronMqUrl {
+            credentials: Some((decode(project), decode(token))),
+            host: (!host.is_empty()).then(|| host.to_string()),
+            queue,
+        })
+    }
+
+    /// The API URL that posts messages to the queue on another server: HTTPS on port 443,
+    /// HTTP otherwise.
+    pub fn post_url(&self, project: &str) -> Option<String> {
+        let host = self.host.as_ref()?;
+        let scheme = if host.ends_with(":443") { "https" } else { "http" };
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        Some(format!(
+            "{scheme}://{host}/3/projects/{}/queues/{}/messages",
+            enc(project),
+            enc(&self.queue)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_forms_and_refuses_the_rest() {
+        let same = IronMqUrl::parse("ironmq:///fan%20out").unwrap();
+        assert_eq!((same.credentials, same.host, same.queue.as_str()), (None, None, "fan out"));
+        let local = IronMqUrl::parse("ironmq://p1:t1@/q").unwrap();
+        assert_eq!(local.credentials, Some(("p1".into(), "t1".into())));
+        assert_eq!(local.host, None);
+        let remote = IronMqUrl::parse("IRONMQ://p:t@mq.example:8080/q").unwrap();
+        assert_eq!(remote.host.as_deref(), Some("mq.example:8080"));
+        assert_eq!(
+            remote.post_url("p").unwrap(),
+            "http://mq.example:8080/3/projects/p/queues/q/messages"
+        );
+        for bad in ["ironmq://", "ironmq://host/q", "ironmq:///", "ironmq://p@h/q", "http://x/q"] {
+            assert!(IronMqUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
