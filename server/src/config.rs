@@ -179,10 +179,8 @@ impl ServerConfig {
         if self.push_concurrency_per_subscriber == 0 {
             return bad("push_concurrency_per_subscriber", "must be positive");
         }
-        if !self.push_base_url.is_empty()
-            && !(self.push_base_url.starts_with("http://")
-                || self.push_base_url.starts_with("https://"))
-        {
+        let base = &self.push_base_url;
+        if !(base.is_empty() || base.starts_with("http://") || base.starts_with("https://")) {
             return bad("push_base_url", "must start with http:// or https://");
         }
         if let (Some(_), None) = (&self.token, &self.project_id) {

@@ -44,7 +44,11 @@ impl Push {
         if self.retries_backoff != "exponential" {
             return base;
         }
-        let cap = self.retries_delay_max.unwrap_or(3600).max(self.retries_delay) as u64 * 1000;
+        let cap = self
+            .retries_delay_max
+            .unwrap_or(3600)
+            .max(self.retries_delay) as u64
+            * 1000;
         let shift = retry.saturating_sub(1).min(20);
         (base << shift).min(cap)
     }
@@ -431,7 +435,9 @@ pub fn apply(current: Option<&QueueConfig>, spec: QueueSpec) -> Result<QueueConf
                     .into_iter()
                     .map(|x| match x {
                         Value::String(s) => Ok(s),
-                        _ => Err(ApiError::bad_request("signing_secret entries must be strings")),
+                        _ => Err(ApiError::bad_request(
+                            "signing_secret entries must be strings",
+                        )),
                     })
                     .collect::<Result<_, _>>()?,
                 _ => {

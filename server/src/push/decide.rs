@@ -97,11 +97,7 @@ pub fn decide(
         .position(|s| s.subscriber == d.subscriber)
         .unwrap_or(0);
     let tries_of = |i: usize| {
-        if i == me {
-            tries
-        } else {
-            d.states[i].tries
-        }
+        if i == me { tries } else { d.states[i].tries }
     };
     let round = (0..n).map(tries_of).max().unwrap_or(tries);
     let after = |k: usize| (me + k) % n.max(1);
@@ -279,7 +275,10 @@ mod tests {
         let d = delivery(
             QueueKind::Unicast,
             "a",
-            &[("a", PushStatus::Retrying, 1), ("b", PushStatus::Retrying, 2)],
+            &[
+                ("a", PushStatus::Retrying, 1),
+                ("b", PushStatus::Retrying, 2),
+            ],
         );
         let out = decide(&d, &p, &fail(), true, 1000, 1, &mut j);
         assert!(out.updates.iter().all(|u| u.status == PushStatus::Error));

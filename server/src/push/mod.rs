@@ -127,7 +127,10 @@ pub async fn run(st: AppState, config: PushConfig, stop: impl std::future::Futur
         }
     }
     if !tasks.is_empty() {
-        tracing::info!(in_flight = tasks.len(), "waiting for push attempts in flight");
+        tracing::info!(
+            in_flight = tasks.len(),
+            "waiting for push attempts in flight"
+        );
         let deadline = tokio::time::Instant::now() + ctx.config.shutdown_grace;
         while !tasks.is_empty() {
             match tokio::time::timeout_at(deadline, tasks.join_next()).await {
@@ -162,7 +165,12 @@ async fn deliver(ctx: &Ctx, d: PushDelivery) {
         engine.push_unclaim(&d);
         return;
     };
-    let Some(sub) = push.subscribers.iter().find(|s| s.name == d.subscriber).cloned() else {
+    let Some(sub) = push
+        .subscribers
+        .iter()
+        .find(|s| s.name == d.subscriber)
+        .cloned()
+    else {
         engine.push_unclaim(&d);
         return;
     };
@@ -171,17 +179,18 @@ async fn deliver(ctx: &Ctx, d: PushDelivery) {
         .as_ref()
         .is_some_and(|p| p.status == engine::PushStatus::Reserved);
     let started = Instant::now();
-    let (outcome, counted) = if expired_hold && prev.as_ref().is_some_and(|p| p.tries > push.retries) {
-        (
-            Outcome::Failed {
-                code: 202,
-                msg: "not acknowledged within retries_delay".into(),
-            },
-            false,
-        )
-    } else {
-        (attempt(ctx, &d, &push, &sub).await, true)
-    };
+    let (outcome, counted) =
+        if expired_hold && prev.as_ref().is_some_and(|p| p.tries > push.retries) {
+            (
+                Outcome::Failed {
+                    code: 202,
+                    msg: "not acknowledged within retries_delay".into(),
+                },
+                false,
+            )
+        } else {
+            (attempt(ctx, &d, &push, &sub).await, true)
+        };
     let latency_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
     let now = crate::time::now_ms();
     let mut jitter = |ms: u64| -> u64 {
@@ -203,17 +212,20 @@ async fn deliver(ctx: &Ctx, d: PushDelivery) {
         queue = %d.key.name, id = %d.id, subscriber = %d.subscriber, outcome = label,
         latency_ms, "push attempt"
     );
-    if !decision.failed_for_good.is_empty() && !push.error_queue.is_empty() {
-        if let Err(e) = post_error(ctx, &d, &push, &decision.failed_for_good).await {
-            // The state is not recorded either: the attempt is redone (at least once).
-            tracing::error!(queue = %d.key.name, id = %d.id, error = %e, "posting to the error queue failed");
-            engine.push_unclaim(&d);
-            return;
-        }
+    if !decision.failed_for_good.is_empty()
+        && !push.error_queue.is_empty()
+        && let Err(e) = post_error(ctx, &d, &push, &decision.failed_for_good).await
+    {
+        // The state is not recorded either: the attempt is redone (at least once).
+        tracing::error!(queue = %d.key.name, id = %d.id, error = %e, "posting to the error queue failed");
+        engine.push_unclaim(&d);
+        return;
     }
     match engine.push_complete(&d, &decision.updates).await {
         Ok(_) => {}
-        Err(e) => tracing::error!(queue = %d.key.name, id = %d.id, error = %e, "recording a push outcome failed"),
+        Err(e) => {
+            tracing::error!(queue = %d.key.name, id = %d.id, error = %e, "recording a push outcome failed")
+        }
     }
 }
 
@@ -288,16 +300,29 @@ async fn attempt(ctx: &Ctx, d: &PushDelivery, push: &Push, sub: &Subscriber) -> 
     }
     let id = d.id.to_string();
     set(&mut headers, "Iron-Message-Id", &id);
-    set(&mut headers, "Iron-Reservation-Id", &d.reservation.to_string());
+    set(
+        &mut headers,
+        "Iron-Reservation-Id",
+        &d.reservation.to_string(),
+    );
     set(&mut headers, "Iron-Subscriber-Name", &sub.name);
-    set(&mut headers, "Iron-Subscriber-Message-Url", &message_url(&ctx.config.base_url, &d.key, &id));
+    set(
+        &mut headers,
+        "Iron-Subscriber-Message-Url",
+        &message_url(&ctx.config.base_url, &d.key, &id),
+    );
     let keys: Vec<Vec<u8>> = push
         .signing_secrets
         .iter()
         .filter_map(|s| crate::settings::signing_key(s))
         .collect();
     if !keys.is_empty() {
-        for (k, v) in sign::headers(&keys, &format!("msg_{id}"), crate::time::now_ms() / 1000, &d.body) {
+        for (k, v) in sign::headers(
+            &keys,
+            &format!("msg_{id}"),
+            crate::time::now_ms() / 1000,
+            &d.body,
+        ) {
             set(&mut headers, &k, &v);
         }
     }

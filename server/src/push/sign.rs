@@ -7,7 +7,12 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// The three headers for one delivery.
-pub fn headers(keys: &[Vec<u8>], msg_id: &str, timestamp_s: u64, body: &[u8]) -> [(String, String); 3] {
+pub fn headers(
+    keys: &[Vec<u8>],
+    msg_id: &str,
+    timestamp_s: u64,
+    body: &[u8],
+) -> [(String, String); 3] {
     let ts = timestamp_s.to_string();
     let sigs: Vec<String> = keys
         .iter()

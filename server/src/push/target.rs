@@ -58,7 +58,11 @@ impl IronMqUrl {
     /// HTTP otherwise.
     pub fn post_url(&self, project: &str) -> Option<String> {
         let host = self.host.as_ref()?;
-        let scheme = if host.ends_with(":443") { "https" } else { "http" };
+        let scheme = if host.ends_with(":443") {
+            "https"
+        } else {
+            "http"
+        };
         let enc = |s: &str| {
             percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
         };
@@ -77,7 +81,10 @@ mod tests {
     #[test]
     fn parses_the_three_forms_and_refuses_the_rest() {
         let same = IronMqUrl::parse("ironmq:///fan%20out").unwrap();
-        assert_eq!((same.credentials, same.host, same.queue.as_str()), (None, None, "fan out"));
+        assert_eq!(
+            (same.credentials, same.host, same.queue.as_str()),
+            (None, None, "fan out")
+        );
         let local = IronMqUrl::parse("ironmq://p1:t1@/q").unwrap();
         assert_eq!(local.credentials, Some(("p1".into(), "t1".into())));
         assert_eq!(local.host, None);
@@ -87,7 +94,13 @@ mod tests {
             remote.post_url("p").unwrap(),
             "http://mq.example:8080/3/projects/p/queues/q/messages"
         );
-        for bad in ["ironmq://", "ironmq://host/q", "ironmq:///", "ironmq://p@h/q", "http://x/q"] {
+        for bad in [
+            "ironmq://",
+            "ironmq://host/q",
+            "ironmq:///",
+            "ironmq://p@h/q",
+            "http://x/q",
+        ] {
             assert!(IronMqUrl::parse(bad).is_err(), "{bad}");
         }
     }

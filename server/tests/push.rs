@@ -1,0 +1,586 @@
+//! Push delivery end to end: the real `ferromq` binary delivering to real HTTP subscribers
+//! on 127.0.0.1 (answering 200, 202 then acknowledging, 500, too slowly, or not listening).
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+
+const PID: &str = "0123456789abcdef01234567";
+const TOKEN: &str = "project-token-123";
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+struct Server {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start(dir: &std::path::Path, port: u16) -> Server {
+    let log_path = dir.join(format!("server-{port}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_ferromq"))
+        .args(["serve", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("FERROMQ_PROJECT_ID", PID)
+        .env("FERROMQ_TOKEN", TOKEN)
+        .env("FERROMQ_ADMIN_TOKEN", "admin-token-456")
+        .env("FERROMQ_PUSH_TIMEOUT_MS", "700")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn ferromq");
+    let mut s = Server {
+        child,
+        port,
+        dir: dir.to_path_buf(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reqwest::get(format!("http://127.0.0.1:{port}/health"))
+        .await
+        .is_err()
+    {
+        if let Ok(Some(status)) = s.child.try_wait() {
+            panic!(
+                "ferromq exited ({status}): {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/3/projects/{PID}/queues/{path}",
+            self.port
+        )
+    }
+    async fn call(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let c = reqwest::Client::new();
+        let r = c
+            .request(method.parse().unwrap(), self.url(path))
+            .header("Authorization", format!("OAuth {TOKEN}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+    async fn post(&self, q: &str, bodies: &[&str]) -> Vec<String> {
+        let msgs: Vec<Value> = bodies.iter().map(|b| json!({"body": b})).collect();
+        let (s, v) = self
+            .call("POST", &format!("{q}/messages"), json!({"messages": msgs}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        v["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_str().unwrap().to_string())
+            .collect()
+    }
+    async fn statuses(&self, q: &str, id: &str) -> Vec<Value> {
+        let (s, v) = self
+            .call("GET", &format!("{q}/messages/{id}/subscribers"), json!({}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["subscribers"].as_array().unwrap().clone()
+    }
+    /// Polls until every subscriber status of `id` is one of `want`.
+    async fn wait_statuses(&self, q: &str, id: &str, want: &[&str], secs: u64) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let st = self.statuses(q, id).await;
+            if st
+                .iter()
+                .all(|s| want.contains(&s["status"].as_str().unwrap()))
+            {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "statuses of {id}: {st:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// One request as a subscriber saw it.
+#[derive(Debug, Clone)]
+struct Hit {
+    at: Instant,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Ok,
+    Accept,
+    Fail,
+    Slow,
+    /// Fails while the flag is set.
+    FailUntil,
+}
+
+#[derive(Clone)]
+struct Sub {
+    mode: Mode,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn handler(State(s): State<Sub>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
+    s.hits.lock().unwrap().push(Hit {
+        at: Instant::now(),
+        headers,
+        body,
+    });
+    match s.mode {
+        Mode::Ok => (StatusCode::OK, "ok".into()),
+        Mode::Accept => (StatusCode::ACCEPTED, String::new()),
+        Mode::Fail => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal server error.".into(),
+        ),
+        Mode::Slow => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            (StatusCode::OK, "late".into())
+        }
+        Mode::FailUntil => {
+            if s.healthy.load(std::sync::atomic::Ordering::SeqCst) {
+                (StatusCode::OK, "ok".into())
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "not yet".into())
+            }
+        }
+    }
+}
+
+/// Starts a subscriber; returns its URL and its hit list.
+async fn subscriber(mode: Mode) -> (String, Sub) {
+    let s = Sub {
+        mode,
+        hits: Arc::default(),
+        healthy: Arc::default(),
+    };
+    let app = axum::Router::new()
+        .fallback(axum::routing::post(handler))
+        .with_state(s.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, s)
+}
+
+fn hits(s: &Sub) -> Vec<Hit> {
+    s.hits.lock().unwrap().clone()
+}
+
+async fn wait_hits(s: &Sub, n: usize, secs: u64) -> Vec<Hit> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let h = hits(s);
+        if h.len() >= n {
+            return h;
+        }
+        assert!(Instant::now() < deadline, "{} of {n} hits", h.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn header<'a>(h: &'a Hit, name: &str) -> &'a str {
+    h.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multicast_delivers_with_headers_holds_202_until_acked_and_signs() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path(), free_port()).await;
+    let (ok_url, ok) = subscriber(Mode::Ok).await;
+    let (acc_url, acc) = subscriber(Mode::Accept).await;
+    let (s, v) = srv
+        .call(
+            "PUT",
+            "mc",
+            json!({"queue": {"push": {"subscribers": [
+                {"name": "ok", "url": ok_url, "headers": {"Content-Type": "application/json", "X-Team": "blue"}},
+                {"name": "acc", "url": acc_url}
+            ], "retries": 2, "retries_delay": 3, "signing_secret": SECRET}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["queue"]["type"], "multicast");
+    assert_eq!(v["queue"]["push"]["error_queue"], "");
+    assert!(
+        v["queue"]["push"].get("signing_secrets").is_none(),
+        "secrets are never shown"
+    );
+
+    let (s, v) = srv
+        .call(
+            "POST",
+            "mc/messages",
+            json!({"messages": [{"body": "{\"n\":1}", "push_headers": {"X-Trace": "t1"}}]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["ids"][0].as_str().unwrap().to_string();
+
+    let h = wait_hits(&ok, 1, 10).await[0].clone();
+    assert_eq!(h.body.as_ref(), b"{\"n\":1}");
+    assert_eq!(header(&h, "user-agent"), "IronMQ Pusherd");
+    assert_eq!(header(&h, "content-type"), "application/json");
+    assert_eq!(header(&h, "x-team"), "blue");
+    assert_eq!(header(&h, "x-trace"), "t1");
+    assert_eq!(header(&h, "iron-message-id"), id);
+    assert_eq!(header(&h, "iron-subscriber-name"), "ok");
+    assert_eq!(header(&h, "iron-reservation-id").len(), 32);
+    assert_eq!(
+        header(&h, "iron-subscriber-message-url"),
+        format!(
+            "http://127.0.0.1:{}/3/projects/{PID}/queues/mc/messages/{id}",
+            srv.port
+        )
+    );
+    // Standard Webhooks signature, checked with the reference crate.
+    let wh = standardwebhooks::Webhook::new(SECRET).unwrap();
+    wh.verify(&h.body, &h.headers).expect("valid signature");
+
+    // The 202 subscriber holds the message reserved until it acknowledges.
+    let a = wait_hits(&acc, 1, 10).await[0].clone();
+    assert_eq!(header(&a, "content-type"), "text/plain; encoding=utf-8");
+    let st = srv
+        .wait_statuses("mc", &id, &["deleted", "reserved"], 10)
+        .await;
+    assert_eq!(st[0]["status"], "deleted");
+    assert_eq!(st[0]["subscriber_name"], "ok");
+    assert_eq!(st[0]["tries"], 1);
+    assert_eq!(st[0]["status_code"], 200);
+    assert!(st[0]["last_try_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(st[1]["status"], "reserved");
+    let (_, info) = srv.call("GET", "mc", json!({})).await;
+    assert_eq!(
+        info["queue"]["size"], 1,
+        "not delivered to every subscriber yet"
+    );
+
+    // A wrong reservation id is refused; the right one, without a token, acknowledges.
+    let c = reqwest::Client::new();
+    let ack_url = header(&a, "iron-subscriber-message-url").to_string();
+    let r = c
+        .delete(&ack_url)
+        .json(&json!({"reservation_id": "0".repeat(32), "subscriber_name": "acc"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = c
+        .delete(&ack_url)
+        .json(&json!({"id": id, "reservation_id": header(&a, "iron-reservation-id"), "subscriber_name": "acc"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let st = srv.wait_statuses("mc", &id, &["deleted"], 5).await;
+    assert_eq!(st[1]["status_code"], 202);
+    let (_, info) = srv.call("GET", "mc", json!({})).await;
+    assert_eq!(info["queue"]["size"], 0);
+    // Delivered messages stay readable by id; nothing was delivered twice.
+    let (s, m) = srv
+        .call("GET", &format!("mc/messages/{id}"), json!({}))
+        .await;
+    assert_eq!((s, m["message"]["body"].as_str()), (200, Some("{\"n\":1}")));
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!((hits(&ok).len(), hits(&acc).len()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_retry_on_schedule_then_land_in_the_error_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path(), free_port()).await;
+    let (fail_url, fail) = subscriber(Mode::Fail).await;
+    let (slow_url, slow) = subscriber(Mode::Slow).await;
+    let refused = format!("http://127.0.0.1:{}/gone", free_port());
+    let (s, v) = srv
+        .call(
+            "PUT",
+            "flaky",
+            json!({"queue": {"type": "multicast", "push": {"subscribers": [
+                {"name": "fail", "url": fail_url},
+                {"name": "slow", "url": slow_url},
+                {"name": "refused", "url": refused}
+            ], "retries": 1, "retries_delay": 3, "error_queue": "errs"}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // The error queue does not exist before the first error.
+    assert_eq!(srv.call("GET", "errs", json!({})).await.0, 404);
+    let id = srv.post("flaky", &["payload"]).await.remove(0);
+    let st = srv.wait_statuses("flaky", &id, &["retrying"], 5).await;
+    assert!(
+        st.iter()
+            .all(|s| s["tries"] == 1 && s["retries_remaining"] == 1),
+        "{st:?}"
+    );
+    assert_eq!(st[0]["status_code"], 500);
+    assert_eq!(st[2]["status_code"], 0);
+
+    let st = srv.wait_statuses("flaky", &id, &["error"], 15).await;
+    assert!(
+        st.iter()
+            .all(|s| s["tries"] == 2 && s["retries_remaining"] == 0),
+        "{st:?}"
+    );
+    assert!(
+        st[1]["msg"].as_str().unwrap().contains("no answer"),
+        "{st:?}"
+    );
+    let h = hits(&fail);
+    assert_eq!(h.len(), 2, "retries + 1 attempts");
+    let gap = h[1].at - h[0].at;
+    assert!(gap >= Duration::from_millis(2600), "retried after {gap:?}");
+    assert_eq!(hits(&slow).len(), 2);
+
+    // One error message per failed subscriber, as a pull queue.
+    let (s, v) = srv
+        .call("POST", "errs/reservations", json!({"n": 10}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let msgs = v["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 3, "{v}");
+    let mut by_name = HashMap::new();
+    for m in msgs {
+        let e: Value = serde_json::from_str(m["body"].as_str().unwrap()).unwrap();
+        assert_eq!(e["source_msg_id"], id.as_str());
+        assert_eq!(e["body"], "payload");
+        let sub = e["subscribers"][0].clone();
+        by_name.insert(sub["name"].as_str().unwrap().to_string(), sub);
+    }
+    assert_eq!(by_name["fail"]["code"], 500);
+    assert_eq!(by_name["fail"]["url"], fail_url.as_str());
+    assert_eq!(by_name["fail"]["msg"], "Internal server error.");
+    assert!(
+        by_name["refused"]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("connect")
+    );
+    let (_, info) = srv.call("GET", "errs", json!({})).await;
+    assert_eq!(info["queue"]["type"], "pull");
+    // The original stays readable; the delivery log has both attempts per subscriber.
+    assert_eq!(
+        srv.call("GET", &format!("flaky/messages/{id}"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (_, log) = srv
+        .call("GET", &format!("flaky/messages/{id}/deliveries"), json!({}))
+        .await;
+    for d in log["deliveries"].as_array().unwrap() {
+        assert_eq!(d["attempts"].as_array().unwrap().len(), 2, "{log}");
+    }
+    assert_eq!(log["deliveries"][0]["attempts"][0]["status_code"], 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unicast_moves_to_the_next_subscriber_at_once_and_fans_out_to_queues() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path(), free_port()).await;
+    let (bad_url, bad) = subscriber(Mode::Fail).await;
+    let (good_url, good) = subscriber(Mode::Ok).await;
+    let (s, v) = srv
+        .call(
+            "PUT",
+            "uni",
+            json!({"queue": {"type": "unicast", "push": {"subscribers": [
+                {"name": "bad", "url": bad_url}, {"name": "good", "url": good_url}
+            ], "retries_delay": 60}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let ids = srv.post("uni", &["a", "b", "c", "d"]).await;
+    let got = wait_hits(&good, 4, 10).await;
+    let mut bodies: Vec<_> = got.iter().map(|h| h.body.clone()).collect();
+    bodies.sort();
+    assert_eq!(bodies, vec!["a", "b", "c", "d"]);
+    assert!(hits(&bad).len() <= 4);
+    for id in &ids {
+        let st = srv
+            .wait_statuses("uni", id, &["deleted", "retrying", "queued"], 5)
+            .await;
+        assert!(st.iter().any(|s| s["status"] == "deleted"));
+    }
+    let (_, info) = srv.call("GET", "uni", json!({})).await;
+    assert_eq!(info["queue"]["size"], 0);
+
+    // ironmq:///name copies into a queue of the same project.
+    let (s, v) = srv
+        .call(
+            "PUT",
+            "fan",
+            json!({"queue": {"push": {"subscribers": [
+                {"name": "copy1", "url": "ironmq:///copy1"},
+                {"name": "copy2", "url": format!("ironmq://{PID}:{TOKEN}@/copy2")}
+            ]}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let id = srv.post("fan", &["fanned"]).await.remove(0);
+    srv.wait_statuses("fan", &id, &["deleted"], 10).await;
+    for q in ["copy1", "copy2"] {
+        let (_, v) = srv
+            .call("POST", &format!("{q}/reservations"), json!({"n": 5}))
+            .await;
+        assert_eq!(v["messages"][0]["body"], "fanned", "{q}: {v}");
+    }
+
+    // Unsupported and malformed subscribers are refused and change nothing.
+    for (url, want) in [
+        ("ironworker://p:t@host/code", "not supported"),
+        ("ironmq://p@host/q", "project:token"),
+        ("ftp://x", "http://"),
+    ] {
+        let (s, v) = srv
+            .call(
+                "PUT",
+                "fan",
+                json!({"queue": {"push": {"subscribers": [{"name": "x", "url": url}]}}}),
+            )
+            .await;
+        assert_eq!(s, 400, "{url}: {v}");
+        assert!(v["msg"].as_str().unwrap().contains(want), "{url}: {v}");
+    }
+    let (_, info) = srv.call("GET", "fan", json!({})).await;
+    assert_eq!(
+        info["queue"]["push"]["subscribers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // A pull queue cannot become a push queue.
+    srv.call("PUT", "pullq", json!({})).await;
+    let (s, _) = srv
+        .call(
+            "PATCH",
+            "pullq",
+            json!({"queue": {"type": "multicast", "push": {"subscribers": [{"name": "a", "url": good_url}]}}}),
+        )
+        .await;
+    assert_eq!(s, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_deliveries_and_retries_loses_nothing_and_keeps_retry_budgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut srv = start(dir.path(), port).await;
+    let (flaky_url, flaky) = subscriber(Mode::FailUntil).await;
+    let (dead_url, dead) = subscriber(Mode::Fail).await;
+    srv.call(
+        "PUT",
+        "durable",
+        json!({"queue": {"push": {"subscribers": [{"name": "flaky", "url": flaky_url}],
+               "retries": 5, "retries_delay": 3}}}),
+    )
+    .await;
+    srv.call(
+        "PUT",
+        "budget",
+        json!({"queue": {"push": {"subscribers": [{"name": "dead", "url": dead_url}],
+               "retries": 2, "retries_delay": 3, "error_queue": "budget_errors"}}}),
+    )
+    .await;
+    let bodies: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    let mut ids = Vec::new();
+    for chunk in bodies.chunks(100) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        ids.extend(srv.post("durable", &refs).await);
+    }
+    let budget_id = srv.post("budget", &["b"]).await.remove(0);
+    // Every message has failed once (status retrying, tries 1) and the dead one too.
+    wait_hits(&flaky, 300, 20).await;
+    let sample = [&ids[0], &ids[150], &ids[299]];
+    for id in sample {
+        srv.wait_statuses("durable", id, &["retrying"], 10).await;
+    }
+    srv.wait_statuses("budget", &budget_id, &["retrying"], 10)
+        .await;
+    // Kill the server in the middle of that, restart it on the same data.
+    let killed_at = Instant::now();
+    srv.child.kill().unwrap();
+    srv.child.wait().unwrap();
+    let dir_path = srv.dir.clone();
+    drop(srv);
+    flaky
+        .healthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let srv = start(&dir_path, port).await;
+    let before = hits(&dead).len();
+    assert!(before >= 1);
+    // Every message is delivered (at least once) after the restart.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, info) = srv.call("GET", "durable", json!({})).await;
+        if info["queue"]["size"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still undelivered: {info}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered: std::collections::HashSet<String> = hits(&flaky)
+        .iter()
+        .filter(|h| h.at > killed_at)
+        .map(|h| String::from_utf8_lossy(&h.body).into_owned())
+        .collect();
+    for b in &bodies {
+        assert!(delivered.contains(b), "{b} never reached the subscriber");
+    }
+    for id in sample {
+        let st = srv.statuses("durable", id).await;
+        assert_eq!(st[0]["status"], "deleted");
+        assert_eq!(
+            st[0]["tries"], 2,
+            "the failed try before the kill was kept: {st:?}"
+        );
+    }
+    // The retry budget was not reset: 3 tries in all, then the error queue.
+    let st = srv
+        .wait_statuses("budget", &budget_id, &["error"], 20)
+        .await;
+    assert_eq!(st[0]["tries"], 3, "{st:?}");
+    let total = hits(&dead).len();
+    assert!((3..=4).contains(&total), "{total} attempts for retries=2");
+    let (_, info) = srv.call("GET", "budget_errors", json!({})).await;
+    assert_eq!(info["queue"]["size"], 1, "{info}");
+}
