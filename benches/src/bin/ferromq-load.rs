@@ -10,6 +10,11 @@
 //!   single messages carrying their send time (at `--rate`, default 200/s); reports the
 //!   wake latency (post sent → message received by a waiting consumer).
 //!
+//! * `push`     — starts a local subscriber on 127.0.0.1 that answers 200 at once, makes the
+//!   queue a push queue delivering to it, and posts batches of `--batch` messages carrying
+//!   their send time (at `--rate` requests/s, or closed-loop); reports deliveries/s and the
+//!   post-to-delivery latency (post sent → request received by the subscriber).
+//!
 //! `--raw-url` (post mode): POST the same body to that exact URL instead (for comparing
 //! against nginx's `return 200`). The run always ends by itself: `--duration` is capped at
 //! 120 s and in-flight requests are abandoned at the deadline. Only the given URL is
@@ -39,6 +44,7 @@ enum Mode {
     Post1,
     Cycle,
     Longpoll,
+    Push,
 }
 
 #[derive(Debug, Parser)]
@@ -299,6 +305,8 @@ struct Ctx {
     shared: Shared,
     start: Instant,
     deadline: Instant,
+    /// Push mode: the subscriber's delivery-latency histogram.
+    push_hist: std::sync::Mutex<Option<Arc<std::sync::Mutex<Histogram<u64>>>>>,
 }
 
 /// A producer: POSTs `body` (holding `count` messages) until the deadline.
@@ -599,6 +607,7 @@ fn main() -> Result<()> {
         shared: Shared::new(),
         start,
         deadline: start + Duration::from_secs(args.duration),
+        push_hist: std::sync::Mutex::new(None),
         args,
     });
     let wall = rt.block_on(run(ctx.clone()));
@@ -630,6 +639,16 @@ async fn run(ctx: Arc<Ctx>) -> Duration {
     let a = &ctx.args;
     if matches!(a.mode, Mode::Cycle | Mode::Longpoll) {
         ensure_queue(&ctx).await;
+    }
+    let mut push_sub = None;
+    if a.mode == Mode::Push {
+        match push_subscriber(ctx.clone()).await {
+            Ok(h) => push_sub = Some(h),
+            Err(e) => {
+                eprintln!("push subscriber: {e}");
+                return Duration::from_secs(1);
+            }
+        }
     }
     let n = a.connections;
     let mut tasks = Vec::new();
@@ -670,6 +689,16 @@ async fn run(ctx: Arc<Ctx>) -> Duration {
                 tasks.push(tokio::spawn(consumer(ctx.clone())));
             }
         }
+        Mode::Push => {
+            let iv = per_task(a.rate, n);
+            for i in 0..n {
+                tasks.push(tokio::spawn(push_producer(
+                    ctx.clone(),
+                    iv,
+                    phase(i, iv, n),
+                )));
+            }
+        }
         Mode::Longpoll => {
             let p = a.producers;
             let iv = per_task(Some(a.rate.unwrap_or(200.0)), p).expect("positive rate");
@@ -693,7 +722,118 @@ async fn run(ctx: Arc<Ctx>) -> Duration {
         let _ = tokio::time::timeout_at(hard.into(), t).await;
     }
     progress.abort();
+    if let Some(h) = push_sub {
+        h.abort();
+    }
+    let delivered = ctx.push_hist.lock().ok().and_then(|h| h.clone());
+    if let Some(h) = delivered
+        && let Ok(h) = h.lock()
+    {
+        ctx.shared.merge("delivery", &h);
+    }
     ctx.start.elapsed().min(ctx.deadline - ctx.start)
+}
+
+/// The push subscriber: answers 200 to every POST, counting deliveries made before the
+/// deadline and recording how long each took from its post (the body is the send time, µs).
+async fn push_subscriber(ctx: Arc<Ctx>) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let hist = Arc::new(std::sync::Mutex::new(new_hist()));
+    *ctx.push_hist.lock().expect("not poisoned") = Some(hist.clone());
+    let sub_ctx = ctx.clone();
+    let handle = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let ctx = sub_ctx.clone();
+            let hist = hist.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let ctx = ctx.clone();
+                    let hist = hist.clone();
+                    async move {
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                        let got = now_unix_us();
+                        if let Ok(b) = body
+                            && Instant::now() < ctx.deadline
+                        {
+                            if let Some(sent) = std::str::from_utf8(&b)
+                                .ok()
+                                .and_then(|s| s.split('-').next())
+                                .and_then(|s| s.parse::<u64>().ok())
+                                && let Ok(mut h) = hist.lock()
+                            {
+                                h.saturating_record(got.saturating_sub(sent).max(1));
+                            }
+                            ctx.shared.messages.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    // Make the queue a push queue delivering there.
+    let path = ctx.messages_path.trim_end_matches("/messages").to_string();
+    let def = serde_json::json!({"queue": {"type": "multicast", "push": {
+        "subscribers": [{"name": "bench", "url": format!("http://{addr}/deliver")}],
+        "retries": 3, "retries_delay": 60}}});
+    let mut conn = Conn::new(ctx.target.clone());
+    match conn
+        .send(Method::PUT, &path, Bytes::from(serde_json::to_vec(&def)?))
+        .await
+    {
+        Ok((st, _)) if st.is_success() => Ok(handle),
+        Ok((st, b)) => bail!("create push queue: HTTP {st}: {}", short(&b)),
+        Err(e) => bail!("create push queue: {e}"),
+    }
+}
+
+/// Push-mode producer: batches whose bodies are the send time (µs) plus padding.
+async fn push_producer(ctx: Arc<Ctx>, interval: Option<Duration>, phase: Duration) {
+    let mut conn = Conn::new(ctx.target.clone());
+    let mut hist = new_hist();
+    let mut pacer = Pacer::new(interval, ctx.start, phase);
+    let pad = "x".repeat(ctx.args.body_bytes.saturating_sub(17));
+    loop {
+        let from = pacer.tick().await;
+        if Instant::now() >= ctx.deadline {
+            break;
+        }
+        let sent = now_unix_us();
+        let msgs: Vec<serde_json::Value> = (0..ctx.args.batch)
+            .map(|_| serde_json::json!({ "body": format!("{sent}-{pad}") }))
+            .collect();
+        let body = Bytes::from(
+            serde_json::to_vec(&serde_json::json!({ "messages": msgs })).expect("json"),
+        );
+        let r = tokio::time::timeout_at(
+            ctx.deadline.into(),
+            conn.send(Method::POST, &ctx.messages_path, body),
+        )
+        .await;
+        let Ok(r) = r else { break };
+        ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
+        match r {
+            Ok((StatusCode::CREATED | StatusCode::OK, _)) => {
+                hist.saturating_record(micros(from.elapsed()))
+            }
+            Ok((st, b)) => ctx.shared.error(format!("post: HTTP {st}: {}", short(&b))),
+            Err(e) => {
+                ctx.shared.error(format!("post: {e}"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    ctx.shared.merge("post", &hist);
 }
 
 /// Cycle-mode producer: its posts count as requests but messages count when consumed.
