@@ -2,12 +2,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use engine::Engine;
 use parking_lot::Mutex;
 
 use crate::auth::Credentials;
+use crate::metrics::Metrics;
+use crate::stats::Stats;
 
 /// Cheap to clone.
 #[derive(Clone)]
@@ -16,4 +19,10 @@ pub struct AppState {
     pub creds: Arc<Credentials>,
     /// When each alert (by id) last fired, for `snooze`.
     pub alerts_fired: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Request and message counts per interval, for `GET /3/stats`.
+    pub stats: Arc<Stats>,
+    /// Prometheus metrics, for `GET /metrics`.
+    pub metrics: Arc<Metrics>,
+    /// True from the end of recovery until shutdown begins (`GET /ready`).
+    pub ready: Arc<AtomicBool>,
 }
