@@ -391,4 +391,66 @@ mod tests {
         );
         assert_eq!(project_and_queue("/health"), (None, None));
     }
+
+    /// Collects formatted log output.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(level: &str, f: impl FnOnce()) -> String {
+        let out = Captured::default();
+        let w = out.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+            .with_writer(move || w.clone())
+            .event_format(crate::logfmt::Logfmt)
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        String::from_utf8(out.0.lock().clone()).expect("utf-8")
+    }
+
+    #[test]
+    fn request_lines_follow_the_level_and_a_5xx_is_an_error_with_its_cause() {
+        let get = Method::GET;
+        let text = logged("info", || {
+            log_request(
+                Some(tracing::Level::DEBUG),
+                &get,
+                "/3/projects/p/queues/q",
+                200,
+                1.25,
+                None,
+            );
+            log_request(
+                None,
+                &get,
+                "/3/projects/p/queues/q/messages",
+                500,
+                3.0,
+                Some("fdatasync failed: \"disk\""),
+            );
+            log_request(Some(tracing::Level::INFO), &get, "/health", 200, 0.5, None);
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains(" lvl=eror msg=request method=GET path=/3/projects/p/queues/q/messages status=500 duration_ms=3.0 project=p queue=q error=\"fdatasync failed: \\\"disk\\\"\""),
+            "{text}"
+        );
+        assert!(
+            lines[1].ends_with(
+                " lvl=info msg=request method=GET path=/health status=200 duration_ms=0.5"
+            ),
+            "{text}"
+        );
+    }
 }

@@ -23,6 +23,11 @@ use prometheus_client::registry::Registry;
 /// The Content-Type of a scrape.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Push attempt outcomes shown (at 0) from the start: the subscriber answered 2xx
+/// (`delivered`), answered something else (`rejected`), did not answer in time (`timeout`),
+/// or could not be reached (`error`). [`Metrics::push_attempt`] takes any other outcome too.
+pub const PUSH_OUTCOMES: [&str; 4] = ["delivered", "rejected", "timeout", "error"];
+
 /// Upper bounds of the request latency buckets, seconds (long polls wait up to 30 s).
 const REQUEST_BUCKETS_S: [f64; 15] = [
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -74,6 +79,12 @@ impl Metrics {
             requests.clone(),
         );
         let push_attempts = Family::<OutcomeLabels, Counter>::default();
+        for outcome in PUSH_OUTCOMES {
+            // An empty family is not exported at all; these make the series read 0.
+            let _ = push_attempts.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            });
+        }
         registry.register(
             "ferromq_push_attempts",
             "Push delivery attempts by outcome",
@@ -98,8 +109,8 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
-    /// Counts one push delivery attempt with its outcome (e.g. `delivered`, `failed`,
-    /// `timeout`): `ferromq_push_attempts_total{outcome="…"}`.
+    /// Counts one push delivery attempt with its outcome (one of [`PUSH_OUTCOMES`], or any
+    /// other short word): `ferromq_push_attempts_total{outcome="…"}`.
     pub fn push_attempt(&self, outcome: &str) {
         self.push_attempts
             .get_or_create(&OutcomeLabels {
@@ -277,6 +288,10 @@ mod tests {
         );
         assert!(
             text.contains("ferromq_push_attempts_total{outcome=\"timeout\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferromq_push_attempts_total{outcome=\"error\"} 0\n"),
             "{text}"
         );
         assert!(text.contains(
