@@ -23,10 +23,8 @@ pub mod stats;
 pub mod time;
 pub mod tls;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub use config::ServerConfig;
@@ -97,17 +95,12 @@ pub async fn run(
         print_generated(g, &host, addr.port(), scheme);
     }
     declared::apply(&engine, &config.queues).await?;
-    let ready = Arc::new(AtomicBool::new(false));
-    let state = AppState {
-        engine: engine.clone(),
-        creds: Arc::new(creds),
-        alerts_fired: Arc::new(parking_lot::Mutex::new(HashMap::new())),
-        stats: Arc::new(stats::Stats::new(Duration::from_secs(
-            config.stats_interval,
-        ))),
-        metrics: Arc::new(metrics::Metrics::new(engine.clone())),
-        ready: ready.clone(),
-    };
+    let state = AppState::new(
+        engine.clone(),
+        creds,
+        Duration::from_secs(config.stats_interval),
+    );
+    let ready = state.ready.clone();
     let router = router::build(state);
     let limits = http::Limits::from_config(&config);
     tracing::info!(

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use engine::Engine;
 use parking_lot::Mutex;
@@ -25,4 +25,18 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// True from the end of recovery until shutdown begins (`GET /ready`).
     pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// The state of a server about to serve: fresh stats and metrics, not ready yet.
+    pub fn new(engine: Engine, creds: Credentials, stats_interval: Duration) -> AppState {
+        AppState {
+            metrics: Arc::new(Metrics::new(engine.clone())),
+            engine,
+            creds: Arc::new(creds),
+            alerts_fired: Arc::new(Mutex::new(HashMap::new())),
+            stats: Arc::new(Stats::new(stats_interval)),
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
 }

@@ -85,29 +85,39 @@ fn command(data: &Path, port: u16, log: &Path, env: &[(&str, &str)], args: &[&st
     c
 }
 
-/// Starts the server and waits until `probe(port)` sees it answer.
+/// Starts the server and waits until `probe(port)` sees it answer. The port is free when
+/// picked but another process may take it before the server binds: then it tries another.
 fn start_with(
     dir: &Path,
     env: &[(&str, &str)],
     args: &[&str],
     probe: impl Fn(u16) -> bool,
 ) -> Server {
-    let port = free_port();
-    let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
-    let log = dir.join(format!("server-{n}.log"));
-    let child = command(&dir.join("data"), port, &log, env, args)
-        .spawn()
-        .expect("spawn ferromq");
-    let mut s = Server { child, port, log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !probe(port) {
-        if let Some(st) = s.child.try_wait().expect("try_wait") {
-            panic!("the server exited ({st}) at start:\n{}", s.log_text());
+    for _attempt in 0..3 {
+        let port = free_port();
+        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let log = dir.join(format!("server-{n}.log"));
+        let child = command(&dir.join("data"), port, &log, env, args)
+            .spawn()
+            .expect("spawn ferromq");
+        let mut s = Server { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut lost_port = false;
+        while !probe(port) {
+            if let Some(st) = s.child.try_wait().expect("try_wait") {
+                let text = s.log_text();
+                lost_port = text.contains(&format!("binding 127.0.0.1:{port}"));
+                assert!(lost_port, "the server exited ({st}) at start:\n{text}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the server did not start");
+            std::thread::sleep(Duration::from_millis(25));
         }
-        assert!(Instant::now() < deadline, "the server did not start");
-        std::thread::sleep(Duration::from_millis(25));
+        if !lost_port {
+            return s;
+        }
     }
-    s
+    panic!("no free port could be bound in 3 tries");
 }
 
 fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
@@ -750,7 +760,7 @@ fn health_ready_and_metrics_need_no_token_and_metrics_count_exactly() {
 
 #[tokio::test]
 async fn ready_is_503_until_the_state_says_ready() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     use tower::ServiceExt;
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -758,15 +768,8 @@ async fn ready_is_503_until_the_state_says_ready() {
     let (creds, _) = server::auth::Credentials::bootstrap(&engine, Some(ADMIN), None, None)
         .await
         .expect("credentials");
-    let ready = Arc::new(AtomicBool::new(false));
-    let state = server::state::AppState {
-        engine: engine.clone(),
-        creds: Arc::new(creds),
-        alerts_fired: Default::default(),
-        stats: Arc::new(server::stats::Stats::new(Duration::from_secs(60))),
-        metrics: Arc::new(server::metrics::Metrics::new(engine.clone())),
-        ready: ready.clone(),
-    };
+    let state = server::state::AppState::new(engine.clone(), creds, Duration::from_secs(60));
+    let ready = state.ready.clone();
     let router = server::router::build(state);
     let get = |path: &str| {
         axum::http::Request::get(path)
