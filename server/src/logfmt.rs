@@ -130,10 +130,20 @@ where
     }
 }
 
+/// The filter directive for a configured level: the logfmt spellings (`dbug`, `eror`,
+/// `crit`) are levels too, not target names (which would silence everything).
+pub fn directive(level: &str) -> &str {
+    match level.trim() {
+        "dbug" => "debug",
+        "eror" | "crit" => "error",
+        other => other,
+    }
+}
+
 /// Installs the global subscriber writing logfmt to stderr at `level`
-/// (`debug|info|warn|error` or a tracing filter directive).
+/// (`debug|info|warn|error`, the logfmt spellings, or a tracing filter directive).
 pub fn init(level: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    let filter = tracing_subscriber::EnvFilter::try_new(directive(level))
         .map_err(|e| format!("log_level {level:?}: {e}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -145,7 +155,15 @@ pub fn init(level: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::write_value;
+    use super::{directive, write_value};
+
+    #[test]
+    fn logfmt_level_names_are_levels() {
+        assert_eq!(directive("dbug"), "debug");
+        assert_eq!(directive(" eror"), "error");
+        assert_eq!(directive("crit"), "error");
+        assert_eq!(directive("server=debug,info"), "server=debug,info");
+    }
 
     #[test]
     fn quotes_when_needed() {
