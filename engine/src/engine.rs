@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -14,10 +15,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::ids::{LogPos, MessageId, QueueKey, QueueNo, ReservationId, SegmentId};
 use crate::limits;
-use crate::log::{Log, SyncPolicy};
+use crate::log::{FSYNC_BUCKETS, Log, SyncPolicy};
 use crate::queue::{Entry, LiveBytes, MsgState, Queue, Refusal};
 use crate::record::{self, Kind, Put, QueueDef};
-use crate::recovery;
+use crate::recovery::{self, RecoveryReport};
 use crate::storage::{OsStorage, Storage};
 use crate::types::{
     DeleteItem, MessageView, NewMessage, QueueConfig, QueueInfo, ReserveOptions, ReservedMessage,
@@ -109,6 +110,29 @@ struct Inner {
     /// Woken when push deliveries may have become due (post, acknowledgement, settings).
     push_wake: Arc<tokio::sync::Notify>,
     _lock: Option<File>,
+    /// Message counters since open, for metrics (not durable).
+    counters: Counters,
+    /// Set by [`Engine::stop_waiting`]: long polls answer at once from then on.
+    draining: AtomicBool,
+    /// Wakes every long poll when `draining` is set.
+    drain: tokio::sync::Notify,
+    recovery: RecoveryReport,
+}
+
+#[derive(Default)]
+struct Counters {
+    posted: AtomicU64,
+    reserved: AtomicU64,
+    deleted: AtomicU64,
+    expired: AtomicU64,
+}
+
+impl Counters {
+    fn add(c: &AtomicU64, n: u64) {
+        if n > 0 {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A handle to an open engine. Cheap to clone; all clones share one engine.
@@ -122,9 +146,18 @@ pub struct Engine {
 pub struct EngineStats {
     pub fsyncs: u64,
     pub fsync_seconds: f64,
+    /// Group-commit syncs per bucket of [`crate::FSYNC_BUCKET_BOUNDS_S`], the last one
+    /// counting the slower ones (not cumulative).
+    pub fsync_buckets: [u64; FSYNC_BUCKETS],
     pub segments: u64,
     pub live_message_bytes: u64,
     pub queues: u64,
+    /// Messages since open: posted, handed out by reserve (with or without `delete`),
+    /// deleted (by id, by reserve with `delete`, or by a clear), and dropped on expiry.
+    pub messages_posted: u64,
+    pub messages_reserved: u64,
+    pub messages_deleted: u64,
+    pub messages_expired: u64,
 }
 
 /// A message with its body and metadata, read after the durability wait.
@@ -451,6 +484,10 @@ impl Engine {
                 storage,
                 push_wake: Arc::new(tokio::sync::Notify::new()),
                 _lock: lock,
+                counters: Counters::default(),
+                draining: AtomicBool::new(false),
+                drain: tokio::sync::Notify::new(),
+                recovery: recovered.report,
             }),
         };
         Ok(engine)
@@ -462,6 +499,18 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// What the open found (segments read, a torn tail zeroed).
+    pub fn recovery_report(&self) -> RecoveryReport {
+        self.inner.recovery
+    }
+
+    /// Starts a shutdown: every waiting long poll answers now with what it has (nothing),
+    /// and later reserves do not wait. Writes are still accepted until [`Engine::close`].
+    pub fn stop_waiting(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+        self.inner.drain.notify_waiters();
     }
 
     /// Waits for durability of everything appended so far (for reads that must not show
@@ -564,7 +613,8 @@ impl Engine {
             let st = &mut *st;
             let q = st.queues.get_mut(&no).expect("registered queue");
             q.tick(now);
-            q.sweep_expired((now / 1000) as u32, &mut st.live);
+            let expired = q.sweep_expired((now / 1000) as u32, &mut st.live);
+            Counters::add(&self.inner.counters.expired, expired as u64);
             st.info(no)
         };
         self.settle().await?;
@@ -707,6 +757,7 @@ impl Engine {
                 waiters.notify_one();
             }
         }
+        Counters::add(&self.inner.counters.posted, ids.len() as u64);
         self.inner.log.wait_durable(end).await?;
         if push {
             // Only durable messages are pushed.
@@ -730,8 +781,13 @@ impl Engine {
         let wait_ms = opts.wait_ms.min(limits::WAIT_S_MAX as u64 * 1000);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         loop {
+            // Registered before the attempt, so a `stop_waiting` after it cannot be missed.
+            let drain = self.inner.drain.notified();
+            tokio::pin!(drain);
+            drain.as_mut().enable();
+            let draining = self.inner.draining.load(Ordering::Acquire);
             let (picked, end, waiters, next_due) = self.reserve_now(key, &opts)?;
-            if !picked.is_empty() || tokio::time::Instant::now() >= deadline {
+            if !picked.is_empty() || draining || tokio::time::Instant::now() >= deadline {
                 self.inner.log.wait_durable(end).await?;
                 return Ok(self
                     .read_bodies(picked)?
@@ -758,7 +814,10 @@ impl Engine {
                     + Duration::from_millis(due.saturating_sub(now) + 1);
                 until = until.min(wake);
             }
-            let _ = tokio::time::timeout_at(until, notified).await;
+            tokio::select! {
+                _ = tokio::time::timeout_at(until, notified) => {}
+                _ = drain => {}
+            }
         }
     }
 
@@ -804,6 +863,7 @@ impl Engine {
                 let e = *q.entry(idx);
                 if e.expires_at_s <= now_s {
                     q.apply_delete(MessageId(e.id), &mut st.live);
+                    Counters::add(&self.inner.counters.expired, 1);
                     continue;
                 }
                 if dl_max.is_some_and(|max| e.reserved_count as u32 >= max) {
@@ -829,6 +889,10 @@ impl Engine {
         }
         let count = picked.len() as u16;
         buf[4..6].copy_from_slice(&count.to_le_bytes());
+        Counters::add(&self.inner.counters.reserved, count as u64);
+        if opts.delete {
+            Counters::add(&self.inner.counters.deleted, count as u64);
+        }
         let mut end = self.inner.log.end();
         if count > 0 {
             let kind = if opts.delete {
@@ -941,6 +1005,7 @@ impl Engine {
                 }
             }
             buf[4..6].copy_from_slice(&count.to_le_bytes());
+            Counters::add(&self.inner.counters.deleted, count as u64);
             st.append(&self.inner.log, Kind::Delete)?.1
         };
         self.inner.log.wait_durable(end).await
@@ -1027,10 +1092,9 @@ impl Engine {
             let mut guard = self.inner.state.lock();
             let st = &mut *guard;
             let no = st.queue_no(key)?;
-            st.queues
-                .get_mut(&no)
-                .expect("registered queue")
-                .apply_clear(&mut st.live);
+            let q = st.queues.get_mut(&no).expect("registered queue");
+            Counters::add(&self.inner.counters.deleted, q.size());
+            q.apply_clear(&mut st.live);
             let buf = &mut st.scratch;
             buf.clear();
             buf.u32(no.0);
@@ -1124,12 +1188,18 @@ impl Engine {
     pub fn stats(&self) -> EngineStats {
         let st = self.inner.state.lock();
         let log = &self.inner.log;
+        let c = &self.inner.counters;
         EngineStats {
-            fsyncs: log.fsyncs.load(std::sync::atomic::Ordering::Relaxed),
-            fsync_seconds: log.fsync_nanos.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9,
+            fsyncs: log.fsyncs.load(Ordering::Relaxed),
+            fsync_seconds: log.fsync_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            fsync_buckets: std::array::from_fn(|i| log.fsync_buckets[i].load(Ordering::Relaxed)),
             segments: (log.end().segment().0 - st.first_segment.0 + 1) as u64,
             live_message_bytes: st.live.total,
             queues: st.queues.len() as u64,
+            messages_posted: c.posted.load(Ordering::Relaxed),
+            messages_reserved: c.reserved.load(Ordering::Relaxed),
+            messages_deleted: c.deleted.load(Ordering::Relaxed),
+            messages_expired: c.expired.load(Ordering::Relaxed),
         }
     }
 

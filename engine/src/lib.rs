@@ -33,7 +33,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineConfig, EngineStats, MaintainReport, RecoveryMode};
 pub use error::{CorruptionKind, Error, Result};
 pub use ids::{LogPos, MessageId, QueueKey, ReservationId, SegmentId};
+pub use log::FSYNC_BUCKET_BOUNDS_S;
 pub use log::SyncPolicy;
+pub use recovery::RecoveryReport;
 pub use segment::{FORMAT_VERSION, HEADER_BYTES as SEGMENT_HEADER_BYTES};
 pub use storage::{OsStorage, Region, Storage, StorageFile};
 pub use types::{

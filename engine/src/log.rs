@@ -35,6 +35,24 @@ pub enum SyncPolicy {
     Never,
 }
 
+/// Upper bounds (seconds) of the fsync latency histogram's buckets; one more bucket counts
+/// everything slower than the last bound.
+pub const FSYNC_BUCKET_BOUNDS_S: [f64; 12] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Buckets of [`FSYNC_BUCKET_BOUNDS_S`] plus the overflow bucket.
+pub(crate) const FSYNC_BUCKETS: usize = FSYNC_BUCKET_BOUNDS_S.len() + 1;
+
+/// The bucket a sync of `nanos` falls in.
+fn fsync_bucket(nanos: u64) -> usize {
+    let s = nanos as f64 / 1e9;
+    FSYNC_BUCKET_BOUNDS_S
+        .iter()
+        .position(|&b| s <= b)
+        .unwrap_or(FSYNC_BUCKET_BOUNDS_S.len())
+}
+
 struct Chunk {
     segment: SegmentId,
     offset: u32,
@@ -75,6 +93,8 @@ pub(crate) struct Log {
     /// Counters for stats.
     pub(crate) fsyncs: AtomicU64,
     pub(crate) fsync_nanos: AtomicU64,
+    /// Group-commit syncs per latency bucket (not cumulative).
+    pub(crate) fsync_buckets: [AtomicU64; FSYNC_BUCKETS],
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -121,6 +141,7 @@ impl Log {
             drops: Mutex::new(Vec::new()),
             fsyncs: AtomicU64::new(0),
             fsync_nanos: AtomicU64::new(0),
+            fsync_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             threads: Mutex::new(Vec::new()),
         });
         let writer = {
@@ -331,9 +352,10 @@ impl Log {
                     );
                     return;
                 }
+                let nanos = t.elapsed().as_nanos() as u64;
                 self.fsyncs.fetch_add(1, Ordering::Relaxed);
-                self.fsync_nanos
-                    .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                self.fsync_nanos.fetch_add(nanos, Ordering::Relaxed);
+                self.fsync_buckets[fsync_bucket(nanos)].fetch_add(1, Ordering::Relaxed);
                 last_sync = Instant::now();
                 dirty = false;
             }
@@ -480,5 +502,19 @@ impl Log {
 
     pub(crate) fn is_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_buckets_are_upper_bounds() {
+        assert_eq!(fsync_bucket(0), 0);
+        assert_eq!(fsync_bucket(100_000), 0);
+        assert_eq!(fsync_bucket(100_001), 1);
+        assert_eq!(fsync_bucket(1_000_000_000), FSYNC_BUCKET_BOUNDS_S.len() - 1);
+        assert_eq!(fsync_bucket(5_000_000_000), FSYNC_BUCKET_BOUNDS_S.len());
     }
 }

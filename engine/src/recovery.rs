@@ -26,6 +26,16 @@ pub(crate) struct Recovered {
     pub state: State,
     pub tail: Tail,
     pub regions: HashMap<SegmentId, Arc<dyn Region>>,
+    pub report: RecoveryReport,
+}
+
+/// What the open found, for the operator's log: a clean close leaves no torn tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecoveryReport {
+    /// Segment files read.
+    pub segments: u64,
+    /// Where a torn tail was found and zeroed (segment, byte offset), if one was.
+    pub torn_tail: Option<(SegmentId, u64)>,
 }
 
 struct Seg {
@@ -279,10 +289,15 @@ pub(crate) fn recover(
         end: tail_seg.end as u32,
     };
     let regions = segs.iter().map(|s| (s.id, s.region.clone())).collect();
+    let report = RecoveryReport {
+        segments: segs.len() as u64,
+        torn_tail: torn_at.map(|off| (tail_seg.id, off as u64)),
+    };
     Ok(Recovered {
         state,
         tail,
         regions,
+        report,
     })
 }
 

@@ -415,3 +415,84 @@ async fn segments_roll_and_space_is_reclaimed_under_post_delete() {
     assert_eq!(e.queue_info(&key("q")).await.unwrap().total_messages, 5000);
     e.check_invariants();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_waiting_answers_long_polls_at_once_and_writes_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+    e.upsert_queue(&key("q"), true, |_| Ok::<_, Error>(QueueConfig::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    let long_poll = ReserveOptions {
+        wait_ms: 20_000,
+        ..reserve(1)
+    };
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let e = e.clone();
+            tokio::spawn(async move { e.reserve(&key("q"), long_poll).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let t = std::time::Instant::now();
+    e.stop_waiting();
+    for w in waiters {
+        assert!(w.await.unwrap().unwrap().is_empty());
+    }
+    assert!(t.elapsed() < std::time::Duration::from_secs(1));
+    // A long poll started afterwards does not wait either; writes still go through.
+    let t = std::time::Instant::now();
+    assert!(e.reserve(&key("q"), long_poll).await.unwrap().is_empty());
+    assert!(t.elapsed() < std::time::Duration::from_secs(1));
+    e.post(&key("q"), &[msg("late")], false).await.unwrap();
+    assert_eq!(
+        e.reserve(&key("q"), long_poll).await.unwrap()[0].body,
+        b"late"
+    );
+}
+
+#[tokio::test]
+async fn message_counters_count_posts_reserves_deletes_clears_and_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    let ids = e
+        .post(&key("q"), &[msg("a"), msg("b"), msg("c"), msg("d")], true)
+        .await
+        .unwrap();
+    let got = e.reserve(&key("q"), reserve(2)).await.unwrap();
+    e.delete(&key("q"), ids[0], got[0].reservation_id)
+        .await
+        .unwrap();
+    let popped = ReserveOptions {
+        delete: true,
+        ..reserve(1)
+    };
+    assert_eq!(e.reserve(&key("q"), popped).await.unwrap().len(), 1);
+    e.clear(&key("q")).await.unwrap(); // "b" (reserved) and "d".
+    e.upsert_queue(&key("x"), true, |_| {
+        Ok::<_, Error>(QueueConfig {
+            message_expiration_s: 60,
+            ..QueueConfig::default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    e.post(&key("x"), &[msg("e"), msg("f")], false)
+        .await
+        .unwrap();
+    clock.advance_ms(61_000);
+    assert_eq!(e.queue_info(&key("x")).await.unwrap().size, 0);
+    let s = e.stats();
+    assert_eq!(
+        (
+            s.messages_posted,
+            s.messages_reserved,
+            s.messages_deleted,
+            s.messages_expired
+        ),
+        (6, 3, 4, 2)
+    );
+}

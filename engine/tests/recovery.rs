@@ -276,3 +276,29 @@ fn a_missing_middle_segment_is_corruption() {
         other => panic!("expected corruption, got {other:?}"),
     }
 }
+
+#[test]
+fn the_recovery_report_names_a_torn_tail_and_a_clean_close_leaves_none() {
+    let dir = tempdir();
+    write_posts(dir.path(), 3, 40);
+    let open_report = |dir: &Path| {
+        rt().block_on(async {
+            let e = Engine::open(config(dir)).expect("open");
+            let r = e.recovery_report();
+            e.close();
+            r
+        })
+    };
+    let clean = open_report(dir.path());
+    assert_eq!((clean.segments, clean.torn_tail), (1, None));
+    let path = seg_path(dir.path(), SEG1);
+    let mut b = std::fs::read(&path).expect("read");
+    let (starts, end) = frames(&b);
+    let last = *starts.last().expect("a record");
+    b[last + 5..end].fill(0xFF);
+    std::fs::write(&path, &b).expect("write");
+    let torn = open_report(dir.path());
+    assert_eq!(torn.torn_tail, Some((engine::SegmentId(1), last as u64)));
+    // The tail was zeroed: the next open finds nothing to repair.
+    assert_eq!(open_report(dir.path()).torn_tail, None);
+}

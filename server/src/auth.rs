@@ -241,10 +241,14 @@ impl FromRequestParts<AppState> for AdminAuth {
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
         let rec = authenticate(parts, st)?;
+        // IronMQ: a token that is not an admin token "cannot be verified" for this call.
         if rec.admin {
             Ok(AdminAuth)
         } else {
-            Err(ApiError::forbidden("Admin token required"))
+            Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "An admin token is required",
+            ))
         }
     }
 }

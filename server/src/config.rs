@@ -56,6 +56,20 @@ pub struct ServerConfig {
     /// Base URL of this server as subscribers reach it, for `Iron-Subscriber-Message-Url`;
     /// empty means `http://` + the listen address.
     pub push_base_url: String,
+
+    // ---- Operations: stats, request log, TLS, declared queues ----
+    /// Length of one `GET /3/stats` interval, seconds (IronMQ's `stats.interval`).
+    pub stats_interval: u64,
+    /// Level of the one log line per API request: `off`, `debug`, `info`, `warn`, `error`.
+    /// A 5xx is always logged at `eror` with its cause.
+    pub log_requests_level: String,
+    /// PEM certificate chain (leaf first); with `tls_key`, the listener speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Queues created or updated at start: objects with `project`, `name` and the queue
+    /// settings of `PUT /3/projects/{pid}/queues/{name}` (validated the same way).
+    pub queues: Vec<serde_json::Value>,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +95,12 @@ impl Default for ServerConfig {
             push_concurrency: 512,
             push_concurrency_per_subscriber: 64,
             push_base_url: String::new(),
+
+            stats_interval: 60,
+            log_requests_level: "debug".into(),
+            tls_cert: None,
+            tls_key: None,
+            queues: Vec::new(),
         }
     }
 }
@@ -92,6 +112,9 @@ pub enum ConfigError {
     Load(#[from] Box<figment::Error>),
     #[error("configuration key `{key}`: {msg}")]
     Invalid { key: &'static str, msg: String },
+    /// A key built at run time, e.g. `queues[2].colour`.
+    #[error("configuration key `{key}`: {msg}")]
+    InvalidAt { key: String, msg: String },
 }
 
 const ENV_KEYS: &[&str] = &[
@@ -114,6 +137,17 @@ const ENV_KEYS: &[&str] = &[
     "push_base_url",
 ];
 
+/// Environment keys of the operations block. `queues` comes from `FERROMQ_QUEUES` as JSON.
+const OPS_ENV_KEYS: &[&str] = &[
+    "stats_interval",
+    "log_requests_level",
+    "tls_cert",
+    "tls_key",
+];
+
+/// Longest stats interval, seconds (one day).
+const STATS_INTERVAL_S_MAX: u64 = 86_400;
+
 impl ServerConfig {
     /// Loads defaults < `file` < environment. Credentials come from the plain environment
     /// (`FERROMQ_ADMIN_TOKEN`, `FERROMQ_PROJECT_ID`, `FERROMQ_TOKEN`) so that numeric-looking
@@ -129,8 +163,17 @@ impl ServerConfig {
             }
             fig = fig.merge(Json::file(f));
         }
-        fig = fig.merge(Env::prefixed("FERROMQ_").only(ENV_KEYS));
+        let env_keys = [ENV_KEYS, OPS_ENV_KEYS].concat();
+        fig = fig.merge(Env::prefixed("FERROMQ_").only(&env_keys));
         let mut c: ServerConfig = fig.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        if let Ok(v) = std::env::var("FERROMQ_QUEUES")
+            && !v.trim().is_empty()
+        {
+            c.queues = serde_json::from_str(&v).map_err(|e| ConfigError::Invalid {
+                key: "queues",
+                msg: format!("FERROMQ_QUEUES must be a JSON array of queue objects: {e}"),
+            })?;
+        }
         for (var, slot) in [
             ("FERROMQ_ADMIN_TOKEN", &mut c.admin_token),
             ("FERROMQ_PROJECT_ID", &mut c.project_id),
@@ -205,7 +248,45 @@ impl ServerConfig {
                 key: "body_bytes_max",
                 msg: e.to_string(),
             })?;
+        self.validate_ops()?;
         Ok(())
+    }
+
+    /// Checks the operations block.
+    fn validate_ops(&self) -> Result<(), ConfigError> {
+        let bad = |key, msg: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                msg: msg.to_string(),
+            })
+        };
+        if !(1..=STATS_INTERVAL_S_MAX).contains(&self.stats_interval) {
+            return bad("stats_interval", "must be between 1 and 86400 seconds");
+        }
+        self.request_log_level()?;
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return bad("tls_key", "tls_cert needs tls_key"),
+            (None, Some(_)) => return bad("tls_cert", "tls_key needs tls_cert"),
+            _ => {}
+        }
+        crate::declared::parse(&self.queues)?;
+        Ok(())
+    }
+
+    /// The level of request log lines; `None` is `off`.
+    pub fn request_log_level(&self) -> Result<Option<tracing::Level>, ConfigError> {
+        use tracing::Level;
+        match self.log_requests_level.trim() {
+            "off" => Ok(None),
+            "debug" | "dbug" => Ok(Some(Level::DEBUG)),
+            "info" => Ok(Some(Level::INFO)),
+            "warn" => Ok(Some(Level::WARN)),
+            "error" | "eror" => Ok(Some(Level::ERROR)),
+            other => Err(ConfigError::Invalid {
+                key: "log_requests_level",
+                msg: format!("{other:?} is not one of off, debug, info, warn, error"),
+            }),
+        }
     }
 
     pub fn sync_policy(&self) -> Result<SyncPolicy, ConfigError> {

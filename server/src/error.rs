@@ -11,13 +11,27 @@ use crate::response::json_response;
 pub struct ApiError {
     pub status: StatusCode,
     pub msg: String,
+    /// For a 5xx: what went wrong, for the operator's log (the client sees only `msg`).
+    pub cause: Option<String>,
 }
+
+/// The cause of a 5xx, carried on the response to the request log line.
+#[derive(Debug, Clone)]
+pub struct ErrorCause(pub String);
 
 impl ApiError {
     pub fn new(status: StatusCode, msg: impl Into<String>) -> ApiError {
         ApiError {
             status,
             msg: msg.into(),
+            cause: None,
+        }
+    }
+    /// A 500 whose cause is logged but not shown.
+    pub fn internal(cause: impl Into<String>) -> ApiError {
+        ApiError {
+            cause: Some(cause.into()),
+            ..ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
         }
     }
     pub fn bad_request(msg: impl Into<String>) -> ApiError {
@@ -52,10 +66,14 @@ impl From<engine::Error> for ApiError {
             E::MetaTooLarge { .. } | E::LimitExceeded { .. } | E::Invalid(_) => {
                 StatusCode::BAD_REQUEST
             }
-            E::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            E::Closed => {
+                return ApiError {
+                    cause: Some("the storage engine is closed (shutting down)".into()),
+                    ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                };
+            }
             E::Io { .. } | E::Corruption { .. } | E::Locked(_) | E::Config(_) | E::Failed(_) => {
-                tracing::error!(error = %e, "internal error");
-                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error");
+                return ApiError::internal(e.to_string());
             }
         };
         ApiError::new(status, e.to_string())
@@ -64,7 +82,12 @@ impl From<engine::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        json_response(self.status, &serde_json::json!({ "msg": self.msg }))
+        let mut resp = json_response(self.status, &serde_json::json!({ "msg": self.msg }));
+        if self.status.is_server_error() {
+            let cause = self.cause.unwrap_or_else(|| self.msg.clone());
+            resp.extensions_mut().insert(ErrorCause(cause));
+        }
+        resp
     }
 }
 

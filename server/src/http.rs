@@ -1,6 +1,8 @@
 //! The HTTP server: our own accept loop over hyper's HTTP/1 connection so that every limit
 //! is ours (connections, header size and read timeout, idle keep-alive, body size), plus
 //! the per-request wrapper (method override, body limit, JSON errors, request log).
+//! With a TLS acceptor every connection is HTTPS; the handshake must finish within the
+//! header read timeout and counts against the connection cap like any connection.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,12 +16,14 @@ use axum::http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCause};
 use axum::response::IntoResponse;
 
 /// Limits applied by the accept loop and the request wrapper.
@@ -31,6 +35,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub keep_alive_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Level of the request log line; `None`: only 5xx are logged.
+    pub request_log: Option<tracing::Level>,
 }
 
 impl Limits {
@@ -42,6 +48,7 @@ impl Limits {
             header_read_timeout: Duration::from_millis(c.header_read_timeout_ms),
             keep_alive_timeout: Duration::from_millis(c.keep_alive_timeout_ms),
             shutdown_grace: Duration::from_millis(c.shutdown_grace_ms),
+            request_log: c.request_log_level().unwrap_or(Some(tracing::Level::DEBUG)),
         }
     }
 }
@@ -108,13 +115,98 @@ fn ensure_json(resp: Response<Body>) -> Response<Body> {
     ApiError::new(status, msg).into_response()
 }
 
-async fn handle(router: Router, limit: usize, req: Request<Incoming>) -> Response<Body> {
+/// The path and query for the log, with any `oauth` token value replaced by `REDACTED`.
+pub fn logged_target(path: &str, query: Option<&str>) -> String {
+    let Some(q) = query.filter(|q| !q.is_empty()) else {
+        return path.to_string();
+    };
+    let parts: Vec<&str> = q
+        .split('&')
+        .map(|p| {
+            let key = p.split_once('=').map_or(p, |(k, _)| k);
+            if key.eq_ignore_ascii_case("oauth") {
+                "oauth=REDACTED"
+            } else {
+                p
+            }
+        })
+        .collect();
+    format!("{path}?{}", parts.join("&"))
+}
+
+/// The project and queue named by an API path (`/3/projects/{pid}/queues/{q}/...`).
+pub fn project_and_queue(path: &str) -> (Option<String>, Option<String>) {
+    let mut segs = path.split('/');
+    let decode = |s: &str| crate::extract::decode_path(s).unwrap_or_else(|_| s.to_string());
+    match (segs.next(), segs.next(), segs.next(), segs.next()) {
+        (Some(""), Some("3"), Some("projects"), Some(p)) if !p.is_empty() => {
+            let queue = match (segs.next(), segs.next()) {
+                (Some("queues"), Some(q)) if !q.is_empty() => Some(decode(q)),
+                _ => None,
+            };
+            (Some(decode(p)), queue)
+        }
+        _ => (None, None),
+    }
+}
+
+/// One line per request: at `level`, or at `eror` with the cause for a 5xx.
+fn log_request(
+    level: Option<tracing::Level>,
+    method: &Method,
+    target: &str,
+    status: u16,
+    ms: f64,
+    cause: Option<&str>,
+) {
+    use tracing::Level;
+    if status < 500 && level.is_none() {
+        return;
+    }
+    let (project, queue) = project_and_queue(target.split('?').next().unwrap_or(target));
+    let (project, queue) = (project.as_deref(), queue.as_deref());
+    let duration_ms = format!("{ms:.1}");
+    let method = method.as_str();
+    macro_rules! emit {
+        ($lvl:expr) => {
+            tracing::event!(
+                $lvl,
+                method,
+                path = target,
+                status,
+                duration_ms,
+                project,
+                queue,
+                error = cause,
+                "request"
+            )
+        };
+    }
+    if status >= 500 {
+        emit!(Level::ERROR);
+        return;
+    }
+    match level {
+        Some(Level::ERROR) => emit!(Level::ERROR),
+        Some(Level::WARN) => emit!(Level::WARN),
+        Some(Level::INFO) => emit!(Level::INFO),
+        Some(_) => emit!(Level::DEBUG),
+        None => {}
+    }
+}
+
+async fn handle(
+    router: Router,
+    limit: usize,
+    request_log: Option<tracing::Level>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let start = Instant::now();
     let (parts, body) = req.into_parts();
     let mut req = Request::from_parts(parts, Body::new(http_body_util::Limited::new(body, limit)));
     method_override(&mut req);
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let target = logged_target(req.uri().path(), req.uri().query());
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -127,6 +219,16 @@ async fn handle(router: Router, limit: usize, req: Request<Incoming>) -> Respons
         r
     } else {
         match router.oneshot(req).await {
+            Ok(r)
+                if r.status().is_server_error() && r.extensions().get::<ErrorCause>().is_none() =>
+            {
+                let status = r.status();
+                let mut r = ensure_json(r);
+                r.extensions_mut().insert(ErrorCause(format!(
+                    "{status} from the router without a cause"
+                )));
+                r
+            }
             Ok(r) => ensure_json(r),
             Err(never) => match never {},
         }
@@ -137,20 +239,82 @@ async fn handle(router: Router, limit: usize, req: Request<Incoming>) -> Respons
     }
     let status = resp.status().as_u16();
     let ms = start.elapsed().as_secs_f64() * 1000.0;
-    if status >= 400 {
-        tracing::info!(method = %method, path = %path, status, duration_ms = format!("{ms:.1}"), "request");
-    } else {
-        tracing::debug!(method = %method, path = %path, status, duration_ms = format!("{ms:.1}"), "request");
-    }
+    let cause = resp.extensions().get::<ErrorCause>().map(|c| c.0.as_str());
+    log_request(request_log, &method, &target, status, ms, cause);
     resp
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains connections for
-/// at most `shutdown_grace`.
+/// Serves one accepted connection (plain or TLS) until it ends or shutdown closes it.
+async fn serve_connection<I>(
+    io: I,
+    router: Router,
+    limits: Limits,
+    mut stop_rx: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let act = Arc::new(Activity {
+        inflight: AtomicUsize::new(0),
+        last_ms: AtomicU64::new(0),
+        born: Instant::now(),
+    });
+    let act2 = act.clone();
+    let limit = limits.request_bytes_max;
+    let request_log = limits.request_log;
+    let svc = tower::service_fn(move |req: Request<Incoming>| {
+        let router = router.clone();
+        let act = act2.clone();
+        async move {
+            act.inflight.fetch_add(1, Ordering::Relaxed);
+            let resp = handle(router, limit, request_log, req).await;
+            act.inflight.fetch_sub(1, Ordering::Relaxed);
+            act.touch();
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.header_bytes_max)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+    tokio::pin!(conn);
+    let tick =
+        (limits.keep_alive_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut closing = *stop_rx.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = stop_rx.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep(tick), if !closing => {
+                if act.inflight.load(Ordering::Relaxed) == 0 && act.idle_for() >= limits.keep_alive_timeout {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Serves `router` on `listener` (HTTPS when `tls` is given) until `shutdown` resolves,
+/// then drains connections for at most `shutdown_grace`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let sem = Arc::new(Semaphore::new(limits.connections_max));
@@ -177,57 +341,18 @@ pub async fn serve(
         }
         let router = router.clone();
         let limits = limits.clone();
-        let mut stop_rx = stop_rx.clone();
+        let stop_rx = stop_rx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let act = Arc::new(Activity {
-                inflight: AtomicUsize::new(0),
-                last_ms: AtomicU64::new(0),
-                born: Instant::now(),
-            });
-            let act2 = act.clone();
-            let limit = limits.request_bytes_max;
-            let svc = tower::service_fn(move |req: Request<Incoming>| {
-                let router = router.clone();
-                let act = act2.clone();
-                async move {
-                    act.inflight.fetch_add(1, Ordering::Relaxed);
-                    let resp = handle(router, limit, req).await;
-                    act.inflight.fetch_sub(1, Ordering::Relaxed);
-                    act.touch();
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .max_buf_size(limits.header_bytes_max)
-                .keep_alive(true);
-            let conn = builder.serve_connection(TokioIo::new(sock), TowerToHyperService::new(svc));
-            tokio::pin!(conn);
-            let tick = (limits.keep_alive_timeout / 4)
-                .clamp(Duration::from_millis(100), Duration::from_secs(1));
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = stop_rx.changed(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    _ = tokio::time::sleep(tick), if !closing => {
-                        if act.inflight.load(Ordering::Relaxed) == 0 && act.idle_for() >= limits.keep_alive_timeout {
-                            closing = true;
-                            conn.as_mut().graceful_shutdown();
-                        }
-                    }
-                }
+            let Some(tls) = tls else {
+                serve_connection(sock, router, limits, stop_rx).await;
+                return;
+            };
+            match tokio::time::timeout(limits.header_read_timeout, tls.accept(sock)).await {
+                Ok(Ok(stream)) => serve_connection(stream, router, limits, stop_rx).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
             }
         });
     }
@@ -239,5 +364,93 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("shutdown grace period over; cutting the remaining connections");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_targets_never_carry_a_token() {
+        assert_eq!(logged_target("/3/stats", None), "/3/stats");
+        assert_eq!(
+            logged_target(
+                "/3/projects/p/queues",
+                Some("per_page=5&oauth=s3cr3t&OAUTH=x")
+            ),
+            "/3/projects/p/queues?per_page=5&oauth=REDACTED&oauth=REDACTED"
+        );
+        assert_eq!(
+            project_and_queue("/3/projects/p1/queues/a%20b/messages/1"),
+            (Some("p1".to_string()), Some("a b".to_string()))
+        );
+        assert_eq!(
+            project_and_queue("/3/projects/p1/queues"),
+            (Some("p1".to_string()), None)
+        );
+        assert_eq!(project_and_queue("/health"), (None, None));
+    }
+
+    /// Collects formatted log output.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(level: &str, f: impl FnOnce()) -> String {
+        let out = Captured::default();
+        let w = out.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+            .with_writer(move || w.clone())
+            .event_format(crate::logfmt::Logfmt)
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        String::from_utf8(out.0.lock().clone()).expect("utf-8")
+    }
+
+    #[test]
+    fn request_lines_follow_the_level_and_a_5xx_is_an_error_with_its_cause() {
+        let get = Method::GET;
+        let text = logged("info", || {
+            log_request(
+                Some(tracing::Level::DEBUG),
+                &get,
+                "/3/projects/p/queues/q",
+                200,
+                1.25,
+                None,
+            );
+            log_request(
+                None,
+                &get,
+                "/3/projects/p/queues/q/messages",
+                500,
+                3.0,
+                Some("fdatasync failed: \"disk\""),
+            );
+            log_request(Some(tracing::Level::INFO), &get, "/health", 200, 0.5, None);
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains(" lvl=eror msg=request method=GET path=/3/projects/p/queues/q/messages status=500 duration_ms=3.0 project=p queue=q error=\"fdatasync failed: \\\"disk\\\"\""),
+            "{text}"
+        );
+        assert!(
+            lines[1].ends_with(
+                " lvl=info msg=request method=GET path=/health status=200 duration_ms=0.5"
+            ),
+            "{text}"
+        );
     }
 }

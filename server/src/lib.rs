@@ -5,33 +5,39 @@
 pub mod alerts;
 pub mod auth;
 pub mod config;
+pub mod declared;
 pub mod error;
 pub mod extract;
 pub mod http;
 pub mod logfmt;
 pub mod maintenance;
 pub mod messages;
+pub mod metrics;
+pub mod observe;
 pub mod push;
 pub mod queues;
 pub mod response;
 pub mod router;
 pub mod settings;
 pub mod state;
+pub mod stats;
 pub mod time;
+pub mod tls;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 pub use config::ServerConfig;
 
 use crate::auth::{Credentials, Generated};
 use crate::state::AppState;
 
-fn print_generated(g: &Generated, host: &str, port: u16) {
+fn print_generated(g: &Generated, host: &str, port: u16, scheme: &str) {
     let iron = serde_json::json!({
         "project_id": g.project_id, "token": g.token, "host": host, "port": port,
-        "protocol": "http", "scheme": "http",
+        "protocol": scheme, "scheme": scheme,
     });
     let iron = serde_json::to_string_pretty(&iron).unwrap_or_default();
     println!(
@@ -40,16 +46,39 @@ fn print_generated(g: &Generated, host: &str, port: u16) {
     );
 }
 
-/// Serves on `listener` until `shutdown` resolves (then drains and closes the engine), or
-/// until the engine fails (an error).
+/// Logs what the open found: a torn tail means the last run did not stop cleanly.
+fn log_recovery(engine: &engine::Engine) {
+    let r = engine.recovery_report();
+    match r.torn_tail {
+        None => tracing::info!(segments = r.segments, torn_tail = false, "log opened"),
+        Some((segment, offset)) => tracing::warn!(
+            segments = r.segments,
+            torn_tail = true,
+            segment = segment.0,
+            offset,
+            "log opened: zeroed a torn tail (the last run did not stop cleanly)"
+        ),
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, or until the engine fails (an error).
+///
+/// Shutdown: `/ready` turns 503, waiting long polls answer at once with no messages, the
+/// listener closes, in-flight requests get `shutdown_grace_ms` to finish, then the engine
+/// writes out, syncs and closes (so the next start finds no torn tail).
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let ecfg = config.engine_config();
     let engine = tokio::task::spawn_blocking(move || engine::Engine::open(ecfg)).await??;
+    log_recovery(&engine);
     let (creds, generated) = Credentials::bootstrap(
         &engine,
         config.admin_token.as_deref(),
@@ -64,24 +93,31 @@ pub async fn run(
         } else {
             addr.ip().to_string()
         };
-        print_generated(g, &host, addr.port());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        print_generated(g, &host, addr.port(), scheme);
     }
-    let state = AppState {
-        engine: engine.clone(),
-        creds: Arc::new(creds),
-        alerts_fired: Arc::new(parking_lot::Mutex::new(HashMap::new())),
-    };
-    let (push_stop_tx, push_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let pusher = tokio::spawn(push::run(
-        state.clone(),
-        config.push_config(addr),
-        async move {
-            let _ = push_stop_rx.await;
-        },
-    ));
+    declared::apply(&engine, &config.queues).await?;
+    let state = AppState::new(
+        engine.clone(),
+        creds,
+        Duration::from_secs(config.stats_interval),
+    );
+    let ready = state.ready.clone();
+    // The pusher stops when shutdown begins, and has the grace period to finish attempts.
+    let push_stop = Arc::new(tokio::sync::Notify::new());
+    let pusher = tokio::spawn(push::run(state.clone(), config.push_config(addr), {
+        let push_stop = push_stop.clone();
+        async move { push_stop.notified().await }
+    }));
     let router = router::build(state);
     let limits = http::Limits::from_config(&config);
-    tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), "listening");
+    tracing::info!(
+        addr = %addr,
+        scheme = if tls.is_some() { "https" } else { "http" },
+        data_dir = %config.data_dir.display(),
+        "listening"
+    );
+    ready.store(true, Ordering::Release);
     let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<String>();
     let maint = tokio::spawn({
         let engine = engine.clone();
@@ -97,19 +133,28 @@ pub async fn run(
                 _ = shutdown => {}
                 r = fail_rx => { if let Ok(m) = r { failed = Some(m); } }
             }
+            ready.store(false, Ordering::Release);
+            engine.stop_waiting();
+            push_stop.notify_one();
+            tracing::info!(
+                grace_ms = config.shutdown_grace_ms,
+                "shutting down: not accepting, long polls answered, in-flight requests finishing"
+            );
         };
-        http::serve(listener, router, limits, stop).await;
+        http::serve(listener, router, limits, tls, stop).await;
     }
     maint.abort();
-    let _ = push_stop_tx.send(());
+    push_stop.notify_one();
     let _ = pusher.await;
     tracing::info!("closing the engine");
     let e = engine.clone();
-    let _ = tokio::task::spawn_blocking(move || e.close()).await;
+    if let Err(err) = tokio::task::spawn_blocking(move || e.close()).await {
+        tracing::error!(error = %err, "closing the engine panicked");
+    }
     match failed {
         Some(m) => Err(anyhow::anyhow!(m)),
         None => {
-            tracing::info!("stopped");
+            tracing::info!("stopped cleanly");
             Ok(())
         }
     }

@@ -48,12 +48,27 @@ impl Fields {
     }
 }
 
-/// Appends a logfmt value, quoted and escaped when needed.
+/// Whether a logfmt value must be quoted: empty, or holding a space or any other
+/// whitespace, `=`, `"`, a backslash, a control character, or U+FFFD (what a decoder made of bad
+/// bytes). Unquoted values are read verbatim by logfmt parsers up to the next space.
+fn needs_quotes(v: &str) -> bool {
+    v.is_empty()
+        || v.chars().any(|c| {
+            c <= ' '
+                || c == '='
+                || c == '"'
+                || c == '\\'
+                || c == '\u{fffd}'
+                || c.is_whitespace()
+                || c.is_control()
+        })
+}
+
+/// Appends a logfmt value, quoted and escaped when needed. Escapes are those of a JSON
+/// string (`\"`, `\\`, `\n`, `\r`, `\t`, `\u00XX`), which Go's logfmt decoder and most
+/// others read.
 pub fn write_value(out: &mut String, v: &str) {
-    let needs_quotes = v.is_empty()
-        || v.chars()
-            .any(|c| c == ' ' || c == '=' || c == '"' || c.is_control());
-    if !needs_quotes {
+    if !needs_quotes(v) {
         out.push_str(v);
         return;
     }
@@ -65,8 +80,9 @@ pub fn write_value(out: &mut String, v: &str) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                // Control characters are all in the BMP: one \uXXXX escape each.
+                let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),
         }
@@ -114,10 +130,20 @@ where
     }
 }
 
+/// The filter directive for a configured level: the logfmt spellings (`dbug`, `eror`,
+/// `crit`) are levels too, not target names (which would silence everything).
+pub fn directive(level: &str) -> &str {
+    match level.trim() {
+        "dbug" => "debug",
+        "eror" | "crit" => "error",
+        other => other,
+    }
+}
+
 /// Installs the global subscriber writing logfmt to stderr at `level`
-/// (`debug|info|warn|error` or a tracing filter directive).
+/// (`debug|info|warn|error`, the logfmt spellings, or a tracing filter directive).
 pub fn init(level: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    let filter = tracing_subscriber::EnvFilter::try_new(directive(level))
         .map_err(|e| format!("log_level {level:?}: {e}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -129,7 +155,15 @@ pub fn init(level: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::write_value;
+    use super::{directive, write_value};
+
+    #[test]
+    fn logfmt_level_names_are_levels() {
+        assert_eq!(directive("dbug"), "debug");
+        assert_eq!(directive(" eror"), "error");
+        assert_eq!(directive("crit"), "error");
+        assert_eq!(directive("server=debug,info"), "server=debug,info");
+    }
 
     #[test]
     fn quotes_when_needed() {
@@ -140,5 +174,24 @@ mod tests {
         s.push(' ');
         write_value(&mut s, "");
         assert_eq!(s, "plain \"a b=\\\"c\\\"\\n\" \"\"");
+    }
+
+    #[test]
+    fn escapes_backslashes_controls_and_unicode_spaces() {
+        let v = |x: &str| {
+            let mut s = String::new();
+            write_value(&mut s, x);
+            s
+        };
+        assert_eq!(v("C:\\dir"), "\"C:\\\\dir\"");
+        assert_eq!(v("a\u{1b}[0m"), "\"a\\u001b[0m\"");
+        assert_eq!(v("a\u{7f}"), "\"a\\u007f\"");
+        assert_eq!(v("non\u{a0}breaking"), "\"non\u{a0}breaking\"");
+        assert_eq!(v("bad\u{fffd}"), "\"bad\u{fffd}\"");
+        assert_eq!(v("line\u{2028}sep"), "\"line\\u2028sep\"");
+        assert_eq!(
+            v("/3/projects/p/queues/caf\u{e9}"),
+            "/3/projects/p/queues/caf\u{e9}"
+        );
     }
 }

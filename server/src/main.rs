@@ -72,15 +72,20 @@ fn main() -> anyhow::Result<()> {
     cfg.validate()?;
     server::logfmt::init(&cfg.log_level)
         .map_err(|e| anyhow::anyhow!("configuration key `log_level`: {e}"))?;
+    server::tls::install_default_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(async move {
+    let res = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
         server::run(listener, cfg, shutdown_signal()).await
-    })?;
-    Ok(())
+    });
+    if let Err(e) = &res {
+        // Startup and recovery problems, and an engine failure, end here: log the cause.
+        tracing::error!(crit = true, error = %format!("{e:#}"), "ferromq stopped");
+    }
+    res
 }

@@ -15,6 +15,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{
     JsonBody, lenient_bool, lenient_i64, query_get, query_params, range, read_body,
 };
+use crate::observe::with_messages;
 use crate::response::{json_response, ok, ok_msg};
 use crate::settings::Extra;
 use crate::state::AppState;
@@ -84,9 +85,13 @@ async fn post_and_alert(st: &AppState, key: &QueueKey, msgs: &[NewMessage]) -> A
         crate::alerts::check(st, key, after.saturating_sub(ids.len() as u64), after).await;
     }
     let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-    Ok(json_response(
-        StatusCode::CREATED,
-        &json!({ "ids": ids, "msg": "Messages put on queue." }),
+    let n = ids.len() as u64;
+    Ok(with_messages(
+        json_response(
+            StatusCode::CREATED,
+            &json!({ "ids": ids, "msg": "Messages put on queue." }),
+        ),
+        n,
     ))
 }
 
@@ -247,7 +252,8 @@ pub async fn reserve(
             v
         })
         .collect();
-    Ok(ok(json!({ "messages": msgs })))
+    let n = msgs.len() as u64;
+    Ok(with_messages(ok(json!({ "messages": msgs })), n))
 }
 
 /// `GET /queues/{q}/messages?n=`: peek.
@@ -333,7 +339,7 @@ pub async fn delete(
     if let Some(after) = size_of(&st, &key).await {
         crate::alerts::check(&st, &key, after + 1, after).await;
     }
-    Ok(ok_msg("Deleted"))
+    Ok(with_messages(ok_msg("Deleted"), 1))
 }
 
 /// `DELETE /queues/{q}/messages`: batch delete when the body has `ids`, else clear.
@@ -395,7 +401,7 @@ pub async fn delete_many(
     if let Some(after) = size_of(&st, &key).await {
         crate::alerts::check(&st, &key, after + items.len() as u64, after).await;
     }
-    Ok(ok_msg("Deleted"))
+    Ok(with_messages(ok_msg("Deleted"), items.len() as u64))
 }
 
 #[derive(Default, Deserialize)]

@@ -1,16 +1,55 @@
 //! The route table, plus JSON 404/405 fallbacks and the small root endpoints.
 
+use std::sync::atomic::Ordering;
+
 use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use serde_json::json;
 
+use crate::auth::AdminAuth;
 use crate::error::{ApiError, ApiResult};
-use crate::response::ok;
+use crate::response::{json_response, ok};
 use crate::state::AppState;
 use crate::{messages, queues};
 
 async fn health() -> ApiResult {
     Ok(ok(json!({ "msg": "ok" })))
+}
+
+/// 200 once recovery is done and writes are accepted; 503 during shutdown or after the
+/// engine stopped on an I/O failure.
+async fn ready(State(st): State<AppState>) -> Response {
+    if st.ready.load(Ordering::Acquire) && !st.engine.is_failed() {
+        ok(json!({ "msg": "ready" }))
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "msg": "not ready" }),
+        )
+    }
+}
+
+/// Prometheus metrics, OpenMetrics text.
+async fn metrics(State(st): State<AppState>) -> Response {
+    let body = st.metrics.render();
+    let len = body.len();
+    let mut resp = Response::new(Body::from(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}
+
+/// `GET /3/stats` (admin token).
+async fn stats(State(st): State<AppState>, _admin: AdminAuth) -> ApiResult {
+    Ok(ok(st.stats.history_json()))
 }
 
 async fn version() -> ApiResult {
@@ -33,7 +72,10 @@ pub fn build(state: AppState) -> Router {
     let q = "/3/projects/{pid}/queues/{q}";
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route("/version", get(version))
+        .route("/3/stats", get(stats))
         .route("/3/projects/{pid}/queues", get(queues::list))
         .route(
             q,
@@ -82,5 +124,9 @@ pub fn build(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::observe::observe,
+        ))
         .with_state(state)
 }

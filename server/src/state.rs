@@ -2,12 +2,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 use engine::Engine;
 use parking_lot::Mutex;
 
 use crate::auth::Credentials;
+use crate::metrics::Metrics;
+use crate::stats::Stats;
 
 /// Cheap to clone.
 #[derive(Clone)]
@@ -16,4 +19,24 @@ pub struct AppState {
     pub creds: Arc<Credentials>,
     /// When each alert (by id) last fired, for `snooze`.
     pub alerts_fired: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Request and message counts per interval, for `GET /3/stats`.
+    pub stats: Arc<Stats>,
+    /// Prometheus metrics, for `GET /metrics`.
+    pub metrics: Arc<Metrics>,
+    /// True from the end of recovery until shutdown begins (`GET /ready`).
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// The state of a server about to serve: fresh stats and metrics, not ready yet.
+    pub fn new(engine: Engine, creds: Credentials, stats_interval: Duration) -> AppState {
+        AppState {
+            metrics: Arc::new(Metrics::new(engine.clone())),
+            engine,
+            creds: Arc::new(creds),
+            alerts_fired: Arc::new(Mutex::new(HashMap::new())),
+            stats: Arc::new(Stats::new(stats_interval)),
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
 }

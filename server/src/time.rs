@@ -32,6 +32,14 @@ pub fn rfc3339_ms(unix_ms: u64, millis: bool) -> String {
     }
 }
 
+/// Formats a wall-clock instant as RFC 3339 UTC with nanoseconds
+/// (`YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`), the form of IronMQ's stats timestamps.
+pub fn rfc3339_nanos(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = rfc3339_ms(d.as_secs() * 1000, false);
+    format!("{}.{:09}Z", secs.trim_end_matches('Z'), d.subsec_nanos())
+}
+
 /// Current Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -57,5 +65,7 @@ mod tests {
             rfc3339_ms(951_782_400_123, true),
             "2000-02-29T00:00:00.123Z"
         );
+        let t = UNIX_EPOCH + std::time::Duration::new(1_425_057_453, 114_776_660);
+        assert_eq!(rfc3339_nanos(t), "2015-02-27T17:17:33.114776660Z");
     }
 }

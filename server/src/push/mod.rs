@@ -43,6 +43,9 @@ pub struct PushConfig {
 
 type LaneKey = (u32, String);
 
+/// How a timed-out attempt's error text starts.
+const TIMEOUT_MSG: &str = "no answer within";
+
 struct Ctx {
     st: AppState,
     client: reqwest::Client,
@@ -205,9 +208,13 @@ async fn deliver(ctx: &Ctx, d: PushDelivery) {
     let label = match &outcome {
         Outcome::Delivered(_) => "delivered",
         Outcome::Held => "held",
-        Outcome::Failed { code: 0, .. } => "unreachable",
-        Outcome::Failed { .. } => "failed",
+        Outcome::Failed { code: 0, msg } if msg.starts_with(TIMEOUT_MSG) => "timeout",
+        Outcome::Failed { code: 0, .. } => "error",
+        Outcome::Failed { .. } => "rejected",
     };
+    if counted {
+        ctx.st.metrics.push_attempt(label);
+    }
     tracing::debug!(
         queue = %d.key.name, id = %d.id, subscriber = %d.subscriber, outcome = label,
         latency_ms, "push attempt"
@@ -355,7 +362,7 @@ async fn attempt(ctx: &Ctx, d: &PushDelivery, push: &Push, sub: &Subscriber) -> 
         }
         Err(e) => {
             let msg = if e.is_timeout() {
-                format!("no answer within {} ms", ctx.config.timeout.as_millis())
+                format!("{TIMEOUT_MSG} {} ms", ctx.config.timeout.as_millis())
             } else if e.is_connect() {
                 format!("cannot connect: {}", root_cause(&e))
             } else {

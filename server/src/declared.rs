@@ -1,0 +1,173 @@
+//! Queues declared in the configuration (`queues`), created or updated at start.
+//!
+//! A declaration is an object with `project`, `name` and any of the settings a
+//! `PUT /3/projects/{pid}/queues/{name}` body takes (`type`, `message_timeout`,
+//! `message_expiration`, `push`, `dead_letter`, `alerts`). The settings go through the API's
+//! own parser and rules (`settings::spec_from_body` and `settings::apply`), so a
+//! declaration is valid exactly when the same PUT would be. Settings a declaration leaves
+//! out keep their current value on an existing queue, as with PUT.
+
+use engine::{Engine, QueueKey};
+use serde_json::{Map, Value};
+
+use crate::config::ConfigError;
+use crate::settings;
+
+/// The keys a declaration may have.
+const KEYS: &[&str] = &[
+    "project",
+    "name",
+    "type",
+    "message_timeout",
+    "message_expiration",
+    "push",
+    "dead_letter",
+    "alerts",
+];
+
+/// One checked declaration.
+#[derive(Debug, Clone)]
+pub struct Declared {
+    /// Position in `queues`, for messages.
+    pub index: usize,
+    pub key: QueueKey,
+    /// The settings, as a PUT body.
+    pub body: Value,
+}
+
+fn at(index: usize, sub: Option<&str>, msg: impl Into<String>) -> ConfigError {
+    let key = match sub {
+        Some(s) => format!("queues[{index}].{s}"),
+        None => format!("queues[{index}]"),
+    };
+    ConfigError::InvalidAt {
+        key,
+        msg: msg.into(),
+    }
+}
+
+fn string_field(m: &Map<String, Value>, index: usize, field: &str) -> Result<String, ConfigError> {
+    match m.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::String(_)) | None => Err(at(index, Some(field), "is required")),
+        Some(_) => Err(at(index, Some(field), "must be a string")),
+    }
+}
+
+/// Checks every declaration as the API would check a PUT creating the queue.
+pub fn parse(queues: &[Value]) -> Result<Vec<Declared>, ConfigError> {
+    let mut out: Vec<Declared> = Vec::with_capacity(queues.len());
+    for (index, v) in queues.iter().enumerate() {
+        let Value::Object(m) = v else {
+            return Err(at(index, None, "must be an object"));
+        };
+        if let Some(k) = m.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(at(
+                index,
+                Some(k),
+                format!("unknown key; expected one of {}", KEYS.join(", ")),
+            ));
+        }
+        let project = string_field(m, index, "project")?;
+        if !crate::auth::valid_project_id(&project) {
+            return Err(at(
+                index,
+                Some("project"),
+                "must be 1 to 64 characters of A-Z a-z 0-9 _ -",
+            ));
+        }
+        let name = string_field(m, index, "name")?;
+        if name.len() > engine::limits::QUEUE_NAME_BYTES_MAX {
+            return Err(at(index, Some("name"), "must be 1 to 255 bytes"));
+        }
+        let key = QueueKey::new(project, name);
+        if let Some(prev) = out.iter().find(|d| d.key == key) {
+            return Err(at(
+                index,
+                None,
+                format!("declares the same queue as queues[{}]", prev.index),
+            ));
+        }
+        let mut body = m.clone();
+        body.remove("project");
+        body.remove("name");
+        let body = Value::Object(body);
+        let spec = settings::spec_from_body(body.clone()).map_err(|e| at(index, None, e.msg))?;
+        settings::apply(None, spec).map_err(|e| at(index, None, e.msg))?;
+        out.push(Declared { index, key, body });
+    }
+    Ok(out)
+}
+
+/// Creates or updates every declared queue. The project must exist.
+pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError> {
+    for d in parse(queues)? {
+        let Declared { index, key, body } = d;
+        if engine.meta(&format!("project/{}", key.project)).is_none() {
+            return Err(at(
+                index,
+                Some("project"),
+                format!("project {} does not exist", key.project),
+            ));
+        }
+        let existed = engine.queue_info_now(&key).is_ok();
+        let spec = settings::spec_from_body(body).map_err(|e| at(index, None, e.msg))?;
+        engine
+            .upsert_queue(&key, true, |cur| settings::apply(cur, spec))
+            .await
+            .map_err(|e| at(index, None, e.to_string()))?
+            .map_err(|e| at(index, None, e.msg))?;
+        tracing::info!(
+            project = %key.project,
+            queue = %key.name,
+            action = if existed { "updated" } else { "created" },
+            "declared queue"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn err(v: Value) -> String {
+        match parse(&[json!({"project": "p1", "name": "ok"}), v]) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn declarations_are_checked_like_a_put_and_errors_name_the_key() {
+        let ok = parse(&[json!({"project": "p1", "name": "orders", "type": "pull",
+            "message_timeout": 30, "dead_letter": {"queue_name": "dlq", "max_reservations": 3}})])
+        .expect("valid");
+        assert_eq!(ok[0].key, QueueKey::new("p1", "orders"));
+        assert_eq!(
+            err(json!({"project": "p1", "name": "x", "colour": "red"})),
+            "configuration key `queues[1].colour`: unknown key; expected one of project, name, type, message_timeout, message_expiration, push, dead_letter, alerts"
+        );
+        assert_eq!(
+            err(json!({"project": "p1", "name": "x", "message_timeout": 90000})),
+            "configuration key `queues[1]`: message_timeout must be between 0 and 86400"
+        );
+        assert_eq!(
+            err(json!({"project": "p1", "name": "x", "type": "multicast"})),
+            "configuration key `queues[1]`: Push queues must have at least one subscriber"
+        );
+        assert_eq!(
+            err(json!({"name": "x"})),
+            "configuration key `queues[1].project`: is required"
+        );
+        assert_eq!(
+            err(json!({"project": "p1", "name": "ok"})),
+            "configuration key `queues[1]`: declares the same queue as queues[0]"
+        );
+        assert_eq!(
+            err(json!("orders")),
+            "configuration key `queues[1]`: must be an object"
+        );
+    }
+}

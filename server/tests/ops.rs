@@ -1,0 +1,964 @@
+//! Operations, against the real `ferromq` binary: stats, logs, configuration, declared
+//! queues, health/readiness, metrics, graceful shutdown and HTTPS.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const PID: &str = "0123456789abcdef01234567";
+const TOKEN: &str = "project-token-ops-1";
+const ADMIN: &str = "admin-token-ops-2";
+
+// ---- the server process ----
+
+struct Server {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Everything the server wrote to stderr so far.
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).expect("read the server log")
+    }
+
+    fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill -TERM");
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The `ferromq serve` command on `data` and a free port, with the test credentials.
+fn command(data: &Path, port: u16, log: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferromq"));
+    c.args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .env("FERROMQ_PROJECT_ID", PID)
+        .env("FERROMQ_TOKEN", TOKEN)
+        .env("FERROMQ_ADMIN_TOKEN", ADMIN)
+        .env("FERROMQ_SYNC", "never")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"));
+    c
+}
+
+/// Starts the server and waits until `probe(port)` sees it answer. The port is free when
+/// picked but another process may take it before the server binds: then it tries another.
+fn start_with(
+    dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+    probe: impl Fn(u16) -> bool,
+) -> Server {
+    for _attempt in 0..3 {
+        let port = free_port();
+        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let log = dir.join(format!("server-{n}.log"));
+        let child = command(&dir.join("data"), port, &log, env, args)
+            .spawn()
+            .expect("spawn ferromq");
+        let mut s = Server { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut lost_port = false;
+        while !probe(port) {
+            if let Some(st) = s.child.try_wait().expect("try_wait") {
+                let text = s.log_text();
+                lost_port = text.contains(&format!("binding 127.0.0.1:{port}"));
+                assert!(lost_port, "the server exited ({st}) at start:\n{text}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the server did not start");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        if !lost_port {
+            return s;
+        }
+    }
+    panic!("no free port could be bound in 3 tries");
+}
+
+fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
+    start_args(dir, env, &[])
+}
+
+/// Starts the server with extra arguments, waiting for `GET /health`.
+fn start_args(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
+    start_with(dir, env, args, |port| {
+        TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .is_ok()
+                && {
+                    let mut b = Vec::new();
+                    let _ = s.read_to_end(&mut b);
+                    b.starts_with(b"HTTP/1.1 200")
+                }
+        })
+    })
+}
+
+/// Runs `ferromq serve` expecting it to refuse to start; returns its stderr.
+fn refused(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let log = dir.join("refused.log");
+    let mut child = command(&dir.join("data"), free_port(), &log, env, args)
+        .spawn()
+        .expect("spawn ferromq");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started with env {env:?} args {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        !st.success(),
+        "exit status of a refused start: {st}\n{text}"
+    );
+    text
+}
+
+// ---- HTTP ----
+
+fn parse_response(buf: &[u8]) -> (u16, String, String) {
+    let text = String::from_utf8_lossy(buf).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    (status, head.to_string(), body.to_string())
+}
+
+fn request_text(method: &str, path: &str, auth: Option<&str>, body: &str) -> String {
+    let auth = auth
+        .map(|t| format!("Authorization: OAuth {t}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// One request on a fresh connection; returns (status, head, body).
+fn raw(
+    port: u16,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(40)))
+        .expect("timeout");
+    s.write_all(request_text(method, path, auth, body).as_bytes())
+        .expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read");
+    parse_response(&buf)
+}
+
+fn call_as(port: u16, method: &str, path: &str, auth: Option<&str>, body: Value) -> (u16, Value) {
+    let b = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let (status, _, body) = raw(port, method, path, auth, &b);
+    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad json {body:?}: {e}"));
+    (status, v)
+}
+
+fn call(port: u16, method: &str, path: &str, body: Value) -> (u16, Value) {
+    call_as(port, method, path, Some(TOKEN), body)
+}
+
+fn qp(q: &str) -> String {
+    format!("/3/projects/{PID}/queues/{q}")
+}
+
+fn post(port: u16, q: &str, n: usize) -> Vec<String> {
+    let msgs: Vec<Value> = (0..n).map(|i| json!({ "body": format!("m{i}") })).collect();
+    let (s, v) = call(
+        port,
+        "POST",
+        &format!("{}/messages", qp(q)),
+        json!({ "messages": msgs }),
+    );
+    assert_eq!(s, 201, "{v}");
+    v["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|i| i.as_str().expect("id").to_string())
+        .collect()
+}
+
+fn reserve(port: u16, q: &str, n: usize) -> Vec<Value> {
+    let (s, v) = call(
+        port,
+        "POST",
+        &format!("{}/reservations", qp(q)),
+        json!({ "n": n }),
+    );
+    assert_eq!(s, 200, "{v}");
+    v["messages"].as_array().expect("messages").clone()
+}
+
+// ---- logfmt ----
+
+/// Parses one logfmt line into key/value pairs; panics on anything malformed.
+fn logfmt(line: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return out;
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c == ' ' {
+                break;
+            }
+            assert!(c > ' ' && c != '"', "bad key character {c:?} in {line:?}");
+            key.push(c);
+            chars.next();
+        }
+        assert!(!key.is_empty(), "empty key in {line:?}");
+        assert_eq!(
+            chars.next(),
+            Some('='),
+            "key {key} without a value in {line:?}"
+        );
+        let mut val = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') => break,
+                    Some('\\') => match chars.next() {
+                        Some('"') => val.push('"'),
+                        Some('\\') => val.push('\\'),
+                        Some('n') => val.push('\n'),
+                        Some('r') => val.push('\r'),
+                        Some('t') => val.push('\t'),
+                        Some('u') => {
+                            let hex: String = (0..4).filter_map(|_| chars.next()).collect();
+                            let c = u32::from_str_radix(&hex, 16)
+                                .ok()
+                                .and_then(char::from_u32)
+                                .unwrap_or_else(|| panic!("bad \\u escape in {line:?}"));
+                            val.push(c);
+                        }
+                        other => panic!("bad escape {other:?} in {line:?}"),
+                    },
+                    Some(c) => {
+                        assert!(!c.is_control(), "raw control character in {line:?}");
+                        val.push(c)
+                    }
+                    None => panic!("unterminated quote in {line:?}"),
+                }
+            }
+            assert!(
+                matches!(chars.peek(), None | Some(' ')),
+                "junk after a quoted value in {line:?}"
+            );
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ' ' {
+                    break;
+                }
+                assert!(c != '"' && c != '=', "unquoted {c:?} in {line:?}");
+                val.push(c);
+                chars.next();
+            }
+        }
+        out.push((key, val));
+    }
+}
+
+fn is_rfc3339(t: &str) -> bool {
+    let b = t.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
+    b.len() >= 20
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && t.ends_with('Z')
+        && (b[19] == b'Z' || (b[19] == b'.' && digits(20..b.len() - 1)))
+}
+
+/// Every line of `text` as logfmt, each checked for `t`, `lvl` and `msg`.
+fn log_lines(text: &str) -> Vec<HashMap<String, String>> {
+    text.lines()
+        .map(|line| {
+            let kv = logfmt(line);
+            let keys: Vec<&str> = kv.iter().take(3).map(|(k, _)| k.as_str()).collect();
+            assert_eq!(keys, ["t", "lvl", "msg"], "{line}");
+            let m: HashMap<String, String> = kv.into_iter().collect();
+            assert!(is_rfc3339(&m["t"]), "t in {line}");
+            assert!(
+                ["dbug", "info", "warn", "eror", "crit"].contains(&m["lvl"].as_str()),
+                "lvl in {line}"
+            );
+            m
+        })
+        .collect()
+}
+
+// ---- tests ----
+
+/// Environment variables for one start.
+type Env<'a> = Vec<(&'a str, &'a str)>;
+
+#[test]
+fn stats_count_requests_and_messages_exactly_for_an_admin_token_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start(dir.path(), &[("FERROMQ_STATS_INTERVAL", "1")]);
+    let p = srv.port;
+
+    // Only an admin token, in the header or the query, may read the stats.
+    for auth in [None, Some(TOKEN), Some("not-a-token")] {
+        let (s, v) = call_as(p, "GET", "/3/stats", auth, Value::Null);
+        assert_eq!(s, 401, "{auth:?}: {v}");
+        assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    let (s, v) = call_as(
+        p,
+        "GET",
+        &format!("/3/stats?oauth={TOKEN}"),
+        None,
+        Value::Null,
+    );
+    assert_eq!((s, v["msg"].is_string()), (401, true));
+
+    // 3 posts (10 messages), 3 reserves (4 + 4 + 2), a batch delete of 3, one 404.
+    for n in [2, 3, 5] {
+        post(p, "counted", n);
+    }
+    let mut reserved = Vec::new();
+    for want in [4, 4, 2] {
+        let got = reserve(p, "counted", 4);
+        assert_eq!(got.len(), want);
+        reserved.extend(got);
+    }
+    let ids: Vec<Value> = reserved[..3]
+        .iter()
+        .map(|m| json!({ "id": m["id"], "reservation_id": m["reservation_id"] }))
+        .collect();
+    let (s, v) = call(
+        p,
+        "DELETE",
+        &format!("{}/messages", qp("counted")),
+        json!({ "ids": ids }),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = call(p, "GET", &qp("missing"), Value::Null);
+    assert_eq!(s, 404);
+
+    let sum = |h: &[Value], bucket: &str, field: &str| -> u64 {
+        h.iter()
+            .map(|i| i["stats"][bucket][field].as_u64().expect("count"))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let history = loop {
+        let (s, v) = call_as(
+            p,
+            "GET",
+            &format!("/3/stats?oauth={ADMIN}"),
+            None,
+            Value::Null,
+        );
+        assert_eq!(s, 200, "{v}");
+        let h = v["stat_history"].as_array().expect("stat_history").clone();
+        if sum(&h, "totals", "requests") >= 8 || Instant::now() > deadline {
+            break h;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(sum(&history, "totals", "requests"), 8, "{history:?}");
+    assert_eq!(sum(&history, "totals", "messages"), 10 + 10 + 3);
+    assert_eq!(sum(&history, "reserved", "requests"), 3);
+    assert_eq!(sum(&history, "reserved", "messages"), 10);
+    assert!(history.len() <= 60);
+
+    // Shape: consecutive one-second intervals, oldest first, nanosecond RFC 3339 times.
+    let secs_of_day = |t: &str| -> f64 {
+        let hms = &t[11..t.len() - 1];
+        let mut it = hms.split(':');
+        let h: f64 = it.next().and_then(|x| x.parse().ok()).expect("hours");
+        let m: f64 = it.next().and_then(|x| x.parse().ok()).expect("minutes");
+        let s: f64 = it.next().and_then(|x| x.parse().ok()).expect("seconds");
+        h * 3600.0 + m * 60.0 + s
+    };
+    for (i, item) in history.iter().enumerate() {
+        let start = item["start_time"].as_str().expect("start_time");
+        let end = item["end_time"].as_str().expect("end_time");
+        for t in [start, end] {
+            assert!(is_rfc3339(t), "{t}");
+            assert_eq!(t.len(), "2015-02-27T17:17:33.114776660Z".len(), "{t}");
+        }
+        let len = (secs_of_day(end) - secs_of_day(start)).rem_euclid(86_400.0);
+        assert!((len - 1.0).abs() < 1e-6, "{start} .. {end}");
+        if let Some(next) = history.get(i + 1) {
+            assert_eq!(next["start_time"], item["end_time"]);
+        }
+        for bucket in ["reserved", "totals"] {
+            let b = &item["stats"][bucket];
+            let avg = b["avg_latency_ms"].as_f64().expect("avg_latency_ms");
+            assert!(avg.is_finite() && avg >= 0.0, "{b}");
+            if b["requests"] == 0 {
+                assert_eq!(avg, 0.0);
+            } else {
+                assert!(avg > 0.0, "{b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_log_line_is_logfmt_with_a_request_line_per_call_and_no_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut srv = start(dir.path(), &[("FERROMQ_LOG_REQUESTS_LEVEL", "info")]);
+    let p = srv.port;
+    let (s, _) = call_as(
+        p,
+        "GET",
+        &format!("/3/projects/{PID}/queues?per_page=5&oauth={TOKEN}"),
+        None,
+        Value::Null,
+    );
+    assert_eq!(s, 200);
+    post(p, "log%20me", 2);
+    let (s, _) = call(p, "GET", &qp("nope"), Value::Null);
+    assert_eq!(s, 404);
+    srv.sigterm();
+    assert!(srv.wait_exit(Duration::from_secs(10)).success());
+
+    let text = srv.log_text();
+    assert!(!text.contains(TOKEN) && !text.contains(ADMIN), "{text}");
+    let lines = log_lines(&text);
+    let requests: Vec<&HashMap<String, String>> =
+        lines.iter().filter(|l| l["msg"] == "request").collect();
+    let find = |method: &str, path: &str| {
+        requests
+            .iter()
+            .find(|l| l["method"] == method && l["path"] == path)
+            .unwrap_or_else(|| panic!("no request line for {method} {path} in\n{text}"))
+    };
+    let list = find(
+        "GET",
+        &format!("/3/projects/{PID}/queues?per_page=5&oauth=REDACTED"),
+    );
+    assert_eq!(
+        (list["lvl"].as_str(), list["status"].as_str()),
+        ("info", "200")
+    );
+    assert_eq!(list["project"], PID);
+    assert!(!list.contains_key("queue"));
+    assert!(list["duration_ms"].parse::<f64>().is_ok_and(|d| d >= 0.0));
+    let posted = find("POST", &format!("{}/messages", qp("log%20me")));
+    assert_eq!(posted["status"], "201");
+    assert_eq!(posted["queue"], "log me");
+    assert_eq!(find("GET", &qp("nope"))["status"], "404");
+    // The health probes of the start are API calls too.
+    assert!(requests.iter().any(|l| l["path"] == "/health"));
+    assert!(lines.iter().any(|l| l["msg"] == "stopped cleanly"));
+}
+
+#[test]
+fn configuration_errors_stop_the_start_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, v: Value| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, v.to_string()).expect("write config");
+        path.to_string_lossy().into_owned()
+    };
+    let unknown = file("unknown.json", json!({ "colour": "red" }));
+    let half_tls = file("tls.json", json!({ "tls_cert": "/nonexistent/cert.pem" }));
+    let missing_tls = file(
+        "tls2.json",
+        json!({ "tls_cert": "/nonexistent/cert.pem", "tls_key": "/nonexistent/key.pem" }),
+    );
+    let bad_queue = file(
+        "q1.json",
+        json!({ "queues": [{ "project": PID, "name": "q", "message_timeout": 999_999 }] }),
+    );
+    let odd_key = file(
+        "q2.json",
+        json!({ "queues": [{ "project": PID, "name": "q", "colour": 1 }] }),
+    );
+    let other_project = file(
+        "q3.json",
+        json!({ "queues": [{ "project": "ffffffffffffffffffffffff", "name": "q" }] }),
+    );
+    let cases: Vec<(Env, Vec<&str>, &str)> = vec![
+        (vec![], vec!["--config", &unknown], "colour"),
+        (
+            vec![("FERROMQ_STATS_INTERVAL", "0")],
+            vec![],
+            "`stats_interval`",
+        ),
+        // figment names an environment key in its upper-case form.
+        (
+            vec![("FERROMQ_STATS_INTERVAL", "soon")],
+            vec![],
+            "STATS_INTERVAL",
+        ),
+        (
+            vec![("FERROMQ_LOG_REQUESTS_LEVEL", "loud")],
+            vec![],
+            "`log_requests_level`",
+        ),
+        (vec![], vec!["--config", &half_tls], "`tls_key`"),
+        (vec![], vec!["--config", &missing_tls], "`tls_cert`"),
+        (
+            vec![],
+            vec!["--config", &bad_queue],
+            "`queues[0]`: message_timeout must be",
+        ),
+        (vec![], vec!["--config", &odd_key], "`queues[0].colour`"),
+        (vec![("FERROMQ_QUEUES", "[{")], vec![], "`queues`"),
+        (
+            vec![],
+            vec!["--config", &other_project],
+            "`queues[0].project`",
+        ),
+    ];
+    for (env, args, key) in cases {
+        let text = refused(dir.path(), &env, &args);
+        assert!(
+            text.contains(key),
+            "{env:?} {args:?}: want {key} in\n{text}"
+        );
+    }
+}
+
+#[test]
+fn declared_queues_are_created_then_updated_and_a_type_change_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("ferromq.json");
+    let write = |queues: Value| {
+        std::fs::write(&cfg, json!({ "queues": queues }).to_string()).expect("write config")
+    };
+    let cfg_arg = cfg.to_string_lossy().into_owned();
+    write(json!([
+        { "project": PID, "name": "orders", "message_timeout": 30, "message_expiration": 3600,
+          "dead_letter": { "queue_name": "orders-dlq", "max_reservations": 3 } },
+        { "project": PID, "name": "fanout", "type": "multicast",
+          "push": { "subscribers": [{ "name": "a", "url": "http://127.0.0.1:9/a" }] } },
+    ]));
+    let mut srv = start_args(dir.path(), &[], &["--config", &cfg_arg]);
+    let (s, v) = call(srv.port, "GET", &qp("orders"), Value::Null);
+    assert_eq!(s, 200, "{v}");
+    let q = &v["queue"];
+    assert_eq!(
+        (&q["type"], &q["message_timeout"], &q["message_expiration"]),
+        (&json!("pull"), &json!(30), &json!(3600))
+    );
+    assert_eq!(
+        q["dead_letter"],
+        json!({ "queue_name": "orders-dlq", "max_reservations": 3 })
+    );
+    let (s, v) = call(srv.port, "GET", &qp("fanout"), Value::Null);
+    assert_eq!((s, &v["queue"]["type"]), (200, &json!("multicast")), "{v}");
+    post(srv.port, "orders", 2);
+    srv.sigterm();
+    assert!(srv.wait_exit(Duration::from_secs(10)).success());
+
+    // Updated on the next start; settings left out keep their value; messages stay.
+    write(json!([{ "project": PID, "name": "orders", "message_timeout": 45 }]));
+    let mut srv = start_args(dir.path(), &[], &["--config", &cfg_arg]);
+    let (s, v) = call(srv.port, "GET", &qp("orders"), Value::Null);
+    assert_eq!(s, 200, "{v}");
+    let q = &v["queue"];
+    assert_eq!(
+        (&q["message_timeout"], &q["message_expiration"], &q["size"]),
+        (&json!(45), &json!(3600), &json!(2))
+    );
+    srv.sigterm();
+    assert!(srv.wait_exit(Duration::from_secs(10)).success());
+
+    // Changing a declared queue's type is refused like the API refuses it.
+    write(
+        json!([{ "project": PID, "name": "orders", "type": "unicast",
+        "push": { "subscribers": [{ "url": "http://127.0.0.1:9/" }] } }]),
+    );
+    let text = refused(dir.path(), &[], &["--config", &cfg_arg]);
+    assert!(
+        text.contains("`queues[0]`") && text.contains("type cannot be changed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn health_ready_and_metrics_need_no_token_and_metrics_count_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start(dir.path(), &[("FERROMQ_SYNC", "always")]);
+    let p = srv.port;
+    assert_eq!(call_as(p, "GET", "/health", None, Value::Null).0, 200);
+    let (s, v) = call_as(p, "GET", "/ready", None, Value::Null);
+    assert_eq!((s, v), (200, json!({ "msg": "ready" })));
+
+    post(p, "metered", 4);
+    post(p, "metered", 3);
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("{}/messages", qp("metered")),
+        json!({ "messages": [{ "body": "later", "delay": 600 }, { "body": "later2", "delay": 600 }] }),
+    );
+    assert_eq!(s, 201, "{v}");
+    let got = reserve(p, "metered", 3);
+    assert_eq!(got.len(), 3);
+    let (s, _) = call(
+        p,
+        "DELETE",
+        &format!(
+            "{}/messages/{}",
+            qp("metered"),
+            got[0]["id"].as_str().expect("id")
+        ),
+        json!({ "reservation_id": got[0]["reservation_id"] }),
+    );
+    assert_eq!(s, 200);
+
+    let (s, head, body) = raw(p, "GET", "/metrics", None, "");
+    assert_eq!(s, 200, "{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    let mut samples: HashMap<String, f64> = HashMap::new();
+    let mut types: HashMap<String, String> = HashMap::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE line");
+            types.insert(name.to_string(), kind.to_string());
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample line");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
+        assert!(
+            samples.insert(series.to_string(), value).is_none(),
+            "{line}"
+        );
+    }
+    let get = |series: &str| {
+        *samples
+            .get(series)
+            .unwrap_or_else(|| panic!("no {series} in\n{body}"))
+    };
+    assert_eq!(get("ferromq_messages_posted_total"), 9.0);
+    assert_eq!(get("ferromq_messages_reserved_total"), 3.0);
+    assert_eq!(get("ferromq_messages_deleted_total"), 1.0);
+    assert_eq!(get("ferromq_messages_expired_total"), 0.0);
+    let labels = format!("{{project=\"{PID}\",queue=\"metered\"}}");
+    assert_eq!(get(&format!("ferromq_queue_size{labels}")), 8.0);
+    assert_eq!(get(&format!("ferromq_queue_reserved{labels}")), 2.0);
+    assert_eq!(get(&format!("ferromq_queue_delayed{labels}")), 2.0);
+    let posts = "method=\"POST\",route=\"/3/projects/{pid}/queues/{q}/messages\",status=\"201\"";
+    assert_eq!(
+        get(&format!(
+            "ferromq_http_request_duration_seconds_count{{{posts}}}"
+        )),
+        3.0
+    );
+    assert_eq!(
+        get(&format!(
+            "ferromq_http_request_duration_seconds_bucket{{le=\"+Inf\",{posts}}}"
+        )),
+        3.0
+    );
+    // Every acknowledged write waited for an fdatasync (sync=always).
+    let fsyncs = get("ferromq_fsync_duration_seconds_count");
+    assert!(fsyncs >= 5.0, "{fsyncs}");
+    assert_eq!(
+        get("ferromq_fsync_duration_seconds_bucket{le=\"+Inf\"}"),
+        fsyncs
+    );
+    assert_eq!(types["ferromq_fsync_duration_seconds"], "histogram");
+    assert_eq!(types["ferromq_push_attempts"], "counter");
+    for outcome in ["delivered", "rejected", "timeout", "error"] {
+        assert_eq!(
+            get(&format!(
+                "ferromq_push_attempts_total{{outcome=\"{outcome}\"}}"
+            )),
+            0.0
+        );
+    }
+    assert_eq!(types["ferromq_queue_size"], "gauge");
+}
+
+#[tokio::test]
+async fn ready_is_503_until_the_state_says_ready() {
+    use std::sync::atomic::Ordering;
+    use tower::ServiceExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine::Engine::open(engine::EngineConfig::new(dir.path())).expect("open");
+    let (creds, _) = server::auth::Credentials::bootstrap(&engine, Some(ADMIN), None, None)
+        .await
+        .expect("credentials");
+    let state = server::state::AppState::new(engine.clone(), creds, Duration::from_secs(60));
+    let ready = state.ready.clone();
+    let router = server::router::build(state);
+    let get = |path: &str| {
+        axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .expect("request")
+    };
+    let status = |r: axum::response::Response| r.status().as_u16();
+    assert_eq!(
+        status(router.clone().oneshot(get("/ready")).await.expect("call")),
+        503
+    );
+    assert_eq!(
+        status(router.clone().oneshot(get("/health")).await.expect("call")),
+        200
+    );
+    ready.store(true, Ordering::Release);
+    assert_eq!(
+        status(router.clone().oneshot(get("/ready")).await.expect("call")),
+        200
+    );
+    engine.close();
+}
+
+#[test]
+fn sigterm_answers_long_polls_at_once_exits_zero_and_restarts_without_repair() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [("FERROMQ_SYNC", "always")];
+    let mut srv = start(dir.path(), &env);
+    let p = srv.port;
+    let ids = post(p, "kept", 3);
+    let (s, _) = call(p, "PUT", &qp("idle"), json!({}));
+    assert_eq!(s, 200);
+    let polls: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let (s, v) = call(
+                    p,
+                    "POST",
+                    &format!("{}/reservations", qp("idle")),
+                    json!({ "n": 1, "wait": 20 }),
+                );
+                (s, v, t.elapsed())
+            })
+        })
+        .collect();
+    // Let the long polls reach the engine's wait.
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    srv.sigterm();
+    for h in polls {
+        let (s, v, took) = h.join().expect("poll thread");
+        assert_eq!((s, v), (200, json!({ "messages": [] })));
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let st = srv.wait_exit(Duration::from_secs(3));
+    assert!(st.success(), "{st}\n{}", srv.log_text());
+    let lines = log_lines(&srv.log_text());
+    assert!(lines.iter().any(|l| l["msg"] == "stopped cleanly"));
+
+    // The restart finds a cleanly closed log, with every message.
+    let srv = start(dir.path(), &env);
+    let lines = log_lines(&srv.log_text());
+    let opened = lines
+        .iter()
+        .find(|l| l["msg"] == "log opened")
+        .expect("a log opened line");
+    assert_eq!(
+        (opened["lvl"].as_str(), opened["torn_tail"].as_str()),
+        ("info", "false")
+    );
+    let (s, v) = call(
+        srv.port,
+        "GET",
+        &format!("{}/messages?n=10", qp("kept")),
+        Value::Null,
+    );
+    assert_eq!(s, 200);
+    let got: Vec<&str> = v["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+// ---- HTTPS ----
+
+struct Tls {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl Tls {
+    fn trusting(cert: &rustls::pki_types::CertificateDer<'static>) -> Tls {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.clone()).expect("add root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Tls {
+            config: Arc::new(config),
+        }
+    }
+
+    /// One request over TLS to `localhost` at `port`; `None` if the handshake fails.
+    fn request(&self, port: u16, req: &str) -> Option<(u16, String, String)> {
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let conn = rustls::ClientConnection::new(self.config.clone(), name).expect("client");
+        let sock = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        tls.write_all(req.as_bytes()).ok()?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tls.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                // A peer that closes without close_notify: keep what arrived.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(_) => return None,
+            }
+        }
+        (!buf.is_empty()).then(|| parse_response(&buf))
+    }
+}
+
+#[test]
+fn https_listener_serves_the_api_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, ck.signing_key.serialize_pem()).expect("write key");
+    let tls = Tls::trusting(ck.cert.der());
+    let health = request_text("GET", "/health", None, "");
+    let cert_s = cert_path.to_string_lossy().into_owned();
+    let key_s = key_path.to_string_lossy().into_owned();
+    let srv = start_with(
+        dir.path(),
+        &[("FERROMQ_TLS_CERT", &cert_s), ("FERROMQ_TLS_KEY", &key_s)],
+        &[],
+        |port| tls.request(port, &health).is_some_and(|r| r.0 == 200),
+    );
+    let p = srv.port;
+    let body = json!({ "messages": [{ "body": "over tls" }] }).to_string();
+    let req = request_text(
+        "POST",
+        &format!("{}/messages", qp("secure")),
+        Some(TOKEN),
+        &body,
+    );
+    let (s, _, b) = tls.request(p, &req).expect("tls response");
+    assert_eq!(s, 201, "{b}");
+    let req = request_text(
+        "POST",
+        &format!("{}/reservations", qp("secure")),
+        Some(TOKEN),
+        "{}",
+    );
+    let (s, _, b) = tls.request(p, &req).expect("tls response");
+    let v: Value = serde_json::from_str(&b).expect("json");
+    assert_eq!((s, &v["messages"][0]["body"]), (200, &json!("over tls")));
+
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let mut sock = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    sock.write_all(health.as_bytes()).expect("write");
+    let mut buf = Vec::new();
+    let _ = sock.read_to_end(&mut buf);
+    assert!(
+        !buf.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+
+    // A client that does not trust the certificate is refused.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    assert!(
+        Tls::trusting(other.cert.der())
+            .request(p, &health)
+            .is_none()
+    );
+}
