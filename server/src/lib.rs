@@ -2,6 +2,7 @@
 //!
 //! [`run`] opens the engine, ensures credentials, and serves until `shutdown` resolves.
 
+pub mod admin;
 pub mod alerts;
 pub mod auth;
 pub mod config;
@@ -69,6 +70,7 @@ pub async fn run(
         engine: engine.clone(),
         creds: Arc::new(creds),
         alerts_fired: Arc::new(parking_lot::Mutex::new(HashMap::new())),
+        backups: Arc::new(tokio::sync::Semaphore::new(admin::BACKUPS_MAX)),
     };
     let router = router::build(state);
     let limits = http::Limits::from_config(&config);

@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::error::{ApiError, ApiResult};
 use crate::response::ok;
 use crate::state::AppState;
-use crate::{messages, queues};
+use crate::{admin, messages, queues};
 
 async fn health() -> ApiResult {
     Ok(ok(json!({ "msg": "ok" })))
@@ -34,6 +34,17 @@ pub fn build(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/version", get(version))
+        .route(
+            "/3/admin/projects",
+            get(admin::list_projects).post(admin::create_project),
+        )
+        .route(
+            "/3/admin/projects/{pid}/tokens",
+            get(admin::list_project_tokens).post(admin::create_token),
+        )
+        .route("/3/admin/tokens", get(admin::list_tokens))
+        .route("/3/admin/tokens/{tid}", delete(admin::revoke_token))
+        .route("/3/admin/backup", get(admin::backup))
         .route("/3/projects/{pid}/queues", get(queues::list))
         .route(
             q,

@@ -16,4 +16,6 @@ pub struct AppState {
     pub creds: Arc<Credentials>,
     /// When each alert (by id) last fired, for `snooze`.
     pub alerts_fired: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Backups running at once (`admin::BACKUPS_MAX`).
+    pub backups: Arc<tokio::sync::Semaphore>,
 }
