@@ -14,6 +14,7 @@
 use std::io::{self, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -37,6 +38,9 @@ pub const BACKUPS_MAX: usize = 1;
 const BACKUP_CHUNK_BYTES: usize = 256 * 1024;
 /// Chunks buffered between the copying thread and the connection.
 const BACKUP_CHUNKS_BUFFERED: usize = 8;
+/// A client that takes no data for this long loses its backup: the snapshot's pin holds
+/// retention back, so a stalled reader must not keep it forever.
+const BACKUP_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Default, Deserialize)]
 pub struct NameBody {
@@ -144,17 +148,19 @@ pub async fn backup(State(st): State<AppState>, _: AdminAuth) -> ApiResult {
         "backup started"
     );
     let (tx, rx) = mpsc::channel(BACKUP_CHUNKS_BUFFERED);
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let mut w = ChannelWriter {
             tx,
             buf: Vec::with_capacity(BACKUP_CHUNK_BYTES),
+            runtime,
         };
         match snap.write_to(&mut w) {
             Ok(n) => tracing::info!(bytes = n, "backup sent"),
             Err(e) => {
                 tracing::warn!(error = %e, "backup aborted");
-                let _ = w.tx.blocking_send(Err(io::Error::other(e.to_string())));
+                let _ = w.tx.try_send(Err(io::Error::other(e.to_string())));
             }
         }
         // Dropping the snapshot here releases its pin.
@@ -171,10 +177,11 @@ pub async fn backup(State(st): State<AppState>, _: AdminAuth) -> ApiResult {
 }
 
 /// Hands the encoder's output to the response body in chunks; fails once the client is
-/// gone, which ends the copy.
+/// gone or has stalled, which ends the copy.
 struct ChannelWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
     buf: Vec<u8>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl ChannelWriter {
@@ -183,9 +190,18 @@ impl ChannelWriter {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(BACKUP_CHUNK_BYTES));
-        self.tx
-            .blocking_send(Ok(Bytes::from(chunk)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+        let send = tokio::time::timeout(BACKUP_STALL_TIMEOUT, self.tx.send(Ok(Bytes::from(chunk))));
+        match self.runtime.block_on(send) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the client went away",
+            )),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no data for 60 s",
+            )),
+        }
     }
 }
 
