@@ -9,6 +9,8 @@
 //! first and then applied to the table, under one lock, so a revoked token is refused from
 //! the moment the revoke is answered.
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -62,7 +64,8 @@ pub struct ProjectRecord {
 
 /// Token hashes and owners, loaded at start and kept in step with the metadata.
 pub struct Credentials {
-    tokens: RwLock<Vec<([u8; 32], TokenRecord)>>,
+    /// Shared records, so that authenticating a request copies no strings.
+    tokens: RwLock<Vec<([u8; 32], Arc<TokenRecord>)>>,
     /// Serialises admin changes, so that their checks and writes do not interleave.
     changes: tokio::sync::Mutex<()>,
 }
@@ -243,7 +246,7 @@ impl Credentials {
                         let v = serde_json::to_vec(&rec).unwrap_or_default();
                         engine.put_meta(&k, Some(&v)).await?;
                     }
-                    tokens.push((h, rec));
+                    tokens.push((h, Arc::new(rec)));
                 }
                 Err(e) => tracing::warn!(key = %k, error = %e, "ignoring unreadable token record"),
             }
@@ -256,12 +259,12 @@ impl Credentials {
     }
 
     /// The owner of `token`, comparing hashes in constant time against every stored one.
-    pub fn lookup(&self, token: &str) -> Option<TokenRecord> {
+    pub fn lookup(&self, token: &str) -> Option<Arc<TokenRecord>> {
         let h = hash_token(token);
         let mut found = None;
         for (stored, rec) in self.tokens.read().iter() {
             if bool::from(stored.ct_eq(&h)) {
-                found = Some(rec.clone());
+                found = Some(Arc::clone(rec));
             }
         }
         found
@@ -342,7 +345,7 @@ impl Credentials {
         };
         let v = serde_json::to_vec(&rec).unwrap_or_default();
         engine.put_meta(&token_key(&hash), Some(&v)).await?;
-        self.tokens.write().push((hash, rec.clone()));
+        self.tokens.write().push((hash, Arc::new(rec.clone())));
         Ok((secret, rec))
     }
 
@@ -354,7 +357,7 @@ impl Credentials {
             .iter()
             .map(|(_, r)| r)
             .filter(|r| project.is_none() || r.project_id.as_deref() == project)
-            .cloned()
+            .map(|r| TokenRecord::clone(r))
             .collect();
         v.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
         v
@@ -371,7 +374,7 @@ impl Credentials {
                 .iter()
                 .find(|(_, r)| r.id.as_deref() == Some(id))
                 .ok_or_else(|| ApiError::not_found("Token not found"))?;
-            (*h, r.clone(), admins)
+            (*h, TokenRecord::clone(r), admins)
         };
         if rec.admin && admins <= 1 {
             return Err(ApiError::new(
@@ -417,7 +420,7 @@ pub struct ProjectAuth {
 /// An authenticated admin.
 pub struct AdminAuth;
 
-fn authenticate(parts: &Parts, st: &AppState) -> Result<TokenRecord, ApiError> {
+fn authenticate(parts: &Parts, st: &AppState) -> Result<Arc<TokenRecord>, ApiError> {
     let token = presented_token(parts).ok_or_else(ApiError::unauthorized)?;
     st.creds.lookup(&token).ok_or_else(ApiError::unauthorized)
 }

@@ -113,7 +113,7 @@ pub fn backup(url: &str, token: &str, output: &Path) -> anyhow::Result<()> {
     };
     let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
     println!(
-        "backup written to {}: {bytes} bytes, {} segments ({}..={}), cut at segment {} offset {}, every checksum verified",
+        "backup written to {}: {bytes} bytes, {} segment(s) ({}..={}), cut at segment {} offset {}, every checksum verified",
         output.display(),
         header.segment_count,
         header.first_segment().0,
@@ -181,7 +181,7 @@ pub fn restore(input: &Path, data_dir: &Path, json_out: bool) -> anyhow::Result<
         })
         .collect();
     println!(
-        "restored {} segments ({} bytes) into {}; every checksum verified; strict recovery \
+        "restored {} segment(s) ({} bytes) into {}; every checksum verified; strict recovery \
          ended at the backup's cut (segment {} offset {})",
         ins.segments,
         report.bytes_written,
@@ -190,7 +190,7 @@ pub fn restore(input: &Path, data_dir: &Path, json_out: bool) -> anyhow::Result<
         h.cut.offset()
     );
     println!(
-        "{} queues, {} messages, {} metadata entries (projects, tokens)",
+        "{} queue(s), {} message(s), {} metadata entries (projects, tokens)",
         ins.queues.len(),
         ins.messages,
         ins.meta_entries
