@@ -466,3 +466,84 @@ fn backup_under_load_restores_exactly_the_acknowledged_state_at_the_cut() {
     );
     assert_eq!(s, 201);
 }
+
+#[test]
+fn one_backup_runs_at_a_time_and_an_abandoned_one_lets_go() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start_env(dir.path(), &[]);
+    let http = client();
+    // ~24 MB of log: more than the server's chunk buffer and both socket buffers hold.
+    let body = "z".repeat(1000);
+    let msgs: Vec<Value> = (0..100).map(|_| json!({ "body": body })).collect();
+    for _ in 0..240 {
+        let (s, v) = call(
+            &http,
+            &srv,
+            "POST",
+            &format!("/3/projects/{PID}/queues/big/messages"),
+            Some(TOKEN),
+            Some(json!({ "messages": msgs })),
+        );
+        assert_eq!(s, 201, "{v}");
+    }
+
+    // A backup whose reader takes a little and then stops reading.
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", srv.port)).expect("connect");
+    write!(
+        stalled,
+        "GET /3/admin/backup HTTP/1.1\r\nHost: x\r\nAuthorization: OAuth {ADMIN}\r\n\r\n"
+    )
+    .expect("write");
+    let mut head = [0u8; 4096];
+    let n = stalled.read(&mut head).expect("read");
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("application/octet-stream"), "{head}");
+
+    // Meanwhile a second one is refused, and writes go on.
+    let (s, v) = call(&http, &srv, "GET", "/3/admin/backup", Some(ADMIN), None);
+    assert_eq!(s, 409, "{v}");
+    let (s, _) = call(
+        &http,
+        &srv,
+        "POST",
+        &format!("/3/projects/{PID}/queues/big/messages"),
+        Some(TOKEN),
+        Some(json!({ "messages": [{"body": "during"}] })),
+    );
+    assert_eq!(s, 201);
+
+    // The reader goes away: its backup ends and the next one runs to the end.
+    drop(stalled);
+    let out = tempfile::tempdir().expect("tempdir");
+    let url = srv.url();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let file = out.path().join(format!("b{n}"));
+        let o = cli(&[
+            "backup",
+            "--url",
+            &url,
+            "--token",
+            ADMIN,
+            "--output",
+            file.to_str().expect("utf-8 path"),
+        ]);
+        if o.status.success() {
+            assert!(file.exists());
+            assert!(!out.path().join(format!("b{n}.partial")).exists());
+            break;
+        }
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("409"), "{err}");
+        assert!(!file.exists() && !out.path().join(format!("b{n}.partial")).exists());
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned backup was never let go"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
