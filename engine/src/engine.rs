@@ -307,7 +307,7 @@ impl State {
         self.by_key.get(key).copied().ok_or(Error::QueueNotFound)
     }
 
-    fn info(&self, no: QueueNo) -> QueueInfo {
+    pub(crate) fn info(&self, no: QueueNo) -> QueueInfo {
         let q = &self.queues[&no];
         QueueInfo {
             project: q.key.project.clone(),
@@ -1256,7 +1256,7 @@ fn view((p, body, meta): (Pending, Vec<u8>, Vec<u8>)) -> MessageView {
 }
 
 /// Takes an exclusive lock on the data directory, so two processes never share a log.
-fn lock_dir(dir: &std::path::Path) -> Result<File> {
+pub(crate) fn lock_dir(dir: &std::path::Path) -> Result<File> {
     use std::os::fd::AsRawFd;
     let path = dir.join("LOCK");
     let file = std::fs::OpenOptions::new()

@@ -11,6 +11,7 @@
 //!
 //! The on-disk format is specified in `engine/FORMAT.md`.
 
+pub mod backup;
 mod clock;
 mod delivery;
 mod engine;

@@ -90,6 +90,10 @@ pub(crate) struct Log {
     spare_counter: AtomicU64,
     /// Segments to delete once the durable position passes the given point.
     drops: Mutex<Vec<(LogPos, SegmentId)>>,
+    /// Backup pins: (pin id, first pinned segment). A due drop of a segment at or after a
+    /// pin's first segment waits until the pin is released (see `backup.rs`).
+    pins: Mutex<Vec<(u64, SegmentId)>>,
+    pin_counter: AtomicU64,
     /// Counters for stats.
     pub(crate) fsyncs: AtomicU64,
     pub(crate) fsync_nanos: AtomicU64,
@@ -139,6 +143,8 @@ impl Log {
             spare_cv: Condvar::new(),
             spare_counter: AtomicU64::new(0),
             drops: Mutex::new(Vec::new()),
+            pins: Mutex::new(Vec::new()),
+            pin_counter: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             fsync_nanos: AtomicU64::new(0),
             fsync_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -460,17 +466,46 @@ impl Log {
         self.failed.load(Ordering::Acquire) || self.pipe.lock().shutdown
     }
 
+    /// Pins every segment from `first` on against deletion until [`Log::unpin`]. Must be
+    /// called with the engine's state lock held, so that retention cannot schedule the drop
+    /// of `first` between reading it and pinning it.
+    pub(crate) fn pin(&self, first: SegmentId) -> u64 {
+        let id = self.pin_counter.fetch_add(1, Ordering::Relaxed);
+        self.pins.lock().push((id, first));
+        id
+    }
+
+    /// Releases a pin; drops it held back run at the writer's next turn.
+    pub(crate) fn unpin(&self, id: u64) {
+        self.pins.lock().retain(|(p, _)| *p != id);
+        // Take the pipe mutex before notifying: the writer checks for due drops under it,
+        // so this wake-up cannot fall between its check and its wait.
+        drop(self.pipe.lock());
+        self.work.notify_one();
+    }
+
+    /// The first pinned segment, if any pin is held.
+    fn pinned_from(&self) -> Option<SegmentId> {
+        self.pins.lock().iter().map(|(_, s)| *s).min()
+    }
+
     fn has_due_drops(&self) -> bool {
         let durable = self.durable();
-        self.drops.lock().iter().any(|(after, _)| *after <= durable)
+        let pinned = self.pinned_from();
+        self.drops
+            .lock()
+            .iter()
+            .any(|(after, seg)| *after <= durable && pinned.is_none_or(|p| *seg < p))
     }
 
     fn run_due_drops(&self) -> Result<()> {
         let durable = self.durable();
+        let pinned = self.pinned_from();
         let due: Vec<SegmentId> = {
             let mut drops = self.drops.lock();
-            let (due, keep): (Vec<_>, Vec<_>) =
-                drops.drain(..).partition(|(after, _)| *after <= durable);
+            let (due, keep): (Vec<_>, Vec<_>) = drops
+                .drain(..)
+                .partition(|(after, seg)| *after <= durable && pinned.is_none_or(|p| *seg < p));
             *drops = keep;
             due.into_iter().map(|(_, s)| s).collect()
         };

@@ -1,12 +1,21 @@
-//! Credentials (projects and tokens, kept in the engine's durable metadata) and the
-//! request authentication extractor.
+//! Credentials (projects and tokens, kept in the engine's durable metadata), the admin
+//! operations on them, and the request authentication extractors.
 //!
-//! Metadata keys: `project/{id}` → `{"id","created_at"}`, `token/{sha256 hex}` →
-//! `{"project_id": id}` or `{"admin": true}`. Only token hashes are stored.
+//! Metadata keys: `project/{id}` → `{"id","name","created_at"}`, `token/{sha256 hex}` →
+//! `{"id","project_id","name","created_at"}` or `{"id","admin":true,...}`. Only token hashes
+//! are stored; a token's `id` (24 hex) names it for listing and revocation.
+//!
+//! The token table is also held in memory for authentication. Every change is made durable
+//! first and then applied to the table, under one lock, so a revoked token is refused from
+//! the moment the revoke is answered.
+
+use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::request::Parts;
 use engine::Engine;
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -14,18 +23,51 @@ use subtle::ConstantTimeEq;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Projects that can exist at once.
+pub const PROJECTS_MAX: usize = 10_000;
+/// Tokens that can exist at once, admin tokens included.
+pub const TOKENS_MAX: usize = 10_000;
+/// Project and token names, bytes.
+pub const NAME_BYTES_MAX: usize = 255;
+
 /// Who a token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
+    /// Names the token in listings and revocation (24 hex); never the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_id: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub admin: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
 }
 
-/// Token hashes and owners, loaded at start.
+impl TokenRecord {
+    fn same_owner(&self, other: &TokenRecord) -> bool {
+        self.project_id == other.project_id && self.admin == other.admin
+    }
+}
+
+/// A project, as stored and as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectRecord {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
+/// Token hashes and owners, loaded at start and kept in step with the metadata.
 pub struct Credentials {
-    tokens: Vec<([u8; 32], TokenRecord)>,
+    /// Shared records, so that authenticating a request copies no strings.
+    tokens: RwLock<Vec<([u8; 32], Arc<TokenRecord>)>>,
+    /// Serialises admin changes, so that their checks and writes do not interleave.
+    changes: tokio::sync::Mutex<()>,
 }
 
 /// Credentials generated on first start, to print once.
@@ -60,28 +102,99 @@ pub fn random_hex(n: usize) -> String {
     hex::encode(buf)
 }
 
+/// `n` random bytes as lowercase hex for a secret or an id: no fallback.
+fn secure_hex(n: usize) -> Result<String, ApiError> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).map_err(|e| {
+        tracing::error!(error = %e, "the OS random number generator failed");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
+    })?;
+    Ok(hex::encode(buf))
+}
+
+fn project_key(id: &str) -> String {
+    format!("project/{id}")
+}
+
+fn token_key(hash: &[u8; 32]) -> String {
+    format!("token/{}", hex::encode(hash))
+}
+
 async fn ensure_project(engine: &Engine, id: &str) -> Result<(), engine::Error> {
-    let key = format!("project/{id}");
+    let key = project_key(id);
     if engine.meta(&key).is_none() {
-        let v = serde_json::json!({ "id": id, "created_at": crate::time::now_rfc3339() });
-        engine
-            .put_meta(&key, Some(v.to_string().as_bytes()))
-            .await?;
+        let v = ProjectRecord {
+            id: id.to_string(),
+            name: None,
+            created_at: Some(crate::time::now_rfc3339()),
+        };
+        let v = serde_json::to_vec(&v).unwrap_or_default();
+        engine.put_meta(&key, Some(&v)).await?;
     }
     Ok(())
 }
 
+/// Makes sure `token` exists with the owner in `rec`. A stored record with the same owner
+/// is kept (with its id); one without an id gets one.
 async fn ensure_token(
     engine: &Engine,
     token: &str,
     rec: &TokenRecord,
 ) -> Result<(), engine::Error> {
-    let key = format!("token/{}", hex::encode(hash_token(token)));
-    let v = serde_json::to_vec(rec).unwrap_or_default();
-    if engine.meta(&key).as_deref() != Some(&v[..]) {
-        engine.put_meta(&key, Some(&v)).await?;
+    let key = token_key(&hash_token(token));
+    let stored = engine
+        .meta(&key)
+        .and_then(|v| serde_json::from_slice::<TokenRecord>(&v).ok());
+    if let Some(s) = &stored
+        && s.same_owner(rec)
+        && s.id.is_some()
+    {
+        return Ok(());
     }
-    Ok(())
+    let mut rec = rec.clone();
+    rec.id = Some(random_hex(12));
+    rec.created_at = Some(crate::time::now_rfc3339());
+    if let Some(s) = stored.filter(|s| s.same_owner(&rec)) {
+        rec.name = s.name;
+        rec.created_at = s.created_at.or(rec.created_at);
+    }
+    let v = serde_json::to_vec(&rec).unwrap_or_default();
+    engine.put_meta(&key, Some(&v)).await
+}
+
+fn admin_record() -> TokenRecord {
+    TokenRecord {
+        id: None,
+        project_id: None,
+        admin: true,
+        name: Some("admin".into()),
+        created_at: None,
+    }
+}
+
+fn project_record(project: &str) -> TokenRecord {
+    TokenRecord {
+        id: None,
+        project_id: Some(project.to_string()),
+        admin: false,
+        name: None,
+        created_at: None,
+    }
+}
+
+/// Checks an optional name; `""` means none.
+fn check_name(name: Option<String>) -> Result<Option<String>, ApiError> {
+    match name {
+        None => Ok(None),
+        Some(n) if n.is_empty() => Ok(None),
+        Some(n) if n.len() > NAME_BYTES_MAX => Err(ApiError::bad_request(format!(
+            "name must be at most {NAME_BYTES_MAX} bytes"
+        ))),
+        Some(n) if n.chars().any(char::is_control) => Err(ApiError::bad_request(
+            "name must not contain control characters",
+        )),
+        Some(n) => Ok(Some(n)),
+    }
 }
 
 impl Credentials {
@@ -95,28 +208,12 @@ impl Credentials {
     ) -> Result<(Credentials, Option<Generated>), engine::Error> {
         let mut generated = None;
         if let Some(t) = admin_token {
-            ensure_token(
-                engine,
-                t,
-                &TokenRecord {
-                    project_id: None,
-                    admin: true,
-                },
-            )
-            .await?;
+            ensure_token(engine, t, &admin_record()).await?;
         }
         if let Some(p) = project_id {
             ensure_project(engine, p).await?;
             if let Some(t) = token {
-                ensure_token(
-                    engine,
-                    t,
-                    &TokenRecord {
-                        project_id: Some(p.to_string()),
-                        admin: false,
-                    },
-                )
-                .await?;
+                ensure_token(engine, t, &project_record(p)).await?;
             }
         }
         if admin_token.is_none()
@@ -129,24 +226,8 @@ impl Credentials {
                 token: random_hex(16),
             };
             ensure_project(engine, &g.project_id).await?;
-            ensure_token(
-                engine,
-                &g.admin_token,
-                &TokenRecord {
-                    project_id: None,
-                    admin: true,
-                },
-            )
-            .await?;
-            ensure_token(
-                engine,
-                &g.token,
-                &TokenRecord {
-                    project_id: Some(g.project_id.clone()),
-                    admin: false,
-                },
-            )
-            .await?;
+            ensure_token(engine, &g.admin_token, &admin_record()).await?;
+            ensure_token(engine, &g.token, &project_record(&g.project_id)).await?;
             generated = Some(g);
         }
         let mut tokens = Vec::new();
@@ -158,23 +239,152 @@ impl Credentials {
                 continue;
             };
             match serde_json::from_slice::<TokenRecord>(&v) {
-                Ok(rec) => tokens.push((h, rec)),
+                Ok(mut rec) => {
+                    if rec.id.is_none() {
+                        // Written before tokens had ids: give it one, durably.
+                        rec.id = Some(random_hex(12));
+                        let v = serde_json::to_vec(&rec).unwrap_or_default();
+                        engine.put_meta(&k, Some(&v)).await?;
+                    }
+                    tokens.push((h, Arc::new(rec)));
+                }
                 Err(e) => tracing::warn!(key = %k, error = %e, "ignoring unreadable token record"),
             }
         }
-        Ok((Credentials { tokens }, generated))
+        let creds = Credentials {
+            tokens: RwLock::new(tokens),
+            changes: tokio::sync::Mutex::new(()),
+        };
+        Ok((creds, generated))
     }
 
     /// The owner of `token`, comparing hashes in constant time against every stored one.
-    pub fn lookup(&self, token: &str) -> Option<&TokenRecord> {
+    pub fn lookup(&self, token: &str) -> Option<Arc<TokenRecord>> {
         let h = hash_token(token);
         let mut found = None;
-        for (stored, rec) in &self.tokens {
+        for (stored, rec) in self.tokens.read().iter() {
             if bool::from(stored.ct_eq(&h)) {
-                found = Some(rec);
+                found = Some(Arc::clone(rec));
             }
         }
         found
+    }
+
+    /// Every project, in id order.
+    pub fn projects(&self, engine: &Engine) -> Vec<ProjectRecord> {
+        engine
+            .meta_with_prefix("project/")
+            .into_iter()
+            .filter_map(|(k, v)| match serde_json::from_slice::<ProjectRecord>(&v) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(key = %k, error = %e, "ignoring unreadable project record");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Creates a project with a new random 24-hex id.
+    pub async fn create_project(
+        &self,
+        engine: &Engine,
+        name: Option<String>,
+    ) -> Result<ProjectRecord, ApiError> {
+        let name = check_name(name)?;
+        let _g = self.changes.lock().await;
+        let count = engine.meta_with_prefix("project/").len();
+        if count >= PROJECTS_MAX {
+            return Err(ApiError::bad_request(format!(
+                "There are {count} projects; the limit is {PROJECTS_MAX}"
+            )));
+        }
+        let id = loop {
+            let id = secure_hex(12)?;
+            if engine.meta(&project_key(&id)).is_none() {
+                break id;
+            }
+        };
+        let rec = ProjectRecord {
+            id,
+            name,
+            created_at: Some(crate::time::now_rfc3339()),
+        };
+        let v = serde_json::to_vec(&rec).unwrap_or_default();
+        engine.put_meta(&project_key(&rec.id), Some(&v)).await?;
+        Ok(rec)
+    }
+
+    /// Creates a token for an existing project. Returns the secret (shown only this once)
+    /// and the stored record.
+    pub async fn create_token(
+        &self,
+        engine: &Engine,
+        project: &str,
+        name: Option<String>,
+    ) -> Result<(String, TokenRecord), ApiError> {
+        let name = check_name(name)?;
+        let _g = self.changes.lock().await;
+        if !valid_project_id(project) || engine.meta(&project_key(project)).is_none() {
+            return Err(ApiError::not_found("Project not found"));
+        }
+        let count = self.tokens.read().len();
+        if count >= TOKENS_MAX {
+            return Err(ApiError::bad_request(format!(
+                "There are {count} tokens; the limit is {TOKENS_MAX}"
+            )));
+        }
+        let secret = secure_hex(16)?;
+        let hash = hash_token(&secret);
+        let rec = TokenRecord {
+            id: Some(secure_hex(12)?),
+            project_id: Some(project.to_string()),
+            admin: false,
+            name,
+            created_at: Some(crate::time::now_rfc3339()),
+        };
+        let v = serde_json::to_vec(&rec).unwrap_or_default();
+        engine.put_meta(&token_key(&hash), Some(&v)).await?;
+        self.tokens.write().push((hash, Arc::new(rec.clone())));
+        Ok((secret, rec))
+    }
+
+    /// Tokens of `project` (every token, admin ones included, when `None`), by creation.
+    pub fn tokens(&self, project: Option<&str>) -> Vec<TokenRecord> {
+        let mut v: Vec<TokenRecord> = self
+            .tokens
+            .read()
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| project.is_none() || r.project_id.as_deref() == project)
+            .map(|r| TokenRecord::clone(r))
+            .collect();
+        v.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        v
+    }
+
+    /// Revokes the token with this id: durably removed, then refused at once. The last
+    /// admin token cannot be revoked.
+    pub async fn revoke(&self, engine: &Engine, id: &str) -> Result<TokenRecord, ApiError> {
+        let _g = self.changes.lock().await;
+        let (hash, rec, admins) = {
+            let tokens = self.tokens.read();
+            let admins = tokens.iter().filter(|(_, r)| r.admin).count();
+            let (h, r) = tokens
+                .iter()
+                .find(|(_, r)| r.id.as_deref() == Some(id))
+                .ok_or_else(|| ApiError::not_found("Token not found"))?;
+            (*h, TokenRecord::clone(r), admins)
+        };
+        if rec.admin && admins <= 1 {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "The last admin token cannot be revoked",
+            ));
+        }
+        engine.put_meta(&token_key(&hash), None).await?;
+        self.tokens.write().retain(|(h, _)| *h != hash);
+        Ok(rec)
     }
 }
 
@@ -210,7 +420,7 @@ pub struct ProjectAuth {
 /// An authenticated admin.
 pub struct AdminAuth;
 
-fn authenticate<'a>(parts: &Parts, st: &'a AppState) -> Result<&'a TokenRecord, ApiError> {
+fn authenticate(parts: &Parts, st: &AppState) -> Result<Arc<TokenRecord>, ApiError> {
     let token = presented_token(parts).ok_or_else(ApiError::unauthorized)?;
     st.creds.lookup(&token).ok_or_else(ApiError::unauthorized)
 }
@@ -240,6 +450,7 @@ impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        // A project token is not an admin credential: 401, as for no token at all.
         let rec = authenticate(parts, st)?;
         // IronMQ: a token that is not an admin token "cannot be verified" for this call.
         if rec.admin {

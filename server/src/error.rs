@@ -80,6 +80,20 @@ impl From<engine::Error> for ApiError {
     }
 }
 
+impl From<engine::backup::BackupError> for ApiError {
+    fn from(e: engine::backup::BackupError) -> ApiError {
+        use engine::backup::BackupError as B;
+        match e {
+            B::Engine(e) => e.into(),
+            B::LimitExceeded { .. } => ApiError::bad_request(e.to_string()),
+            other => {
+                tracing::error!(error = %other, "backup failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = json_response(self.status, &serde_json::json!({ "msg": self.msg }));

@@ -2,6 +2,7 @@
 //!
 //! [`run`] opens the engine, ensures credentials, and serves until `shutdown` resolves.
 
+pub mod admin;
 pub mod alerts;
 pub mod auth;
 pub mod config;

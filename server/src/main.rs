@@ -1,4 +1,7 @@
-//! The `ferromq` binary: `ferromq serve [--data-dir DIR] [--listen ADDR] [--config FILE.json]`.
+//! The `ferromq` binary: `ferromq serve [--data-dir DIR] [--listen ADDR] [--config FILE.json]`,
+//! and the client subcommands `admin`, `backup` and `restore` (module `cli`).
+
+mod cli;
 
 use std::path::PathBuf;
 
@@ -31,6 +34,48 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Manage projects and tokens on a running server (needs the admin token).
+    Admin {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print the server's JSON answer instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: cli::admin::AdminCommand,
+    },
+    /// Take a hot backup of a running server into a new file, with a progress bar.
+    Backup {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The backup file to write (must not exist).
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Restore a backup file into an empty (or absent) data directory, verifying every
+    /// checksum and running strict recovery on the result. No server may use the directory.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        input: PathBuf,
+        /// The data directory to create.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the server is and the admin token.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Base URL of the server.
+    #[arg(long, env = "FERROMQ_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The admin token.
+    #[arg(long, env = "FERROMQ_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 async fn shutdown_signal() {
@@ -57,11 +102,33 @@ async fn shutdown_signal() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Command::Serve {
-        data_dir,
-        listen,
-        config,
-    } = cli.command;
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            listen,
+            config,
+        } => serve(data_dir, listen, config),
+        Command::Admin {
+            server,
+            json,
+            command,
+        } => cli::admin::run(&server.url, &server.token, json, command),
+        Command::Backup { server, output } => {
+            cli::backup::backup(&server.url, &server.token, &output)
+        }
+        Command::Restore {
+            input,
+            data_dir,
+            json,
+        } => cli::backup::restore(&input, &data_dir, json),
+    }
+}
+
+fn serve(
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let mut cfg = ServerConfig::load(config.as_deref())?;
     if let Some(d) = data_dir {
         cfg.data_dir = d;

@@ -14,7 +14,7 @@ use crate::auth::AdminAuth;
 use crate::error::{ApiError, ApiResult};
 use crate::response::{json_response, ok};
 use crate::state::AppState;
-use crate::{messages, queues};
+use crate::{admin, messages, queues};
 
 async fn health() -> ApiResult {
     Ok(ok(json!({ "msg": "ok" })))
@@ -76,6 +76,17 @@ pub fn build(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/version", get(version))
         .route("/3/stats", get(stats))
+        .route(
+            "/3/admin/projects",
+            get(admin::list_projects).post(admin::create_project),
+        )
+        .route(
+            "/3/admin/projects/{pid}/tokens",
+            get(admin::list_project_tokens).post(admin::create_token),
+        )
+        .route("/3/admin/tokens", get(admin::list_tokens))
+        .route("/3/admin/tokens/{tid}", delete(admin::revoke_token))
+        .route("/3/admin/backup", get(admin::backup))
         .route("/3/projects/{pid}/queues", get(queues::list))
         .route(
             q,

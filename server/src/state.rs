@@ -25,6 +25,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// True from the end of recovery until shutdown begins (`GET /ready`).
     pub ready: Arc<AtomicBool>,
+    /// Backups running at once (`admin::BACKUPS_MAX`).
+    pub backups: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -37,6 +39,7 @@ impl AppState {
             alerts_fired: Arc::new(Mutex::new(HashMap::new())),
             stats: Arc::new(Stats::new(stats_interval)),
             ready: Arc::new(AtomicBool::new(false)),
+            backups: Arc::new(tokio::sync::Semaphore::new(crate::admin::BACKUPS_MAX)),
         }
     }
 }
