@@ -660,7 +660,7 @@ def test_push_queue(mq):
            (p.get("retries"), p.get("retries_delay"), p.get("error_queue")), (3, 60, ""))
         mq.queue(qn("push-uni")).delete_queue()
 
-    # §5.11 push statuses (delivery not implemented yet: only check the shape)
+    # §5.11 push statuses (the subscriber URL is not listening: shape only; see test_push_delivery)
     r = call("post to push queue", q.post, "pushed")
     if r and r.get("ids"):
         mid = r["ids"][0]
@@ -682,6 +682,67 @@ def test_push_queue(mq):
                   _describe_exc(e))
     d = call("delete push queue", q.delete_queue)
     eq("§4.5 delete push queue msg", d, {"msg": "Deleted"})
+
+
+def test_push_delivery(mq):
+    """Real delivery to a subscriber served here: it answers 202, then acknowledges with the
+    client's own delete(reservation_id=..., subscriber_name=...); statuses go
+    queued/reserved -> deleted."""
+    import http.server
+
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            n = int(self.headers.get("Content-Length") or 0)
+            hits.append((dict(self.headers), self.rfile.read(n)))
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):  # quiet
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        name = qn("delivery")
+        url = "http://127.0.0.1:%d/hook" % srv.server_address[1]
+        call("create_queue(push to a live subscriber)", mq.create_queue, name,
+             {"push": {"subscribers": [{"name": "acker", "url": url}], "retries_delay": 30}})
+        q = mq.queue(name)
+        r = call("post to live push queue", q.post, "hello subscriber")
+        mid = (r or {}).get("ids", [None])[0]
+        deadline = time.time() + 10
+        while not hits and time.time() < deadline:
+            time.sleep(0.05)
+        check("§7.1 subscriber received the push", len(hits) == 1, hits)
+        if not hits or mid is None:
+            return
+        h, body = hits[0]
+        h = {k.lower(): v for k, v in h.items()}
+        eq("§7.1 push body verbatim", body, b"hello subscriber")
+        eq("§7.1 Iron-Message-Id", h.get("iron-message-id"), mid)
+        eq("§7.1 Iron-Subscriber-Name", h.get("iron-subscriber-name"), "acker")
+        eq("§7.1 User-Agent", h.get("user-agent"), "IronMQ Pusherd")
+        st = None
+        while time.time() < deadline + 5:  # the 202 is recorded just after it arrives
+            st = call("push statuses after 202", q.get_message_push_statuses, mid)
+            if [s.get("status") for s in (st or {}).get("subscribers", [])] != ["queued"]:
+                break
+            time.sleep(0.05)
+        eq("§8 202 -> reserved", [s.get("status") for s in (st or {}).get("subscribers", [])], ["reserved"])
+        res = call("ack with Queue.delete(reservation_id, subscriber_name)", q.delete, mid,
+                   reservation_id=h.get("iron-reservation-id"), subscriber_name="acker")
+        eq("§5.6 push acknowledgement msg", res, {"msg": "Deleted"})
+        st = call("push statuses after ack", q.get_message_push_statuses, mid)
+        subs = (st or {}).get("subscribers", [])
+        eq("§8 acknowledged -> deleted, one try",
+           [(s.get("status"), s.get("tries"), s.get("status_code")) for s in subs], [("deleted", 1, 202)])
+        eq("§7.2 push queue size counts undelivered", (call("info", q.info) or {}).get("size"), 0)
+        q.delete_queue()
+    finally:
+        srv.shutdown()
 
 
 def test_alerts(mq):
@@ -720,9 +781,10 @@ def main():
     mq = mk_client()
     tests = [test_auth, lambda: test_queue_lifecycle(mq), lambda: test_list_queues(mq),
              lambda: test_messages(mq), lambda: test_reserve_options(mq),
-             lambda: test_special_names(mq), lambda: test_push_queue(mq), lambda: test_alerts(mq)]
+             lambda: test_special_names(mq), lambda: test_push_queue(mq),
+             lambda: test_push_delivery(mq), lambda: test_alerts(mq)]
     names = ["auth", "queue_lifecycle", "list_queues", "messages", "reserve_options",
-             "special_names", "push_queue", "alerts"]
+             "special_names", "push_queue", "push_delivery", "alerts"]
     for n, t in zip(names, tests):
         print("== %s" % n)
         try:
