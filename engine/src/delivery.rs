@@ -88,7 +88,7 @@ impl Engine {
                 let e = *q.get(MessageId(id)).expect("lane_top checked the message");
                 claimed.push((Pending::of(&e, None), rid, states));
             }
-            (claimed, q.config.clone())
+            (claimed, Arc::new(q.config.clone()))
         };
         if claimed.is_empty() {
             return Ok(Vec::new());

@@ -31,17 +31,7 @@ pub(crate) struct Sub {
 impl Sub {
     fn queued(name: &str) -> Sub {
         Sub {
-            state: PushSubState {
-                subscriber: name.to_string(),
-                status: PushStatus::Queued,
-                tries: 0,
-                status_code: 0,
-                last_try_ms: 0,
-                due_ms: None,
-                reservation: None,
-                msg: String::new(),
-                attempts: Vec::new(),
-            },
+            state: PushSubState::queued(name),
             inflight: None,
         }
     }

@@ -227,6 +227,23 @@ pub struct PushSubState {
     pub attempts: Vec<PushAttempt>,
 }
 
+impl PushSubState {
+    /// The state of a subscriber not tried yet.
+    pub fn queued(subscriber: &str) -> PushSubState {
+        PushSubState {
+            subscriber: subscriber.to_string(),
+            status: PushStatus::Queued,
+            tries: 0,
+            status_code: 0,
+            last_try_ms: 0,
+            due_ms: None,
+            reservation: None,
+            msg: String::new(),
+            attempts: Vec::new(),
+        }
+    }
+}
+
 /// A change to one subscriber's delivery state, as the server decides it after an attempt
 /// (or an acknowledgement). Written as one log record with the others of the same call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,7 +275,8 @@ pub struct PushLane {
 pub struct PushDelivery {
     pub queue: u32,
     pub key: QueueKey,
-    pub config: QueueConfig,
+    /// The queue's settings (shared by the deliveries of one claim).
+    pub config: std::sync::Arc<QueueConfig>,
     pub id: MessageId,
     pub subscriber: String,
     /// The reservation id sent with this attempt (`Iron-Reservation-Id`).

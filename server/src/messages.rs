@@ -455,19 +455,12 @@ pub async fn push_statuses(
     Path((_, q, id)): MPath,
 ) -> ApiResult {
     let (push, states) = push_states(&st, key(&auth, q), &id).await?;
-    let url_of = |name: &str| {
-        push.subscribers
-            .iter()
-            .find(|s| s.name == name)
-            .map(|s| s.url.clone())
-            .unwrap_or_default()
-    };
     let subs: Vec<Value> = states
         .iter()
         .map(|s| {
             let mut v = json!({
                 "name": s.subscriber, "subscriber_name": s.subscriber,
-                "url": url_of(&s.subscriber), "status": s.status.as_str(),
+                "url": push.url_of(&s.subscriber), "status": s.status.as_str(),
                 "status_code": s.status_code, "tries": s.tries,
                 "retries_remaining": crate::push::decide::retries_remaining(s, push.retries),
                 "retries_delay": push.retries_delay, "msg": s.msg,

@@ -38,6 +38,15 @@ pub struct Push {
 }
 
 impl Push {
+    /// The URL of the subscriber named `name` ("" if there is none now).
+    pub fn url_of(&self, name: &str) -> String {
+        self.subscribers
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.url.clone())
+            .unwrap_or_default()
+    }
+
     /// The delay before retry number `retry` (1-based), in milliseconds, before jitter.
     pub fn delay_ms(&self, retry: u32) -> u64 {
         let base = self.retries_delay as u64 * 1000;

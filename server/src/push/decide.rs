@@ -38,7 +38,10 @@ pub fn decide(
     latency_ms: u32,
     jitter: &mut dyn FnMut(u64) -> u64,
 ) -> Decision {
-    let prev = d.state().cloned().unwrap_or_else(|| blank(&d.subscriber));
+    let prev = d
+        .state()
+        .cloned()
+        .unwrap_or_else(|| PushSubState::queued(&d.subscriber));
     let tries = prev.tries + counted as u32;
     let mine = |status, code, due: Option<u64>, msg: String| PushUpdate {
         subscriber: d.subscriber.clone(),
@@ -165,20 +168,6 @@ pub fn decide(
     }
 }
 
-fn blank(name: &str) -> PushSubState {
-    PushSubState {
-        subscriber: name.to_string(),
-        status: PushStatus::Queued,
-        tries: 0,
-        status_code: 0,
-        last_try_ms: 0,
-        due_ms: None,
-        reservation: None,
-        msg: String::new(),
-        attempts: Vec::new(),
-    }
-}
-
 /// `retries_remaining` as the API shows it.
 pub fn retries_remaining(s: &PushSubState, retries: u32) -> u32 {
     if s.status == PushStatus::Error {
@@ -209,10 +198,10 @@ mod tests {
         PushDelivery {
             queue: 1,
             key: QueueKey::new("p", "q"),
-            config: QueueConfig {
+            config: std::sync::Arc::new(QueueConfig {
                 kind,
                 ..QueueConfig::default()
-            },
+            }),
             id: MessageId(5),
             subscriber: me.into(),
             reservation: ReservationId([1; 16]),
@@ -223,7 +212,7 @@ mod tests {
                 .map(|(n, st, t)| PushSubState {
                     status: *st,
                     tries: *t,
-                    ..blank(n)
+                    ..PushSubState::queued(n)
                 })
                 .collect(),
         }

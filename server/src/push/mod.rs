@@ -106,14 +106,20 @@ pub async fn run(st: AppState, config: PushConfig, stop: impl std::future::Futur
                     continue;
                 }
             };
+            // One parse of the push settings per claimed batch (they share the queue's).
+            let push = batch
+                .first()
+                .and_then(|d| Extra::of(&d.config).push)
+                .map(Arc::new);
             for d in batch {
                 inflight += 1;
                 *per_lane.entry(k.clone()).or_default() += 1;
                 let ctx = ctx.clone();
                 let tx = done_tx.clone();
                 let k = k.clone();
+                let push = push.clone();
                 tasks.spawn(async move {
-                    deliver(&ctx, d).await;
+                    deliver(&ctx, d, push).await;
                     let _ = tx.send(k);
                 });
             }
@@ -162,9 +168,9 @@ fn finished(per_lane: &mut HashMap<LaneKey, usize>, inflight: &mut usize, k: Lan
 }
 
 /// One attempt, start to durable outcome.
-async fn deliver(ctx: &Ctx, d: PushDelivery) {
+async fn deliver(ctx: &Ctx, d: PushDelivery, push: Option<Arc<Push>>) {
     let engine = &ctx.st.engine;
-    let Some(push) = Extra::of(&d.config).push else {
+    let Some(push) = push else {
         engine.push_unclaim(&d);
         return;
     };
@@ -248,16 +254,9 @@ async fn post_error(
     } else {
         serde_json::from_slice(&d.meta).unwrap_or_default()
     };
-    let url_of = |name: &str| {
-        push.subscribers
-            .iter()
-            .find(|s| s.name == name)
-            .map(|s| s.url.clone())
-            .unwrap_or_default()
-    };
     let subs: Vec<_> = failed
         .iter()
-        .map(|s| json!({"name": s.subscriber, "url": url_of(&s.subscriber), "code": s.status_code, "msg": s.msg}))
+        .map(|s| json!({"name": s.subscriber, "url": push.url_of(&s.subscriber), "code": s.status_code, "msg": s.msg}))
         .collect();
     let body = json!({
         "source_msg_id": d.id.to_string(),
