@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::engine::{Engine, Pending};
 use crate::error::{Error, Result};
-use crate::ids::{MessageId, QueueKey, QueueNo, ReservationId};
+use crate::ids::{LogPos, MessageId, QueueKey, QueueNo, ReservationId};
 use crate::record::{self, Kind};
 use crate::types::{PushDelivery, PushLane, PushStatus, PushSubState, PushUpdate};
 
@@ -93,7 +93,15 @@ impl Engine {
         if claimed.is_empty() {
             return Ok(Vec::new());
         }
-        let settled = self.settle().await;
+        // Only durable messages are delivered: wait for the end of the last claimed body
+        // (not the whole log, which would wait for unrelated appends).
+        let need = claimed
+            .iter()
+            .map(|(p, _, _)| LogPos::new(p.segment, p.offset + p.body_len + p.meta_len as u32))
+            .max()
+            .expect("not empty");
+        let (_, log, ..) = self.parts();
+        let settled = log.wait_durable(need).await;
         let (pendings, rest): (Vec<_>, Vec<_>) = claimed
             .into_iter()
             .map(|(p, rid, states)| (p, (rid, states)))
