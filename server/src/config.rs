@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// Base URL of this server as subscribers reach it, for `Iron-Subscriber-Message-Url`;
     /// empty means `http://` + the listen address.
     pub push_base_url: String,
+    /// PEM file of extra root certificates trusted for `https://` subscribers (besides the
+    /// WebPKI roots), e.g. an internal CA.
+    pub push_tls_ca: Option<PathBuf>,
 
     // ---- Operations: stats, request log, TLS, declared queues ----
     /// Length of one `GET /3/stats` interval, seconds (IronMQ's `stats.interval`).
@@ -95,6 +98,7 @@ impl Default for ServerConfig {
             push_concurrency: 512,
             push_concurrency_per_subscriber: 64,
             push_base_url: String::new(),
+            push_tls_ca: None,
 
             stats_interval: 60,
             log_requests_level: "debug".into(),
@@ -135,6 +139,7 @@ const ENV_KEYS: &[&str] = &[
     "push_concurrency",
     "push_concurrency_per_subscriber",
     "push_base_url",
+    "push_tls_ca",
 ];
 
 /// Environment keys of the operations block. `queues` comes from `FERROMQ_QUEUES` as JSON.
@@ -225,6 +230,12 @@ impl ServerConfig {
         let base = &self.push_base_url;
         if !(base.is_empty() || base.starts_with("http://") || base.starts_with("https://")) {
             return bad("push_base_url", "must start with http:// or https://");
+        }
+        if let Some(ca) = &self.push_tls_ca {
+            crate::push::load_roots(ca).map_err(|msg| ConfigError::Invalid {
+                key: "push_tls_ca",
+                msg,
+            })?;
         }
         if let (Some(_), None) = (&self.token, &self.project_id) {
             return bad("token", "FERROMQ_TOKEN needs FERROMQ_PROJECT_ID");
@@ -345,6 +356,7 @@ impl ServerConfig {
             concurrency_per_subscriber: self.push_concurrency_per_subscriber,
             base_url,
             shutdown_grace: std::time::Duration::from_millis(self.shutdown_grace_ms),
+            tls_ca: self.push_tls_ca.clone(),
         }
     }
 

@@ -39,6 +39,19 @@ pub struct PushConfig {
     pub base_url: String,
     /// How long in-flight attempts may finish after a shutdown starts.
     pub shutdown_grace: Duration,
+    /// Extra trusted root certificates (PEM) for `https://` subscribers.
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+/// Reads a PEM bundle of root certificates (at least one).
+pub fn load_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(certs)
 }
 
 type LaneKey = (u32, String);
@@ -55,8 +68,18 @@ struct Ctx {
 /// Runs until `stop` resolves, then lets in-flight attempts finish within the grace period
 /// (unfinished ones are simply due again after a restart).
 pub async fn run(st: AppState, config: PushConfig, stop: impl std::future::Future<Output = ()>) {
-    let client = match reqwest::Client::builder()
-        .use_rustls_tls()
+    let mut builder = reqwest::Client::builder().use_rustls_tls();
+    if let Some(ca) = &config.tls_ca {
+        match load_roots(ca) {
+            Ok(certs) => {
+                for c in certs {
+                    builder = builder.add_root_certificate(c);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "push_tls_ca: extra roots not loaded"),
+        }
+    }
+    let client = match builder
         .pool_max_idle_per_host(config.concurrency_per_subscriber.max(1))
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)
