@@ -8,18 +8,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, PID, TOKEN, call, cli, cli_ok, client, start_env};
+use common::{ADMIN, PID, Server, Start, TOKEN, call, cli, cli_ok, client, json_of};
 use serde_json::{Value, json};
 
-fn admin_json(srv: &common::Server, args: &[&str]) -> Value {
+/// The test server's settings: 1 KiB message bodies.
+fn server(dir: &std::path::Path) -> Start {
+    Start::new(dir).env("FERROMQ_BODY_BYTES_MAX", "1024")
+}
+
+fn admin_json(srv: &Server, args: &[&str]) -> Value {
     let url = srv.url();
     let mut all = vec!["admin", "--url", &url, "--token", ADMIN, "--json"];
     all.extend_from_slice(args);
     let out = cli_ok(&all);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad json {out:?}: {e}"))
+    json_of(&out)
 }
 
-fn admin_table(srv: &common::Server, args: &[&str]) -> String {
+fn admin_table(srv: &Server, args: &[&str]) -> String {
     let url = srv.url();
     let mut all = vec!["admin", "--url", &url, "--token", ADMIN];
     all.extend_from_slice(args);
@@ -33,7 +38,7 @@ fn is_hex(s: &str, len: usize) -> bool {
 #[test]
 fn admin_cli_manages_projects_and_tokens_and_a_revoked_token_is_refused_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let srv = start_env(dir.path(), &[]);
+    let srv = server(dir.path()).run();
     let http = client();
 
     // A project, by the CLI.
@@ -190,7 +195,7 @@ fn admin_cli_manages_projects_and_tokens_and_a_revoked_token_is_refused_at_once(
 
     // All of it is durable.
     drop(srv);
-    let srv = start_env(dir.path(), &[]);
+    let srv = server(dir.path()).run();
     let (s, _) = call(&http, &srv, "GET", &qpath, Some(&secret), None);
     assert_eq!(s, 401);
     let (s, _) = call(&http, &srv, "GET", &qpath, Some(&secret2), None);
@@ -317,7 +322,7 @@ fn backup_under_load_restores_exactly_the_acknowledged_state_at_the_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Small segments, so the load fills several and retention drops dead ones meanwhile.
     let env = [("FERROMQ_SEGMENT_BYTES", "1048576")];
-    let srv = start_env(dir.path(), &env);
+    let srv = server(dir.path()).envs(&env).run();
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..QUEUES)
         .map(|i| {
@@ -386,7 +391,7 @@ fn backup_under_load_restores_exactly_the_acknowledged_state_at_the_cut() {
         "{report}"
     );
 
-    let srv = start_env(&target, &env);
+    let srv = server(out.path()).data_dir(&target).envs(&env).run();
     let http = client();
     let mut counts: HashMap<&str, (u64, u64)> = HashMap::new(); // queue → (present, either)
     let mut checked_absent = 0;
@@ -471,7 +476,7 @@ fn backup_under_load_restores_exactly_the_acknowledged_state_at_the_cut() {
 fn one_backup_runs_at_a_time_and_an_abandoned_one_lets_go() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().expect("tempdir");
-    let srv = start_env(dir.path(), &[]);
+    let srv = server(dir.path()).run();
     let http = client();
     // ~24 MB of log: more than the server's chunk buffer and both socket buffers hold.
     let body = "z".repeat(1000);

@@ -1,153 +1,26 @@
 //! End-to-end tests: start the real `ferromq` binary and drive it over HTTP.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::wire::{call, call_with, post_msgs};
+use common::{ADMIN, PID, Server, Start, TOKEN, qp};
 use serde_json::{Value, json};
-
-const PID: &str = "0123456789abcdef01234567";
-const TOKEN: &str = "project-token-123";
-const ADMIN: &str = "admin-token-456";
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 fn start(dir: &std::path::Path) -> Server {
     start_env(dir, &[])
 }
 
+/// The server with a 1 s header-read timeout and 1 KiB message bodies, `env` on top.
 fn start_env(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_ferromq"))
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("FERROMQ_PROJECT_ID", PID)
-        .env("FERROMQ_TOKEN", TOKEN)
-        .env("FERROMQ_ADMIN_TOKEN", ADMIN)
+    Start::new(dir)
         .env("FERROMQ_HEADER_READ_TIMEOUT_MS", "1000")
-        .env("FERROMQ_SYNC", "never")
         .env("FERROMQ_BODY_BYTES_MAX", "1024")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ferromq");
-    let s = Server { child, port };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = std::panic::catch_unwind(|| {
-            raw(
-                port,
-                "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            )
-        }) && r.0 == 200
-        {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Sends raw bytes, reads to EOF; returns (status, head, body).
-fn raw(port: u16, req: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(40)))
-        .expect("timeout");
-    s.write_all(req.as_bytes()).expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).expect("read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("response head");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .expect("status")
-        .parse()
-        .expect("status code");
-    (status, head.to_string(), body.to_string())
-}
-
-fn call_with(
-    port: u16,
-    method: &str,
-    path: &str,
-    auth: Option<&str>,
-    extra: &str,
-    body: &str,
-) -> (u16, Value) {
-    let auth = auth
-        .map(|t| format!("Authorization: OAuth {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let (status, head, body) = raw(port, &req);
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/json\r\n"),
-        "{head}"
-    );
-    assert!(
-        head.to_ascii_lowercase().contains("content-length: "),
-        "{head}"
-    );
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad json {body:?}: {e}")),
-    )
-}
-
-fn call(port: u16, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let b = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    call_with(port, method, path, Some(TOKEN), "", &b)
-}
-
-fn qp(q: &str) -> String {
-    format!("/3/projects/{PID}/queues/{q}")
-}
-
-fn post_msgs(port: u16, q: &str, bodies: &[&str]) -> Vec<String> {
-    let msgs: Vec<Value> = bodies.iter().map(|b| json!({ "body": b })).collect();
-    let (s, v) = call(
-        port,
-        "POST",
-        &format!("{}/messages", qp(q)),
-        json!({ "messages": msgs }),
-    );
-    assert_eq!(s, 201, "{v}");
-    assert_eq!(v["msg"], "Messages put on queue.");
-    v["ids"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|i| i.as_str().expect("id").to_string())
-        .collect()
+        .envs(env)
+        .run()
 }
 
 #[test]

@@ -1,247 +1,29 @@
 //! Operations, against the real `ferromq` binary: stats, logs, configuration, declared
 //! queues, health/readiness, metrics, graceful shutdown and HTTPS.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::wire::{call, call_as, parse_response, post_msgs, raw, request_text};
+use common::{ADMIN, PID, Server, Start, TOKEN, qp};
 use serde_json::{Value, json};
 
-const PID: &str = "0123456789abcdef01234567";
-const TOKEN: &str = "project-token-ops-1";
-const ADMIN: &str = "admin-token-ops-2";
-
-// ---- the server process ----
-
-struct Server {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// Everything the server wrote to stderr so far.
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).expect("read the server log")
-    }
-
-    fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(ok.success(), "kill -TERM");
-    }
-
-    /// Waits for the process to exit, at most `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not exit in {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// The `ferromq serve` command on `data` and a free port, with the test credentials.
-fn command(data: &Path, port: u16, log: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ferromq"));
-    c.args(["serve", "--data-dir"])
-        .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(args)
-        .env("FERROMQ_PROJECT_ID", PID)
-        .env("FERROMQ_TOKEN", TOKEN)
-        .env("FERROMQ_ADMIN_TOKEN", ADMIN)
-        .env("FERROMQ_SYNC", "never")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log file"));
-    c
-}
-
-/// Starts the server and waits until `probe(port)` sees it answer. The port is free when
-/// picked but another process may take it before the server binds: then it tries another.
-fn start_with(
-    dir: &Path,
-    env: &[(&str, &str)],
-    args: &[&str],
-    probe: impl Fn(u16) -> bool,
-) -> Server {
-    for _attempt in 0..3 {
-        let port = free_port();
-        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
-        let log = dir.join(format!("server-{n}.log"));
-        let child = command(&dir.join("data"), port, &log, env, args)
-            .spawn()
-            .expect("spawn ferromq");
-        let mut s = Server { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut lost_port = false;
-        while !probe(port) {
-            if let Some(st) = s.child.try_wait().expect("try_wait") {
-                let text = s.log_text();
-                lost_port = text.contains(&format!("binding 127.0.0.1:{port}"));
-                assert!(lost_port, "the server exited ({st}) at start:\n{text}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "the server did not start");
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        if !lost_port {
-            return s;
-        }
-    }
-    panic!("no free port could be bound in 3 tries");
-}
-
-fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
-    start_args(dir, env, &[])
-}
-
-/// Starts the server with extra arguments, waiting for `GET /health`.
-fn start_args(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
-    start_with(dir, env, args, |port| {
-        TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .is_ok()
-                && {
-                    let mut b = Vec::new();
-                    let _ = s.read_to_end(&mut b);
-                    b.starts_with(b"HTTP/1.1 200")
-                }
-        })
-    })
-}
-
-/// Runs `ferromq serve` expecting it to refuse to start; returns its stderr.
-fn refused(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
-    let log = dir.join("refused.log");
-    let mut child = command(&dir.join("data"), free_port(), &log, env, args)
-        .spawn()
-        .expect("spawn ferromq");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let st = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the server started with env {env:?} args {args:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let text = std::fs::read_to_string(&log).expect("log");
-    assert!(
-        !st.success(),
-        "exit status of a refused start: {st}\n{text}"
-    );
-    text
+/// The server on `dir` with `env` on top of the test settings, once `GET /health` answers.
+fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
+    Start::new(dir).envs(env).run()
 }
 
 // ---- HTTP ----
 
-fn parse_response(buf: &[u8]) -> (u16, String, String) {
-    let text = String::from_utf8_lossy(buf).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no response head in {text:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    (status, head.to_string(), body.to_string())
-}
-
-fn request_text(method: &str, path: &str, auth: Option<&str>, body: &str) -> String {
-    let auth = auth
-        .map(|t| format!("Authorization: OAuth {t}\r\n"))
-        .unwrap_or_default();
-    format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-/// One request on a fresh connection; returns (status, head, body).
-fn raw(
-    port: u16,
-    method: &str,
-    path: &str,
-    auth: Option<&str>,
-    body: &str,
-) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(40)))
-        .expect("timeout");
-    s.write_all(request_text(method, path, auth, body).as_bytes())
-        .expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).expect("read");
-    parse_response(&buf)
-}
-
-fn call_as(port: u16, method: &str, path: &str, auth: Option<&str>, body: Value) -> (u16, Value) {
-    let b = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let (status, _, body) = raw(port, method, path, auth, &b);
-    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad json {body:?}: {e}"));
-    (status, v)
-}
-
-fn call(port: u16, method: &str, path: &str, body: Value) -> (u16, Value) {
-    call_as(port, method, path, Some(TOKEN), body)
-}
-
-fn qp(q: &str) -> String {
-    format!("/3/projects/{PID}/queues/{q}")
-}
-
+/// Posts `n` messages, `m0`, `m1`, ..., to `q`; returns their ids.
 fn post(port: u16, q: &str, n: usize) -> Vec<String> {
-    let msgs: Vec<Value> = (0..n).map(|i| json!({ "body": format!("m{i}") })).collect();
-    let (s, v) = call(
-        port,
-        "POST",
-        &format!("{}/messages", qp(q)),
-        json!({ "messages": msgs }),
-    );
-    assert_eq!(s, 201, "{v}");
-    v["ids"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|i| i.as_str().expect("id").to_string())
-        .collect()
+    let bodies: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    post_msgs(port, q, &bodies)
 }
 
 fn reserve(port: u16, q: &str, n: usize) -> Vec<Value> {
@@ -589,7 +371,7 @@ fn configuration_errors_stop_the_start_naming_the_key() {
         ),
     ];
     for (env, args, key) in cases {
-        let text = refused(dir.path(), &env, &args);
+        let text = Start::new(dir.path()).envs(&env).args(&args).refused();
         assert!(
             text.contains(key),
             "{env:?} {args:?}: want {key} in\n{text}"
@@ -611,7 +393,7 @@ fn declared_queues_are_created_then_updated_and_a_type_change_stops_the_start() 
         { "project": PID, "name": "fanout", "type": "multicast",
           "push": { "subscribers": [{ "name": "a", "url": "http://127.0.0.1:9/a" }] } },
     ]));
-    let mut srv = start_args(dir.path(), &[], &["--config", &cfg_arg]);
+    let mut srv = Start::new(dir.path()).args(&["--config", &cfg_arg]).run();
     let (s, v) = call(srv.port, "GET", &qp("orders"), Value::Null);
     assert_eq!(s, 200, "{v}");
     let q = &v["queue"];
@@ -631,7 +413,7 @@ fn declared_queues_are_created_then_updated_and_a_type_change_stops_the_start() 
 
     // Updated on the next start; settings left out keep their value; messages stay.
     write(json!([{ "project": PID, "name": "orders", "message_timeout": 45 }]));
-    let mut srv = start_args(dir.path(), &[], &["--config", &cfg_arg]);
+    let mut srv = Start::new(dir.path()).args(&["--config", &cfg_arg]).run();
     let (s, v) = call(srv.port, "GET", &qp("orders"), Value::Null);
     assert_eq!(s, 200, "{v}");
     let q = &v["queue"];
@@ -647,7 +429,9 @@ fn declared_queues_are_created_then_updated_and_a_type_change_stops_the_start() 
         json!([{ "project": PID, "name": "orders", "type": "unicast",
         "push": { "subscribers": [{ "url": "http://127.0.0.1:9/" }] } }]),
     );
-    let text = refused(dir.path(), &[], &["--config", &cfg_arg]);
+    let text = Start::new(dir.path())
+        .args(&["--config", &cfg_arg])
+        .refused();
     assert!(
         text.contains("`queues[0]`") && text.contains("type cannot be changed"),
         "{text}"
@@ -912,21 +696,19 @@ fn https_listener_serves_the_api_with_the_configured_certificate() {
     std::fs::write(&cert_path, ck.cert.pem()).expect("write cert");
     std::fs::write(&key_path, ck.signing_key.serialize_pem()).expect("write key");
     let tls = Tls::trusting(ck.cert.der());
-    let health = request_text("GET", "/health", None, "");
+    let health = request_text("GET", "/health", None, "", "");
     let cert_s = cert_path.to_string_lossy().into_owned();
     let key_s = key_path.to_string_lossy().into_owned();
-    let srv = start_with(
-        dir.path(),
-        &[("FERROMQ_TLS_CERT", &cert_s), ("FERROMQ_TLS_KEY", &key_s)],
-        &[],
-        |port| tls.request(port, &health).is_some_and(|r| r.0 == 200),
-    );
+    let srv = Start::new(dir.path())
+        .envs(&[("FERROMQ_TLS_CERT", &cert_s), ("FERROMQ_TLS_KEY", &key_s)])
+        .run_probed(|port| tls.request(port, &health).is_some_and(|r| r.0 == 200));
     let p = srv.port;
     let body = json!({ "messages": [{ "body": "over tls" }] }).to_string();
     let req = request_text(
         "POST",
         &format!("{}/messages", qp("secure")),
         Some(TOKEN),
+        "",
         &body,
     );
     let (s, _, b) = tls.request(p, &req).expect("tls response");
@@ -935,6 +717,7 @@ fn https_listener_serves_the_api_with_the_configured_certificate() {
         "POST",
         &format!("{}/reservations", qp("secure")),
         Some(TOKEN),
+        "",
         "{}",
     );
     let (s, _, b) = tls.request(p, &req).expect("tls response");

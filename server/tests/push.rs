@@ -1,90 +1,39 @@
 //! Push delivery end to end: the real `ferromq` binary delivering to real HTTP subscribers
 //! on 127.0.0.1 (answering 200, 202 then acknowledging, 500, too slowly, or not listening).
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use common::{PID, Server, Start, TOKEN, free_port, qp};
 use serde_json::{Value, json};
 
-const PID: &str = "0123456789abcdef01234567";
-const TOKEN: &str = "project-token-123";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-struct Server {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start(dir: &std::path::Path, port: u16) -> Server {
-    let log_path = dir.join(format!("server-{port}.log"));
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_ferromq"))
-        .args(["serve", "--data-dir"])
-        .arg(dir.join("data"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("FERROMQ_PROJECT_ID", PID)
-        .env("FERROMQ_TOKEN", TOKEN)
-        .env("FERROMQ_ADMIN_TOKEN", "admin-token-456")
+/// The server with the default durability (`sync=always`: the SIGKILL test depends on it)
+/// and a 700 ms push timeout.
+async fn start(dir: &std::path::Path) -> Server {
+    Start::new(dir)
+        .env("FERROMQ_SYNC", "always")
         .env("FERROMQ_PUSH_TIMEOUT_MS", "700")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn ferromq");
-    let mut s = Server {
-        child,
-        port,
-        dir: dir.to_path_buf(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reqwest::get(format!("http://127.0.0.1:{port}/health"))
+        .run_async()
         .await
-        .is_err()
-    {
-        if let Ok(Some(status)) = s.child.try_wait() {
-            panic!(
-                "ferromq exited ({status}): {}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    s
 }
 
+/// The queue API, as async calls (the tests run inside tokio).
 impl Server {
-    fn url(&self, path: &str) -> String {
-        format!(
-            "http://127.0.0.1:{}/3/projects/{PID}/queues/{path}",
-            self.port
-        )
+    fn queue_url(&self, path: &str) -> String {
+        format!("{}{}", self.url(), qp(path))
     }
     async fn call(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
         let c = reqwest::Client::new();
         let r = c
-            .request(method.parse().unwrap(), self.url(path))
+            .request(method.parse().unwrap(), self.queue_url(path))
             .header("Authorization", format!("OAuth {TOKEN}"))
             .json(&body)
             .send()
@@ -224,7 +173,7 @@ fn header<'a>(h: &'a Hit, name: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multicast_delivers_with_headers_holds_202_until_acked_and_signs() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = start(dir.path(), free_port()).await;
+    let srv = start(dir.path()).await;
     let (ok_url, ok) = subscriber(Mode::Ok).await;
     let (acc_url, acc) = subscriber(Mode::Accept).await;
     let (s, v) = srv
@@ -326,7 +275,7 @@ async fn multicast_delivers_with_headers_holds_202_until_acked_and_signs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_retry_on_schedule_then_land_in_the_error_queue() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = start(dir.path(), free_port()).await;
+    let srv = start(dir.path()).await;
     let (fail_url, fail) = subscriber(Mode::Fail).await;
     let (slow_url, slow) = subscriber(Mode::Slow).await;
     let refused = format!("http://127.0.0.1:{}/gone", free_port());
@@ -415,7 +364,7 @@ async fn failures_retry_on_schedule_then_land_in_the_error_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unicast_moves_to_the_next_subscriber_at_once_and_fans_out_to_queues() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = start(dir.path(), free_port()).await;
+    let srv = start(dir.path()).await;
     let (bad_url, bad) = subscriber(Mode::Fail).await;
     let (good_url, good) = subscriber(Mode::Ok).await;
     let (s, v) = srv
@@ -503,8 +452,7 @@ async fn unicast_moves_to_the_next_subscriber_at_once_and_fans_out_to_queues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_deliveries_and_retries_loses_nothing_and_keeps_retry_budgets() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut srv = start(dir.path(), port).await;
+    let mut srv = start(dir.path()).await;
     let (flaky_url, flaky) = subscriber(Mode::FailUntil).await;
     let (dead_url, dead) = subscriber(Mode::Fail).await;
     srv.call(
@@ -538,14 +486,14 @@ async fn sigkill_during_deliveries_and_retries_loses_nothing_and_keeps_retry_bud
         .await;
     // Kill the server in the middle of that, restart it on the same data.
     let killed_at = Instant::now();
-    srv.child.kill().unwrap();
-    srv.child.wait().unwrap();
-    let dir_path = srv.dir.clone();
-    drop(srv);
+    let port = srv.port;
+    srv.kill();
     flaky
         .healthy
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let srv = start(&dir_path, port).await;
+    // The same port: the subscribers were given URLs with it.
+    let srv = srv.restart_async().await;
+    assert_eq!(srv.port, port);
     let before = hits(&dead).len();
     assert!(before >= 1);
     // Every message is delivered (at least once) after the restart.
