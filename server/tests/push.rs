@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,6 +103,8 @@ struct Sub {
     mode: Mode,
     hits: Arc<Mutex<Vec<Hit>>>,
     healthy: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests being answered now, and the most at once.
+    busy: Arc<(AtomicUsize, AtomicUsize)>,
 }
 
 async fn handler(State(s): State<Sub>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
@@ -118,11 +121,21 @@ async fn handler(State(s): State<Sub>, headers: HeaderMap, body: Bytes) -> (Stat
             "Internal server error.".into(),
         ),
         Mode::Slow => {
+            let now = s.busy.0.fetch_add(1, Ordering::SeqCst) + 1;
+            s.busy.1.fetch_max(now, Ordering::SeqCst);
+            // The pusher gives up first (timeout): this future is dropped, or finishes late.
+            struct Leave(Arc<(AtomicUsize, AtomicUsize)>);
+            impl Drop for Leave {
+                fn drop(&mut self) {
+                    self.0.0.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            let _leave = Leave(s.busy.clone());
             tokio::time::sleep(Duration::from_secs(3)).await;
             (StatusCode::OK, "late".into())
         }
         Mode::FailUntil => {
-            if s.healthy.load(std::sync::atomic::Ordering::SeqCst) {
+            if s.healthy.load(Ordering::SeqCst) {
                 (StatusCode::OK, "ok".into())
             } else {
                 (StatusCode::SERVICE_UNAVAILABLE, "not yet".into())
@@ -137,6 +150,7 @@ async fn subscriber(mode: Mode) -> (String, Sub) {
         mode,
         hits: Arc::default(),
         healthy: Arc::default(),
+        busy: Arc::default(),
     };
     let app = axum::Router::new()
         .fallback(axum::routing::post(handler))
@@ -145,6 +159,54 @@ async fn subscriber(mode: Mode) -> (String, Sub) {
     let url = format!("http://{}/hook", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await });
     (url, s)
+}
+
+/// Starts a subscriber over HTTPS with a certificate for `localhost` signed by nobody;
+/// returns its URL, its hit list and the certificate (PEM) to trust.
+async fn https_subscriber(mode: Mode) -> (String, Sub, String) {
+    use tower::ServiceExt;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_pem = ck.cert.pem();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let s = Sub {
+        mode,
+        hits: Arc::default(),
+        healthy: Arc::default(),
+        busy: Arc::default(),
+    };
+    let app = axum::Router::new()
+        .fallback(axum::routing::post(handler))
+        .with_state(s.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://localhost:{}/hook", l.local_addr().unwrap().port());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        app.clone().oneshot(req.map(axum::body::Body::new))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (url, s, cert_pem)
 }
 
 fn hits(s: &Sub) -> Vec<Hit> {
@@ -488,9 +550,7 @@ async fn sigkill_during_deliveries_and_retries_loses_nothing_and_keeps_retry_bud
     let killed_at = Instant::now();
     let port = srv.port;
     srv.kill();
-    flaky
-        .healthy
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    flaky.healthy.store(true, Ordering::SeqCst);
     // The same port: the subscribers were given URLs with it.
     let srv = srv.restart_async().await;
     assert_eq!(srv.port, port);
@@ -531,4 +591,88 @@ async fn sigkill_during_deliveries_and_retries_loses_nothing_and_keeps_retry_bud
     assert!((3..=4).contains(&total), "{total} attempts for retries=2");
     let (_, info) = srv.call("GET", "budget_errors", json!({})).await;
     assert_eq!(info["queue"]["size"], 1, "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_subscribers_rotated_secrets_and_a_dead_subscriber_does_not_hold_up_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls_url, tls_sub, ca_pem) = https_subscriber(Mode::Ok).await;
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let srv = Start::new(dir.path())
+        .env("FERROMQ_SYNC", "always")
+        .env("FERROMQ_PUSH_TIMEOUT_MS", "700")
+        .env("FERROMQ_PUSH_CONCURRENCY_PER_SUBSCRIBER", "2")
+        .env("FERROMQ_PUSH_TLS_CA", ca.to_str().unwrap())
+        .run_async()
+        .await;
+
+    // HTTPS delivery (the certificate is trusted through push_tls_ca), signed with both
+    // secrets of a rotation: a receiver holding either one accepts it.
+    const NEW_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let (s, v) = srv
+        .call(
+            "PUT",
+            "secure",
+            json!({"queue": {"push": {"subscribers": [{"name": "tls", "url": tls_url}],
+                   "signing_secret": [SECRET, NEW_SECRET]}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["queue"]["push"]["signed"], true);
+    let id = srv.post("secure", &["over tls"]).await.remove(0);
+    let h = wait_hits(&tls_sub, 1, 10).await.remove(0);
+    assert_eq!(h.body.as_ref(), b"over tls");
+    for secret in [SECRET, NEW_SECRET] {
+        standardwebhooks::Webhook::new(secret)
+            .unwrap()
+            .verify(&h.body, &h.headers)
+            .unwrap_or_else(|e| panic!("signature with {secret}: {e:?}"));
+    }
+    let other =
+        standardwebhooks::Webhook::new("whsec_dGhpcyBpcyBub3QgdGhlIHNlY3JldCBhdCBhbGw=").unwrap();
+    assert!(other.verify(&h.body, &h.headers).is_err());
+    srv.wait_statuses("secure", &id, &["deleted"], 5).await;
+    // A bad secret is refused and changes nothing.
+    let (s, v) = srv
+        .call(
+            "PATCH",
+            "secure",
+            json!({"queue": {"push": {"signing_secret": "not-base64!"}}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+
+    // One subscriber that never answers in time, with a backlog, and a healthy one on
+    // another queue: the healthy one gets everything at once.
+    let (slow_url, slow) = subscriber(Mode::Slow).await;
+    let (ok_url, ok) = subscriber(Mode::Ok).await;
+    for (q, url) in [("stuck", &slow_url), ("healthy", &ok_url)] {
+        let (s, v) = srv
+            .call(
+                "PUT",
+                q,
+                json!({"queue": {"push": {"subscribers": [{"name": "s", "url": url}], "retries_delay": 60}}}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let bodies: Vec<String> = (0..40).map(|i| format!("b{i}")).collect();
+    let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    srv.post("stuck", &refs).await;
+    let started = Instant::now();
+    srv.post("healthy", &refs).await;
+    wait_hits(&ok, 40, 10).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "healthy deliveries took {took:?}"
+    );
+    // The stuck subscriber never had more than 2 attempts in flight.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = hits(&slow).len();
+    assert!(
+        (1..=2).contains(&n),
+        "{n} requests to the stuck subscriber in flight at once"
+    );
 }
