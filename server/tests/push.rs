@@ -94,6 +94,8 @@ enum Mode {
     Accept,
     Fail,
     Slow,
+    /// Answers 200 after 1.5 s.
+    Pause,
     /// Fails while the flag is set.
     FailUntil,
 }
@@ -133,6 +135,10 @@ async fn handler(State(s): State<Sub>, headers: HeaderMap, body: Bytes) -> (Stat
             let _leave = Leave(s.busy.clone());
             tokio::time::sleep(Duration::from_secs(3)).await;
             (StatusCode::OK, "late".into())
+        }
+        Mode::Pause => {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            (StatusCode::OK, "done".into())
         }
         Mode::FailUntil => {
             if s.healthy.load(Ordering::SeqCst) {
@@ -675,4 +681,37 @@ async fn https_subscribers_rotated_secrets_and_a_dead_subscriber_does_not_hold_u
         (1..=2).contains(&n),
         "{n} requests to the stuck subscriber in flight at once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_delivery_in_flight_finish_and_record_its_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = Start::new(dir.path())
+        .env("FERROMQ_SYNC", "always")
+        .env("FERROMQ_PUSH_TIMEOUT_MS", "5000")
+        .env("FERROMQ_SHUTDOWN_GRACE_MS", "4000")
+        .run_async()
+        .await;
+    let (url, sub) = subscriber(Mode::Pause).await;
+    srv.call(
+        "PUT",
+        "graceful",
+        json!({"queue": {"push": {"subscribers": [{"name": "p", "url": url}]}}}),
+    )
+    .await;
+    let id = srv.post("graceful", &["in flight"]).await.remove(0);
+    wait_hits(&sub, 1, 10).await;
+    // The subscriber is still answering: stop the server now.
+    srv.sigterm();
+    let status = tokio::task::block_in_place(|| srv.wait_exit(Duration::from_secs(10)));
+    assert!(status.success(), "exit status {status}");
+    let srv = srv.restart_async().await;
+    let st = srv.statuses("graceful", &id).await;
+    assert_eq!(
+        (st[0]["status"].as_str(), st[0]["tries"].as_u64()),
+        (Some("deleted"), Some(1)),
+        "the attempt in flight finished and was recorded before exit: {st:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hits(&sub).len(), 1, "not delivered again after the restart");
 }
