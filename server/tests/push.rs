@@ -460,26 +460,43 @@ async fn unicast_moves_to_the_next_subscriber_at_once_and_fans_out_to_queues() {
     let (_, info) = srv.call("GET", "uni", json!({})).await;
     assert_eq!(info["queue"]["size"], 0);
 
-    // ironmq:///name copies into a queue of the same project.
+    // ironmq:///name copies into a queue of the same project, ironmq://p:t@/name into one
+    // of a project named with its token, ironmq://p:t@host:port/name into another server
+    // (a second ferromq here), over its API.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = start(other_dir.path()).await;
     let (s, v) = srv
         .call(
             "PUT",
             "fan",
             json!({"queue": {"push": {"subscribers": [
                 {"name": "copy1", "url": "ironmq:///copy1"},
-                {"name": "copy2", "url": format!("ironmq://{PID}:{TOKEN}@/copy2")}
-            ]}}}),
+                {"name": "copy2", "url": format!("ironmq://{PID}:{TOKEN}@/copy2")},
+                {"name": "remote", "url": format!("ironmq://{PID}:{TOKEN}@127.0.0.1:{}/copy3", other.port)},
+                {"name": "badtoken", "url": format!("ironmq://{PID}:wrong-token-1@127.0.0.1:{}/copy4", other.port)}
+            ], "retries": 0}}}),
         )
         .await;
     assert_eq!(s, 200, "{v}");
     let id = srv.post("fan", &["fanned"]).await.remove(0);
-    srv.wait_statuses("fan", &id, &["deleted"], 10).await;
-    for q in ["copy1", "copy2"] {
-        let (_, v) = srv
+    let st = srv
+        .wait_statuses("fan", &id, &["deleted", "error"], 10)
+        .await;
+    assert_eq!(
+        st.iter()
+            .map(|s| s["status"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["deleted", "deleted", "deleted", "error"],
+        "{st:?}"
+    );
+    assert_eq!(st[3]["status_code"], 401, "{st:?}");
+    for (server, q) in [(&srv, "copy1"), (&srv, "copy2"), (&other, "copy3")] {
+        let (_, v) = server
             .call("POST", &format!("{q}/reservations"), json!({"n": 5}))
             .await;
         assert_eq!(v["messages"][0]["body"], "fanned", "{q}: {v}");
     }
+    assert_eq!(other.call("GET", "copy4", json!({})).await.0, 404);
 
     // Unsupported and malformed subscribers are refused and change nothing.
     for (url, want) in [
@@ -503,7 +520,7 @@ async fn unicast_moves_to_the_next_subscriber_at_once_and_fans_out_to_queues() {
             .as_array()
             .unwrap()
             .len(),
-        2
+        4
     );
     // A pull queue cannot become a push queue.
     srv.call("PUT", "pullq", json!({})).await;
