@@ -346,7 +346,12 @@ impl ServerConfig {
             } else {
                 listen.ip().to_string()
             };
-            format!("http://{host}:{}", listen.port())
+            let scheme = if self.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{host}:{}", listen.port())
         } else {
             self.push_base_url.trim_end_matches('/').to_string()
         };
