@@ -41,6 +41,12 @@ pub const FSYNC_BUCKET_BOUNDS_S: [f64; 12] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
+/// A spare's zero-fill is spread over at most this long (see [`Log::pace_spare`]).
+const SPARE_FILL_TIME: Duration = Duration::from_secs(2);
+/// How long a roll waits for the allocator to finish the spare it is making before it
+/// makes one itself.
+const SPARE_HURRY_WAIT_MAX: Duration = Duration::from_secs(5);
+
 /// Buckets of [`FSYNC_BUCKET_BOUNDS_S`] plus the overflow bucket.
 pub(crate) const FSYNC_BUCKETS: usize = FSYNC_BUCKET_BOUNDS_S.len() + 1;
 
@@ -88,6 +94,10 @@ pub(crate) struct Log {
     spare: Mutex<Option<(String, Arc<dyn StorageFile>)>>,
     spare_cv: Condvar,
     spare_counter: AtomicU64,
+    /// The allocator is making a spare (set and cleared under the `spare` mutex).
+    allocating: AtomicBool,
+    /// The writer is waiting for the spare being made: stop pacing, finish it now.
+    hurry: AtomicBool,
     /// Segments to delete once the durable position passes the given point.
     drops: Mutex<Vec<(LogPos, SegmentId)>>,
     /// Backup pins: (pin id, first pinned segment). A due drop of a segment at or after a
@@ -142,6 +152,8 @@ impl Log {
             spare: Mutex::new(None),
             spare_cv: Condvar::new(),
             spare_counter: AtomicU64::new(0),
+            allocating: AtomicBool::new(false),
+            hurry: AtomicBool::new(false),
             drops: Mutex::new(Vec::new()),
             pins: Mutex::new(Vec::new()),
             pin_counter: AtomicU64::new(0),
@@ -419,9 +431,23 @@ impl Log {
     }
 
     fn take_spare(&self) -> Result<(String, Arc<dyn StorageFile>)> {
-        if let Some(s) = self.spare.lock().take() {
-            self.spare_cv.notify_all();
-            return Ok(s);
+        {
+            let mut spare = self.spare.lock();
+            if spare.is_none() && self.allocating.load(Ordering::Acquire) {
+                // The allocator is part-way through one: finishing it at full speed is
+                // quicker than starting another here.
+                self.hurry.store(true, Ordering::Release);
+                let deadline = Instant::now() + SPARE_HURRY_WAIT_MAX;
+                while spare.is_none()
+                    && self.allocating.load(Ordering::Acquire)
+                    && !self.spare_cv.wait_until(&mut spare, deadline).timed_out()
+                {}
+            }
+            if let Some(s) = spare.take() {
+                drop(spare);
+                self.spare_cv.notify_all();
+                return Ok(s);
+            }
         }
         // The allocator fell behind: make one here.
         let n = self.spare_counter.fetch_add(1, Ordering::Relaxed) | (1 << 62);
@@ -429,6 +455,40 @@ impl Log {
             .map_err(|e| Error::io("preallocate", self.path("spare"), e))?;
         self.spare_cv.notify_all();
         Ok(out)
+    }
+
+    /// Decides, before each step of a spare's zero-fill, whether to go on now (true), or
+    /// sleeps a little first; false once the log is stopping. The spare is due when the
+    /// active segment is half full, and in any case within [`SPARE_FILL_TIME`]: writing
+    /// its zeros no faster than that keeps them from crowding out the log's own syncs.
+    fn pace_spare(&self, started: Instant, done: u64) -> bool {
+        let bytes = self.segment_bytes;
+        if bytes <= 4 * segment::SPARE_STEP_BYTES {
+            return !self.is_stopping();
+        }
+        loop {
+            // A roll waiting for this spare (even one in the final write-out) comes first.
+            if self.hurry.load(Ordering::Acquire) {
+                return true;
+            }
+            if self.is_stopping() {
+                return false;
+            }
+            let fill = self.durable().offset() as u64;
+            let by_fill = bytes.min(fill.saturating_mul(2));
+            let elapsed = started.elapsed();
+            let by_time = (bytes as f64 * elapsed.as_secs_f64() / SPARE_FILL_TIME.as_secs_f64())
+                .min(bytes as f64) as u64;
+            if done < by_fill.max(by_time) {
+                return true;
+            }
+            // When the time allowance catches up with `done`, at the latest.
+            let due = SPARE_FILL_TIME.mul_f64(done as f64 / bytes as f64);
+            let nap = due
+                .saturating_sub(elapsed)
+                .clamp(Duration::from_millis(1), Duration::from_millis(10));
+            std::thread::sleep(nap);
+        }
     }
 
     fn allocator_loop(self: Arc<Self>) {
@@ -441,23 +501,37 @@ impl Log {
                 if self.is_stopping() {
                     return;
                 }
+                self.allocating.store(true, Ordering::Release);
             }
             let n = self.spare_counter.fetch_add(1, Ordering::Relaxed);
-            match segment::create_spare(&*self.storage, n, self.segment_bytes) {
-                Ok(s) => {
-                    let mut spare = self.spare.lock();
-                    if spare.is_none() {
+            let started = Instant::now();
+            let made =
+                segment::create_spare_paced(&*self.storage, n, self.segment_bytes, &mut |done| {
+                    self.pace_spare(started, done)
+                });
+            let failed = {
+                let mut spare = self.spare.lock();
+                self.allocating.store(false, Ordering::Release);
+                self.hurry.store(false, Ordering::Release);
+                let failed = match made {
+                    Ok(Some(s)) if spare.is_none() => {
                         *spare = Some(s);
-                    } else {
-                        let _ = self.storage.remove(&s.0);
+                        false
                     }
-                }
-                Err(e) => {
-                    // Not fatal by itself: the writer makes its own spare when it needs one,
-                    // and fails loudly if that fails too.
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+                    Ok(Some(s)) => {
+                        let _ = self.storage.remove(&s.0);
+                        false
+                    }
+                    Ok(None) => false,
+                    Err(_) => true,
+                };
+                self.spare_cv.notify_all();
+                failed
+            };
+            if failed {
+                // Not fatal by itself: the writer makes its own spare when it needs one,
+                // and fails loudly if that fails too.
+                std::thread::sleep(Duration::from_millis(200));
             }
         }
     }

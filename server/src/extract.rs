@@ -27,7 +27,18 @@ pub async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
 }
 
 /// Parses a JSON object body; an empty body counts as `{}`.
+///
+/// An object body is first parsed straight into `T`. Only when that fails is it parsed
+/// through a `serde_json::Value`, which gives the same result and error text as before
+/// (for instance, a repeated key: the last one wins). The `Value` step used to run on
+/// every request and cost about a quarter of the server's CPU on batch posts.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // A struct also deserializes from a JSON array, so only an object takes the direct way.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+        && let Ok(t) = serde_json::from_slice::<T>(bytes)
+    {
+        return Ok(t);
+    }
     let trimmed = bytes.iter().all(|b| b.is_ascii_whitespace());
     let v: serde_json::Value = if trimmed {
         serde_json::Value::Object(Default::default())

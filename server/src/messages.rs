@@ -89,10 +89,20 @@ async fn post_and_alert(st: &AppState, key: &QueueKey, msgs: &[NewMessage]) -> A
     Ok(with_messages(
         json_response(
             StatusCode::CREATED,
-            &json!({ "ids": ids, "msg": "Messages put on queue." }),
+            &Posted {
+                ids,
+                msg: "Messages put on queue.",
+            },
         ),
         n,
     ))
+}
+
+/// The reply to a post, in key order (see [`Reserved`]).
+#[derive(serde::Serialize)]
+struct Posted {
+    ids: Vec<String>,
+    msg: &'static str,
 }
 
 #[derive(Deserialize)]
@@ -242,18 +252,36 @@ pub async fn reserve(
     {
         crate::alerts::check(&st, &key, after + got.len() as u64, after).await;
     }
-    let msgs: Vec<Value> = got
+    let messages: Vec<Reserved> = got
         .into_iter()
-        .map(|m| {
-            let mut v = json!({ "id": m.id.to_string(), "body": body_string(m.body), "reserved_count": m.reserved_count });
-            if let Some(r) = m.reservation_id {
-                v["reservation_id"] = json!(r.to_string());
-            }
-            v
+        .map(|m| Reserved {
+            body: body_string(m.body),
+            id: m.id.to_string(),
+            reservation_id: m.reservation_id.map(|r| r.to_string()),
+            reserved_count: m.reserved_count,
         })
         .collect();
-    let n = msgs.len() as u64;
-    Ok(with_messages(ok(json!({ "messages": msgs })), n))
+    let n = messages.len() as u64;
+    Ok(with_messages(
+        json_response(StatusCode::OK, &ReserveReply { messages }),
+        n,
+    ))
+}
+
+/// One reserved message as the reply shows it. Fields in key order: the reply is byte for
+/// byte what a `serde_json::Value` (sorted keys) gave, without building one per message.
+#[derive(serde::Serialize)]
+struct Reserved {
+    body: String,
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reservation_id: Option<String>,
+    reserved_count: u32,
+}
+
+#[derive(serde::Serialize)]
+struct ReserveReply {
+    messages: Vec<Reserved>,
 }
 
 /// `GET /queues/{q}/messages?n=`: peek.

@@ -5,7 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 /// Builds a JSON response from any serialisable value.
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
     let bytes = serde_json::to_vec(value)
         .unwrap_or_else(|_| b"{\"msg\":\"Internal server error\"}".to_vec());
     let len = bytes.len();

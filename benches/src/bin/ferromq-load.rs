@@ -100,6 +100,13 @@ struct Args {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Seconds at the start whose latencies are not recorded (connections open, caches warm).
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+    /// List the stalls: requests slower than this many ms, grouped into time clusters with
+    /// their wall-clock start (to match against server-side timestamps).
+    #[arg(long)]
+    slow_ms: Option<u64>,
 }
 
 /// Counters and histograms shared by all tasks.
@@ -112,6 +119,10 @@ mod counters {
         pub errors: AtomicU64,
         pub error_kinds: std::sync::Mutex<BTreeMap<String, u64>>,
         pub hists: std::sync::Mutex<BTreeMap<&'static str, Histogram<u64>>>,
+        /// Slowest latency (µs) since the last progress line.
+        pub window_max: AtomicU64,
+        /// (intended send time as µs since the Unix epoch, latency µs) of slow requests.
+        pub slow: std::sync::Mutex<Vec<(u64, u64)>>,
     }
 
     impl Shared {
@@ -122,6 +133,8 @@ mod counters {
                 errors: AtomicU64::new(0),
                 error_kinds: std::sync::Mutex::new(BTreeMap::new()),
                 hists: std::sync::Mutex::new(BTreeMap::new()),
+                window_max: AtomicU64::new(0),
+                slow: std::sync::Mutex::new(Vec::new()),
             }
         }
 
@@ -253,30 +266,101 @@ impl Conn {
 
 /// Paces a task at `interval` (open loop: latency counts from the intended send time, so
 /// a slow server does not hide its queueing), or runs closed-loop without one.
+///
+/// The slots come from the [`Ticker`] thread, not from tokio's timer: tokio's timer has a
+/// 1 ms granularity, so a `sleep_until` wakes up to 1 ms after the intended time, and that
+/// lateness (tool error, not server queueing) would be counted in every latency.
 struct Pacer {
-    interval: Option<Duration>,
-    next: Instant,
+    slots: Option<tokio::sync::mpsc::UnboundedReceiver<Instant>>,
 }
 
 impl Pacer {
-    fn new(interval: Option<Duration>, start: Instant, phase: Duration) -> Pacer {
-        Pacer {
-            interval,
-            next: start + phase,
+    /// Waits for the next slot; returns the time latency is measured from, or `None` once
+    /// the run is over.
+    async fn tick(&mut self) -> Option<Instant> {
+        match &mut self.slots {
+            None => Some(Instant::now()),
+            Some(rx) => rx.recv().await,
         }
     }
+}
 
-    /// Waits for the next slot; returns the time latency is measured from.
-    async fn tick(&mut self) -> Instant {
-        match self.interval {
-            None => Instant::now(),
-            Some(iv) => {
-                let at = self.next;
-                self.next += iv;
-                tokio::time::sleep_until(at.into()).await;
-                at
-            }
+/// One OS thread that hands out the open-loop send slots of every paced task, woken by a
+/// high-resolution timed wait, until the deadline.
+struct Ticker {
+    shared: Arc<(std::sync::Mutex<TickerState>, std::sync::Condvar)>,
+}
+
+struct TickerState {
+    /// (next slot, interval, index into `senders`), earliest first.
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, Duration, usize)>>,
+    senders: Vec<tokio::sync::mpsc::UnboundedSender<Instant>>,
+    done: bool,
+}
+
+impl Ticker {
+    fn start(deadline: Instant) -> Ticker {
+        let shared = Arc::new((
+            std::sync::Mutex::new(TickerState {
+                heap: std::collections::BinaryHeap::new(),
+                senders: Vec::new(),
+                done: false,
+            }),
+            std::sync::Condvar::new(),
+        ));
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("ticker".into())
+            .spawn(move || {
+                let (m, cv) = &*s;
+                let Ok(mut st) = m.lock() else { return };
+                loop {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        st.done = true;
+                        st.senders.clear();
+                        return;
+                    }
+                    let wait_until = match st.heap.peek() {
+                        Some(std::cmp::Reverse((at, _, _))) if *at <= now => {
+                            let Some(std::cmp::Reverse((at, iv, i))) = st.heap.pop() else {
+                                continue;
+                            };
+                            if at < deadline {
+                                let _ = st.senders[i].send(at);
+                                st.heap.push(std::cmp::Reverse((at + iv, iv, i)));
+                            }
+                            continue;
+                        }
+                        Some(std::cmp::Reverse((at, _, _))) => (*at).min(deadline),
+                        None => deadline,
+                    };
+                    st = match cv.wait_timeout(st, wait_until - now) {
+                        Ok((g, _)) => g,
+                        Err(_) => return,
+                    };
+                }
+            })
+            .expect("spawn the ticker thread");
+        Ticker { shared }
+    }
+
+    /// A pacer whose slots are `first`, `first + interval`, ... (closed loop without one).
+    fn pacer(&self, interval: Option<Duration>, first: Instant) -> Pacer {
+        let Some(iv) = interval else {
+            return Pacer { slots: None };
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (m, cv) = &*self.shared;
+        if let Ok(mut st) = m.lock()
+            && !st.done
+        {
+            let i = st.senders.len();
+            st.senders.push(tx);
+            st.heap.push(std::cmp::Reverse((first, iv, i)));
         }
+        cv.notify_one();
+        Pacer { slots: Some(rx) }
     }
 }
 
@@ -305,8 +389,30 @@ struct Ctx {
     shared: Shared,
     start: Instant,
     deadline: Instant,
+    /// Hands out the open-loop send slots.
+    ticker: Ticker,
     /// Push mode: the subscriber's delivery-latency histogram.
     push_hist: std::sync::Mutex<Option<Arc<std::sync::Mutex<Histogram<u64>>>>>,
+}
+
+impl Ctx {
+    /// Records the latency of a request meant to start at `from`, unless it falls in the
+    /// warm-up.
+    fn record(&self, hist: &mut Histogram<u64>, from: Instant) {
+        if from < self.start + Duration::from_secs(self.args.warmup) {
+            return;
+        }
+        let us = micros(from.elapsed());
+        hist.saturating_record(us);
+        self.shared.window_max.fetch_max(us, Ordering::Relaxed);
+        if self.args.slow_ms.is_some_and(|ms| us >= ms * 1000)
+            && let Ok(mut v) = self.shared.slow.lock()
+            && v.len() < 1_000_000
+        {
+            let ago = from.elapsed();
+            v.push((now_unix_us().saturating_sub(micros(ago)), us));
+        }
+    }
 }
 
 /// A producer: POSTs `body` (holding `count` messages) until the deadline.
@@ -324,9 +430,11 @@ async fn producer(
     let raw = ctx.raw_target.is_some();
     let mut conn = Conn::new(target);
     let mut hist = new_hist();
-    let mut pacer = Pacer::new(interval, ctx.start, phase);
+    let mut pacer = ctx.ticker.pacer(interval, ctx.start + phase);
     loop {
-        let from = pacer.tick().await;
+        let Some(from) = pacer.tick().await else {
+            break;
+        };
         if Instant::now() >= ctx.deadline {
             break;
         }
@@ -343,7 +451,7 @@ async fn producer(
                     || st == StatusCode::CREATED
                     || st == StatusCode::OK =>
             {
-                hist.saturating_record(micros(from.elapsed()));
+                ctx.record(&mut hist, from);
                 ctx.shared.messages.fetch_add(count, Ordering::Relaxed);
             }
             Ok((st, b)) => ctx.shared.error(format!("post: HTTP {st}: {}", short(&b))),
@@ -375,9 +483,9 @@ async fn consumer(ctx: Arc<Ctx>) {
         .await;
         let Ok(r) = r else { break };
         ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
-        let ids = match r {
+        let (body, n) = match r {
             Ok((StatusCode::OK, b)) => match reserved_ids(&b) {
-                Ok(ids) => ids,
+                Ok(x) => x,
                 Err(e) => {
                     ctx.shared.error(format!("reserve: {e}"));
                     continue;
@@ -395,13 +503,10 @@ async fn consumer(ctx: Arc<Ctx>) {
                 continue;
             }
         };
-        h_res.saturating_record(micros(t.elapsed()));
-        if ids.is_empty() {
+        ctx.record(&mut h_res, t);
+        if n == 0 {
             continue;
         }
-        let n = ids.len() as u64;
-        let body =
-            Bytes::from(serde_json::to_vec(&serde_json::json!({ "ids": ids })).expect("json"));
         let t = Instant::now();
         let r = tokio::time::timeout_at(
             ctx.deadline.into(),
@@ -412,7 +517,7 @@ async fn consumer(ctx: Arc<Ctx>) {
         ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
         match r {
             Ok((StatusCode::OK, _)) => {
-                h_del.saturating_record(micros(t.elapsed()));
+                ctx.record(&mut h_del, t);
                 ctx.shared.messages.fetch_add(n, Ordering::Relaxed);
             }
             Ok((st, b)) => ctx
@@ -425,27 +530,43 @@ async fn consumer(ctx: Arc<Ctx>) {
     ctx.shared.merge("delete", &h_del);
 }
 
-/// `{"messages":[{"id","reservation_id",..}]}` → `[{"id","reservation_id"}]`.
-fn reserved_ids(body: &[u8]) -> Result<Vec<serde_json::Value>> {
-    let v: serde_json::Value =
-        serde_json::from_slice(body).context("reserve response is not JSON")?;
-    let msgs = v
-        .get("messages")
-        .and_then(|m| m.as_array())
-        .ok_or_else(|| anyhow!("reserve response without messages"))?;
-    msgs.iter()
-        .map(|m| {
-            let id = m
-                .get("id")
-                .cloned()
-                .ok_or_else(|| anyhow!("message without id"))?;
-            let rid = m
-                .get("reservation_id")
-                .cloned()
-                .ok_or_else(|| anyhow!("message without reservation_id"))?;
-            Ok(serde_json::json!({ "id": id, "reservation_id": rid }))
-        })
-        .collect()
+/// `{"messages":[{"id","reservation_id",..}]}` → the DELETE body
+/// `{"ids":[{"id","reservation_id"}]}` and its number of ids. Typed and borrowed, because
+/// the tool shares the machine's cores with the server it measures.
+fn reserved_ids(body: &[u8]) -> Result<(Bytes, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Reply<'a> {
+        #[serde(borrow)]
+        messages: Vec<Msg<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Msg<'a> {
+        id: &'a str,
+        reservation_id: Option<&'a str>,
+    }
+    let r: Reply = serde_json::from_slice(body).context("reserve response")?;
+    let mut out = Vec::with_capacity(16 + r.messages.len() * 80);
+    out.extend_from_slice(b"{\"ids\":[");
+    for (i, m) in r.messages.iter().enumerate() {
+        let rid = m
+            .reservation_id
+            .ok_or_else(|| anyhow!("message without reservation_id"))?;
+        if i > 0 {
+            out.push(b',');
+        }
+        // Ids are decimal digits and reservation ids hex: nothing to escape.
+        if !(m.id.bytes().all(|b| b.is_ascii_digit()) && rid.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            bail!("unexpected id {:?} or reservation id {:?}", m.id, rid);
+        }
+        out.extend_from_slice(b"{\"id\":\"");
+        out.extend_from_slice(m.id.as_bytes());
+        out.extend_from_slice(b"\",\"reservation_id\":\"");
+        out.extend_from_slice(rid.as_bytes());
+        out.extend_from_slice(b"\"}");
+    }
+    out.extend_from_slice(b"]}");
+    Ok((Bytes::from(out), r.messages.len() as u64))
 }
 
 fn now_unix_us() -> u64 {
@@ -532,9 +653,11 @@ async fn waiter(ctx: Arc<Ctx>) {
 async fn stamper(ctx: Arc<Ctx>, interval: Duration, phase: Duration) {
     let mut conn = Conn::new(ctx.target.clone());
     let mut hist = new_hist();
-    let mut pacer = Pacer::new(Some(interval), ctx.start, phase);
+    let mut pacer = ctx.ticker.pacer(Some(interval), ctx.start + phase);
     loop {
-        let from = pacer.tick().await;
+        let Some(from) = pacer.tick().await else {
+            break;
+        };
         if Instant::now() >= ctx.deadline {
             break;
         }
@@ -552,9 +675,7 @@ async fn stamper(ctx: Arc<Ctx>, interval: Duration, phase: Duration) {
         let Ok(r) = r else { break };
         ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
         match r {
-            Ok((StatusCode::CREATED | StatusCode::OK, _)) => {
-                hist.saturating_record(micros(from.elapsed()))
-            }
+            Ok((StatusCode::CREATED | StatusCode::OK, _)) => ctx.record(&mut hist, from),
             Ok((st, b)) => ctx.shared.error(format!("post: HTTP {st}: {}", short(&b))),
             Err(e) => ctx.shared.error(format!("post: {e}")),
         }
@@ -607,6 +728,7 @@ fn main() -> Result<()> {
         shared: Shared::new(),
         start,
         deadline: start + Duration::from_secs(args.duration),
+        ticker: Ticker::start(start + Duration::from_secs(args.duration)),
         push_hist: std::sync::Mutex::new(None),
         args,
     });
@@ -801,10 +923,12 @@ async fn push_subscriber(ctx: Arc<Ctx>) -> Result<tokio::task::JoinHandle<()>> {
 async fn push_producer(ctx: Arc<Ctx>, interval: Option<Duration>, phase: Duration) {
     let mut conn = Conn::new(ctx.target.clone());
     let mut hist = new_hist();
-    let mut pacer = Pacer::new(interval, ctx.start, phase);
+    let mut pacer = ctx.ticker.pacer(interval, ctx.start + phase);
     let pad = "x".repeat(ctx.args.body_bytes.saturating_sub(17));
     loop {
-        let from = pacer.tick().await;
+        let Some(from) = pacer.tick().await else {
+            break;
+        };
         if Instant::now() >= ctx.deadline {
             break;
         }
@@ -823,9 +947,7 @@ async fn push_producer(ctx: Arc<Ctx>, interval: Option<Duration>, phase: Duratio
         let Ok(r) = r else { break };
         ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
         match r {
-            Ok((StatusCode::CREATED | StatusCode::OK, _)) => {
-                hist.saturating_record(micros(from.elapsed()))
-            }
+            Ok((StatusCode::CREATED | StatusCode::OK, _)) => ctx.record(&mut hist, from),
             Ok((st, b)) => ctx.shared.error(format!("post: HTTP {st}: {}", short(&b))),
             Err(e) => {
                 ctx.shared.error(format!("post: {e}"));
@@ -845,9 +967,11 @@ async fn producer_uncounted(
 ) {
     let mut conn = Conn::new(ctx.target.clone());
     let mut hist = new_hist();
-    let mut pacer = Pacer::new(interval, ctx.start, phase);
+    let mut pacer = ctx.ticker.pacer(interval, ctx.start + phase);
     loop {
-        let from = pacer.tick().await;
+        let Some(from) = pacer.tick().await else {
+            break;
+        };
         if Instant::now() >= ctx.deadline {
             break;
         }
@@ -859,9 +983,7 @@ async fn producer_uncounted(
         let Ok(r) = r else { break };
         ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
         match r {
-            Ok((StatusCode::CREATED | StatusCode::OK, _)) => {
-                hist.saturating_record(micros(from.elapsed()))
-            }
+            Ok((StatusCode::CREATED | StatusCode::OK, _)) => ctx.record(&mut hist, from),
             Ok((st, b)) => ctx.shared.error(format!("post: HTTP {st}: {}", short(&b))),
             Err(e) => {
                 ctx.shared.error(format!("post: {e}"));
@@ -883,11 +1005,13 @@ async fn progress(ctx: Arc<Ctx>) {
         let r = ctx.shared.requests.load(Ordering::Relaxed);
         let m = ctx.shared.messages.load(Ordering::Relaxed);
         let e = ctx.shared.errors.load(Ordering::Relaxed);
+        let max = ctx.shared.window_max.swap(0, Ordering::Relaxed);
         eprintln!(
-            "[{:>4.0}s] {:>9} req/s {:>11} msg/s  errors {}",
+            "[{:>4.0}s] {:>9} req/s {:>11} msg/s  max {:>8} ms  errors {}",
             ctx.start.elapsed().as_secs_f64(),
             r - last_r,
             m - last_m,
+            fmt_ms(max),
             e
         );
         (last_r, last_m) = (r, m);
@@ -930,9 +1054,46 @@ fn summary(ctx: &Ctx, wall: Duration) {
             );
         }
     }
+    if let Some(ms) = a.slow_ms
+        && let Ok(mut v) = ctx.shared.slow.lock()
+    {
+        print_stalls(&mut v, ms);
+    }
     if let Ok(k) = ctx.shared.error_kinds.lock() {
         for (kind, n) in k.iter().take(10) {
             println!("error x{n}: {kind}");
         }
+    }
+}
+
+/// Groups slow requests into stalls (slow requests whose intended send times lie within
+/// 50 ms of each other) and prints each: wall-clock start, span, count, worst latency.
+fn print_stalls(v: &mut [(u64, u64)], ms: u64) {
+    v.sort_unstable();
+    println!("slow (>= {ms} ms): {} requests", v.len());
+    let mut i = 0;
+    let mut shown = 0;
+    while i < v.len() {
+        let (t0, _) = v[i];
+        let (mut t1, mut worst, mut n) = (t0, 0, 0);
+        while i < v.len() && v[i].0 <= t1 + 50_000 {
+            t1 = v[i].0;
+            worst = worst.max(v[i].1);
+            n += 1;
+            i += 1;
+        }
+        if shown < 40 {
+            println!(
+                "  stall at unix {}.{:06} s: span {} ms, {n} requests, worst {} ms",
+                t0 / 1_000_000,
+                t0 % 1_000_000,
+                fmt_ms(t1 - t0),
+                fmt_ms(worst)
+            );
+        }
+        shown += 1;
+    }
+    if shown > 40 {
+        println!("  ... {} more stalls", shown - 40);
     }
 }
