@@ -12,6 +12,7 @@
 //! The on-disk format is specified in `engine/FORMAT.md`.
 
 pub mod backup;
+mod checkpoint;
 mod clock;
 mod delivery;
 mod engine;
@@ -30,6 +31,7 @@ mod storage;
 pub mod testing;
 mod types;
 
+pub use checkpoint::{INDEX_HEADER_BYTES, INDEX_VERSION, IndexRejection, IndexUse, IndexWrite};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineConfig, EngineStats, MaintainReport, RecoveryMode};
 pub use error::{CorruptionKind, Error, Result};
