@@ -40,6 +40,8 @@ const MAGIC: [u8; 8] = *b"FERROMQI";
 const ENTRY_BYTES: usize = 32;
 const RESERVATION_BYTES: usize = 32;
 const DELAY_BYTES: usize = 16;
+/// Where a segment header keeps its checksum (its last four bytes, FORMAT.md).
+const SEGMENT_CRC_AT: usize = crate::segment::HEADER_BYTES - 4;
 /// `due_ms` value meaning "nothing scheduled" (as in Push records).
 const NOT_DUE: u64 = u64::MAX;
 
@@ -102,7 +104,8 @@ pub struct IndexWrite {
 /// Format (index header, 64 bytes): { magic: [u8;8] = "FERROMQI" | version: u16 |
 ///   header_len: u16 | covers_segment: u32 | covers_offset: u32 | last_frame_at: u32 |
 ///   last_frame_crc: u32 | next_queue_no: u32 | next_message_id: u64 | body_bytes: u64 |
-///   messages: u64 | body_crc: u32 | header_crc: u32 } — header_crc over bytes 0..60.
+///   segment_crc: u32 | zero: u32 | body_crc: u32 | header_crc: u32 } — header_crc over
+///   bytes 0..60.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {
     pub covers: LogPos,
@@ -114,7 +117,9 @@ pub(crate) struct Header {
     pub next_queue: u32,
     pub next_id: u64,
     pub body_bytes: u64,
-    pub messages: u64,
+    /// The checksum field of the covered segment's header (which holds the id floor of
+    /// the moment it began): with the last record, ties the index to this very log.
+    pub segment_crc: u32,
     pub body_crc: u32,
 }
 
@@ -131,7 +136,7 @@ impl Header {
         b[28..32].copy_from_slice(&self.next_queue.to_le_bytes());
         b[32..40].copy_from_slice(&self.next_id.to_le_bytes());
         b[40..48].copy_from_slice(&self.body_bytes.to_le_bytes());
-        b[48..56].copy_from_slice(&self.messages.to_le_bytes());
+        b[48..52].copy_from_slice(&self.segment_crc.to_le_bytes());
         b[56..60].copy_from_slice(&self.body_crc.to_le_bytes());
         let crc = crc32fast::hash(&b[0..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
@@ -158,7 +163,7 @@ impl Header {
         if version != INDEX_VERSION {
             return Err(IndexRejection::UnsupportedVersion(version));
         }
-        if u16::from_le_bytes([b[10], b[11]]) as usize != INDEX_HEADER_BYTES {
+        if u16::from_le_bytes([b[10], b[11]]) as usize != INDEX_HEADER_BYTES || u32_at(52) != 0 {
             return Err(IndexRejection::Malformed);
         }
         Ok(Header {
@@ -168,7 +173,7 @@ impl Header {
             next_queue: u32_at(28),
             next_id: u64_at(32),
             body_bytes: u64_at(40),
-            messages: u64_at(48),
+            segment_crc: u32_at(48),
             body_crc: u32_at(56),
         })
     }
@@ -197,21 +202,19 @@ fn put_entry(buf: &mut Vec<u8>, e: &Entry) {
     buf.extend_from_slice(&b);
 }
 
-fn get_entry(b: &[u8]) -> std::result::Result<Entry, IndexRejection> {
+fn get_entry(b: &[u8; ENTRY_BYTES]) -> std::result::Result<Entry, IndexRejection> {
     let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&b[0..8]);
     let state = match b[28] {
         0 => MsgState::Visible,
         1 => MsgState::Delayed,
         2 => MsgState::Reserved,
         _ => return Err(IndexRejection::Malformed),
     };
-    if b[29..32] != [0, 0, 0] {
+    if b[29] | b[30] | b[31] != 0 {
         return Err(IndexRejection::Malformed);
     }
     Ok(Entry {
-        id: u64::from_le_bytes(id),
+        id: u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
         segment: u32_at(8),
         offset: u32_at(12),
         body_len: u32_at(16),
@@ -317,9 +320,14 @@ pub(crate) struct Image {
 ///   reservation_id: [u8;16] | until_ms: u64 } | delays × { id: u64 | visible_at_ms: u64 } |
 ///   push: u8 (0: pull queue) [| states: u32 × { id: u64 | subs: u16 × sub } |
 ///   finished: u32 × { finished_ms: u64 | entry: 32 B | subs: u16 × sub }] }
-pub(crate) fn capture(st: &State, covers: LogPos, last_frame: Option<LogPos>) -> Image {
+pub(crate) fn capture(
+    st: &State,
+    covers: LogPos,
+    last_frame: Option<LogPos>,
+    mut buf: Vec<u8>,
+) -> Image {
     let messages: u64 = st.queues.values().map(|q| q.size()).sum();
-    let mut buf = Vec::with_capacity(INDEX_HEADER_BYTES + 4096 + messages as usize * ENTRY_BYTES);
+    buf.clear();
     buf.resize(INDEX_HEADER_BYTES, 0);
     buf.u32(st.meta.len() as u32);
     for (k, (v, seg)) in &st.meta {
@@ -401,6 +409,29 @@ pub(crate) fn capture(st: &State, covers: LogPos, last_frame: Option<LogPos>) ->
     }
 }
 
+/// About how many bytes `capture` will write (a little more, unless many push states).
+fn estimate(st: &State) -> usize {
+    let meta: usize = st
+        .meta
+        .iter()
+        .map(|(k, (v, _))| k.len() + v.len() + 10)
+        .sum();
+    let queues: usize = st
+        .queues
+        .values()
+        .map(|q| {
+            let push = if q.push.is_some() { 64 * q.size() } else { 0 };
+            q.size() as usize * ENTRY_BYTES
+                + q.reserved() as usize * RESERVATION_BYTES
+                + q.delayed() as usize * DELAY_BYTES
+                + push as usize
+                + q.config.extra.len()
+                + 1024
+        })
+        .sum();
+    INDEX_HEADER_BYTES + 8 + meta + queues + (meta + queues) / 64
+}
+
 /// Fills in the header (outside the state lock: the checksum runs over every byte) once
 /// the last record is readable, i.e. durable.
 fn seal(image: &mut Image, log: &Log, storage: &dyn Storage) -> Result<()> {
@@ -428,6 +459,17 @@ fn seal(image: &mut Image, log: &Log, storage: &dyn Storage) -> Result<()> {
             (at.offset(), u32::from_le_bytes([h[4], h[5], h[6], h[7]]))
         }
     };
+    let segment_crc = {
+        let seg = image.covers.segment();
+        let region = log
+            .region(seg)
+            .ok_or_else(|| Error::Failed(format!("segment {} is not mapped", seg.0)))?;
+        let mut h = [0u8; 4];
+        region
+            .read(SEGMENT_CRC_AT, &mut h)
+            .map_err(|e| Error::io("read", storage.root().join(seg.file_name()), e))?;
+        u32::from_le_bytes(h)
+    };
     let body = &image.buf[INDEX_HEADER_BYTES..];
     let header = Header {
         covers: image.covers,
@@ -436,7 +478,7 @@ fn seal(image: &mut Image, log: &Log, storage: &dyn Storage) -> Result<()> {
         next_queue: image.next_queue,
         next_id: image.next_id,
         body_bytes: body.len() as u64,
-        messages: image.messages,
+        segment_crc,
         body_crc: crc32fast::hash(body),
     };
     image.buf[..INDEX_HEADER_BYTES].copy_from_slice(&header.encode());
@@ -529,19 +571,14 @@ fn load_bytes(bytes: &[u8], segs: &Segments<'_>, len_max: usize) -> R<Loaded> {
     let mut queues = Vec::with_capacity(n.min(body.len()));
     let mut seen = HashSet::new();
     let mut keys = HashSet::new();
-    let mut messages = 0;
     for _ in 0..n {
         let q = get_queue(&mut r, &header, segs, &mut live)?;
         if !seen.insert(q.no) || !keys.insert(q.key.clone()) || q.no.0 >= header.next_queue {
             return Err(IndexRejection::Malformed);
         }
-        messages += q.size();
         queues.push(q);
     }
     r.finish().map_err(malformed)?;
-    if messages != header.messages {
-        return Err(IndexRejection::Malformed);
-    }
     Ok(Loaded {
         header,
         meta,
@@ -558,6 +595,13 @@ fn check_position(header: &Header, segs: &Segments<'_>, len_max: usize) -> R<()>
     let off = at.offset() as usize;
     if off < crate::segment::HEADER_BYTES || off > region.len() {
         return Err(IndexRejection::NotInLog);
+    }
+    let mut crc = [0u8; 4];
+    region
+        .read(SEGMENT_CRC_AT, &mut crc)
+        .map_err(|_| IndexRejection::NotInLog)?;
+    if u32::from_le_bytes(crc) != header.segment_crc {
+        return Err(IndexRejection::LogMismatch);
     }
     if header.last_frame_at == 0 {
         return if off == crate::segment::HEADER_BYTES {
@@ -614,6 +658,7 @@ struct Runs<'a, 'b> {
 }
 
 impl Runs<'_, '_> {
+    #[inline]
     fn add(&mut self, e: &Entry) -> R<()> {
         if e.segment != self.segment || self.count == 0 {
             self.flush();
@@ -677,7 +722,11 @@ fn get_queue(
         .take(bytes_for(n_delays, DELAY_BYTES)?)
         .map_err(malformed)?;
 
-    let mut entries = VecDeque::with_capacity(n_entries as usize);
+    let (chunks, rest) = entry_bytes.as_chunks::<ENTRY_BYTES>();
+    debug_assert!(rest.is_empty());
+    let mut entries = Vec::with_capacity(chunks.len());
+    // Messages per state: visible, delayed, reserved.
+    let mut counts = [0u64; 3];
     let mut runs = Runs {
         segs,
         covers: header.covers.segment(),
@@ -688,14 +737,15 @@ fn get_queue(
         bytes: 0,
     };
     let mut prev = 0u64;
-    for b in entry_bytes.chunks_exact(ENTRY_BYTES) {
+    for b in chunks {
         let e = get_entry(b)?;
         if e.id <= prev || e.id >= header.next_id {
             return Err(IndexRejection::Malformed);
         }
         prev = e.id;
         runs.add(&e)?;
-        entries.push_back(e);
+        counts[e.state as usize] += 1;
+        entries.push(e);
     }
     runs.flush();
     let reservations = reservation_bytes
@@ -719,7 +769,13 @@ fn get_queue(
     let mut q = Queue::new(def.queue, key, def.config, def_segment);
     q.total_messages = def.total_messages;
     let mut q = q
-        .restore(entries, reservations, delays)
+        .restore(
+            VecDeque::from(entries),
+            counts[2],
+            counts[1],
+            reservations,
+            delays,
+        )
         .map_err(malformed)?;
     let has_push = r.u8().map_err(malformed)?;
     match (has_push, q.push.as_mut()) {
@@ -740,7 +796,8 @@ fn get_queue(
             let mut done = Vec::with_capacity(n.min(crate::limits::PUSH_DONE_KEPT));
             for _ in 0..n {
                 let at = r.u64().map_err(malformed)?;
-                let entry = get_entry(r.take(ENTRY_BYTES).map_err(malformed)?)?;
+                let b = r.take(ENTRY_BYTES).map_err(malformed)?;
+                let entry = get_entry(b.try_into().map_err(malformed)?)?;
                 let subs = get_subs(r)?;
                 done.push((at, Done { entry, subs }));
             }
@@ -833,23 +890,34 @@ impl Engine {
 
 fn write_locked(engine: &Engine, t: &mut Tracker) -> Result<IndexWrite> {
     let (state, log, _, _, storage) = engine.parts();
-    let started = Instant::now();
-    let mut image = {
+    let bytes = {
         let st = state.lock();
-        let (end, last_frame) = log.end_and_last_frame();
+        let end = log.end();
         if t.covers == Some(end) {
             return Ok(IndexWrite {
                 covers: end,
                 written: false,
                 bytes: t.bytes,
                 messages: st.queues.values().map(|q| q.size()).sum(),
-                lock_held: started.elapsed(),
+                lock_held: Duration::ZERO,
             });
         }
-        let last_frame = last_frame.or(t.recovered_last_frame);
-        capture(&st, end, last_frame)
+        estimate(&st)
     };
-    let lock_held = started.elapsed();
+    // Allocate and touch the buffer before taking the lock for the copy, so the page
+    // faults of a fresh allocation do not happen while writers wait.
+    // (`vec![0; n]` maps lazily zeroed pages: write one byte per page to fault them in.)
+    let mut buf = vec![0u8; bytes];
+    for i in (0..bytes).step_by(4096) {
+        buf[i] = 1;
+    }
+    let (mut image, lock_held) = {
+        let st = state.lock();
+        let started = Instant::now();
+        let (end, last_frame) = log.end_and_last_frame();
+        let image = capture(&st, end, last_frame.or(t.recovered_last_frame), buf);
+        (image, started.elapsed())
+    };
     t.attempted = Some(image.covers);
     // The index must never cover a record a crash could still take back.
     log.wait_durable_blocking(image.covers)?;
@@ -879,7 +947,7 @@ mod tests {
             next_queue: 3,
             next_id: 1_000_000_000_000_000_123,
             body_bytes: 55,
-            messages: 2,
+            segment_crc: 0x1234_5678,
             body_crc: 42,
         };
         let b = h.encode();
@@ -908,7 +976,7 @@ mod tests {
         let mut buf = Vec::new();
         put_entry(&mut buf, &e);
         assert_eq!(buf.len(), ENTRY_BYTES);
-        let d = get_entry(&buf).unwrap();
+        let d = get_entry(buf.as_slice().try_into().unwrap()).unwrap();
         assert_eq!(
             (
                 d.id,
@@ -932,7 +1000,10 @@ mod tests {
             )
         );
         buf[28] = 3;
-        assert_eq!(get_entry(&buf).err(), Some(IndexRejection::Malformed));
+        assert_eq!(
+            get_entry(buf.as_slice().try_into().unwrap()).err(),
+            Some(IndexRejection::Malformed)
+        );
     }
 
     #[test]

@@ -601,26 +601,19 @@ impl Queue {
     }
 
     /// Rebuilds a queue from what the restart index kept: `entries` (live, in strictly
-    /// increasing id order, already counted in `live`), the reservations of the reserved
-    /// ones and the visible-at times of the delayed ones. Fails if they disagree.
+    /// increasing id order, already counted in `live`; `reserved` and `delayed` of them in
+    /// those states), the reservations of the reserved ones and the visible-at times of the
+    /// delayed ones. Fails if they disagree.
     pub fn restore(
         mut self,
         entries: VecDeque<Entry>,
+        reserved: u64,
+        delayed: u64,
         reservations: Vec<(u64, ReservationId, u64)>,
         delays: Vec<(u64, u64)>,
     ) -> Result<Queue, crate::error::CorruptionKind> {
         use crate::error::CorruptionKind::BadPayload;
-        let mut reserved = 0usize;
-        let mut delayed = 0u64;
-        for e in &entries {
-            match e.state {
-                MsgState::Reserved => reserved += 1,
-                MsgState::Delayed => delayed += 1,
-                MsgState::Visible => {}
-                MsgState::Deleted => return Err(BadPayload),
-            }
-        }
-        if reserved != reservations.len() || delayed != delays.len() as u64 {
+        if reserved != reservations.len() as u64 || delayed != delays.len() as u64 {
             return Err(BadPayload);
         }
         let state_of = |id: u64| index_in(&entries, id).map(|i| entries[i].state);
@@ -631,7 +624,7 @@ impl Queue {
             self.reservations.insert(id, (rid, until));
             self.expiries.push(Reverse((until, id)));
         }
-        if self.reservations.len() != reserved {
+        if self.reservations.len() as u64 != reserved {
             return Err(BadPayload);
         }
         if delays.windows(2).any(|w| w[0].0 >= w[1].0) {
