@@ -5,7 +5,8 @@
 //!    `Always` by default, with group commit: one fdatasync covers all concurrent callers).
 //! 2. Every record carries a CRC; a torn tail is truncated on open, any other damage stops
 //!    the open with the file and offset.
-//! 3. State (queues, messages, delays, reservations) is rebuilt from the log alone.
+//! 3. State (queues, messages, delays, reservations) is rebuilt from the log alone; the
+//!    restart index only saves replaying the part of the log it covers.
 //! 4. Message bodies stay on disk; memory holds 32 bytes of bookkeeping per live message.
 //! 5. An I/O failure stops the engine: nothing is acknowledged after it.
 //!
