@@ -433,44 +433,55 @@ fn estimate(st: &State) -> usize {
     INDEX_HEADER_BYTES + 8 + meta + queues + (meta + queues) / 64
 }
 
+/// Reads bytes of a segment the log has mapped.
+fn read_segment(
+    log: &Log,
+    storage: &dyn Storage,
+    seg: SegmentId,
+    offset: usize,
+    dst: &mut [u8],
+) -> Result<()> {
+    let path = storage.root().join(seg.file_name());
+    let region = log.region(seg).ok_or_else(|| {
+        let e = std::io::Error::new(std::io::ErrorKind::NotFound, "the segment is not mapped");
+        Error::io("read", &path, e)
+    })?;
+    region
+        .read(offset, dst)
+        .map_err(|e| Error::io("read", &path, e))
+}
+
 /// Fills in the header (outside the state lock: the checksum runs over every byte) once
 /// the last record is readable, i.e. durable.
 fn seal(image: &mut Image, log: &Log, storage: &dyn Storage) -> Result<()> {
+    let covers = image.covers;
     let (last_frame_at, last_frame_crc) = match image.last_frame {
         None => (0, 0),
         Some(at) => {
-            let region = log.region(at.segment()).ok_or_else(|| {
-                Error::Failed(format!("segment {} is not mapped", at.segment().0))
-            })?;
             let mut h = [0u8; FRAME_HEADER_BYTES];
-            region
-                .read(at.offset() as usize, &mut h)
-                .map_err(|e| Error::io("read", storage.root().join(at.segment().file_name()), e))?;
+            read_segment(log, storage, at.segment(), at.offset() as usize, &mut h)?;
             let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as u64;
             let end = at.offset() as u64 + FRAME_HEADER_BYTES as u64 + len;
-            if at.segment() != image.covers.segment() || end != image.covers.offset() as u64 {
-                return Err(Error::Failed(format!(
-                    "the restart index's last record ({}:{}) does not end at its position ({}:{})",
-                    at.segment().0,
-                    at.offset(),
-                    image.covers.segment().0,
-                    image.covers.offset()
-                )));
+            if at.segment() != covers.segment() || end != covers.offset() as u64 {
+                // The log's own bookkeeping disagrees with its bytes: write nothing.
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the last record ({}:{}) does not end at the index's position ({}:{})",
+                        at.segment().0,
+                        at.offset(),
+                        covers.segment().0,
+                        covers.offset()
+                    ),
+                );
+                return Err(Error::io("read", storage.root().join(FILE), e));
             }
             (at.offset(), u32::from_le_bytes([h[4], h[5], h[6], h[7]]))
         }
     };
-    let segment_crc = {
-        let seg = image.covers.segment();
-        let region = log
-            .region(seg)
-            .ok_or_else(|| Error::Failed(format!("segment {} is not mapped", seg.0)))?;
-        let mut h = [0u8; 4];
-        region
-            .read(SEGMENT_CRC_AT, &mut h)
-            .map_err(|e| Error::io("read", storage.root().join(seg.file_name()), e))?;
-        u32::from_le_bytes(h)
-    };
+    let mut crc = [0u8; 4];
+    read_segment(log, storage, covers.segment(), SEGMENT_CRC_AT, &mut crc)?;
+    let segment_crc = u32::from_le_bytes(crc);
     let body = &image.buf[INDEX_HEADER_BYTES..];
     let header = Header {
         covers: image.covers,
