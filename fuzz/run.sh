@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${1:-60}"
-for target in record_decode recovery; do
+for target in record_decode recovery restart_index; do
     echo "== $target for ${secs}s"
     cargo +nightly fuzz run "$target" -- -max_total_time="$secs" -rss_limit_mb=4096
 done

@@ -558,7 +558,7 @@ fn inspect_locked(dir: &Path, body_bytes_max: u32) -> Result<Inspection, BackupE
     let mut config = EngineConfig::new(dir);
     config.body_bytes_max = body_bytes_max;
     config.recovery = RecoveryMode::Strict;
-    let rec = crate::recovery::recover(&config, storage, SystemClock.now_ms())?;
+    let rec = crate::recovery::recover_without_index(&config, storage, SystemClock.now_ms())?;
     let st = &rec.state;
     let mut queues: Vec<QueueInfo> = st.by_key.values().map(|no| st.info(*no)).collect();
     queues.sort_by(|a, b| (&a.project, &a.name).cmp(&(&b.project, &b.name)));

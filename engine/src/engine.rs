@@ -117,6 +117,8 @@ struct Inner {
     /// Wakes every long poll when `draining` is set.
     drain: tokio::sync::Notify,
     recovery: RecoveryReport,
+    /// The restart index on disk; locked for the whole of a write.
+    index: crate::checkpoint::TrackerLock,
 }
 
 #[derive(Default)]
@@ -467,6 +469,7 @@ impl Engine {
     ) -> Result<Engine> {
         config.validate()?;
         let recovered = recovery::recover(&config, storage.clone(), clock.now_ms())?;
+        let index = crate::checkpoint::Tracker::new(recovered.index, recovered.last_frame);
         let log = Log::start(
             storage.clone(),
             config.segment_bytes,
@@ -488,6 +491,7 @@ impl Engine {
                 draining: AtomicBool::new(false),
                 drain: tokio::sync::Notify::new(),
                 recovery: recovered.report,
+                index: Mutex::new(index),
             }),
         };
         Ok(engine)
@@ -1159,8 +1163,17 @@ impl Engine {
     /// definitions and metadata they hold first), and relocates the live messages of the
     /// oldest segment when the log holds more than twice the live data.
     /// Does a bounded amount of work per call; the server calls it periodically.
+    ///
+    /// Then writes the restart index if the log has grown enough since the last one (see
+    /// [`Engine::write_index`]); the report says if it did.
     pub fn maintain(&self) -> Result<MaintainReport> {
-        crate::retention::maintain(self)
+        let mut report = crate::retention::maintain(self)?;
+        report.index = self.maintain_index()?;
+        Ok(report)
+    }
+
+    pub(crate) fn index_tracker(&self) -> &crate::checkpoint::TrackerLock {
+        &self.inner.index
     }
 
     pub(crate) fn push_wake_handle(&self) -> &Arc<tokio::sync::Notify> {
@@ -1213,9 +1226,15 @@ impl Engine {
         self.settle().await
     }
 
-    /// Writes out everything and stops the log threads. Later calls fail with `Closed`.
+    /// Writes out everything and stops the log threads, then writes the restart index so
+    /// the next open replays nothing. Later calls fail with `Closed`. The index is a cache:
+    /// if writing it fails, the next open replays the log instead; call
+    /// [`Engine::write_index`] afterwards to see the error.
     pub fn close(&self) {
         self.inner.log.shutdown();
+        if !self.inner.log.is_failed() {
+            let _ = self.write_index();
+        }
     }
 
     #[cfg(any(test, feature = "testing"))]
@@ -1243,6 +1262,8 @@ pub struct MaintainReport {
     pub segments_dropped: u64,
     pub messages_relocated: u64,
     pub definitions_rewritten: u64,
+    /// The restart index written by this call, if one was due.
+    pub index: Option<crate::checkpoint::IndexWrite>,
 }
 
 fn view((p, body, meta): (Pending, Vec<u8>, Vec<u8>)) -> MessageView {

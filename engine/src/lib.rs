@@ -5,13 +5,15 @@
 //!    `Always` by default, with group commit: one fdatasync covers all concurrent callers).
 //! 2. Every record carries a CRC; a torn tail is truncated on open, any other damage stops
 //!    the open with the file and offset.
-//! 3. State (queues, messages, delays, reservations) is rebuilt from the log alone.
+//! 3. State (queues, messages, delays, reservations) is rebuilt from the log alone; the
+//!    restart index only saves replaying the part of the log it covers.
 //! 4. Message bodies stay on disk; memory holds 32 bytes of bookkeeping per live message.
 //! 5. An I/O failure stops the engine: nothing is acknowledged after it.
 //!
 //! The on-disk format is specified in `engine/FORMAT.md`.
 
 pub mod backup;
+mod checkpoint;
 mod clock;
 mod delivery;
 mod engine;
@@ -30,6 +32,7 @@ mod storage;
 pub mod testing;
 mod types;
 
+pub use checkpoint::{INDEX_HEADER_BYTES, INDEX_VERSION, IndexRejection, IndexUse, IndexWrite};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineConfig, EngineStats, MaintainReport, RecoveryMode};
 pub use error::{CorruptionKind, Error, Result};

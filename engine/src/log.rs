@@ -70,6 +70,8 @@ struct Pipe {
     bytes: usize,
     /// Where the next record goes.
     end: LogPos,
+    /// Where the last record appended since start begins (the restart index names it).
+    last_frame: Option<LogPos>,
     /// Highest id/queue floors to put in the next segment header.
     shutdown: bool,
 }
@@ -138,6 +140,7 @@ impl Log {
                 chunks: Vec::new(),
                 bytes: 0,
                 end,
+                last_frame: None,
                 shutdown: false,
             }),
             work: Condvar::new(),
@@ -253,6 +256,7 @@ impl Log {
         record::frame(&mut chunk.buf, seed, kind, |b| b.extend_from_slice(payload));
         pipe.bytes += frame_len;
         let start = end;
+        pipe.last_frame = Some(start);
         pipe.end = LogPos::new(end.segment(), end.offset() + frame_len as u32);
         let new_end = pipe.end;
         drop(pipe);
@@ -263,6 +267,12 @@ impl Log {
     /// The position after the last appended record.
     pub(crate) fn end(&self) -> LogPos {
         self.pipe.lock().end
+    }
+
+    /// The end, and where the record just before it begins if it was appended since start.
+    pub(crate) fn end_and_last_frame(&self) -> (LogPos, Option<LogPos>) {
+        let pipe = self.pipe.lock();
+        (pipe.end, pipe.last_frame)
     }
 
     pub(crate) fn durable(&self) -> LogPos {
@@ -281,6 +291,20 @@ impl Log {
             self.check()?;
             notified.await;
         }
+    }
+
+    /// Blocks the calling thread (not an async task) until everything before `pos` is
+    /// durable, or the log fails.
+    pub(crate) fn wait_durable_blocking(&self, pos: LogPos) -> Result<()> {
+        let mut guard = self.durable_lock.lock();
+        // `wake_all` notifies under `durable_lock` after publishing, so checking under it
+        // cannot miss a wake-up; the timeout only bounds the wait for a failure.
+        while self.durable.load(Ordering::Acquire) < pos.0 {
+            self.check()?;
+            self.durable_cv
+                .wait_for(&mut guard, Duration::from_millis(100));
+        }
+        Ok(())
     }
 
     pub(crate) fn region(&self, segment: SegmentId) -> Option<Arc<dyn Region>> {

@@ -26,6 +26,8 @@ pub(crate) struct Sub {
     pub state: PushSubState,
     /// The reservation id of the attempt in flight, if one is (never logged: a crash redoes it).
     pub inflight: Option<ReservationId>,
+    /// Whether a Push record set this state (false: a claim made it up, nothing is logged).
+    pub recorded: bool,
 }
 
 impl Sub {
@@ -33,6 +35,7 @@ impl Sub {
         Sub {
             state: PushSubState::queued(name),
             inflight: None,
+            recorded: false,
         }
     }
 }
@@ -253,6 +256,7 @@ impl PushState {
             };
             let s = &mut subs[i];
             s.inflight = None;
+            s.recorded = true;
             let st = &mut s.state;
             st.status = u.status;
             st.tries = u.tries;
@@ -333,6 +337,54 @@ impl PushState {
 
     pub fn done(&self, id: u64) -> Option<&Done> {
         self.done.get(&id)
+    }
+
+    /// The durable part, for the restart index: every message's recorded states (claims
+    /// in flight are not logged, so they are left out), in id order.
+    pub fn recorded_states(&self) -> Vec<(u64, Vec<&PushSubState>)> {
+        let mut out: Vec<(u64, Vec<&PushSubState>)> = self
+            .msgs
+            .iter()
+            .filter_map(|(id, subs)| {
+                let states: Vec<&PushSubState> = subs
+                    .iter()
+                    .filter(|s| s.recorded)
+                    .map(|s| &s.state)
+                    .collect();
+                (!states.is_empty()).then_some((*id, states))
+            })
+            .collect();
+        out.sort_unstable_by_key(|m| m.0);
+        out
+    }
+
+    /// Finished messages kept for lookups, oldest first, with when they finished.
+    pub fn finished_messages(&self) -> impl Iterator<Item = (u64, &Done)> {
+        self.done_order
+            .iter()
+            .filter_map(|(at, id)| self.done.get(id).map(|d| (*at, d)))
+    }
+
+    /// Takes back what `recorded_states` and `finished` gave the restart index. The lanes
+    /// are planned afterwards by `rebuild` (as after a replay).
+    pub fn restore(&mut self, states: Vec<(u64, Vec<PushSubState>)>, done: Vec<(u64, Done)>) {
+        for (id, subs) in states {
+            let subs = subs
+                .into_iter()
+                .map(|state| Sub {
+                    state,
+                    inflight: None,
+                    recorded: true,
+                })
+                .collect();
+            self.msgs.insert(id, subs);
+        }
+        for (at, d) in done {
+            let id = d.entry.id;
+            if self.done.insert(id, d).is_none() {
+                self.done_order.push_back((at, id));
+            }
+        }
     }
 
     /// Recorded state of a live message, for restating it after relocation.

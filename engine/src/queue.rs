@@ -588,6 +588,90 @@ impl Queue {
             .retain(|Reverse((at, id))| latest.get(id) == Some(at));
     }
 
+    // ---- the restart index (`checkpoint.rs`) ----
+
+    /// Live messages in id order (tombstones skipped).
+    pub fn live_entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|e| e.state != MsgState::Deleted)
+    }
+
+    /// Current reservations: (message id, reservation id, until_ms), in id order.
+    pub fn current_reservations(&self) -> Vec<(u64, ReservationId, u64)> {
+        let mut out: Vec<_> = self
+            .reservations
+            .iter()
+            .map(|(id, (rid, until))| (*id, *rid, *until))
+            .collect();
+        out.sort_unstable_by_key(|r| r.0);
+        out
+    }
+
+    /// The visible-at time of every delayed message (the latest one the heap holds for
+    /// it, as `drop_stale_delays` would keep), in id order.
+    pub fn current_delays(&self) -> Vec<(u64, u64)> {
+        if self.delayed_count == 0 {
+            return Vec::new();
+        }
+        let mut latest: HashMap<u64, u64> = HashMap::new();
+        for Reverse((at, id)) in self.delayed.iter() {
+            let e = latest.entry(*id).or_insert(*at);
+            *e = (*e).max(*at);
+        }
+        let mut out: Vec<(u64, u64)> = latest
+            .into_iter()
+            .filter(|(id, _)| {
+                self.index_of(*id)
+                    .is_some_and(|i| self.entries[i].state == MsgState::Delayed)
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Rebuilds a queue from what the restart index kept: `entries` (live, in strictly
+    /// increasing id order, already counted in `live`; `reserved` and `delayed` of them in
+    /// those states), the reservations of the reserved ones and the visible-at times of the
+    /// delayed ones. Fails if they disagree.
+    pub fn restore(
+        mut self,
+        entries: VecDeque<Entry>,
+        reserved: u64,
+        delayed: u64,
+        reservations: Vec<(u64, ReservationId, u64)>,
+        delays: Vec<(u64, u64)>,
+    ) -> Result<Queue, crate::error::CorruptionKind> {
+        use crate::error::CorruptionKind::BadPayload;
+        if reserved != reservations.len() as u64 || delayed != delays.len() as u64 {
+            return Err(BadPayload);
+        }
+        let state_of = |id: u64| index_in(&entries, id).map(|i| entries[i].state);
+        for &(id, rid, until) in &reservations {
+            if state_of(id) != Some(MsgState::Reserved) {
+                return Err(BadPayload);
+            }
+            self.reservations.insert(id, (rid, until));
+            self.expiries.push(Reverse((until, id)));
+        }
+        if self.reservations.len() as u64 != reserved {
+            return Err(BadPayload);
+        }
+        if delays.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(BadPayload);
+        }
+        for &(id, at) in &delays {
+            if state_of(id) != Some(MsgState::Delayed) {
+                return Err(BadPayload);
+            }
+            self.delayed.push(Reverse((at, id)));
+        }
+        self.live = entries.len() as u64;
+        self.delayed_count = delayed;
+        self.entries = entries;
+        self.cursor = 0;
+        self.tombstones = 0;
+        Ok(self)
+    }
+
     /// Deletes expired, unreserved messages at the head. Returns how many went.
     pub fn sweep_expired(&mut self, now_s: u32, live: &mut LiveBytes) -> usize {
         let mut n = 0;

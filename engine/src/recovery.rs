@@ -5,16 +5,22 @@
 //! records through the same `apply_*` methods the live path uses. Queue definitions are
 //! collected first because retention may rewrite a definition after records that use it.
 //!
+//! With a usable restart index (`checkpoint.rs`), both passes start at the position the
+//! index covers instead of the start of the log, from the state the index holds; an
+//! unusable one is removed and the whole log replayed.
+//!
 //! The crash model (FORMAT.md): the last segment may end in a torn write: bad bytes followed
 //! by nothing valid. That tail is zeroed. A bad record anywhere else, or one followed by a
 //! valid record, is corruption: the open fails naming the file and offset.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 
+use crate::checkpoint::{self, IndexRejection, IndexUse};
 use crate::engine::{EngineConfig, RecoveryMode, State};
 use crate::error::{CorruptionKind, Error, Result};
-use crate::ids::{MessageId, QueueKey, QueueNo, SegmentId};
+use crate::ids::{LogPos, MessageId, QueueKey, QueueNo, SegmentId};
 use crate::log::Tail;
 use crate::queue::{Entry, LiveBytes, MsgState, Queue};
 use crate::record::{self, FRAME_HEADER_BYTES, FrameCheck, Kind};
@@ -27,6 +33,10 @@ pub(crate) struct Recovered {
     pub tail: Tail,
     pub regions: HashMap<SegmentId, Arc<dyn Region>>,
     pub report: RecoveryReport,
+    /// Where the record that ends at the tail begins, if the last segment has one.
+    pub last_frame: Option<LogPos>,
+    /// The restart index that was used: the position it covers and its size.
+    pub index: Option<(LogPos, u64)>,
 }
 
 /// What the open found, for the operator's log: a clean close leaves no torn tail.
@@ -36,6 +46,13 @@ pub struct RecoveryReport {
     pub segments: u64,
     /// Where a torn tail was found and zeroed (segment, byte offset), if one was.
     pub torn_tail: Option<(SegmentId, u64)>,
+    /// Segments whose records were checked and replayed: all of them without a restart
+    /// index, those from the index's position on with one.
+    pub segments_scanned: u64,
+    /// Records replayed (those after the index's position when one was used).
+    pub records_replayed: u64,
+    /// What became of the restart index.
+    pub index: IndexUse,
 }
 
 struct Seg {
@@ -59,6 +76,24 @@ pub(crate) fn recover(
     config: &EngineConfig,
     storage: Arc<dyn Storage>,
     now_ms: u64,
+) -> Result<Recovered> {
+    recover_with(config, storage, now_ms, true)
+}
+
+/// Replays the whole log, leaving any restart index alone (strict inspection).
+pub(crate) fn recover_without_index(
+    config: &EngineConfig,
+    storage: Arc<dyn Storage>,
+    now_ms: u64,
+) -> Result<Recovered> {
+    recover_with(config, storage, now_ms, false)
+}
+
+fn recover_with(
+    config: &EngineConfig,
+    storage: Arc<dyn Storage>,
+    now_ms: u64,
+    use_index: bool,
 ) -> Result<Recovered> {
     let root = storage.root().to_path_buf();
     let names = storage.list().map_err(|e| Error::io("list", &root, e))?;
@@ -127,16 +162,304 @@ pub(crate) fn recover(
             offset: 0,
             kind,
         })?;
+        let end = region.len();
         segs.push(Seg {
             id,
             file,
             region,
             header,
-            end: HEADER_BYTES,
+            end,
         });
     }
 
-    // Pass 1.
+    let mut index = IndexUse::Absent;
+    if use_index {
+        remove_if_present(&*storage, checkpoint::TMP)?;
+        let regions: Vec<Arc<dyn Region>> = segs.iter().map(|s| s.region.clone()).collect();
+        let view = checkpoint::Segments {
+            first: segs[0].id,
+            regions: &regions,
+        };
+        let loaded = checkpoint::load(&*storage, &view, config.record_bytes_max());
+        match loaded {
+            Ok(None) => {}
+            Ok(Some(loaded)) => {
+                match from_index(config, &root, &mut segs, loaded, now_ms, time_floor) {
+                    Ok(replayed) => return finish(&root, segs, replayed),
+                    Err(why) => index = IndexUse::Ignored(why),
+                }
+            }
+            Err(why) => index = IndexUse::Ignored(why),
+        }
+        if let IndexUse::Ignored(_) = index {
+            // Never leave an unusable index behind: appends after this open could make a
+            // position it names look valid again.
+            remove_if_present(&*storage, checkpoint::FILE)?;
+        }
+    }
+
+    // Pass 1 over the whole log.
+    let from = LogPos::new(segs[0].id, HEADER_BYTES as u32);
+    let checked = pass1(config, &root, &mut segs, from)?;
+    let defs = checked.defs;
+    let next_id = segs
+        .iter()
+        .map(|s| s.header.next_message_id)
+        .chain([defs.max_id + 1, time_floor])
+        .max()
+        .unwrap_or(time_floor);
+    let next_queue = segs
+        .iter()
+        .map(|s| s.header.next_queue_no)
+        .chain([defs.max_queue + 1, 1])
+        .max()
+        .unwrap_or(1);
+
+    // Pass 2.
+    let mut state = empty_state(next_queue, next_id, segs[0].id);
+    let mut qnos: Vec<_> = defs.latest.keys().copied().collect();
+    qnos.sort();
+    for no in qnos {
+        let (project, name, config) = defs.latest[&no].clone();
+        if config.kind.is_push() {
+            state.push_queues.insert(no);
+        }
+        state.queues.insert(
+            no,
+            Queue::new(no, QueueKey::new(project, name), config, SegmentId(0)),
+        );
+    }
+    let records = pass2(&root, &segs, from, &mut state, now_ms)?;
+    for (key, value) in defs.meta {
+        if let Some(v) = value {
+            state.meta.insert(key, v);
+        }
+    }
+    settle(&mut state, now_ms);
+    finish(
+        &root,
+        segs,
+        Replayed {
+            state,
+            torn_at: checked.torn_at,
+            last_frame: checked.last_frame,
+            records,
+            scanned: checked.scanned,
+            index,
+            index_file: None,
+        },
+    )
+}
+
+/// Recovery's result before the tail is repaired and the log handed over.
+struct Replayed {
+    state: State,
+    torn_at: Option<usize>,
+    /// Where the last record of the last segment begins, if it has one.
+    last_frame: Option<usize>,
+    records: u64,
+    scanned: u64,
+    index: IndexUse,
+    /// The index that was used: the position it covers and its size.
+    index_file: Option<(LogPos, u64)>,
+}
+
+fn empty_state(next_queue: u32, next_id: u64, first_segment: SegmentId) -> State {
+    State {
+        queues: HashMap::new(),
+        by_key: BTreeMap::new(),
+        next_queue,
+        next_id,
+        meta: BTreeMap::new(),
+        live: LiveBytes::default(),
+        scratch: Vec::with_capacity(64 * 1024),
+        first_segment,
+        rids: crate::engine::RidGen::new(),
+        push_queues: std::collections::BTreeSet::new(),
+    }
+}
+
+/// After replay: drop superseded delays, let due timers fire, plan push deliveries, and
+/// index queues by name.
+fn settle(state: &mut State, now_ms: u64) {
+    for q in state.queues.values_mut() {
+        q.drop_stale_delays();
+        q.tick(now_ms);
+        q.rebuild_push();
+    }
+    state.by_key = state
+        .queues
+        .values()
+        .map(|q| (q.key.clone(), q.no))
+        .collect();
+}
+
+fn remove_if_present(storage: &dyn Storage, name: &str) -> Result<()> {
+    match storage.remove(name) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", storage.root().join(name), e)),
+    }
+}
+
+/// Starts from a loaded index: checks and replays only the records after the position it
+/// covers. Any doubt (a bad record after it, a definition that disagrees with it, a message
+/// left in a segment that is gone) rejects the index; the caller then replays everything,
+/// which also gives the authoritative error if the log itself is damaged.
+fn from_index(
+    config: &EngineConfig,
+    root: &Path,
+    segs: &mut [Seg],
+    loaded: checkpoint::Loaded,
+    now_ms: u64,
+    time_floor: u64,
+) -> std::result::Result<Replayed, IndexRejection> {
+    let covers = loaded.header.covers;
+    let checked = pass1(config, root, segs, covers).map_err(|_| IndexRejection::TailUnchecked)?;
+    let defs = checked.defs;
+    let next_id = segs
+        .iter()
+        .map(|s| s.header.next_message_id)
+        .chain([loaded.header.next_id, defs.max_id + 1, time_floor])
+        .max()
+        .unwrap_or(time_floor);
+    let next_queue = segs
+        .iter()
+        .map(|s| s.header.next_queue_no)
+        .chain([loaded.header.next_queue, defs.max_queue + 1, 1])
+        .max()
+        .unwrap_or(1);
+    let mut state = empty_state(next_queue, next_id, segs[0].id);
+    state.live = loaded.live;
+    state.meta = loaded.meta;
+    for q in loaded.queues {
+        state.queues.insert(q.no, q);
+    }
+    // Definitions after the position: the latest settings of known queues, and new queues
+    // (created before the records that use them, as in a full replay).
+    let mut qnos: Vec<_> = defs.latest.keys().copied().collect();
+    qnos.sort();
+    for no in qnos {
+        let (project, name, config) = defs.latest[&no].clone();
+        match state.queues.get_mut(&no) {
+            Some(q) => {
+                if q.key.project != project
+                    || q.key.name != name
+                    || q.config.kind.is_push() != config.kind.is_push()
+                {
+                    return Err(IndexRejection::LogMismatch);
+                }
+                q.set_config(config);
+            }
+            None => {
+                let key = QueueKey::new(project, name);
+                state
+                    .queues
+                    .insert(no, Queue::new(no, key, config, SegmentId(0)));
+            }
+        }
+    }
+    let records =
+        pass2(root, segs, covers, &mut state, now_ms).map_err(|_| IndexRejection::TailUnchecked)?;
+    for (key, value) in defs.meta {
+        match value {
+            Some(v) => state.meta.insert(key, v),
+            None => state.meta.remove(&key),
+        };
+    }
+    // Every live message must still have its body in the log (retention cannot have
+    // dropped a segment a message lives in, but the index is only trusted as far as this).
+    let (first, last) = (segs[0].id.0, segs[segs.len() - 1].id.0);
+    if state
+        .live
+        .per_segment
+        .keys()
+        .any(|s| !(first..=last).contains(s))
+    {
+        return Err(IndexRejection::MissingSegment);
+    }
+    state.push_queues = state
+        .queues
+        .values()
+        .filter(|q| q.config.kind.is_push())
+        .map(|q| q.no)
+        .collect();
+    settle(&mut state, now_ms);
+    let last_seg = &segs[segs.len() - 1];
+    let last_frame = checked.last_frame.or_else(|| {
+        let at = loaded.header.last_frame_at as usize;
+        (last_seg.id == covers.segment() && at > 0).then_some(at)
+    });
+    Ok(Replayed {
+        state,
+        torn_at: checked.torn_at,
+        last_frame,
+        records,
+        scanned: checked.scanned,
+        index: IndexUse::Loaded { covers },
+        index_file: Some((covers, loaded.bytes)),
+    })
+}
+
+/// Zeroes a torn tail and hands the log's end over.
+fn finish(root: &Path, segs: Vec<Seg>, r: Replayed) -> Result<Recovered> {
+    let last = segs.len() - 1;
+    let tail_seg = &segs[last];
+    if let Some(offset) = r.torn_at {
+        // Zero the torn bytes in place (files never shrink: they are mapped).
+        let path = root.join(tail_seg.id.file_name());
+        let zeros = vec![0u8; 1 << 20];
+        let mut off = offset;
+        let len = tail_seg.region.len();
+        while off < len {
+            let n = (len - off).min(zeros.len());
+            tail_seg
+                .file
+                .write_at(off as u64, &zeros[..n])
+                .map_err(|e| Error::io("write", &path, e))?;
+            off += n;
+        }
+        tail_seg
+            .file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync", &path, e))?;
+    }
+    let tail = Tail {
+        segment: tail_seg.id,
+        file: tail_seg.file.clone(),
+        end: tail_seg.end as u32,
+    };
+    let last_frame = r.last_frame.map(|at| LogPos::new(tail_seg.id, at as u32));
+    let regions = segs.iter().map(|s| (s.id, s.region.clone())).collect();
+    let report = RecoveryReport {
+        segments: segs.len() as u64,
+        torn_tail: r.torn_at.map(|off| (tail_seg.id, off as u64)),
+        segments_scanned: r.scanned,
+        records_replayed: r.records,
+        index: r.index,
+    };
+    Ok(Recovered {
+        state: r.state,
+        tail,
+        regions,
+        report,
+        last_frame,
+        index: r.index_file,
+    })
+}
+
+/// What pass 1 found.
+struct Checked {
+    defs: Defs,
+    torn_at: Option<usize>,
+    last_frame: Option<usize>,
+    scanned: u64,
+}
+
+/// Pass 1 from `from` (a record boundary) to the end of the log: checks every frame, finds
+/// the end of the records (and a torn tail), and collects definitions and metadata. Sets
+/// `end` of every segment it scans.
+fn pass1(config: &EngineConfig, root: &Path, segs: &mut [Seg], from: LogPos) -> Result<Checked> {
     let len_max = config.record_bytes_max();
     let mut defs = Defs {
         latest: HashMap::new(),
@@ -147,20 +470,45 @@ pub(crate) fn recover(
     };
     let last = segs.len() - 1;
     let mut torn_at = None;
+    let mut last_frame = None;
+    let mut scanned = 0;
     for (i, seg) in segs.iter_mut().enumerate() {
+        if seg.id < from.segment() {
+            continue;
+        }
+        let start = if seg.id == from.segment() {
+            from.offset() as usize
+        } else {
+            HEADER_BYTES
+        };
+        scanned += 1;
         let path = root.join(seg.id.file_name());
         let seed = record::crc_seed(seg.id.0);
-        let mut outcome: Result<(usize, Option<(usize, CorruptionKind)>)> =
-            Ok((HEADER_BYTES, None));
+        let mut outcome: Result<Scan> = Ok(Scan {
+            end: start,
+            bad: None,
+            last: None,
+        });
         let len = seg.region.len();
+        if start > len {
+            return Err(Error::Corruption {
+                path,
+                offset: start as u64,
+                kind: CorruptionKind::ShortSegment,
+            });
+        }
         seg.region
             .with_slice(0, len, &mut |bytes| {
-                outcome = scan_pass1(bytes, seed, len_max, seg.id, &mut defs);
+                outcome = scan_pass1(bytes, start, seed, len_max, seg.id, &mut defs);
             })
             .map_err(|e| Error::io("read", &path, e))?;
-        let (end, bad) = outcome?;
+        let scan = outcome?;
+        let end = scan.end;
         seg.end = end;
-        if let Some((offset, kind)) = bad {
+        if i == last {
+            last_frame = scan.last;
+        }
+        if let Some((offset, kind)) = scan.bad {
             let tolerate = i == last;
             let mut valid_after = None;
             seg.region
@@ -194,133 +542,87 @@ pub(crate) fn recover(
             }
         }
     }
+    Ok(Checked {
+        defs,
+        torn_at,
+        last_frame,
+        scanned,
+    })
+}
 
-    let next_id = segs
-        .iter()
-        .map(|s| s.header.next_message_id)
-        .chain([defs.max_id + 1, time_floor])
-        .max()
-        .unwrap_or(time_floor);
-    let next_queue = segs
-        .iter()
-        .map(|s| s.header.next_queue_no)
-        .chain([defs.max_queue + 1, 1])
-        .max()
-        .unwrap_or(1);
-
-    // Pass 2.
-    let mut state = State {
-        queues: HashMap::new(),
-        by_key: BTreeMap::new(),
-        next_queue,
-        next_id,
-        meta: BTreeMap::new(),
-        live: LiveBytes::default(),
-        scratch: Vec::with_capacity(64 * 1024),
-        first_segment: segs[0].id,
-        rids: crate::engine::RidGen::new(),
-        push_queues: std::collections::BTreeSet::new(),
-    };
-    let mut qnos: Vec<_> = defs.latest.keys().copied().collect();
-    qnos.sort();
-    for no in qnos {
-        let (project, name, config) = defs.latest[&no].clone();
-        if config.kind.is_push() {
-            state.push_queues.insert(no);
-        }
-        state.queues.insert(
-            no,
-            Queue::new(no, QueueKey::new(project, name), config, SegmentId(0)),
-        );
-    }
-    for seg in &segs {
+/// Pass 2 from `from`: replays every checked record into `state`. Returns how many.
+fn pass2(root: &Path, segs: &[Seg], from: LogPos, state: &mut State, now_ms: u64) -> Result<u64> {
+    let mut records = 0;
+    for seg in segs.iter().filter(|s| s.id >= from.segment()) {
+        let start = if seg.id == from.segment() {
+            from.offset() as usize
+        } else {
+            HEADER_BYTES
+        };
         let path = root.join(seg.id.file_name());
-        let mut outcome = Ok(());
+        let mut outcome = Ok(0);
         seg.region
             .with_slice(0, seg.end, &mut |bytes| {
-                outcome = replay(bytes, seg.id, &mut state, now_ms)
+                outcome = replay(bytes, start, seg.id, state, now_ms)
             })
             .map_err(|e| Error::io("read", &path, e))?;
-        outcome.map_err(|kind| Error::Corruption {
+        records += outcome.map_err(|kind| Error::Corruption {
             path,
             offset: 0,
             kind,
         })?;
     }
-    for (key, value) in defs.meta {
-        if let Some(v) = value {
-            state.meta.insert(key, v);
-        }
-    }
-    for q in state.queues.values_mut() {
-        q.drop_stale_delays();
-        q.tick(now_ms);
-        q.rebuild_push();
-    }
-    state.by_key = state
-        .queues
-        .values()
-        .map(|q| (q.key.clone(), q.no))
-        .collect();
-
-    let tail_seg = &segs[last];
-    if let Some(offset) = torn_at {
-        // Zero the torn bytes in place (files never shrink: they are mapped).
-        let path = root.join(tail_seg.id.file_name());
-        let zeros = vec![0u8; 1 << 20];
-        let mut off = offset;
-        let len = tail_seg.region.len();
-        while off < len {
-            let n = (len - off).min(zeros.len());
-            tail_seg
-                .file
-                .write_at(off as u64, &zeros[..n])
-                .map_err(|e| Error::io("write", &path, e))?;
-            off += n;
-        }
-        tail_seg
-            .file
-            .sync_data()
-            .map_err(|e| Error::io("fdatasync", &path, e))?;
-    }
-    let tail = Tail {
-        segment: tail_seg.id,
-        file: tail_seg.file.clone(),
-        end: tail_seg.end as u32,
-    };
-    let regions = segs.iter().map(|s| (s.id, s.region.clone())).collect();
-    let report = RecoveryReport {
-        segments: segs.len() as u64,
-        torn_tail: torn_at.map(|off| (tail_seg.id, off as u64)),
-    };
-    Ok(Recovered {
-        state,
-        tail,
-        regions,
-        report,
-    })
+    Ok(records)
 }
 
-/// Checks every frame; collects definitions. Returns the end of the valid records and, if
-/// the scan stopped at a bad frame, where and why.
+/// What one segment's pass-1 scan found.
+struct Scan {
+    /// End of the valid records.
+    end: usize,
+    /// Where and why the scan stopped at a bad frame, if it did.
+    bad: Option<(usize, CorruptionKind)>,
+    /// Where the last valid record scanned begins.
+    last: Option<usize>,
+}
+
+/// Checks every frame from `start`; collects definitions.
 fn scan_pass1(
     bytes: &[u8],
+    start: usize,
     seed: u32,
     len_max: usize,
     seg: SegmentId,
     defs: &mut Defs,
-) -> Result<(usize, Option<(usize, CorruptionKind)>)> {
-    let mut off = HEADER_BYTES;
+) -> Result<Scan> {
+    let mut off = start;
+    let mut last = None;
     let mut items = Vec::new();
     loop {
         match record::check_frame(&bytes[off..], seed, len_max) {
-            FrameCheck::End => return Ok((off, None)),
-            FrameCheck::Bad(kind) => return Ok((off, Some((off, kind)))),
+            FrameCheck::End => {
+                return Ok(Scan {
+                    end: off,
+                    bad: None,
+                    last,
+                });
+            }
+            FrameCheck::Bad(kind) => {
+                return Ok(Scan {
+                    end: off,
+                    bad: Some((off, kind)),
+                    last,
+                });
+            }
             FrameCheck::Valid { kind, len } => {
                 let p = &bytes[off + FRAME_HEADER_BYTES..off + FRAME_HEADER_BYTES + len];
                 if let Err(k) = collect(kind, p, seg, defs, &mut items) {
-                    return Ok((off, Some((off, k))));
+                    return Ok(Scan {
+                        end: off,
+                        bad: Some((off, k)),
+                        last,
+                    });
                 }
+                last = Some(off);
                 off += FRAME_HEADER_BYTES + len;
             }
         }
@@ -370,11 +672,13 @@ fn collect(
 /// Replays the records of one segment (already checked by pass 1) into `state`.
 fn replay(
     bytes: &[u8],
+    start: usize,
     seg: SegmentId,
     state: &mut State,
     now_ms: u64,
-) -> std::result::Result<(), CorruptionKind> {
-    let mut off = HEADER_BYTES;
+) -> std::result::Result<u64, CorruptionKind> {
+    let mut off = start;
+    let mut records = 0;
     let mut items = Vec::new();
     let mut reserves = Vec::new();
     let mut ids = Vec::new();
@@ -479,8 +783,9 @@ fn replay(
             }
         }
         off = base + len;
+        records += 1;
     }
-    Ok(())
+    Ok(records)
 }
 
 /// The first offset at or after `from` where a valid frame starts, if any.

@@ -135,12 +135,15 @@ impl StorageFile for OsFile {
         if self.len()? == 0 {
             return Ok(Arc::new(EmptyRegion));
         }
-        // SAFETY: the engine maps only segment files, which are preallocated to their full
-        // size before they are mapped and are never truncated or shrunk afterwards (a torn
-        // tail is zeroed in place, not cut). A file is unlinked only when it is dropped from
-        // the log, and on Linux an unlinked file stays valid for existing mappings. So no
-        // access through this map can fault. Concurrent writes through `write_at` only touch
-        // bytes past every position a reader is given (readers wait for the writer first).
+        // SAFETY: the engine maps only segment files and the restart index. Segments are
+        // preallocated to their full size before they are mapped and are never truncated or
+        // shrunk afterwards (a torn tail is zeroed in place, not cut). The index is written
+        // whole under a temporary name, synced and renamed into place, and never written,
+        // truncated or resized after that (a new one replaces it by rename). A file is
+        // unlinked only when it is dropped, and on Linux an unlinked file stays valid for
+        // existing mappings. So no access through this map can fault. Concurrent writes
+        // through `write_at` only touch bytes past every position a reader is given (readers
+        // wait for the writer first).
         #[expect(
             unsafe_code,
             reason = "memmap2 requires unsafe; see the SAFETY comment"

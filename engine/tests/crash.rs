@@ -3,6 +3,8 @@
 //! The parent SIGKILLs it at a random moment, reopens the engine and checks that every
 //! acknowledged post is present unless its delete was acknowledged (or in flight), and that
 //! no message with an acknowledged delete is present. Several rounds on the same directory.
+//! The child also writes restart indexes continuously, so reopens start from whatever index
+//! the kill left (or none) plus the log after it.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -43,6 +45,16 @@ fn child(dir: &Path) {
         .expect("runtime");
     rt.block_on(async {
         let e = Engine::open(config(dir)).expect("child open");
+        // Restart indexes written all the time, so kills land in the middle of index
+        // writes too (a torn temporary file, or one not yet renamed).
+        let ix = e.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(15));
+                let _ = ix.maintain();
+                let _ = ix.write_index();
+            }
+        });
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
             let e = e.clone();
@@ -110,7 +122,7 @@ struct Acked {
 }
 
 /// One round: run the child, kill it, check the directory. Returns an error message.
-fn round(dir: &Path, acked: &mut Acked) -> Result<(usize, usize), String> {
+fn round(dir: &Path, acked: &mut Acked) -> Result<(usize, usize, String), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
         .env(CHILD_ENV, dir)
@@ -152,6 +164,11 @@ fn round(dir: &Path, acked: &mut Acked) -> Result<(usize, usize), String> {
     let checked = rt.block_on(async {
         let e = Engine::open(config(dir)).map_err(|e| format!("reopen: {e}"))?;
         e.check_invariants();
+        let r = e.recovery_report();
+        let opened = format!(
+            "index {:?}, {} records replayed",
+            r.index, r.records_replayed
+        );
         let mut checked = 0;
         for &id in &acked.posted {
             let got = e.get(&key(), MessageId(id)).await;
@@ -186,9 +203,9 @@ fn round(dir: &Path, acked: &mut Acked) -> Result<(usize, usize), String> {
         }
         acked.in_flight.clear();
         e.close();
-        Ok::<_, String>(checked)
+        Ok::<_, String>((checked, opened))
     })?;
-    Ok((lines, checked))
+    Ok((lines, checked.0, checked.1))
 }
 
 fn main() {
@@ -207,10 +224,10 @@ fn main() {
     let (mut passed, mut failed) = (0, 0);
     for r in 0..ROUNDS {
         match round(dir.path(), &mut acked) {
-            Ok((lines, checked)) => {
+            Ok((lines, checked, opened)) => {
                 passed += 1;
                 println!(
-                    "crash round {r}: ok ({lines} acked ops read, {checked} messages checked)"
+                    "crash round {r}: ok ({lines} acked ops read, {checked} messages checked; {opened})"
                 );
             }
             Err(e) => {

@@ -1,13 +1,19 @@
 //! State-machine test: random operation sequences against the engine on a `SimStorage` and
 //! against a simple in-memory model, compared after every step; reopens and crash images
 //! included (every op is awaited, so a crash image must hold exactly the model's state).
+//!
+//! The restart index is a cache, so every way of restarting must reach the model's state:
+//! a reopen after a clean close (from the index, replaying nothing) is also compared with a
+//! full replay of the same files; crash images restart from the last index written (by
+//! `WriteIndex` or by maintenance) plus the log after it; and crash images whose index is
+//! torn, damaged, or an older one put back must restart just as well.
 
 use std::sync::Arc;
 
-use engine::testing::SimStorage;
+use engine::testing::{Rng, SimStorage};
 use engine::{
-    DeleteItem, Engine, EngineConfig, Error, ManualClock, MessageId, NewMessage, QueueKey,
-    ReservationId, ReserveOptions,
+    DeleteItem, Engine, EngineConfig, Error, IndexUse, ManualClock, MessageId, NewMessage,
+    QueueKey, ReservationId, ReserveOptions, Storage,
 };
 use proptest::prelude::*;
 
@@ -77,6 +83,31 @@ enum Op {
         seed: u64,
     },
     Maintain,
+    /// Writes the restart index while the engine runs.
+    WriteIndex,
+    /// A crash image whose index file is damaged: cut short, a flipped bit, or replaced by
+    /// an older index of the same log; or with a torn temporary file beside it.
+    CrashBadIndex {
+        seed: u64,
+        damage: Damage,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    Truncate,
+    FlipBit,
+    Older,
+    TornTemp,
+}
+
+fn damage_strategy() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        1 => Just(Damage::Truncate),
+        1 => Just(Damage::FlipBit),
+        2 => Just(Damage::Older),
+        1 => Just(Damage::TornTemp),
+    ]
 }
 
 fn rid_strategy() -> impl Strategy<Value = Rid> {
@@ -110,6 +141,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => Just(Op::Reopen),
         2 => any::<u64>().prop_map(|seed| Op::Crash { seed }),
         2 => Just(Op::Maintain),
+        2 => Just(Op::WriteIndex),
+        1 => (any::<u64>(), damage_strategy()).prop_map(|(seed, damage)| Op::CrashBadIndex { seed, damage }),
     ]
 }
 
@@ -232,12 +265,16 @@ fn open(storage: &SimStorage, clock: &ManualClock) -> Engine {
     Engine::open_with(config(), Arc::new(storage.clone()), Arc::new(clock.clone())).expect("open")
 }
 
+const INDEX: &str = "index.idx";
+
 struct World {
     engine: Engine,
     storage: SimStorage,
     clock: ManualClock,
     queues: Vec<MQueue>,
     counter: u64,
+    /// Every index file written so far (for putting an older one back).
+    indexes: Vec<Vec<u8>>,
 }
 
 impl World {
@@ -489,8 +526,21 @@ impl World {
             Op::Advance { ms } => self.clock.advance_ms(ms),
             Op::Reopen => {
                 self.engine.close();
+                self.keep_index();
+                // The same files without the index: a full replay must agree too.
+                let replay = self.storage.durable_image();
+                replay.remove(INDEX).expect("a clean close leaves an index");
                 self.engine = open(&self.storage, &self.clock);
+                let r = self.engine.recovery_report();
+                assert!(
+                    matches!(r.index, IndexUse::Loaded { .. }) && r.records_replayed == 0,
+                    "a reopen after a clean close replays nothing: {r:?}"
+                );
                 self.check_all().await;
+                let from_index = std::mem::replace(&mut self.engine, open(&replay, &self.clock));
+                assert_eq!(self.engine.recovery_report().index, IndexUse::Absent);
+                self.check_all().await;
+                self.engine = from_index;
             }
             Op::Crash { seed } => {
                 let image = self.storage.crash_image(seed);
@@ -499,7 +549,55 @@ impl World {
                 self.check_all().await;
             }
             Op::Maintain => {
-                self.engine.maintain().expect("maintain");
+                let report = self.engine.maintain().expect("maintain");
+                if report.index.is_some() {
+                    self.keep_index();
+                }
+                self.check_all().await;
+            }
+            Op::WriteIndex => {
+                let w = self.engine.write_index().expect("write the index");
+                if w.written {
+                    self.keep_index();
+                }
+            }
+            Op::CrashBadIndex { seed, damage } => {
+                let image = self.storage.crash_image(seed);
+                let mut rng = Rng::new(seed);
+                let current = image.contents(INDEX);
+                match (damage, current) {
+                    (Damage::Truncate, Some(mut b)) => {
+                        b.truncate(rng.upto(b.len() as u64 - 1) as usize);
+                        image.put_file(INDEX, b);
+                    }
+                    (Damage::FlipBit, Some(mut b)) => {
+                        let i = rng.upto(b.len() as u64 - 1) as usize;
+                        b[i] ^= 1 << rng.upto(7);
+                        image.put_file(INDEX, b);
+                    }
+                    (Damage::Older, _) if !self.indexes.is_empty() => {
+                        let i = rng.upto(self.indexes.len() as u64 - 1) as usize;
+                        image.put_file(INDEX, self.indexes[i].clone());
+                    }
+                    (Damage::TornTemp, current) => {
+                        let mut b = current.unwrap_or_else(|| vec![0x5A; 200]);
+                        b.truncate(rng.upto(b.len() as u64) as usize);
+                        image.put_file("index.idx.tmp", b);
+                    }
+                    _ => {}
+                }
+                self.storage = image;
+                self.engine = open(&self.storage, &self.clock);
+                assert!(
+                    self.storage.contents("index.idx.tmp").is_none(),
+                    "a leftover temporary index is removed on open"
+                );
+                if let IndexUse::Ignored(_) = self.engine.recovery_report().index {
+                    assert!(
+                        self.storage.contents(INDEX).is_none(),
+                        "an index that was not used is removed"
+                    );
+                }
                 self.check_all().await;
             }
         }
@@ -509,6 +607,14 @@ impl World {
         }
         self.check_info().await;
         self.engine.check_invariants();
+    }
+
+    /// Remembers the index file just written.
+    fn keep_index(&mut self) {
+        let b = self.storage.contents(INDEX).expect("an index was written");
+        if self.indexes.last() != Some(&b) {
+            self.indexes.push(b);
+        }
     }
 
     fn rid_for(&self, q: usize, i: Option<usize>, rid: Rid) -> Option<ReservationId> {
@@ -628,6 +734,7 @@ fn run(ops: &[Op]) {
             clock,
             queues: vec![MQueue::default(); QUEUES.len()],
             counter: 0,
+            indexes: Vec::new(),
         };
         let verbose = std::env::var_os("MODEL_VERBOSE").is_some();
         for op in ops {
@@ -692,7 +799,8 @@ fn release_with_delay_after_delayed_post_survives_reopen() {
     ]);
 }
 
-/// A fixed sequence that rolls segments and exercises maintain and crash images.
+/// A fixed sequence that rolls segments and exercises maintain (retention and index writes),
+/// crash images, and older indexes put back after the segments they cover were dropped.
 #[test]
 fn fixed_sequence_rolls_segments_and_survives_crashes() {
     let mut ops = Vec::new();
@@ -710,8 +818,18 @@ fn fixed_sequence_rolls_segments_and_survives_crashes() {
             rid: Rid::Right,
         });
         ops.push(Op::Crash { seed: i as u64 });
+        if i % 4 == 1 {
+            ops.push(Op::WriteIndex);
+        }
         ops.push(Op::Clear { q: (i + 1) % 2 });
         ops.push(Op::Maintain);
+        if i % 3 == 2 {
+            // Older indexes put back, some of them from before segments were dropped.
+            ops.push(Op::CrashBadIndex {
+                seed: i as u64,
+                damage: Damage::Older,
+            });
+        }
     }
     run(&ops);
 }

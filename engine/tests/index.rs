@@ -1,0 +1,436 @@
+//! The restart index on real files: a clean close leaves one and the next open replays
+//! nothing; an open after more appends replays only those; maintenance writes one when the
+//! log has grown; records before its position are not read; and a damaged, foreign or stale
+//! index is removed and the whole log replayed, reaching the same state.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use engine::{
+    CorruptionKind, DeleteItem, Engine, EngineConfig, Error, IndexRejection, IndexUse, ManualClock,
+    MessageId, NewMessage, OsStorage, QueueKey, ReserveOptions,
+};
+
+const T0: u64 = 1_700_000_000_000;
+const INDEX: &str = "index.idx";
+
+fn config(dir: &Path) -> EngineConfig {
+    let mut c = EngineConfig::new(dir);
+    c.segment_bytes = 2 << 20;
+    c.body_bytes_max = 4096;
+    c
+}
+
+fn open(dir: &Path, clock: &ManualClock) -> Engine {
+    Engine::open_with(
+        config(dir),
+        Arc::new(OsStorage::new(dir).expect("storage")),
+        Arc::new(clock.clone()),
+    )
+    .expect("open")
+}
+
+fn tempdir() -> tempfile::TempDir {
+    if Path::new("/dev/shm").is_dir()
+        && let Ok(d) = tempfile::tempdir_in("/dev/shm")
+    {
+        return d;
+    }
+    tempfile::tempdir().expect("tempdir")
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
+}
+
+fn key(name: &str) -> QueueKey {
+    QueueKey::new("p", name)
+}
+
+fn msgs(n: usize, len: usize, delay_s: u32, tag: usize) -> Vec<NewMessage> {
+    (0..n)
+        .map(|i| NewMessage {
+            body: vec![b'a' + ((tag + i) % 26) as u8; len],
+            delay_s,
+            meta: Vec::new(),
+        })
+        .collect()
+}
+
+fn segments(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .filter_map(|f| f.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Builds a log over several segments with every kind of state: visible, delayed, reserved
+/// (some touched, some released), deleted and cleared messages, two queues, metadata.
+/// Returns every id posted.
+async fn populate(e: &Engine, rounds: usize) -> Vec<MessageId> {
+    let mut ids = Vec::new();
+    for r in 0..rounds {
+        let q = if r % 3 == 2 { "b" } else { "a" };
+        ids.extend(e.post(&key(q), &msgs(100, 3000, 0, r), true).await.unwrap());
+        ids.extend(e.post(&key(q), &msgs(3, 50, 30, r), true).await.unwrap());
+        let got = e
+            .reserve(
+                &key(q),
+                ReserveOptions {
+                    n: 5,
+                    timeout_s: 120,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        e.delete(&key(q), got[0].id, got[0].reservation_id)
+            .await
+            .unwrap();
+        e.touch(&key(q), got[1].id, got[1].reservation_id.unwrap(), 300)
+            .await
+            .unwrap();
+        e.release(&key(q), got[2].id, got[2].reservation_id.unwrap(), 20)
+            .await
+            .unwrap();
+        let items: Vec<DeleteItem> = ids[ids.len() - 10..ids.len() - 5]
+            .iter()
+            .map(|&id| DeleteItem {
+                id,
+                reservation_id: None,
+            })
+            .collect();
+        e.delete_batch(&key(q), &items).await.unwrap();
+        e.put_meta(&format!("k{}", r % 4), Some(format!("v{r}").as_bytes()))
+            .await
+            .unwrap();
+    }
+    e.put_meta("k1", None).await.unwrap();
+    ids
+}
+
+/// Everything a client can observe, rendered for comparison.
+async fn observe(e: &Engine, ids: &[MessageId]) -> String {
+    let mut out = String::new();
+    for q in ["a", "b"] {
+        let info = e.queue_info(&key(q)).await;
+        out += &format!("{q}: {info:?}\n");
+        let peek = e.peek(&key(q), 100).await.map(|v| {
+            v.iter()
+                .map(|m| (m.id, m.reserved_count))
+                .collect::<Vec<_>>()
+        });
+        out += &format!("peek {peek:?}\n");
+        for id in ids {
+            match e.get(&key(q), *id).await {
+                Ok(m) => {
+                    out += &format!(
+                        "{id} {} {} {:?} {}\n",
+                        m.body.len(),
+                        m.body.first().copied().unwrap_or(0),
+                        m.reservation,
+                        m.reserved_count
+                    )
+                }
+                Err(Error::MessageNotFound) => {}
+                Err(err) => out += &format!("{id} {err}\n"),
+            }
+        }
+    }
+    out += &format!("meta {:?}\n", e.meta_with_prefix(""));
+    out
+}
+
+/// What a full replay of `dir` (without its index, on a copy) observes.
+fn observe_replay(dir: &Path, clock: &ManualClock, ids: &[MessageId]) -> String {
+    let copy = tempdir();
+    for f in std::fs::read_dir(dir).unwrap() {
+        let f = f.unwrap();
+        let name = f.file_name().into_string().unwrap();
+        if name.ends_with(".seg") {
+            std::fs::copy(f.path(), copy.path().join(&name)).unwrap();
+        }
+    }
+    rt().block_on(async {
+        let e = open(copy.path(), clock);
+        assert_eq!(e.recovery_report().index, IndexUse::Absent);
+        observe(&e, ids).await
+    })
+}
+
+#[test]
+fn a_clean_close_leaves_an_index_and_the_next_open_replays_only_what_follows_it() {
+    let dir = tempdir();
+    let clock = ManualClock::new(T0);
+    let rt = rt();
+    let ids = rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        let ids = populate(&e, 20).await;
+        e.close();
+        ids
+    });
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3, "{segs:?}");
+    clock.advance_ms(5_000);
+    let want = observe_replay(dir.path(), &clock, &ids);
+
+    let (covers, more) = rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        let r = e.recovery_report();
+        let IndexUse::Loaded { covers } = r.index else {
+            panic!("the index was not used: {r:?}");
+        };
+        assert_eq!(
+            (r.records_replayed, r.segments_scanned, r.segments),
+            (0, 1, segs.len() as u64),
+            "only the covered segment is scanned, from the covered position"
+        );
+        assert_eq!(covers.segment().0 as usize, segs.len(), "{covers:?}");
+        assert_eq!(observe(&e, &ids).await, want);
+        // More records after the index, then a crash (no close, no new index).
+        let mut more = Vec::new();
+        for i in 0..7 {
+            more.extend(e.post(&key("a"), &msgs(1, 10, 0, i), true).await.unwrap());
+        }
+        (covers, more)
+    });
+    let ids: Vec<MessageId> = ids.into_iter().chain(more).collect();
+    let want = observe_replay(dir.path(), &clock, &ids);
+    rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        let r = e.recovery_report();
+        assert_eq!(r.index, IndexUse::Loaded { covers });
+        assert_eq!((r.records_replayed, r.segments_scanned), (7, 1));
+        assert_eq!(observe(&e, &ids).await, want);
+        // Reservations come back with the same ids: the touched one still deletes.
+        e.check_invariants();
+    });
+}
+
+#[test]
+fn an_index_open_does_not_read_the_records_before_its_position() {
+    let dir = tempdir();
+    let clock = ManualClock::new(T0);
+    let ids = rt().block_on(async {
+        let e = open(dir.path(), &clock);
+        let ids = populate(&e, 12).await;
+        e.close();
+        ids
+    });
+    let segs = segments(dir.path());
+    // Damage a record header in the first (sealed) segment: whoever reads it must fail.
+    let first = dir.path().join(&segs[0]);
+    let pristine = std::fs::read(&first).unwrap();
+    let mut b = pristine.clone();
+    b[engine::SEGMENT_HEADER_BYTES + 4] ^= 0x40;
+    std::fs::write(&first, &b).unwrap();
+    let index = std::fs::read(dir.path().join(INDEX)).unwrap();
+    rt().block_on(async {
+        let e = open(dir.path(), &clock);
+        let r = e.recovery_report();
+        assert!(matches!(r.index, IndexUse::Loaded { .. }), "{r:?}");
+        assert_eq!(r.records_replayed, 0);
+        assert!(e.queue_info(&key("a")).await.unwrap().size > 0);
+        drop(e);
+    });
+    // Without the index, the same open reads that record and refuses the log.
+    std::fs::remove_file(dir.path().join(INDEX)).unwrap();
+    match Engine::open(config(dir.path())) {
+        Err(Error::Corruption { path, offset, kind }) => {
+            assert_eq!(
+                (path, offset, kind),
+                (
+                    first.clone(),
+                    engine::SEGMENT_HEADER_BYTES as u64,
+                    CorruptionKind::RecordChecksum
+                )
+            );
+        }
+        other => panic!("expected corruption, got {:?}", other.map(|_| ())),
+    }
+    std::fs::write(&first, &pristine).unwrap();
+    std::fs::write(dir.path().join(INDEX), &index).unwrap();
+    let want = observe_replay(dir.path(), &clock, &ids);
+    rt().block_on(async {
+        let e = open(dir.path(), &clock);
+        assert!(matches!(e.recovery_report().index, IndexUse::Loaded { .. }));
+        assert_eq!(observe(&e, &ids).await, want);
+    });
+}
+
+#[test]
+fn a_damaged_or_foreign_index_is_removed_and_the_log_replayed() {
+    let dir = tempdir();
+    let clock = ManualClock::new(T0);
+    let ids = rt().block_on(async {
+        let e = open(dir.path(), &clock);
+        let ids = populate(&e, 6).await;
+        e.close();
+        ids
+    });
+    let good = std::fs::read(dir.path().join(INDEX)).unwrap();
+    // An index of another log of the same shape, begun a second later.
+    let other = tempdir();
+    let later = ManualClock::new(T0 + 1_000);
+    rt().block_on(async {
+        let e = open(other.path(), &later);
+        populate(&e, 6).await;
+        e.close();
+    });
+    let foreign = std::fs::read(other.path().join(INDEX)).unwrap();
+    let want = observe_replay(dir.path(), &clock, &ids);
+
+    let flip = |at: usize| {
+        let mut b = good.clone();
+        b[at] ^= 0x08;
+        b
+    };
+    let cases: Vec<(&str, Vec<u8>, IndexRejection)> = vec![
+        ("empty", Vec::new(), IndexRejection::Truncated),
+        (
+            "cut in the header",
+            good[..40].to_vec(),
+            IndexRejection::Truncated,
+        ),
+        (
+            "cut in the body",
+            good[..good.len() / 2].to_vec(),
+            IndexRejection::Truncated,
+        ),
+        (
+            "one byte short",
+            good[..good.len() - 1].to_vec(),
+            IndexRejection::Truncated,
+        ),
+        (
+            "a byte too many",
+            [good.as_slice(), &[0]].concat(),
+            IndexRejection::Malformed,
+        ),
+        ("magic", flip(0), IndexRejection::BadMagic),
+        ("header field", flip(20), IndexRejection::HeaderChecksum),
+        ("first body byte", flip(64), IndexRejection::Checksum),
+        ("middle", flip(good.len() / 2), IndexRejection::Checksum),
+        ("last byte", flip(good.len() - 1), IndexRejection::Checksum),
+        ("garbage", vec![0x5A; 4096], IndexRejection::BadMagic),
+        ("another log's index", foreign, IndexRejection::LogMismatch),
+    ];
+    for (what, bytes, why) in cases {
+        std::fs::write(dir.path().join(INDEX), &bytes).unwrap();
+        let got = rt().block_on(async {
+            let e = open(dir.path(), &clock);
+            assert_eq!(e.recovery_report().index, IndexUse::Ignored(why), "{what}");
+            assert!(
+                !dir.path().join(INDEX).exists(),
+                "{what}: an unusable index is removed at once"
+            );
+            assert!(e.recovery_report().records_replayed > 0, "{what}");
+            observe(&e, &ids).await
+            // Dropped without close: no new index.
+        });
+        assert_eq!(got, want, "{what}");
+    }
+    // The good one still works.
+    std::fs::write(dir.path().join(INDEX), &good).unwrap();
+    rt().block_on(async {
+        let e = open(dir.path(), &clock);
+        assert!(matches!(e.recovery_report().index, IndexUse::Loaded { .. }));
+        assert_eq!(observe(&e, &ids).await, want);
+    });
+}
+
+/// Posts and deletes enough to roll segments, with maintenance after each batch.
+async fn churn(e: &Engine, batches: usize) -> Vec<engine::MaintainReport> {
+    let mut reports = Vec::new();
+    for i in 0..batches {
+        let ids = e
+            .post(&key("churn"), &msgs(20, 3000, 0, i), true)
+            .await
+            .unwrap();
+        let items: Vec<DeleteItem> = ids
+            .iter()
+            .map(|&id| DeleteItem {
+                id,
+                reservation_id: None,
+            })
+            .collect();
+        e.delete_batch(&key("churn"), &items).await.unwrap();
+        reports.push(e.maintain().unwrap());
+    }
+    reports
+}
+
+#[test]
+fn maintenance_writes_the_index_and_an_index_older_than_retention_is_ignored() {
+    let dir = tempdir();
+    let clock = ManualClock::new(T0);
+    let rt = rt();
+    let (ids, first_index) = rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        let ids = populate(&e, 3).await;
+        let w = e.write_index().unwrap();
+        assert!(w.written && w.messages > 0, "{w:?}");
+        assert!(!e.write_index().unwrap().written, "nothing new to cover");
+        let first_index = std::fs::read(dir.path().join(INDEX)).unwrap();
+        // Churn: maintenance writes new indexes as the log grows, and drops segments.
+        let reports = churn(&e, 150).await;
+        let written: Vec<_> = reports.iter().filter_map(|r| r.index).collect();
+        assert!(!written.is_empty(), "maintenance wrote an index");
+        assert!(written.iter().all(|w| w.written));
+        let dropped: u64 = reports.iter().map(|r| r.segments_dropped).sum();
+        assert!(dropped > 0, "retention dropped segments");
+        // A crash: the last index maintenance wrote, plus the log after it.
+        e.post(&key("a"), &msgs(2, 10, 0, 0), true).await.unwrap();
+        (ids, first_index)
+    });
+    let want = observe_replay(dir.path(), &clock, &ids);
+    rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        let r = e.recovery_report();
+        assert!(matches!(r.index, IndexUse::Loaded { .. }), "{r:?}");
+        assert!(r.records_replayed > 0);
+        assert_eq!(observe(&e, &ids).await, want);
+    });
+    // The first index covers a position in a segment retention has dropped since.
+    std::fs::write(dir.path().join(INDEX), &first_index).unwrap();
+    rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        assert_eq!(
+            e.recovery_report().index,
+            IndexUse::Ignored(IndexRejection::NotInLog)
+        );
+        assert_eq!(observe(&e, &ids).await, want);
+    });
+}
+
+#[test]
+fn an_older_index_whose_position_is_still_in_the_log_is_used() {
+    let dir = tempdir();
+    let clock = ManualClock::new(T0);
+    let rt = rt();
+    let (ids, older) = rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        let mut ids = populate(&e, 4).await;
+        e.write_index().unwrap();
+        let older = std::fs::read(dir.path().join(INDEX)).unwrap();
+        ids.extend(populate(&e, 4).await);
+        e.clear(&key("b")).await.unwrap();
+        e.close();
+        (ids, older)
+    });
+    let want = observe_replay(dir.path(), &clock, &ids);
+    std::fs::write(dir.path().join(INDEX), &older).unwrap();
+    rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        let r = e.recovery_report();
+        assert!(matches!(r.index, IndexUse::Loaded { .. }), "{r:?}");
+        assert!(r.records_replayed > 4 * 7, "{r:?}");
+        assert_eq!(observe(&e, &ids).await, want);
+    });
+}
