@@ -50,6 +50,23 @@ fn print_generated(g: &Generated, host: &str, port: u16, scheme: &str) {
 /// Logs what the open found: a torn tail means the last run did not stop cleanly.
 fn log_recovery(engine: &engine::Engine) {
     let r = engine.recovery_report();
+    match &r.index {
+        engine::IndexUse::Absent => tracing::info!(
+            records_replayed = r.records_replayed,
+            "no restart index: replayed the whole log"
+        ),
+        engine::IndexUse::Loaded { covers } => tracing::info!(
+            segment = covers.segment().0,
+            offset = covers.offset(),
+            records_replayed = r.records_replayed,
+            "restart index loaded: replayed only the log after it"
+        ),
+        engine::IndexUse::Ignored(why) => tracing::warn!(
+            reason = %why,
+            records_replayed = r.records_replayed,
+            "restart index unusable, removed: replayed the whole log"
+        ),
+    }
     match r.torn_tail {
         None => tracing::info!(segments = r.segments, torn_tail = false, "log opened"),
         Some((segment, offset)) => tracing::warn!(
