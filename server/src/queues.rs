@@ -240,6 +240,12 @@ async fn edit_alerts(st: &AppState, key: &QueueKey, edit: AlertEdit) -> ApiResul
     }
 }
 
+/// The alert specs of an add or replace body (`alerts` is required).
+fn alert_specs(body: AlertsBody) -> Result<Vec<AlertSpec>, ApiError> {
+    body.alerts()
+        .ok_or_else(|| ApiError::bad_request("alerts is required"))
+}
+
 /// `POST /queues/{q}/alerts`: add.
 pub async fn alerts_add(
     State(st): State<AppState>,
@@ -247,10 +253,8 @@ pub async fn alerts_add(
     Path((_, q)): Path<(String, String)>,
     JsonBody(body): JsonBody<AlertsBody>,
 ) -> ApiResult {
-    let specs = body
-        .alerts()
-        .ok_or_else(|| ApiError::bad_request("alerts is required"))?;
-    edit_alerts(&st, &key(&auth, q), AlertEdit::Add(specs)).await
+    let edit = AlertEdit::Add(alert_specs(body)?);
+    edit_alerts(&st, &key(&auth, q), edit).await
 }
 
 /// `PUT /queues/{q}/alerts`: replace.
@@ -260,10 +264,8 @@ pub async fn alerts_replace(
     Path((_, q)): Path<(String, String)>,
     JsonBody(body): JsonBody<AlertsBody>,
 ) -> ApiResult {
-    let specs = body
-        .alerts()
-        .ok_or_else(|| ApiError::bad_request("alerts is required"))?;
-    edit_alerts(&st, &key(&auth, q), AlertEdit::Replace(specs)).await
+    let edit = AlertEdit::Replace(alert_specs(body)?);
+    edit_alerts(&st, &key(&auth, q), edit).await
 }
 
 /// `DELETE /queues/{q}/alerts` with `{"alerts":[{"id"}]}`.

@@ -150,8 +150,8 @@ async fn handler(State(s): State<Sub>, headers: HeaderMap, body: Bytes) -> (Stat
     }
 }
 
-/// Starts a subscriber; returns its URL and its hit list.
-async fn subscriber(mode: Mode) -> (String, Sub) {
+/// A subscriber's state and the app answering every POST with `handler`.
+fn sub_app(mode: Mode) -> (Sub, axum::Router) {
     let s = Sub {
         mode,
         hits: Arc::default(),
@@ -161,6 +161,12 @@ async fn subscriber(mode: Mode) -> (String, Sub) {
     let app = axum::Router::new()
         .fallback(axum::routing::post(handler))
         .with_state(s.clone());
+    (s, app)
+}
+
+/// Starts a subscriber; returns its URL and its hit list.
+async fn subscriber(mode: Mode) -> (String, Sub) {
+    let (s, app) = sub_app(mode);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await });
@@ -183,15 +189,7 @@ async fn https_subscriber(mode: Mode) -> (String, Sub, String) {
     .with_single_cert(vec![ck.cert.der().clone()], key)
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let s = Sub {
-        mode,
-        hits: Arc::default(),
-        healthy: Arc::default(),
-        busy: Arc::default(),
-    };
-    let app = axum::Router::new()
-        .fallback(axum::routing::post(handler))
-        .with_state(s.clone());
+    let (s, app) = sub_app(mode);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://localhost:{}/hook", l.local_addr().unwrap().port());
     tokio::spawn(async move {
