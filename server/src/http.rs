@@ -58,6 +58,8 @@ struct Activity {
     inflight: AtomicUsize,
     last_ms: AtomicU64,
     born: Instant,
+    /// Woken when the last request in flight ends (the idle clock starts again).
+    idle: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -257,6 +259,7 @@ async fn serve_connection<I>(
         inflight: AtomicUsize::new(0),
         last_ms: AtomicU64::new(0),
         born: Instant::now(),
+        idle: tokio::sync::Notify::new(),
     });
     let act2 = act.clone();
     let limit = limits.request_bytes_max;
@@ -267,8 +270,10 @@ async fn serve_connection<I>(
         async move {
             act.inflight.fetch_add(1, Ordering::Relaxed);
             let resp = handle(router, limit, request_log, req).await;
-            act.inflight.fetch_sub(1, Ordering::Relaxed);
             act.touch();
+            if act.inflight.fetch_sub(1, Ordering::Relaxed) == 1 {
+                act.idle.notify_one();
+            }
             Ok::<_, Infallible>(resp)
         }
     });
@@ -280,13 +285,16 @@ async fn serve_connection<I>(
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
     tokio::pin!(conn);
-    let tick =
-        (limits.keep_alive_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut closing = *stop_rx.borrow();
     if closing {
         conn.as_mut().graceful_shutdown();
     }
+    // The idle keep-alive clock: one timer per connection, armed for when the connection
+    // would have been idle too long; no wakeups while a request (a long poll) is in flight.
     loop {
+        let busy = act.inflight.load(Ordering::Relaxed) > 0;
+        let idle_deadline =
+            tokio::time::Instant::now() + limits.keep_alive_timeout.saturating_sub(act.idle_for());
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -298,8 +306,11 @@ async fn serve_connection<I>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep(tick), if !closing => {
-                if act.inflight.load(Ordering::Relaxed) == 0 && act.idle_for() >= limits.keep_alive_timeout {
+            _ = act.idle.notified(), if !closing && busy => {}
+            _ = tokio::time::sleep_until(idle_deadline), if !closing && !busy => {
+                if act.inflight.load(Ordering::Relaxed) == 0
+                    && act.idle_for() >= limits.keep_alive_timeout
+                {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
