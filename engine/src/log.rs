@@ -790,6 +790,103 @@ fn recycle(free: &mut Vec<Vec<u8>>, chunks: &mut Vec<Chunk>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::SimStorage;
+
+    fn start(policy: SyncPolicy) -> (Arc<SimStorage>, Arc<Log>) {
+        let storage = Arc::new(SimStorage::new());
+        let segment = SegmentId(1);
+        let file = storage.create(&segment.file_name()).expect("create");
+        let header = SegmentHeader {
+            segment,
+            next_message_id: 0,
+            next_queue_no: 0,
+        };
+        file.write_at(0, &header.encode()).expect("header");
+        file.sync_data().expect("sync");
+        let tail = Tail {
+            segment,
+            file,
+            end: HEADER_BYTES as u32,
+        };
+        let log = Log::start(
+            storage.clone(),
+            256 * 1024,
+            4096,
+            policy,
+            tail,
+            HashMap::new(),
+        );
+        (storage, log)
+    }
+
+    #[test]
+    fn a_waited_record_on_an_idle_log_takes_one_sync_and_is_in_the_synced_image() {
+        let (storage, log) = start(SyncPolicy::Always);
+        let (_, end) = log.append(Kind::Meta, b"payload", (0, 0)).expect("append");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(log.wait_durable(end)).expect("durable");
+        assert!(log.durable() >= end);
+        assert_eq!(
+            log.fsyncs.load(Ordering::Relaxed),
+            1,
+            "one sync for the record"
+        );
+        let synced = storage
+            .durable_contents(&SegmentId(1).file_name())
+            .expect("segment");
+        assert!(
+            synced.len() >= end.offset() as usize,
+            "the record is in the synced image"
+        );
+        log.shutdown();
+    }
+
+    #[test]
+    fn a_record_nobody_waits_for_is_written_by_the_writer_thread() {
+        let (_storage, log) = start(SyncPolicy::Always);
+        let (_, end) = log.append(Kind::Meta, b"payload", (0, 0)).expect("append");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while log.durable() < end && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(log.durable() >= end, "written within the idle check");
+        log.shutdown();
+    }
+
+    #[test]
+    fn concurrent_waiters_are_all_durable_with_no_more_syncs_than_records() {
+        let (_storage, log) = start(SyncPolicy::Always);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("runtime");
+        let ends: Vec<LogPos> = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for _ in 0..8 {
+                let log = log.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut ends = Vec::new();
+                    for _ in 0..50 {
+                        let (_, end) = log.append(Kind::Meta, b"payload", (0, 0)).expect("append");
+                        log.wait_durable(end).await.expect("durable");
+                        assert!(log.durable() >= end, "acknowledged only when durable");
+                        ends.push(end);
+                    }
+                    ends
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.expect("task"));
+            }
+            all
+        });
+        assert_eq!(ends.len(), 400);
+        assert!(log.fsyncs.load(Ordering::Relaxed) <= 400);
+        log.shutdown();
+    }
 
     #[test]
     fn fsync_buckets_are_upper_bounds() {
