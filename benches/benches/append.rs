@@ -59,7 +59,7 @@ fn fdatasync(c: &mut Criterion) {
     let engine = open_engine(dir.path(), SyncPolicy::Always);
     let key = queue_key();
     let msgs = messages(BATCH, BODY_BYTES);
-    let before = engine.stats().fsyncs;
+    let before = engine.stats();
     let mut posts = 0u64;
     g.bench_function("engine", |b| {
         b.iter(|| {
@@ -67,10 +67,14 @@ fn fdatasync(c: &mut Criterion) {
             posts += 1;
         });
     });
-    let fsyncs = engine.stats().fsyncs - before;
+    let after = engine.stats();
+    let fsyncs = after.fsyncs - before.fsyncs;
+    let sync_s = after.fsync_seconds - before.fsync_seconds;
     println!(
-        "append/fdatasync/engine: {posts} posts, {fsyncs} fsyncs ({:.2} fsyncs per post)",
-        fsyncs as f64 / posts.max(1) as f64
+        "append/fdatasync/engine: {posts} posts, {fsyncs} fsyncs ({:.2} fsyncs per post), \
+         mean fdatasync in the writer {:.1} µs",
+        fsyncs as f64 / posts.max(1) as f64,
+        sync_s * 1e6 / fsyncs.max(1) as f64
     );
     drop(engine);
     drop(dir);

@@ -84,6 +84,14 @@ pub fn queue_key() -> QueueKey {
 pub fn open_engine(dir: &Path, sync: SyncPolicy) -> Engine {
     let mut cfg = EngineConfig::new(dir);
     cfg.sync = sync;
+    // For experiments only (e.g. segments so large that no roll, and so no spare zero-fill,
+    // happens during a run); the figures in the README use the default.
+    if let Some(b) = std::env::var("FERROMQ_BENCH_SEGMENT_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.segment_bytes = b;
+    }
     Engine::open(cfg).expect("open engine")
 }
 

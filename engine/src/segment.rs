@@ -86,7 +86,8 @@ pub fn create_spare(
         .ok_or_else(|| std::io::Error::other("spare creation was called off"))
 }
 
-/// [`create_spare`] in steps of [`SPARE_STEP_BYTES`], each written and synced on its own.
+/// [`create_spare`] in steps of [`SPARE_STEP_BYTES`], each written and written back to the
+/// device on its own, then one fdatasync for the whole file.
 /// Before each step `pace` is called with the bytes done so far; it may sleep to spread
 /// the work out, and returns false to call the whole thing off (the partial file is
 /// removed and `Ok(None)` returned).
@@ -95,6 +96,13 @@ pub fn create_spare(
 /// that flush also has to write out whatever zeros were sent to the device since the last
 /// one. Zero-filling a 64 MiB segment at full speed right after a roll made the log's
 /// group-commit syncs wait behind it for about 75 ms.
+///
+/// Why write back each step (`sync_file_range`) rather than fdatasync it: each step of a
+/// new file allocates blocks, so an fdatasync per step was also a journal commit and a
+/// device flush per step, 64 per segment, and the log's own syncs queued behind them
+/// (its fdatasync took ~105 µs while a spare was being made against ~85 µs for the same
+/// write into an idle file). Written back, a step is only data writes; the final
+/// fdatasync makes the zeros and the allocation durable in one commit.
 pub fn create_spare_paced(
     storage: &dyn Storage,
     n: u64,
@@ -115,11 +123,12 @@ pub fn create_spare_paced(
         }
         let n = ((bytes - off) as usize).min(zeros.len());
         file.write_at(off, &zeros[..n])?;
+        // Write back in small steps: leaving a whole dirty segment to one final fdatasync
+        // would occupy the device for tens of milliseconds and stall the log's syncs.
+        file.write_back(off, n as u64)?;
         off += n as u64;
-        // Flush in small steps: one fdatasync of a whole dirty segment would occupy the
-        // device for tens of milliseconds and stall the log writer's syncs behind it.
-        file.sync_data()?;
     }
+    file.sync_data()?;
     storage.sync_dir()?;
     Ok(Some((name, file)))
 }

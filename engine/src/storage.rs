@@ -38,6 +38,13 @@ pub trait StorageFile: Send + Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// fdatasync.
     fn sync_data(&self) -> io::Result<()>;
+    /// Writes `offset..offset + len` back to the device and waits for it, without a
+    /// device cache flush or a journal commit: not durable until a later `sync_data`.
+    /// The default is `sync_data` (stronger, never weaker).
+    fn write_back(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        self.sync_data()
+    }
     /// Grows or shrinks the file. Never called on a file that is mapped.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// A read-only view of the whole file at its current length.
@@ -127,6 +134,29 @@ impl StorageFile for OsFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+    fn write_back(&self, offset: u64, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range too large",
+            ));
+        };
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        #[expect(
+            unsafe_code,
+            reason = "sync_file_range on a descriptor we own; no memory is involved"
+        )]
+        // SAFETY: the descriptor is open for the duration of the call, which only reads it
+        // and the two integers; no memory is passed.
+        let rc = unsafe { libc::sync_file_range(self.file.as_raw_fd(), off, n, flags) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
