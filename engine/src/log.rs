@@ -7,7 +7,7 @@
 //! is bounded; appenders wait when it is full.
 //!
 //! The committer is the writer thread, or a caller of [`Log::wait_durable`] that finds the
-//! log idle (see [`Log::commit_inline`]): that caller writes and syncs the pipe itself,
+//! log idle under `SyncPolicy::Never` (see [`Log::commit_inline`]): that caller writes the pipe itself,
 //! which saves two thread wake-ups per commit when the load is light. Either holds the
 //! `io` mutex from taking the pipe's contents until it has published their durability, so
 //! commits never overlap and the durable position only moves forward.
@@ -103,8 +103,11 @@ pub(crate) struct Log {
     segment_bytes: u64,
     record_bytes_max: usize,
     policy: SyncPolicy,
-    /// Callers may commit inline (`Always` and `Never`; `IntervalMs` leaves the timing of
-    /// its syncs to the writer thread).
+    /// Callers may commit inline: only with `Never`, where a commit is a `pwrite` into the
+    /// page cache. With `Always` the commit ends in an fdatasync, which must not run on a
+    /// caller's thread: callers are async tasks, and a sync (0.1 ms, or tens of ms when the
+    /// disk stalls) would block a runtime worker and everything queued on it. `IntervalMs`
+    /// leaves the timing of its syncs to the writer thread.
     inline: bool,
     io: Mutex<Io>,
     pipe: Mutex<Pipe>,
@@ -162,7 +165,7 @@ impl Log {
             segment_bytes,
             record_bytes_max,
             policy,
-            inline: !matches!(policy, SyncPolicy::IntervalMs(_)),
+            inline: matches!(policy, SyncPolicy::Never),
             io: Mutex::new(Io {
                 segment: tail.segment,
                 file: tail.file,
