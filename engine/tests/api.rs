@@ -1,24 +1,16 @@
 //! The engine's public API, call by call, on a real directory.
 
-use std::sync::Arc;
+mod common;
+
+use common::{T0, key, open_sized};
 
 use engine::{
-    DeadLetter, DeleteItem, Engine, EngineConfig, Error, ManualClock, NewMessage, OsStorage,
-    QueueConfig, QueueKey, QueueKind, ReserveOptions,
+    DeadLetter, DeleteItem, Engine, EngineConfig, Error, ManualClock, NewMessage, QueueConfig,
+    QueueKey, QueueKind, ReserveOptions,
 };
 
-const T0: u64 = 1_700_000_000_000;
-
 fn open(dir: &std::path::Path, clock: &ManualClock) -> Engine {
-    let mut config = EngineConfig::new(dir);
-    config.segment_bytes = 2 << 20;
-    config.body_bytes_max = 4096;
-    Engine::open_with(
-        config,
-        Arc::new(OsStorage::new(dir).unwrap()),
-        Arc::new(clock.clone()),
-    )
-    .unwrap()
+    open_sized(dir, clock, 2 << 20)
 }
 
 fn msg(body: &str) -> NewMessage {
@@ -26,10 +18,6 @@ fn msg(body: &str) -> NewMessage {
         body: body.as_bytes().to_vec(),
         ..Default::default()
     }
-}
-
-fn key(name: &str) -> QueueKey {
-    QueueKey::new("p", name)
 }
 
 fn reserve(n: usize) -> ReserveOptions {

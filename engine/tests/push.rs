@@ -1,29 +1,17 @@
 //! Push delivery state in the engine: lanes, claims, outcomes, acknowledgements, finishing,
 //! and all of it surviving a reopen and log relocation.
 
-use std::sync::Arc;
+mod common;
+
+use common::{T0, key, open_sized};
 
 use engine::{
-    Engine, EngineConfig, Error, ManualClock, NewMessage, OsStorage, PushDelivery, PushStatus,
-    PushUpdate, QueueConfig, QueueKey, QueueKind,
+    Engine, Error, ManualClock, NewMessage, PushDelivery, PushStatus, PushUpdate, QueueConfig,
+    QueueKind,
 };
 
-const T0: u64 = 1_700_000_000_000;
-
 fn open(dir: &std::path::Path, clock: &ManualClock) -> Engine {
-    let mut config = EngineConfig::new(dir);
-    config.segment_bytes = 1536 << 10;
-    config.body_bytes_max = 4096;
-    Engine::open_with(
-        config,
-        Arc::new(OsStorage::new(dir).unwrap()),
-        Arc::new(clock.clone()),
-    )
-    .unwrap()
-}
-
-fn key(name: &str) -> QueueKey {
-    QueueKey::new("p", name)
+    open_sized(dir, clock, 1536 << 10)
 }
 
 async fn push_queue(e: &Engine, name: &str, kind: QueueKind, subs: &[&str]) {

@@ -921,41 +921,16 @@ async fn push_subscriber(ctx: Arc<Ctx>) -> Result<tokio::task::JoinHandle<()>> {
 
 /// Push-mode producer: batches whose bodies are the send time (µs) plus padding.
 async fn push_producer(ctx: Arc<Ctx>, interval: Option<Duration>, phase: Duration) {
-    let mut conn = Conn::new(ctx.target.clone());
-    let mut hist = new_hist();
-    let mut pacer = ctx.ticker.pacer(interval, ctx.start + phase);
     let pad = "x".repeat(ctx.args.body_bytes.saturating_sub(17));
-    loop {
-        let Some(from) = pacer.tick().await else {
-            break;
-        };
-        if Instant::now() >= ctx.deadline {
-            break;
-        }
+    let batch = ctx.args.batch;
+    paced_poster(ctx, interval, phase, move || {
         let sent = now_unix_us();
-        let msgs: Vec<serde_json::Value> = (0..ctx.args.batch)
+        let msgs: Vec<serde_json::Value> = (0..batch)
             .map(|_| serde_json::json!({ "body": format!("{sent}-{pad}") }))
             .collect();
-        let body = Bytes::from(
-            serde_json::to_vec(&serde_json::json!({ "messages": msgs })).expect("json"),
-        );
-        let r = tokio::time::timeout_at(
-            ctx.deadline.into(),
-            conn.send(Method::POST, &ctx.messages_path, body),
-        )
-        .await;
-        let Ok(r) = r else { break };
-        ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
-        match r {
-            Ok((StatusCode::CREATED | StatusCode::OK, _)) => ctx.record(&mut hist, from),
-            Ok((st, b)) => ctx.shared.error(format!("post: HTTP {st}: {}", short(&b))),
-            Err(e) => {
-                ctx.shared.error(format!("post: {e}"));
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-    ctx.shared.merge("post", &hist);
+        Bytes::from(serde_json::to_vec(&serde_json::json!({ "messages": msgs })).expect("json"))
+    })
+    .await
 }
 
 /// Cycle-mode producer: its posts count as requests but messages count when consumed.
@@ -964,6 +939,17 @@ async fn producer_uncounted(
     body: Bytes,
     interval: Option<Duration>,
     phase: Duration,
+) {
+    paced_poster(ctx, interval, phase, move || body.clone()).await
+}
+
+/// POSTs `make_body()` to the queue at the pace given until the deadline; counts requests
+/// and records the post latency (messages are counted elsewhere).
+async fn paced_poster(
+    ctx: Arc<Ctx>,
+    interval: Option<Duration>,
+    phase: Duration,
+    make_body: impl Fn() -> Bytes,
 ) {
     let mut conn = Conn::new(ctx.target.clone());
     let mut hist = new_hist();
@@ -977,7 +963,7 @@ async fn producer_uncounted(
         }
         let r = tokio::time::timeout_at(
             ctx.deadline.into(),
-            conn.send(Method::POST, &ctx.messages_path, body.clone()),
+            conn.send(Method::POST, &ctx.messages_path, make_body()),
         )
         .await;
         let Ok(r) = r else { break };
