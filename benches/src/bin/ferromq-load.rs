@@ -427,41 +427,13 @@ async fn producer(
         Some((t, p)) => (t.clone(), p.clone()),
         None => (ctx.target.clone(), ctx.messages_path.clone()),
     };
-    let raw = ctx.raw_target.is_some();
-    let mut conn = Conn::new(target);
-    let mut hist = new_hist();
-    let mut pacer = ctx.ticker.pacer(interval, ctx.start + phase);
-    loop {
-        let Some(from) = pacer.tick().await else {
-            break;
-        };
-        if Instant::now() >= ctx.deadline {
-            break;
-        }
-        let r = tokio::time::timeout_at(
-            ctx.deadline.into(),
-            conn.send(Method::POST, &path, body.clone()),
-        )
-        .await;
-        let Ok(r) = r else { break };
-        ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
-        match r {
-            Ok((st, _))
-                if (raw && st.is_success())
-                    || st == StatusCode::CREATED
-                    || st == StatusCode::OK =>
-            {
-                ctx.record(&mut hist, from);
-                ctx.shared.messages.fetch_add(count, Ordering::Relaxed);
-            }
-            Ok((st, b)) => ctx.shared.error(format!("post: HTTP {st}: {}", short(&b))),
-            Err(e) => {
-                ctx.shared.error(format!("post: {e}"));
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-    ctx.shared.merge("post", &hist);
+    let post = Post {
+        target,
+        path,
+        any_2xx: ctx.raw_target.is_some(),
+        count,
+    };
+    paced_poster(ctx, post, interval, phase, move || body.clone()).await
 }
 
 /// A consumer: reserve `n`, then DELETE what it got, until the deadline.
@@ -923,7 +895,8 @@ async fn push_subscriber(ctx: Arc<Ctx>) -> Result<tokio::task::JoinHandle<()>> {
 async fn push_producer(ctx: Arc<Ctx>, interval: Option<Duration>, phase: Duration) {
     let pad = "x".repeat(ctx.args.body_bytes.saturating_sub(17));
     let batch = ctx.args.batch;
-    paced_poster(ctx, interval, phase, move || {
+    let post = Post::uncounted(&ctx);
+    paced_poster(ctx, post, interval, phase, move || {
         let sent = now_unix_us();
         let msgs: Vec<serde_json::Value> = (0..batch)
             .map(|_| serde_json::json!({ "body": format!("{sent}-{pad}") }))
@@ -940,18 +913,41 @@ async fn producer_uncounted(
     interval: Option<Duration>,
     phase: Duration,
 ) {
-    paced_poster(ctx, interval, phase, move || body.clone()).await
+    let post = Post::uncounted(&ctx);
+    paced_poster(ctx, post, interval, phase, move || body.clone()).await
 }
 
-/// POSTs `make_body()` to the queue at the pace given until the deadline; counts requests
-/// and records the post latency (messages are counted elsewhere).
+/// Where a paced poster posts, and how its answers count.
+struct Post {
+    target: Target,
+    path: String,
+    /// Any 2xx is success (a raw URL), not only 200/201.
+    any_2xx: bool,
+    /// Messages counted per successful post (0: counted elsewhere, e.g. when consumed).
+    count: u64,
+}
+
+impl Post {
+    fn uncounted(ctx: &Ctx) -> Post {
+        Post {
+            target: ctx.target.clone(),
+            path: ctx.messages_path.clone(),
+            any_2xx: false,
+            count: 0,
+        }
+    }
+}
+
+/// POSTs `make_body()` at the pace given until the deadline; counts requests (and
+/// `post.count` messages per success) and records the post latency.
 async fn paced_poster(
     ctx: Arc<Ctx>,
+    post: Post,
     interval: Option<Duration>,
     phase: Duration,
     make_body: impl Fn() -> Bytes,
 ) {
-    let mut conn = Conn::new(ctx.target.clone());
+    let mut conn = Conn::new(post.target.clone());
     let mut hist = new_hist();
     let mut pacer = ctx.ticker.pacer(interval, ctx.start + phase);
     loop {
@@ -963,13 +959,20 @@ async fn paced_poster(
         }
         let r = tokio::time::timeout_at(
             ctx.deadline.into(),
-            conn.send(Method::POST, &ctx.messages_path, make_body()),
+            conn.send(Method::POST, &post.path, make_body()),
         )
         .await;
         let Ok(r) = r else { break };
         ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
         match r {
-            Ok((StatusCode::CREATED | StatusCode::OK, _)) => ctx.record(&mut hist, from),
+            Ok((st, _))
+                if (post.any_2xx && st.is_success())
+                    || st == StatusCode::CREATED
+                    || st == StatusCode::OK =>
+            {
+                ctx.record(&mut hist, from);
+                ctx.shared.messages.fetch_add(post.count, Ordering::Relaxed);
+            }
             Ok((st, b)) => ctx.shared.error(format!("post: HTTP {st}: {}", short(&b))),
             Err(e) => {
                 ctx.shared.error(format!("post: {e}"));
