@@ -22,11 +22,7 @@ use ferromq_benches::{
 const WRITERS: usize = 16;
 
 fn group_commit(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     let mut g = c.benchmark_group("group_commit/16_writers/batch100x100B");
 
     let dir = tempdir();

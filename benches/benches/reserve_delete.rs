@@ -122,11 +122,7 @@ fn nosync(c: &mut Criterion) {
 }
 
 fn durable(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     let mut g = c.benchmark_group("reserve_delete/cycle100/durable_16_consumers");
 
     let dir = tempdir();

@@ -214,6 +214,11 @@ pub struct ReserveBody {
     delete: Option<bool>,
 }
 
+/// A message as peek and get show it.
+fn message_json(m: engine::MessageView) -> Value {
+    json!({ "id": m.id.to_string(), "body": body_string(m.body), "reserved_count": m.reserved_count })
+}
+
 fn body_string(b: Vec<u8>) -> String {
     String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
@@ -308,10 +313,7 @@ pub async fn peek(
         }
     };
     let got = st.engine.peek(&key(&auth, q), n).await?;
-    let msgs: Vec<Value> = got
-        .into_iter()
-        .map(|m| json!({ "id": m.id.to_string(), "body": body_string(m.body), "reserved_count": m.reserved_count }))
-        .collect();
+    let msgs: Vec<Value> = got.into_iter().map(message_json).collect();
     Ok(ok(json!({ "messages": msgs })))
 }
 
@@ -323,9 +325,7 @@ pub async fn get(
 ) -> ApiResult {
     let id = parse_id(&id)?;
     let m = st.engine.get(&key(&auth, q), id).await?;
-    Ok(ok(
-        json!({ "message": { "id": m.id.to_string(), "body": body_string(m.body), "reserved_count": m.reserved_count } }),
-    ))
+    Ok(ok(json!({ "message": message_json(m) })))
 }
 
 #[derive(Default, Deserialize)]

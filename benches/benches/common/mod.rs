@@ -12,3 +12,17 @@ pub fn config(measurement_s: u64) -> Criterion {
         .measurement_time(Duration::from_secs(measurement_s))
         .configure_from_args()
 }
+
+/// The runtime the async benches drive the engine from: multi-thread, 2 workers (one per
+/// core of the target machine), like the server's.
+#[allow(
+    dead_code,
+    reason = "each bench includes this module; the single-caller ones do not use it"
+)]
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
