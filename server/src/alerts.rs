@@ -21,15 +21,27 @@ pub fn crossed(a: &Alert, before: u64, after: u64) -> bool {
     }
 }
 
-/// Checks the alerts of `key` after its size went from `before` to `after`.
+/// Checks the alerts of `key` after its size went from `before` to `after`, and posts the
+/// message of every alert that fires.
 pub async fn check(st: &AppState, key: &QueueKey, before: u64, after: u64) {
+    let due = due(st, key, before, after);
+    if !due.is_empty() {
+        // Boxed: alerts fire rarely, and the futures of the request handlers that call
+        // this (a long poll among them) should not carry the post's state inline.
+        Box::pin(post_all(st, due)).await;
+    }
+}
+
+/// The alert messages to post, with their target queues; records each as fired.
+fn due(st: &AppState, key: &QueueKey, before: u64, after: u64) -> Vec<(QueueKey, NewMessage)> {
     if before == after {
-        return;
+        return Vec::new();
     }
     let Ok(info) = st.engine.queue_info_now(key) else {
-        return;
+        return Vec::new();
     };
     let extra = Extra::of(&info.config);
+    let mut due = Vec::new();
     for a in extra.alerts.iter().filter(|a| crossed(a, before, after)) {
         {
             let mut fired = st.alerts_fired.lock();
@@ -56,8 +68,15 @@ pub async fn check(st: &AppState, key: &QueueKey, before: u64, after: u64) {
             delay_s: 0,
             meta: Vec::new(),
         };
+        due.push((target, msg));
+    }
+    due
+}
+
+async fn post_all(st: &AppState, due: Vec<(QueueKey, NewMessage)>) {
+    for (target, msg) in due {
         if let Err(e) = st.engine.post(&target, &[msg], true).await {
-            tracing::warn!(queue = %a.queue, error = %e, "could not post alert message");
+            tracing::warn!(queue = %target.name, error = %e, "could not post alert message");
         }
     }
 }

@@ -135,9 +135,6 @@ pub fn build(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::observe::observe,
-        ))
+        .layer(crate::observe::ObserveLayer::new(state.clone()))
         .with_state(state)
 }
