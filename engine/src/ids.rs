@@ -20,7 +20,7 @@ impl MessageId {
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -30,25 +30,45 @@ pub struct ReservationId(pub [u8; 16]);
 
 impl ReservationId {
     pub fn parse(s: &str) -> Option<ReservationId> {
+        let s = s.as_bytes();
         if s.len() != 32 {
             return None;
         }
         let mut out = [0u8; 16];
-        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-            let hi = (chunk[0] as char).to_digit(16)?;
-            let lo = (chunk[1] as char).to_digit(16)?;
-            out[i] = (hi * 16 + lo) as u8;
+        for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+            *o = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
         }
         Some(ReservationId(out))
+    }
+
+    /// The 32 lowercase hex digits, without going through `fmt` (a reply to a reserve of
+    /// 100 messages writes 100 of them).
+    pub fn hex(&self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (pair, b) in out.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[(b >> 4) as usize];
+            pair[1] = DIGITS[(b & 15) as usize];
+        }
+        out
+    }
+}
+
+/// The value of one hex digit, either case.
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
     }
 }
 
 impl fmt::Display for ReservationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        let hex = self.hex();
+        // The digits are ASCII.
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -126,6 +146,16 @@ mod tests {
         assert_eq!(ReservationId::parse(&s), Some(rid));
         assert_eq!(ReservationId::parse("zz"), None);
         assert_eq!(ReservationId::parse(&"g".repeat(32)), None);
+        let mut bytes = [0u8; 16];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (i as u8) * 17;
+        }
+        let rid = ReservationId(bytes);
+        let s = "00112233445566778899aabbccddeeff";
+        assert_eq!(rid.to_string(), s);
+        assert_eq!(&rid.hex(), s.as_bytes());
+        assert_eq!(ReservationId::parse(&s.to_uppercase()), Some(rid));
+        assert_eq!(ReservationId::parse(&format!("{}é", &s[..30])), None);
     }
 
     #[test]

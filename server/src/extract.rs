@@ -33,8 +33,7 @@ pub async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
 /// (for instance, a repeated key: the last one wins). The `Value` step used to run on
 /// every request and cost about a quarter of the server's CPU on batch posts.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    // A struct also deserializes from a JSON array, so only an object takes the direct way.
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+    if looks_like_object(bytes)
         && let Ok(t) = serde_json::from_slice::<T>(bytes)
     {
         return Ok(t);
@@ -64,6 +63,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let bytes = read_body(req.into_body()).await?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// The raw request body (size-limited like [`JsonBody`]), for handlers that parse it
+/// themselves.
+pub struct RawBody(pub bytes::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        read_body(req.into_body()).await.map(RawBody)
+    }
+}
+
+/// Whether `bytes` is a JSON object at first sight (its first non-space byte is `{`). A
+/// struct also deserializes from a JSON array, so only such a body may take a typed path.
+pub fn looks_like_object(bytes: &[u8]) -> bool {
+    bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 /// Percent-decodes one path segment; `+` stays literal.

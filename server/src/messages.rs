@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use crate::auth::ProjectAuth;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{
-    JsonBody, lenient_bool, lenient_i64, query_get, query_params, range, read_body,
+    JsonBody, RawBody, lenient_bool, lenient_i64, looks_like_object, parse_json, query_get,
+    query_params, range, read_body,
 };
 use crate::observe::with_messages;
 use crate::response::{json_response, ok, ok_msg};
@@ -62,8 +63,8 @@ fn parse_id(s: &str) -> Result<MessageId, ApiError> {
 }
 
 /// A reservation id; `""` is absent; a malformed one can never match (403).
-fn parse_rid(s: Option<String>, id: MessageId) -> Result<Option<ReservationId>, ApiError> {
-    match s.as_deref() {
+fn parse_rid(s: Option<&str>, id: MessageId) -> Result<Option<ReservationId>, ApiError> {
+    match s {
         None | Some("") => Ok(None),
         Some(r) => ReservationId::parse(r)
             .map(Some)
@@ -84,13 +85,12 @@ async fn post_and_alert(st: &AppState, key: &QueueKey, msgs: &[NewMessage]) -> A
     if let Some(after) = size_of(st, key).await {
         crate::alerts::check(st, key, after.saturating_sub(ids.len() as u64), after).await;
     }
-    let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
     let n = ids.len() as u64;
     Ok(with_messages(
         json_response(
             StatusCode::CREATED,
             &Posted {
-                ids,
+                ids: ids.into_iter().map(WireId).collect(),
                 msg: "Messages put on queue.",
             },
         ),
@@ -98,10 +98,29 @@ async fn post_and_alert(st: &AppState, key: &QueueKey, msgs: &[NewMessage]) -> A
     ))
 }
 
+/// A message id as a JSON string, written without an intermediate `String`.
+struct WireId(MessageId);
+
+impl serde::Serialize for WireId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(itoa::Buffer::new().format(self.0.0))
+    }
+}
+
+/// A reservation id as a JSON string (32 hex digits), written without a `String`.
+struct WireRid(ReservationId);
+
+impl serde::Serialize for WireRid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let hex = self.0.hex();
+        s.serialize_str(std::str::from_utf8(&hex).map_err(serde::ser::Error::custom)?)
+    }
+}
+
 /// The reply to a post, in key order (see [`Reserved`]).
 #[derive(serde::Serialize)]
 struct Posted {
-    ids: Vec<String>,
+    ids: Vec<WireId>,
     msg: &'static str,
 }
 
@@ -261,8 +280,8 @@ pub async fn reserve(
         .into_iter()
         .map(|m| Reserved {
             body: body_string(m.body),
-            id: m.id.to_string(),
-            reservation_id: m.reservation_id.map(|r| r.to_string()),
+            id: WireId(m.id),
+            reservation_id: m.reservation_id.map(WireRid),
             reserved_count: m.reserved_count,
         })
         .collect();
@@ -278,9 +297,9 @@ pub async fn reserve(
 #[derive(serde::Serialize)]
 struct Reserved {
     body: String,
-    id: String,
+    id: WireId,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reservation_id: Option<String>,
+    reservation_id: Option<WireRid>,
     reserved_count: u32,
 }
 
@@ -352,7 +371,7 @@ pub async fn delete(
             Ok(a) => a.project,
             Err(_) => crate::extract::decode_path(&pid)?,
         };
-        let rid = parse_rid(b.reservation_id, id)?.ok_or_else(|| {
+        let rid = parse_rid(b.reservation_id.as_deref(), id)?.ok_or_else(|| {
             ApiError::bad_request("reservation_id is required to acknowledge a push delivery")
         })?;
         st.engine
@@ -361,7 +380,7 @@ pub async fn delete(
         return Ok(ok_msg("Deleted"));
     }
     let auth = auth?;
-    let rid = parse_rid(b.reservation_id, id)?;
+    let rid = parse_rid(b.reservation_id.as_deref(), id)?;
     let key = key(&auth, q);
     st.engine.delete(&key, id, rid).await?;
     if let Some(after) = size_of(&st, &key).await {
@@ -375,30 +394,63 @@ pub async fn delete_many(
     State(st): State<AppState>,
     auth: ProjectAuth,
     Path((_, q)): QPath,
-    JsonBody(b): JsonBody<Value>,
+    RawBody(body): RawBody,
 ) -> ApiResult {
     let key = key(&auth, q);
-    let before = size_of(&st, &key).await;
-    let Some(ids) = b.get("ids") else {
+    let Some(items) = delete_many_items(&body)? else {
+        let before = size_of(&st, &key).await;
         st.engine.clear(&key).await?;
         if let Some(before) = before {
             crate::alerts::check(&st, &key, before, 0).await;
         }
         return Ok(ok_msg("Cleared"));
     };
+    st.engine.delete_batch(&key, &items).await?;
+    if let Some(after) = size_of(&st, &key).await {
+        crate::alerts::check(&st, &key, after + items.len() as u64, after).await;
+    }
+    Ok(with_messages(ok_msg("Deleted"), items.len() as u64))
+}
+
+/// The body of `DELETE …/messages`: the messages to delete, or `None` (no `ids`) to clear
+/// the queue. The usual body (`{"ids": [{"id": …, "reservation_id": …}]}`, plain strings)
+/// is read straight into borrowed fields; anything else (an id given as a bare string,
+/// escapes, a repeated key, a malformed body) goes through a `serde_json::Value`, which
+/// decides the result and the error text.
+fn delete_many_items(body: &[u8]) -> Result<Option<Vec<DeleteItem>>, ApiError> {
+    #[derive(Deserialize)]
+    struct Fast<'a> {
+        #[serde(borrow)]
+        ids: Vec<FastItem<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct FastItem<'a> {
+        id: &'a str,
+        #[serde(borrow, default)]
+        reservation_id: Option<&'a str>,
+    }
+    if looks_like_object(body)
+        && let Ok(f) = serde_json::from_slice::<Fast>(body)
+    {
+        check_ids_count(f.ids.len())?;
+        let mut items = Vec::with_capacity(f.ids.len());
+        for e in f.ids {
+            items.push(delete_item(e.id, e.reservation_id)?);
+        }
+        return Ok(Some(items));
+    }
+    let b: Value = parse_json(body)?;
+    let Some(ids) = b.get("ids") else {
+        return Ok(None);
+    };
     let arr = ids
         .as_array()
         .ok_or_else(|| ApiError::bad_request("ids must be an array"))?;
-    if arr.is_empty() {
-        return Err(ApiError::bad_request("ids must not be empty"));
-    }
-    if arr.len() > engine::limits::IDS_PER_DELETE_MAX {
-        return Err(ApiError::bad_request("at most 100 ids per request"));
-    }
+    check_ids_count(arr.len())?;
     let mut items = Vec::with_capacity(arr.len());
     for e in arr {
-        let (id, rid) = match e {
-            Value::String(s) => (s.clone(), None),
+        items.push(match e {
+            Value::String(s) => delete_item(s, None)?,
             Value::Object(o) => {
                 let id = o
                     .get("id")
@@ -406,30 +458,40 @@ pub async fn delete_many(
                     .ok_or_else(|| ApiError::bad_request("each ids entry needs an id"))?;
                 let rid = match o.get("reservation_id") {
                     None | Some(Value::Null) => None,
-                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(Value::String(s)) => Some(s.as_str()),
                     Some(_) => {
                         return Err(ApiError::bad_request("reservation_id must be a string"));
                     }
                 };
-                (id.to_string(), rid)
+                delete_item(id, rid)?
             }
             _ => {
                 return Err(ApiError::bad_request(
                     "ids entries must be strings or objects",
                 ));
             }
-        };
-        let id = parse_id(&id)?;
-        items.push(DeleteItem {
-            id,
-            reservation_id: parse_rid(rid, id)?,
         });
     }
-    st.engine.delete_batch(&key, &items).await?;
-    if let Some(after) = size_of(&st, &key).await {
-        crate::alerts::check(&st, &key, after + items.len() as u64, after).await;
+    Ok(Some(items))
+}
+
+/// One entry of a batch delete; `""` as the reservation id is absent.
+fn delete_item(id: &str, rid: Option<&str>) -> Result<DeleteItem, ApiError> {
+    let id = parse_id(id)?;
+    Ok(DeleteItem {
+        id,
+        reservation_id: parse_rid(rid, id)?,
+    })
+}
+
+fn check_ids_count(n: usize) -> Result<(), ApiError> {
+    if n == 0 {
+        return Err(ApiError::bad_request("ids must not be empty"));
     }
-    Ok(with_messages(ok_msg("Deleted"), items.len() as u64))
+    if n > engine::limits::IDS_PER_DELETE_MAX {
+        return Err(ApiError::bad_request("at most 100 ids per request"));
+    }
+    Ok(())
 }
 
 #[derive(Default, Deserialize)]
@@ -443,7 +505,7 @@ pub struct TouchBody {
 }
 
 fn required_rid(s: Option<String>, id: MessageId) -> Result<ReservationId, ApiError> {
-    parse_rid(s, id)?.ok_or_else(|| ApiError::bad_request("reservation_id is required"))
+    parse_rid(s.as_deref(), id)?.ok_or_else(|| ApiError::bad_request("reservation_id is required"))
 }
 
 /// `POST /queues/{q}/messages/{id}/touch`.
@@ -547,4 +609,97 @@ async fn push_states(
     };
     let states = st.engine.push_statuses(&key, id).await?;
     Ok((push, states))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "1000000000000000007";
+    const RID: &str = "00112233445566778899aabbccddeeff";
+
+    fn items(body: &str) -> Result<Option<Vec<(u64, Option<String>)>>, (u16, String)> {
+        delete_many_items(body.as_bytes())
+            .map(|o| {
+                o.map(|v| {
+                    v.into_iter()
+                        .map(|i| (i.id.0, i.reservation_id.map(|r| r.to_string())))
+                        .collect()
+                })
+            })
+            .map_err(|e| (e.status.as_u16(), e.msg))
+    }
+
+    #[test]
+    fn batch_delete_bodies_parse_the_same_on_both_paths() {
+        let want = Ok(Some(vec![(1000000000000000007, Some(RID.to_string()))]));
+        // The typed path.
+        assert_eq!(
+            items(&format!(
+                r#"{{"ids":[{{"id":"{ID}","reservation_id":"{RID}"}}]}}"#
+            )),
+            want
+        );
+        // Through a Value: an escape in a string, a repeated key (the last one wins).
+        let escaped = format!(
+            r#"{{"ids":[{{"id":"{ID}","reservation_id":"\u0030{}"}}]}}"#,
+            &RID[1..]
+        );
+        assert_eq!(items(&escaped), want);
+        assert_eq!(
+            items(&format!(
+                r#"{{"ids":[],"ids":[{{"id":"{ID}","reservation_id":"{RID}"}}]}}"#
+            )),
+            want
+        );
+        // Bare string ids, null and "" reservation ids.
+        let none = Ok(Some(vec![(1000000000000000007, None)]));
+        assert_eq!(items(&format!(r#"{{"ids":["{ID}"]}}"#)), none);
+        assert_eq!(
+            items(&format!(
+                r#"{{"ids":[{{"id":"{ID}","reservation_id":null}}]}}"#
+            )),
+            none
+        );
+        assert_eq!(
+            items(&format!(
+                r#"{{"ids":[{{"id":"{ID}","reservation_id":""}}]}}"#
+            )),
+            none
+        );
+        // No ids: a clear.
+        assert_eq!(items(""), Ok(None));
+        assert_eq!(items("{}"), Ok(None));
+    }
+
+    #[test]
+    fn batch_delete_errors_are_the_documented_ones() {
+        let bad = |b: &str| items(b).unwrap_err();
+        assert_eq!(bad(r#"{"ids":[]}"#), (400, "ids must not be empty".into()));
+        assert_eq!(bad(r#"{"ids":{}}"#), (400, "ids must be an array".into()));
+        assert_eq!(bad(r#"{"ids":[5]}"#).0, 400);
+        assert_eq!(bad(r#"{"ids":[{"reservation_id":"x"}]}"#).0, 400);
+        assert_eq!(
+            bad(&format!(
+                r#"{{"ids":[{{"id":"{ID}","reservation_id":5}}]}}"#
+            ))
+            .0,
+            400
+        );
+        assert_eq!(bad(r#"[{"ids":["1"]}]"#).0, 400);
+        let many: Vec<String> = (0..101).map(|_| format!("\"{ID}\"")).collect();
+        assert_eq!(
+            bad(&format!(r#"{{"ids":[{}]}}"#, many.join(","))),
+            (400, "at most 100 ids per request".into())
+        );
+        // A malformed id is not found; a malformed reservation id can never match.
+        assert_eq!(bad(r#"{"ids":[{"id":"abc"}]}"#).0, 404);
+        assert_eq!(
+            bad(&format!(
+                r#"{{"ids":[{{"id":"{ID}","reservation_id":"zz"}}]}}"#
+            ))
+            .0,
+            403
+        );
+    }
 }
