@@ -17,7 +17,7 @@ use crate::extract::{
     query_params, range, read_body,
 };
 use crate::observe::with_messages;
-use crate::response::{json_response, ok, ok_msg};
+use crate::response::{json_bytes_response, json_response, ok, ok_msg};
 use crate::settings::Extra;
 use crate::state::AppState;
 
@@ -107,17 +107,7 @@ impl serde::Serialize for WireId {
     }
 }
 
-/// A reservation id as a JSON string (32 hex digits), written without a `String`.
-struct WireRid(ReservationId);
-
-impl serde::Serialize for WireRid {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let hex = self.0.hex();
-        s.serialize_str(std::str::from_utf8(&hex).map_err(serde::ser::Error::custom)?)
-    }
-}
-
-/// The reply to a post, in key order (see [`Reserved`]).
+/// The reply to a post, in key order (what a `serde_json::Value`, with sorted keys, gave).
 #[derive(serde::Serialize)]
 struct Posted {
     ids: Vec<WireId>,
@@ -276,36 +266,57 @@ pub async fn reserve(
     {
         crate::alerts::check(&st, &key, after + got.len() as u64, after).await;
     }
-    let messages: Vec<Reserved> = got
-        .into_iter()
-        .map(|m| Reserved {
-            body: body_string(m.body),
-            id: WireId(m.id),
-            reservation_id: m.reservation_id.map(WireRid),
-            reserved_count: m.reserved_count,
-        })
-        .collect();
-    let n = messages.len() as u64;
+    let n = got.len() as u64;
     Ok(with_messages(
-        json_response(StatusCode::OK, &ReserveReply { messages }),
+        json_bytes_response(StatusCode::OK, reserve_reply(&got)),
         n,
     ))
 }
 
-/// One reserved message as the reply shows it. Fields in key order: the reply is byte for
-/// byte what a `serde_json::Value` (sorted keys) gave, without building one per message.
-#[derive(serde::Serialize)]
-struct Reserved {
-    body: String,
-    id: WireId,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reservation_id: Option<WireRid>,
-    reserved_count: u32,
+/// The reply to a reserve, `{"messages":[…]}`, written by hand: it is the hottest reply of
+/// a consumer and most of it is message bodies, which are mostly plain ASCII and then need
+/// no escaping. Byte for byte what a `serde_json::Value` (sorted keys) gives, as before;
+/// a body that is not valid UTF-8 is shown with replacement characters.
+fn reserve_reply(got: &[engine::ReservedMessage]) -> Vec<u8> {
+    let size: usize = got.iter().map(|m| m.body.len() + 110).sum();
+    let mut out = Vec::with_capacity(16 + size);
+    out.extend_from_slice(b"{\"messages\":[");
+    for (i, m) in got.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"body\":");
+        json_string(&mut out, &m.body);
+        out.extend_from_slice(b",\"id\":\"");
+        out.extend_from_slice(itoa::Buffer::new().format(m.id.0).as_bytes());
+        out.push(b'"');
+        if let Some(r) = m.reservation_id {
+            out.extend_from_slice(b",\"reservation_id\":\"");
+            out.extend_from_slice(&r.hex());
+            out.push(b'"');
+        }
+        out.extend_from_slice(b",\"reserved_count\":");
+        out.extend_from_slice(itoa::Buffer::new().format(m.reserved_count).as_bytes());
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
-#[derive(serde::Serialize)]
-struct ReserveReply {
-    messages: Vec<Reserved>,
+/// `bytes` as a JSON string. Printable ASCII without `"` or `\` is copied as it is;
+/// anything else is escaped by serde_json (after a lossy UTF-8 conversion).
+fn json_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes
+        .iter()
+        .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+    } else {
+        let s = String::from_utf8_lossy(bytes);
+        serde_json::to_writer(&mut *out, &*s).expect("writing JSON to a Vec cannot fail");
+    }
 }
 
 /// `GET /queues/{q}/messages?n=`: peek.
@@ -618,7 +629,10 @@ mod tests {
     const ID: &str = "1000000000000000007";
     const RID: &str = "00112233445566778899aabbccddeeff";
 
-    fn items(body: &str) -> Result<Option<Vec<(u64, Option<String>)>>, (u16, String)> {
+    /// Message ids and reservation ids, or the status and `msg` of the error.
+    type Parsed = Result<Option<Vec<(u64, Option<String>)>>, (u16, String)>;
+
+    fn items(body: &str) -> Parsed {
         delete_many_items(body.as_bytes())
             .map(|o| {
                 o.map(|v| {
@@ -628,6 +642,51 @@ mod tests {
                 })
             })
             .map_err(|e| (e.status.as_u16(), e.msg))
+    }
+
+    #[test]
+    fn the_reserve_reply_is_what_serde_json_writes() {
+        let bodies: [&[u8]; 7] = [
+            b"plain ascii body",
+            b"",
+            b"quote \" and backslash \\ and /",
+            b"controls \n\t\r\x08\x0c\x00\x1f and \x7f",
+            "unicode \u{e9}\u{1F600} \u{2028}".as_bytes(),
+            b"bad utf-8 \xff\xfe end",
+            b"{\"json\": [1, 2]}",
+        ];
+        let got: Vec<engine::ReservedMessage> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| engine::ReservedMessage {
+                id: MessageId(MessageId::FLOOR + i as u64 * 999),
+                body: b.to_vec(),
+                meta: Vec::new(),
+                reserved_count: i as u32 + 1,
+                reservation_id: (i % 3 != 0).then(|| ReservationId([i as u8 * 37; 16])),
+                reserved_until_ms: 0,
+            })
+            .collect();
+        let messages: Vec<Value> = got
+            .iter()
+            .map(|m| {
+                let mut v = json!({
+                    "body": String::from_utf8_lossy(&m.body),
+                    "id": m.id.to_string(),
+                    "reserved_count": m.reserved_count,
+                });
+                if let Some(r) = m.reservation_id {
+                    v["reservation_id"] = json!(r.to_string());
+                }
+                v
+            })
+            .collect();
+        let want = serde_json::to_vec(&json!({ "messages": messages })).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&reserve_reply(&got)),
+            String::from_utf8_lossy(&want)
+        );
+        assert_eq!(reserve_reply(&[]), b"{\"messages\":[]}");
     }
 
     #[test]

@@ -8,6 +8,11 @@ use axum::response::Response;
 pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
     let bytes = serde_json::to_vec(value)
         .unwrap_or_else(|_| b"{\"msg\":\"Internal server error\"}".to_vec());
+    json_bytes_response(status, bytes)
+}
+
+/// Builds a JSON response from JSON text the caller wrote.
+pub fn json_bytes_response(status: StatusCode, bytes: Vec<u8>) -> Response {
     let len = bytes.len();
     let mut resp = Response::new(Body::from(bytes));
     *resp.status_mut() = status;
