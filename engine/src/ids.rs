@@ -11,10 +11,19 @@ impl MessageId {
     pub const FLOOR: u64 = 1_000_000_000_000_000_000;
     /// Parses the decimal wire form.
     pub fn parse(s: &str) -> Option<MessageId> {
-        if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        if s.is_empty() || s.len() > 20 {
             return None;
         }
-        s.parse().ok().map(MessageId)
+        // One pass; digits only (no sign), and no overflow.
+        let mut v: u64 = 0;
+        for b in s.bytes() {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                return None;
+            }
+            v = v.checked_mul(10)?.checked_add(d as u64)?;
+        }
+        Some(MessageId(v))
     }
 }
 
@@ -177,6 +186,16 @@ mod tests {
             Some(MessageId(1000000000000000123))
         );
         assert_eq!(MessageId::parse("12a"), None);
+        assert_eq!(MessageId::parse("+12"), None);
+        assert_eq!(
+            MessageId::parse(&u64::MAX.to_string()),
+            Some(MessageId(u64::MAX))
+        );
+        assert_eq!(MessageId::parse("18446744073709551616"), None);
+        assert_eq!(
+            MessageId::parse("00000000000000000012"),
+            Some(MessageId(12))
+        );
         assert_eq!(MessageId::parse(""), None);
     }
 

@@ -17,7 +17,7 @@ use crate::extract::{
     query_params, range, read_body,
 };
 use crate::observe::with_messages;
-use crate::response::{json_bytes_response, json_response, ok, ok_msg};
+use crate::response::{json_bytes_response, ok, ok_msg};
 use crate::settings::Extra;
 use crate::state::AppState;
 
@@ -87,31 +87,26 @@ async fn post_and_alert(st: &AppState, key: &QueueKey, msgs: &[NewMessage]) -> A
     }
     let n = ids.len() as u64;
     Ok(with_messages(
-        json_response(
-            StatusCode::CREATED,
-            &Posted {
-                ids: ids.into_iter().map(WireId).collect(),
-                msg: "Messages put on queue.",
-            },
-        ),
+        json_bytes_response(StatusCode::CREATED, post_reply(&ids)),
         n,
     ))
 }
 
-/// A message id as a JSON string, written without an intermediate `String`.
-struct WireId(MessageId);
-
-impl serde::Serialize for WireId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(itoa::Buffer::new().format(self.0.0))
+/// The reply to a post, `{"ids":[…],"msg":"Messages put on queue."}`, written by hand like
+/// [`reserve_reply`] (keys in the order a `serde_json::Value` sorts them).
+fn post_reply(ids: &[MessageId]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + ids.len() * 22);
+    out.extend_from_slice(b"{\"ids\":[");
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(itoa::Buffer::new().format(id.0).as_bytes());
+        out.push(b'"');
     }
-}
-
-/// The reply to a post, in key order (what a `serde_json::Value`, with sorted keys, gave).
-#[derive(serde::Serialize)]
-struct Posted {
-    ids: Vec<WireId>,
-    msg: &'static str,
+    out.extend_from_slice(b"],\"msg\":\"Messages put on queue.\"}");
+    out
 }
 
 #[derive(Deserialize)]
@@ -687,6 +682,15 @@ mod tests {
             String::from_utf8_lossy(&want)
         );
         assert_eq!(reserve_reply(&[]), b"{\"messages\":[]}");
+        let ids = [
+            MessageId(MessageId::FLOOR),
+            MessageId(MessageId::FLOOR + 42),
+        ];
+        let want = json!({
+            "ids": ids.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+            "msg": "Messages put on queue.",
+        });
+        assert_eq!(post_reply(&ids), serde_json::to_vec(&want).unwrap());
     }
 
     #[test]
