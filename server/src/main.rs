@@ -1,10 +1,11 @@
 //! The `ferromq` binary: `ferromq serve [--data-dir DIR] [--listen ADDR] [--config FILE.json]`,
 //! and the client subcommands `admin`, `backup` and `restore` (module `cli`).
 
+mod alloc;
 mod cli;
 
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static GLOBAL: alloc::Split = alloc::Split;
 
 use std::path::PathBuf;
 
