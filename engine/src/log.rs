@@ -628,7 +628,7 @@ impl Log {
     /// its zeros no faster than that keeps them from crowding out the log's own syncs.
     fn pace_spare(&self, started: Instant, done: u64) -> bool {
         let bytes = self.segment_bytes;
-        if bytes <= 4 * segment::SPARE_STEP_BYTES {
+        if bytes <= 4 * crate::storage::STEP_BYTES {
             return !self.is_stopping();
         }
         loop {
@@ -701,7 +701,7 @@ impl Log {
         }
     }
 
-    fn is_stopping(&self) -> bool {
+    pub(crate) fn is_stopping(&self) -> bool {
         self.failed.load(Ordering::Acquire) || self.pipe.lock().shutdown
     }
 

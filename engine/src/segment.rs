@@ -8,16 +8,13 @@ use std::sync::Arc;
 
 use crate::error::CorruptionKind;
 use crate::ids::SegmentId;
-use crate::storage::{Storage, StorageFile};
+use crate::storage::{Fill, Storage, StorageFile, write_stepped};
 
 pub const MAGIC: [u8; 8] = *b"FERROMQS";
 pub const FORMAT_VERSION: u16 = 1;
 pub const HEADER_BYTES: usize = 64;
 /// Prefix of preallocated, zero-filled files not yet part of the log.
 pub const SPARE_PREFIX: &str = "spare-";
-/// How much of a spare is zero-filled between fdatasyncs, and between two calls of the
-/// pacing callback of [`create_spare_paced`].
-pub const SPARE_STEP_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -86,8 +83,8 @@ pub fn create_spare(
         .ok_or_else(|| std::io::Error::other("spare creation was called off"))
 }
 
-/// [`create_spare`] in steps of [`SPARE_STEP_BYTES`], each written and written back to the
-/// device on its own, then one fdatasync for the whole file.
+/// [`create_spare`] in steps of [`crate::storage::STEP_BYTES`], each written and written back to the
+/// device on its own ([`write_stepped`]), then one fdatasync for the whole file.
 /// Before each step `pace` is called with the bytes done so far; it may sleep to spread
 /// the work out, and returns false to call the whole thing off (the partial file is
 /// removed and `Ok(None)` returned).
@@ -113,20 +110,10 @@ pub fn create_spare_paced(
     // A leftover of a crashed run may have the same name.
     let _ = storage.remove(&name);
     let file = storage.create(&name)?;
-    let zeros = vec![0u8; SPARE_STEP_BYTES as usize];
-    let mut off = 0u64;
-    while off < bytes {
-        if !pace(off) {
-            drop(file);
-            let _ = storage.remove(&name);
-            return Ok(None);
-        }
-        let n = ((bytes - off) as usize).min(zeros.len());
-        file.write_at(off, &zeros[..n])?;
-        // Write back in small steps: leaving a whole dirty segment to one final fdatasync
-        // would occupy the device for tens of milliseconds and stall the log's syncs.
-        file.write_back(off, n as u64)?;
-        off += n as u64;
+    if !write_stepped(&*file, Fill::Zeros(bytes), pace)? {
+        drop(file);
+        let _ = storage.remove(&name);
+        return Ok(None);
     }
     file.sync_data()?;
     storage.sync_dir()?;
