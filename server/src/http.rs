@@ -165,7 +165,21 @@ fn log_request(
     cause: Option<&str>,
 ) {
     use tracing::Level;
-    if status < 500 && level.is_none() {
+    let lvl = match level {
+        _ if status >= 500 => Level::ERROR,
+        None => return,
+        Some(l) if l <= Level::INFO => l,
+        Some(_) => Level::DEBUG,
+    };
+    // The fields below cost a few allocations and a float format: skip them when the
+    // subscriber would drop the line anyway (the default request level is debug).
+    let enabled = match lvl {
+        Level::ERROR => tracing::enabled!(Level::ERROR),
+        Level::WARN => tracing::enabled!(Level::WARN),
+        Level::INFO => tracing::enabled!(Level::INFO),
+        _ => tracing::enabled!(Level::DEBUG),
+    };
+    if !enabled {
         return;
     }
     let (project, queue) = project_and_queue(target.split('?').next().unwrap_or(target));
