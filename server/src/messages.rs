@@ -445,7 +445,12 @@ fn delete_many_items(body: &[u8]) -> Result<Option<Vec<DeleteItem>>, ApiError> {
         }
         return Ok(Some(items));
     }
-    let b: Value = parse_json(body)?;
+    delete_items_from_value(&parse_json(body)?)
+}
+
+/// [`delete_many_items`] for a body already parsed into a `Value`: the reference for
+/// what every body means.
+fn delete_items_from_value(b: &Value) -> Result<Option<Vec<DeleteItem>>, ApiError> {
     let Some(ids) = b.get("ids") else {
         return Ok(None);
     };
@@ -764,5 +769,109 @@ mod tests {
             .0,
             403
         );
+    }
+
+    /// Results in a comparable form: ids and reservation ids, or status and `msg`.
+    fn outcome(r: Result<Option<Vec<DeleteItem>>, ApiError>) -> Parsed {
+        r.map(|o| {
+            o.map(|v| {
+                v.into_iter()
+                    .map(|i| (i.id.0, i.reservation_id.map(|r| r.to_string())))
+                    .collect()
+            })
+        })
+        .map_err(|e| (e.status.as_u16(), e.msg))
+    }
+
+    /// JSON text for one `ids` entry (or any value), written by hand so that escapes,
+    /// repeated keys and odd types all occur.
+    fn json_entry() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let id = prop_oneof![
+            Just(format!("\"{ID}\"")),
+            Just("\"1000000000000000000\"".to_string()),
+            Just("\"\\u0031000000000000000007\"".to_string()),
+            Just("\"abc\"".to_string()),
+            Just("\"\"".to_string()),
+            Just("12".to_string()),
+            Just("null".to_string()),
+        ];
+        let rid = prop_oneof![
+            Just(format!("\"{RID}\"")),
+            Just(format!("\"{}\"", RID.to_uppercase())),
+            Just("\"\"".to_string()),
+            Just("\"zz\"".to_string()),
+            Just(format!("\"\\u0030{}\"", &RID[1..])),
+            Just("null".to_string()),
+            Just("5".to_string()),
+        ];
+        prop_oneof![
+            id.clone(),
+            (id.clone(), proptest::option::of(rid.clone())).prop_map(|(i, r)| match r {
+                Some(r) => format!("{{\"id\":{i},\"reservation_id\":{r}}}"),
+                None => format!("{{\"id\":{i}}}"),
+            }),
+            (id.clone(), rid.clone(), id).prop_map(|(i, r, j)| format!(
+                "{{\"reservation_id\":{r},\"id\":{i},\"x\":[1],\"id\":{j}}}"
+            )),
+            rid.prop_map(|r| format!("{{\"reservation_id\":{r}}}")),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The typed path of a batch delete means exactly what the `Value` path means.
+        #[test]
+        fn batch_delete_bodies_mean_what_their_value_means(
+            entries in proptest::collection::vec(json_entry(), 0..4),
+            shape in 0u8..5,
+        ) {
+            let list = entries.join(",");
+            let body = match shape {
+                0 => format!("{{\"ids\":[{list}]}}"),
+                1 => format!("{{\"other\":1,\"ids\":[{list}]}}"),
+                2 => format!("{{\"ids\":[],\"ids\":[{list}]}}"),
+                3 => format!("{{\"ids\":{}}}", entries.first().cloned().unwrap_or_default()),
+                _ => format!(" {{ \"ids\" : [ {list} ] }} "),
+            };
+            let Ok(v) = serde_json::from_str::<Value>(&body) else {
+                // Not JSON at all: both ways end in the same parse error.
+                proptest::prop_assert_eq!(items(&body).map_err(|e| e.0), Err(400));
+                return Ok(());
+            };
+            proptest::prop_assert_eq!(items(&body), outcome(delete_items_from_value(&v)), "{}", body);
+        }
+
+        /// The hand-written reserve reply is what serde_json writes, for any body bytes.
+        #[test]
+        fn reserve_replies_match_serde_json_for_any_body(
+            bodies in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 1..4),
+            count in 0u32..3,
+        ) {
+            let got: Vec<engine::ReservedMessage> = bodies
+                .iter()
+                .enumerate()
+                .map(|(i, b)| engine::ReservedMessage {
+                    id: MessageId(MessageId::FLOOR + i as u64),
+                    body: b.clone(),
+                    meta: Vec::new(),
+                    reserved_count: count,
+                    reservation_id: Some(ReservationId([i as u8; 16])),
+                    reserved_until_ms: 0,
+                })
+                .collect();
+            let want: Vec<Value> = got
+                .iter()
+                .map(|m| json!({
+                    "body": String::from_utf8_lossy(&m.body),
+                    "id": m.id.to_string(),
+                    "reservation_id": m.reservation_id.map(|r| r.to_string()),
+                    "reserved_count": m.reserved_count,
+                }))
+                .collect();
+            let want = serde_json::to_vec(&json!({ "messages": want })).unwrap();
+            proptest::prop_assert_eq!(reserve_reply(&got), want);
+        }
     }
 }
