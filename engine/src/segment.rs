@@ -89,17 +89,8 @@ pub fn create_spare(
 /// the work out, and returns false to call the whole thing off (the partial file is
 /// removed and `Ok(None)` returned).
 ///
-/// Why pace at all: every `fdatasync` ends with a flush of the device's write cache, and
-/// that flush also has to write out whatever zeros were sent to the device since the last
-/// one. Zero-filling a 64 MiB segment at full speed right after a roll made the log's
-/// group-commit syncs wait behind it for about 75 ms.
-///
-/// Why write back each step (`sync_file_range`) rather than fdatasync it: each step of a
-/// new file allocates blocks, so an fdatasync per step was also a journal commit and a
-/// device flush per step, 64 per segment, and the log's own syncs queued behind them
-/// (its fdatasync took ~105 µs while a spare was being made against ~85 µs for the same
-/// write into an idle file). Written back, a step is only data writes; the final
-/// fdatasync makes the zeros and the allocation durable in one commit.
+/// Why pace: the zeros of a whole segment written right after a roll made the log's
+/// group-commit syncs wait behind them for about 75 ms (see [`write_stepped`]).
 pub fn create_spare_paced(
     storage: &dyn Storage,
     n: u64,

@@ -69,6 +69,11 @@ pub enum Fill<'a> {
 /// sent since the last one: a whole dirty file left to one final sync made the log's
 /// syncs wait behind it for tens to hundreds of milliseconds.
 ///
+/// Why write back each step rather than fdatasync it: in a new file each step allocates
+/// blocks, so an fdatasync per step was also a metadata commit and a device flush, and
+/// the log's syncs queued behind them. Written back, a step is only data writes; the
+/// caller's one final fdatasync makes the data and the allocation durable together.
+///
 /// Before each step `pace(done)` is called; it may sleep to spread the work out, and
 /// returns false to call the write off (then `Ok(false)`). Does not sync the file.
 pub fn write_stepped(
@@ -76,13 +81,9 @@ pub fn write_stepped(
     fill: Fill<'_>,
     pace: &mut dyn FnMut(u64) -> bool,
 ) -> io::Result<bool> {
-    let len = match fill {
-        Fill::Zeros(n) => n,
-        Fill::Bytes(b) => b.len() as u64,
-    };
-    let zeros = match fill {
-        Fill::Zeros(n) => vec![0u8; STEP_BYTES.min(n) as usize],
-        Fill::Bytes(_) => Vec::new(),
+    let (len, zeros) = match fill {
+        Fill::Zeros(n) => (n, vec![0u8; STEP_BYTES.min(n) as usize]),
+        Fill::Bytes(b) => (b.len() as u64, Vec::new()),
     };
     let mut off = 0u64;
     while off < len {

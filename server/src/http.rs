@@ -201,16 +201,11 @@ fn log_request(
             )
         };
     }
-    if status >= 500 {
-        emit!(Level::ERROR);
-        return;
-    }
-    match level {
-        Some(Level::ERROR) => emit!(Level::ERROR),
-        Some(Level::WARN) => emit!(Level::WARN),
-        Some(Level::INFO) => emit!(Level::INFO),
-        Some(_) => emit!(Level::DEBUG),
-        None => {}
+    match lvl {
+        Level::ERROR => emit!(Level::ERROR),
+        Level::WARN => emit!(Level::WARN),
+        Level::INFO => emit!(Level::INFO),
+        _ => emit!(Level::DEBUG),
     }
 }
 
