@@ -22,6 +22,14 @@ pub async fn run(engine: Engine) -> String {
                         "maintenance"
                     );
                 }
+                if let Some(ix) = r.index.filter(|ix| ix.written) {
+                    tracing::info!(
+                        messages = ix.messages,
+                        bytes = ix.bytes,
+                        lock_held_ms = (ix.lock_held.as_secs_f64() * 1e4).round() / 10.0,
+                        "restart index written"
+                    );
+                }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "maintenance failed"),
             Err(e) => tracing::warn!(error = %e, "maintenance task panicked"),
