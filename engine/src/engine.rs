@@ -889,7 +889,10 @@ impl Engine {
                 let id = MessageId(e.id);
                 if opts.delete {
                     buf.u64(e.id);
-                    picked.push(Pending::of(&e, None));
+                    // A pop is a reservation too: it counts in the reply (first = 1).
+                    let mut p = Pending::of(&e, None);
+                    p.reserved_count += 1;
+                    picked.push(p);
                     q.apply_delete(id, &mut st.live);
                 } else {
                     let rid = st.rids.next();

@@ -208,6 +208,25 @@ impl PushState {
             .collect()
     }
 
+    /// The states a finished message keeps. A unicast message delivered to one subscriber
+    /// keeps only the subscribers that were tried: those never tried are left out (no
+    /// attempt will ever be made), and a failed one shows `error` rather than `retrying`,
+    /// so that no entry of a finished message looks pending to a client polling for it.
+    pub fn final_states(&self, id: u64) -> Vec<PushSubState> {
+        let mut states = self.states(id);
+        if self.unicast && states.iter().any(|s| s.status == PushStatus::Deleted) {
+            states.retain(|s| s.status != PushStatus::Queued);
+            for s in &mut states {
+                if !s.status.is_terminal() {
+                    s.status = PushStatus::Error;
+                    s.due_ms = None;
+                    s.reservation = None;
+                }
+            }
+        }
+        states
+    }
+
     /// The in-flight claim or 202 hold of `subscriber` on message `id`, if `rid` matches.
     pub fn holds(&self, id: u64, subscriber: &str, rid: ReservationId) -> bool {
         self.msgs

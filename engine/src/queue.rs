@@ -261,7 +261,7 @@ impl Queue {
         if !p.apply(id.0, attempt, ups) {
             return false;
         }
-        let states_kept = p.states(id.0);
+        let states_kept = p.final_states(id.0);
         let Some(e) = self.apply_delete(id, live) else {
             return false;
         };

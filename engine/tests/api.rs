@@ -174,6 +174,8 @@ async fn delayed_posts_peek_clear_and_pop() {
         popped.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(),
         vec![&b"later"[..], &b"now"[..]]
     );
+    // A pop counts as a reservation in its reply.
+    assert!(popped.iter().all(|m| m.reserved_count == 1));
     assert_eq!(e.queue_info(&key("q")).await.unwrap().size, 0);
     assert!(matches!(
         e.get(&key("q"), popped[0].id).await,

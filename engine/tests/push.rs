@@ -239,6 +239,16 @@ async fn unicast_goes_to_one_subscriber_and_the_pusher_picks_the_next() {
     assert!(e.push_complete(&ds[0], &[ok]).await.unwrap());
     assert_eq!(e.queue_info(&key("u")).await.unwrap().size, 0);
     assert_eq!(e.get(&key("u"), ids[0]).await.unwrap().body, b"x");
+    // Finished: the subscriber never tried is left out, the failed one is final.
+    let statuses = e.push_statuses(&key("u"), ids[0]).await.unwrap();
+    let mut seen: Vec<(String, &str)> = statuses
+        .iter()
+        .map(|s| (s.subscriber.to_string(), s.status.as_str()))
+        .collect();
+    seen.sort();
+    let mut want = vec![(d.subscriber.to_string(), "error"), (next, "deleted")];
+    want.sort();
+    assert_eq!(seen, want);
 }
 
 #[tokio::test]

@@ -147,7 +147,7 @@ pub async fn post(
             Some(Value::Null) | None => {
                 return Err(ApiError::bad_request("message body is required"));
             }
-            Some(other) => other.to_string().into_bytes(),
+            Some(_) => return Err(ApiError::bad_request("message body must be a string")),
         };
         let delay = range("delay", it.delay, engine::limits::DELAY_S_MAX as i64)?.unwrap_or(0);
         let meta = match it.push_headers.filter(|h| !h.is_empty()) {
@@ -237,8 +237,10 @@ pub async fn reserve(
     let n = range("n", b.n, engine::limits::MESSAGES_PER_RESERVE_MAX as i64)?.unwrap_or(1) as usize;
     let timeout_s = range("timeout", b.timeout, engine::limits::TIMEOUT_S_MAX as i64)?.unwrap_or(0);
     let wait = match b.wait {
-        Some(w) if w < 0 => return Err(ApiError::bad_request("wait must be between 0 and 30")),
-        Some(w) => w.min(30) as u64,
+        Some(w) if !(0..=30).contains(&w) => {
+            return Err(ApiError::bad_request("wait must be between 0 and 30"));
+        }
+        Some(w) => w as u64,
         None => 0,
     };
     let delete = b.delete.unwrap_or(false);

@@ -477,35 +477,44 @@ pub fn apply(current: Option<&QueueConfig>, spec: QueueSpec) -> Result<QueueConf
         extra.push = None;
     }
     if let Some(dl) = spec.dead_letter {
-        let name = dl.queue_name.unwrap_or_default();
-        if name.is_empty() {
-            if dl.max_reservations.is_some_and(|m| m != 0) && c.dead_letter.is_none() {
-                return Err(ApiError::bad_request("dead_letter queue_name is required"));
-            }
-            c.dead_letter = None;
-        } else {
-            if kind.is_push() {
-                return Err(ApiError::bad_request(
-                    "Push queues do not support dead letter queues; use error_queue",
-                ));
-            }
-            let max = match dl.max_reservations {
-                None | Some(0) => c
-                    .dead_letter
-                    .as_ref()
-                    .map(|d| d.max_reservations)
-                    .unwrap_or(10),
-                Some(m) if (1..=1000).contains(&m) => m as u32,
-                Some(_) => {
+        // `queue_name: ""` removes the setting; no `queue_name` keeps the configured one
+        // (so `max_reservations` can be changed alone) and is an error when there is none.
+        let name = match dl.queue_name {
+            Some(n) if n.is_empty() => None,
+            Some(n) => Some(n),
+            None => match &c.dead_letter {
+                Some(d) => Some(d.queue.clone()),
+                None => {
+                    return Err(ApiError::bad_request("dead_letter queue_name is required"));
+                }
+            },
+        };
+        match name {
+            None => c.dead_letter = None,
+            Some(name) => {
+                if kind.is_push() {
                     return Err(ApiError::bad_request(
-                        "dead_letter max_reservations must be between 1 and 1000",
+                        "Push queues do not support dead letter queues; use error_queue",
                     ));
                 }
-            };
-            c.dead_letter = Some(DeadLetter {
-                queue: name,
-                max_reservations: max,
-            });
+                let max = match dl.max_reservations {
+                    None | Some(0) => c
+                        .dead_letter
+                        .as_ref()
+                        .map(|d| d.max_reservations)
+                        .unwrap_or(10),
+                    Some(m) if (1..=1000).contains(&m) => m as u32,
+                    Some(_) => {
+                        return Err(ApiError::bad_request(
+                            "dead_letter max_reservations must be between 1 and 1000",
+                        ));
+                    }
+                };
+                c.dead_letter = Some(DeadLetter {
+                    queue: name,
+                    max_reservations: max,
+                });
+            }
         }
     }
     if let Some(a) = spec.alerts {
@@ -609,5 +618,16 @@ mod tests {
         let rm =
             spec_from_body(json!({"queue": {"dead_letter": {"queue_name": ""}}})).expect("spec");
         assert_eq!(apply(Some(&c), rm).expect("apply").dead_letter, None);
+        // max_reservations alone changes the configured dead-letter queue's limit...
+        let max = spec_from_body(json!({"dead_letter": {"max_reservations": 7}})).expect("spec");
+        let d = apply(Some(&c), max)
+            .expect("apply")
+            .dead_letter
+            .expect("kept");
+        assert_eq!((d.queue.as_str(), d.max_reservations), ("dlq", 7));
+        // ...and is an error where none is configured.
+        let none = apply(None, spec_from_body(json!({})).expect("spec")).expect("apply");
+        let max = spec_from_body(json!({"dead_letter": {"max_reservations": 7}})).expect("spec");
+        assert!(apply(Some(&none), max).is_err());
     }
 }

@@ -330,6 +330,43 @@ fn full_api() {
         json!({"messages": [{"body": "d", "push_headers": {"Content-Type": "x"}}]}),
     );
     assert_eq!(s, 400);
+    // A body must be a string; a wait beyond 30 s is out of range (nothing is posted).
+    for bad in [json!(5), json!({"a": 1}), json!(true), json!(["x"])] {
+        let (s, v) = call(
+            p,
+            "POST",
+            &format!("{}/messages", qp("work")),
+            json!({"messages": [{"body": "fine"}, {"body": bad}]}),
+        );
+        assert_eq!(
+            (s, v["msg"].as_str()),
+            (400, Some("message body must be a string"))
+        );
+    }
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("{}/reservations", qp("work")),
+        json!({"wait": 31}),
+    );
+    assert_eq!(
+        (s, v["msg"].as_str()),
+        (400, Some("wait must be between 0 and 30"))
+    );
+    // A pop is a reservation: the first one reports reserved_count 1.
+    call(
+        p,
+        "POST",
+        &format!("{}/messages", qp("pop")),
+        json!({"messages": [{"body": "p"}]}),
+    );
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("{}/reservations", qp("pop")),
+        json!({"delete": true}),
+    );
+    assert_eq!((s, &v["messages"][0]["reserved_count"]), (200, &json!(1)));
     let (s, _) = call(
         p,
         "PATCH",

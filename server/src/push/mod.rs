@@ -226,12 +226,9 @@ async fn deliver(ctx: &Ctx, d: PushDelivery, push: Option<Arc<Push>>) {
     let latency_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
     let now = crate::time::now_ms();
     let mut jitter = |ms: u64| -> u64 {
-        // ±10 % so that retries of many messages do not arrive in lockstep.
-        if ms < 10 {
-            return ms;
-        }
-        let spread = ms / 5;
-        ms - ms / 10 + rand::random_range(0..=spread)
+        // Up to 10 % later, so that retries of many messages do not arrive in lockstep;
+        // never earlier than `retries_delay`.
+        ms + rand::random_range(0..=ms / 10)
     };
     let decision = decide(&d, &push, &outcome, counted, now, latency_ms, &mut jitter);
     let label = match &outcome {
@@ -422,9 +419,15 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// The acknowledgement URL of a message (`Iron-Subscriber-Message-Url`).
 pub fn message_url(base: &str, key: &QueueKey, id: &str) -> String {
-    let enc = |s: &str| {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
+    // Only what a path segment cannot hold is escaped: RFC 3986's unreserved characters
+    // stay as they are, so `my-queue` reads `my-queue` to clients that take the queue name
+    // from the URL without decoding it (Laravel's IronMQ driver does).
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string();
     format!(
         "{}/3/projects/{}/queues/{}/messages/{id}",
         base.trim_end_matches('/'),
@@ -498,5 +501,20 @@ async fn fan_out(ctx: &Ctx, d: &PushDelivery, u: &IronMqUrl) -> Outcome {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_urls_escape_only_what_a_path_segment_cannot_hold() {
+        let key = QueueKey::new("0123456789abcdef01234567", "my-queue_v1.2~x y/z%");
+        assert_eq!(
+            message_url("http://127.0.0.1:8080/", &key, "42"),
+            "http://127.0.0.1:8080/3/projects/0123456789abcdef01234567/queues/\
+             my-queue_v1.2~x%20y%2Fz%25/messages/42"
+        );
     }
 }
