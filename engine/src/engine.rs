@@ -645,6 +645,26 @@ impl Engine {
         Ok(st.info(no))
     }
 
+    /// The queue's size, when its settings carry server-side extras (alerts among them):
+    /// what an alert check after a change needs, read from memory without copying anything.
+    /// `None` for a queue without extras, or none at all.
+    pub fn size_if_extra(&self, key: &QueueKey) -> Option<u64> {
+        let st = self.inner.state.lock();
+        let q = &st.queues[&st.queue_no(key).ok()?];
+        (!q.config.extra.is_empty()).then(|| q.size())
+    }
+
+    /// For a queue with a dead-letter queue that exists and carries extras: that queue and
+    /// its size now (to check its alerts around a reserve, which may move messages there).
+    pub fn dead_letter_size(&self, key: &QueueKey) -> Option<(QueueKey, u64)> {
+        let st = self.inner.state.lock();
+        let q = &st.queues[&st.queue_no(key).ok()?];
+        let dl = q.config.dead_letter.as_ref()?;
+        let dst = QueueKey::new(key.project.clone(), dl.queue.clone());
+        let d = &st.queues[&st.queue_no(&dst).ok()?];
+        (!d.config.extra.is_empty()).then(|| (dst, d.size()))
+    }
+
     /// Queue names of a project in byte order: those starting with `prefix`, strictly after
     /// `after`, at most `limit`.
     pub async fn list_queues(

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use engine::{NewMessage, QueueKey};
+use engine::{MessageId, NewMessage, QueueKey};
 use serde_json::json;
 
 use crate::settings::{Alert, Extra};
@@ -19,6 +19,21 @@ pub fn crossed(a: &Alert, before: u64, after: u64) -> bool {
         // desc progressive: some multiple k*t (k >= 1) with after <= k*t < before.
         _ => after < before && before > t && (before - 1) / t >= after.div_ceil(t).max(1),
     }
+}
+
+/// Posts `msgs` to `key` durably, then fires the alerts the post crossed. Every post the
+/// server makes goes through here: clients' posts, `ironmq://` deliveries and error-queue
+/// messages alike (alert messages themselves do not, so alerts cannot chain).
+pub async fn post(
+    st: &AppState,
+    key: &QueueKey,
+    msgs: &[NewMessage],
+) -> engine::Result<Vec<MessageId>> {
+    let ids = st.engine.post(key, msgs, true).await?;
+    if let Some(after) = st.engine.size_if_extra(key) {
+        check(st, key, after.saturating_sub(ids.len() as u64), after).await;
+    }
+    Ok(ids)
 }
 
 /// Checks the alerts of `key` after its size went from `before` to `after`, and posts the

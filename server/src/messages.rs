@@ -75,16 +75,12 @@ fn parse_rid(s: Option<&str>, id: MessageId) -> Result<Option<ReservationId>, Ap
 /// The queue's size now, if it has settings that may hold alerts; `None` means there is no
 /// alert to check. Reads memory only: waiting for durability here would cost every request
 /// a second group commit.
-async fn size_of(st: &AppState, key: &QueueKey) -> Option<u64> {
-    let info = st.engine.queue_info_now(key).ok()?;
-    (!info.config.extra.is_empty()).then_some(info.size)
+fn size_of(st: &AppState, key: &QueueKey) -> Option<u64> {
+    st.engine.size_if_extra(key)
 }
 
 async fn post_and_alert(st: &AppState, key: &QueueKey, msgs: &[NewMessage]) -> ApiResult {
-    let ids = st.engine.post(key, msgs, true).await?;
-    if let Some(after) = size_of(st, key).await {
-        crate::alerts::check(st, key, after.saturating_sub(ids.len() as u64), after).await;
-    }
+    let ids = crate::alerts::post(st, key, msgs).await?;
     let n = ids.len() as u64;
     Ok(with_messages(
         json_bytes_response(StatusCode::CREATED, post_reply(&ids)),
@@ -245,6 +241,8 @@ pub async fn reserve(
     };
     let delete = b.delete.unwrap_or(false);
     let key = key(&auth, q);
+    // A reserve may move messages to the queue's dead-letter queue: its alerts count too.
+    let dead_letter_before = st.engine.dead_letter_size(&key);
     let got = st
         .engine
         .reserve(
@@ -259,9 +257,14 @@ pub async fn reserve(
         .await?;
     if delete
         && !got.is_empty()
-        && let Some(after) = size_of(&st, &key).await
+        && let Some(after) = size_of(&st, &key)
     {
         crate::alerts::check(&st, &key, after + got.len() as u64, after).await;
+    }
+    if let Some((dlq, before)) = dead_letter_before
+        && let Some(after) = size_of(&st, &dlq)
+    {
+        crate::alerts::check(&st, &dlq, before, after).await;
     }
     let n = got.len() as u64;
     Ok(with_messages(
@@ -391,7 +394,7 @@ pub async fn delete(
     let rid = parse_rid(b.reservation_id.as_deref(), id)?;
     let key = key(&auth, q);
     st.engine.delete(&key, id, rid).await?;
-    if let Some(after) = size_of(&st, &key).await {
+    if let Some(after) = size_of(&st, &key) {
         crate::alerts::check(&st, &key, after + 1, after).await;
     }
     Ok(with_messages(ok_msg("Deleted"), 1))
@@ -406,7 +409,7 @@ pub async fn delete_many(
 ) -> ApiResult {
     let key = key(&auth, q);
     let Some(items) = delete_many_items(&body)? else {
-        let before = size_of(&st, &key).await;
+        let before = size_of(&st, &key);
         st.engine.clear(&key).await?;
         if let Some(before) = before {
             crate::alerts::check(&st, &key, before, 0).await;
@@ -414,7 +417,7 @@ pub async fn delete_many(
         return Ok(ok_msg("Cleared"));
     };
     st.engine.delete_batch(&key, &items).await?;
-    if let Some(after) = size_of(&st, &key).await {
+    if let Some(after) = size_of(&st, &key) {
         crate::alerts::check(&st, &key, after + items.len() as u64, after).await;
     }
     Ok(with_messages(ok_msg("Deleted"), items.len() as u64))

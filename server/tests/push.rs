@@ -737,3 +737,65 @@ async fn sigterm_lets_a_delivery_in_flight_finish_and_record_its_outcome() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(hits(&sub).len(), 1, "not delivered again after the restart");
 }
+
+/// Alerts fire on the server's own moves too: a reserve moving a message to the dead-letter
+/// queue, and an `ironmq://` delivery into another queue.
+#[tokio::test]
+async fn alerts_fire_on_dead_letter_moves_and_ironmq_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let alert = |target: &str| {
+        json!({"queue": {"alerts": [
+            {"type": "fixed", "direction": "asc", "trigger": 1, "queue": target}
+        ]}})
+    };
+    for (q, target) in [("dlq", "dlq-alerts"), ("fanned", "fan-alerts")] {
+        let (s, v) = srv.call("PUT", q, alert(target)).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, v) = srv
+        .call(
+            "PUT",
+            "src",
+            json!({"queue": {"dead_letter": {"queue_name": "dlq", "max_reservations": 1}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    srv.post("src", &["x"]).await;
+    let (_, v) = srv.call("POST", "src/reservations", json!({})).await;
+    let m = &v["messages"][0];
+    let (s, _) = srv
+        .call(
+            "POST",
+            &format!("src/messages/{}/release", m["id"].as_str().unwrap()),
+            json!({"reservation_id": m["reservation_id"]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    // Reserved once already: this reserve moves it to `dlq`, whose size reaches 1.
+    let (_, v) = srv.call("POST", "src/reservations", json!({})).await;
+    assert_eq!(v["messages"], json!([]), "{v}");
+    let (_, v) = srv.call("GET", "dlq", json!({})).await;
+    assert_eq!(v["queue"]["size"], 1, "{v}");
+
+    let (s, v) = srv
+        .call(
+            "PUT",
+            "fan",
+            json!({"queue": {"push": {"subscribers": [{"name": "f", "url": "ironmq:///fanned"}]}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let id = srv.post("fan", &["y"]).await.remove(0);
+    srv.wait_statuses("fan", &id, &["deleted"], 10).await;
+
+    for (target, source) in [("dlq-alerts", "dlq"), ("fan-alerts", "fanned")] {
+        let (_, v) = srv
+            .call("POST", &format!("{target}/reservations"), json!({"n": 10}))
+            .await;
+        let msgs = v["messages"].as_array().unwrap();
+        assert_eq!(msgs.len(), 1, "{target}: {v}");
+        let alert: Value = serde_json::from_str(msgs[0]["body"].as_str().unwrap()).unwrap();
+        assert_eq!(alert["source_queue"], source, "{alert}");
+    }
+}

@@ -285,18 +285,11 @@ async fn post_error(
         "subscribers": subs,
     });
     let key = QueueKey::new(d.key.project.clone(), push.error_queue.clone());
-    ctx.st
-        .engine
-        .post(
-            &key,
-            &[NewMessage {
-                body: body.to_string().into_bytes(),
-                ..Default::default()
-            }],
-            true,
-        )
-        .await
-        .map(drop)
+    let msg = NewMessage {
+        body: body.to_string().into_bytes(),
+        ..Default::default()
+    };
+    crate::alerts::post(&ctx.st, &key, &[msg]).await.map(drop)
 }
 
 /// Makes one attempt to `sub`.
@@ -461,7 +454,7 @@ async fn fan_out(ctx: &Ctx, d: &PushDelivery, u: &IronMqUrl) -> Outcome {
                 }
             };
             let key = QueueKey::new(project, u.queue.clone());
-            match ctx.st.engine.post(&key, &[msg], true).await {
+            match crate::alerts::post(&ctx.st, &key, &[msg]).await {
                 Ok(_) => Outcome::Delivered(200),
                 Err(e) => Outcome::Failed {
                     code: 0,
