@@ -152,6 +152,9 @@ const OPS_ENV_KEYS: &[&str] = &[
 
 /// Longest stats interval, seconds (one day).
 const STATS_INTERVAL_S_MAX: u64 = 86_400;
+/// Configured tokens shorter than this are logged as a warning at start. (Generated ones
+/// are 32 hex characters.)
+pub const TOKEN_BYTES_WARN: usize = 16;
 
 impl ServerConfig {
     /// Loads defaults < `file` < environment. Credentials come from the plain environment
@@ -248,9 +251,16 @@ impl ServerConfig {
                 "must be 1 to 64 characters of A-Z a-z 0-9 _ -",
             );
         }
+        // Any length an operator or a test script picks is taken (a short one is warned
+        // about at start, see `short_tokens`); it has to fit in `Authorization: OAuth …`.
         for (key, t) in [("admin_token", &self.admin_token), ("token", &self.token)] {
-            if t.as_ref().is_some_and(|t| t.len() < 8 || t.len() > 256) {
-                return bad(key, "must be 8 to 256 characters");
+            if t.as_ref().is_some_and(|t| {
+                t.is_empty() || t.len() > 256 || t.chars().any(|c| !c.is_ascii_graphic())
+            }) {
+                return bad(
+                    key,
+                    "must be 1 to 256 printable ASCII characters, without spaces",
+                );
             }
         }
         self.engine_config()
@@ -261,6 +271,15 @@ impl ServerConfig {
             })?;
         self.validate_ops()?;
         Ok(())
+    }
+
+    /// The configured tokens shorter than [`TOKEN_BYTES_WARN`]: allowed, but easy to guess.
+    pub fn short_tokens(&self) -> Vec<&'static str> {
+        [("admin_token", &self.admin_token), ("token", &self.token)]
+            .into_iter()
+            .filter(|(_, t)| t.as_ref().is_some_and(|t| t.len() < TOKEN_BYTES_WARN))
+            .map(|(key, _)| key)
+            .collect()
     }
 
     /// Checks the operations block.
@@ -372,5 +391,28 @@ impl ServerConfig {
         e.sync = self.sync_policy().unwrap_or(SyncPolicy::Always);
         e.recovery = self.recovery_mode().unwrap_or_default();
         e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_printable_token_is_taken_and_short_ones_are_flagged() {
+        let with = |admin: &str, token: &str| ServerConfig {
+            admin_token: Some(admin.into()),
+            project_id: Some("000000000000000000000001".into()),
+            token: Some(token.into()),
+            ..ServerConfig::default()
+        };
+        let short = with("adm", "tok1");
+        assert!(short.validate().is_ok());
+        assert_eq!(short.short_tokens(), ["admin_token", "token"]);
+        let long = with("0123456789abcdef", "0123456789abcdef");
+        assert!(long.validate().is_ok() && long.short_tokens().is_empty());
+        for bad in ["", "has space", "tab\there", &"x".repeat(257)] {
+            assert!(with("0123456789abcdef", bad).validate().is_err(), "{bad:?}");
+        }
     }
 }

@@ -90,6 +90,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    for key in config.short_tokens() {
+        tracing::warn!(
+            key,
+            "the configured {key} is shorter than {} characters: easy to guess",
+            config::TOKEN_BYTES_WARN
+        );
+    }
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
