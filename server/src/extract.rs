@@ -19,6 +19,12 @@ pub async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
                 if s.is::<http_body_util::LengthLimitError>() {
                     return Err(ApiError::too_large("Request body is too large"));
                 }
+                if let Some(stalled) = s.downcast_ref::<crate::http::BodyStalled>() {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::REQUEST_TIMEOUT,
+                        format!("The request body stopped arriving: {stalled}"),
+                    ));
+                }
                 src = s.source();
             }
             Err(ApiError::bad_request("Could not read the request body"))

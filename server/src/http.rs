@@ -209,6 +209,103 @@ fn log_request(
     }
 }
 
+/// The limits on a request: the size of its head, the size of its body, and the longest
+/// wait for more of the body.
+#[derive(Clone, Copy)]
+struct BodyRules {
+    head_max: usize,
+    bytes_max: usize,
+    idle_max: Duration,
+}
+
+/// The size of a request head as sent: request line and header lines, CRLFs included.
+fn head_bytes<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + 1 + "HTTP/1.1".len() + 2;
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + 2 + v.len() + 2)
+        .sum();
+    line + headers + 2
+}
+
+/// Why a request body was given up: no data came for this long. Read as a 408.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body data came for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
+/// A request body that fails with [`BodyStalled`] when no data arrives for `idle`. hyper's
+/// header read timeout ends with the headers: a client that then stalls, or stops in the
+/// middle of its body, would hold its connection (and a connection slot) forever. The
+/// timer is made only once the body has to be waited for; a small body that came with the
+/// headers costs nothing.
+struct IdleTimeoutBody<B> {
+    inner: B,
+    idle: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// A frame came since the timer was last armed.
+    progressed: bool,
+}
+
+impl<B> IdleTimeoutBody<B> {
+    fn new(inner: B, idle: Duration) -> Self {
+        IdleTimeoutBody {
+            inner,
+            idle,
+            timer: None,
+            progressed: false,
+        }
+    }
+}
+
+impl<B> http_body::Body for IdleTimeoutBody<B>
+where
+    B: http_body::Body + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            this.progressed = true;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = tokio::time::Instant::now() + this.idle;
+        let timer = match &mut this.timer {
+            Some(t) => {
+                if std::mem::take(&mut this.progressed) {
+                    t.as_mut().reset(deadline);
+                }
+                t
+            }
+            None => {
+                this.progressed = false;
+                this.timer
+                    .insert(Box::pin(tokio::time::sleep_until(deadline)))
+            }
+        };
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(this.idle))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// What [`handle`] keeps of a request while the router works on it.
 struct Pending {
     start: Instant,
@@ -222,12 +319,15 @@ struct Pending {
 /// second copy of it.
 fn route(
     router: &mut Router,
-    limit: usize,
+    rules: BodyRules,
     req: Request<Incoming>,
 ) -> (Pending, Result<RouteFuture<Infallible>, Response<Body>>) {
     let start = Instant::now();
+    let limit = rules.bytes_max;
+    let head_too_large = head_bytes(&req) > rules.head_max;
     let (parts, body) = req.into_parts();
-    let mut req = Request::from_parts(parts, Body::new(http_body_util::Limited::new(body, limit)));
+    let body = http_body_util::Limited::new(IdleTimeoutBody::new(body, rules.idle_max), limit);
+    let mut req = Request::from_parts(parts, Body::new(body));
     method_override(&mut req);
     let pending = Pending {
         start,
@@ -239,6 +339,14 @@ fn route(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    if head_too_large {
+        let msg = format!(
+            "Request header fields too large: the request line and headers may take at most {} bytes",
+            rules.head_max
+        );
+        let err = ApiError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, msg);
+        return (pending, Err(err.into_response()));
+    }
     if declared.is_some_and(|n| n > limit as u64) {
         return (
             pending,
@@ -254,11 +362,11 @@ fn route(
 /// router first and the future keeps only the router's future and what the log line needs.
 fn handle(
     mut router: Router,
-    limit: usize,
+    rules: BodyRules,
     request_log: Option<tracing::Level>,
     req: Request<Incoming>,
 ) -> impl Future<Output = Response<Body>> {
-    let (pending, routed) = route(&mut router, limit, req);
+    let (pending, routed) = route(&mut router, rules, req);
     let fut = match routed {
         Ok(f) => Either::Left(f),
         Err(r) => Either::Right(std::future::ready(Ok(r))),
@@ -323,12 +431,16 @@ where
         idle: tokio::sync::Notify::new(),
     });
     let act2 = act.clone();
-    let limit = limits.request_bytes_max;
+    let rules = BodyRules {
+        head_max: limits.header_bytes_max,
+        bytes_max: limits.request_bytes_max,
+        idle_max: limits.header_read_timeout,
+    };
     let request_log = limits.request_log;
     let svc = tower::service_fn(move |req: Request<Incoming>| {
         let act = act2.clone();
         act.inflight.fetch_add(1, Ordering::Relaxed);
-        handle(router.clone(), limit, request_log, req).map(move |resp| {
+        handle(router.clone(), rules, request_log, req).map(move |resp| {
             act.touch();
             if act.inflight.fetch_sub(1, Ordering::Relaxed) == 1 {
                 act.idle.notify_one();
@@ -340,8 +452,13 @@ where
         hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.header_bytes_max)
+            // hyper answers a head over its read buffer with a bare 431 (no JSON body), so its
+            // buffer is twice our limit and `route` gives heads over the limit a JSON 431.
+            .max_buf_size(limits.header_bytes_max * 2)
             .keep_alive(true)
+            // A client that sends its request and then shuts down its sending side
+            // (`shutdown(SHUT_WR)`, `nc -N`) still gets its answer.
+            .half_close(true)
             .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc)),
     );
     let keep_alive_timeout = limits.keep_alive_timeout;

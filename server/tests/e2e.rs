@@ -6,8 +6,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::wire::{call, call_with, post_msgs};
-use common::{ADMIN, PID, Server, Start, TOKEN, qp};
+use common::wire::{call, call_with, parse_response, post_msgs};
+use common::{ADMIN, PID, Server, Start, TOKEN, json_of, qp};
 use serde_json::{Value, json};
 
 fn start(dir: &std::path::Path) -> Server {
@@ -423,6 +423,69 @@ fn full_api() {
         "connection was not closed"
     );
     assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+
+    // A body that stops arriving is given up after the same 1 s: a JSON 408, the
+    // connection closed, nothing posted.
+    let mut s = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let path = format!("{}/messages", qp("stalled"));
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: OAuth {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"messages\""
+        )
+        .as_bytes(),
+    )
+    .expect("write");
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let waited = t.elapsed();
+    let (status, _, body) = parse_response(&buf);
+    assert_eq!(status, 408, "{}", String::from_utf8_lossy(&buf));
+    assert!(json_of(&body)["msg"].is_string(), "{body}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert_eq!(call(p, "GET", &qp("stalled"), Value::Null).0, 404);
+
+    // A client that shuts down its sending side after a complete request gets its answer.
+    let mut s = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    s.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert_eq!(
+        parse_response(&buf).0,
+        200,
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+
+    // A request head over header_bytes_max (64 KiB by default) is a JSON 431; one just under
+    // it is served.
+    for (pad, want) in [(60_000, 200), (70_000, 431)] {
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nAuthorization: OAuth {TOKEN}\r\nX-Pad: {}\r\n\
+             Connection: close\r\n\r\n",
+            format!("/3/projects/{PID}/queues"),
+            "p".repeat(pad)
+        );
+        let (status, head, body) = common::wire::send(p, &req);
+        assert_eq!(status, want, "{head}{body}");
+        if want == 431 {
+            assert!(head.contains("application/json"), "{head}");
+            assert!(
+                json_of(&body)["msg"].as_str().unwrap().contains("65536"),
+                "{body}"
+            );
+        }
+    }
 
     // Restart keeps messages.
     post_msgs(p, "durable", &["keep me"]);

@@ -105,7 +105,13 @@ pub async fn run(st: AppState, config: PushConfig, stop: impl std::future::Futur
         while let Ok(k) = done_rx.try_recv() {
             finished(&mut per_lane, &mut inflight, k);
         }
-        while tasks.try_join_next().is_some() {}
+        while let Some(r) = tasks.try_join_next() {
+            if let Err(e) = r
+                && e.is_panic()
+            {
+                tracing::error!(error = %e, "a push attempt panicked; its slot is freed");
+            }
+        }
         if engine.is_failed() {
             break;
         }
@@ -142,8 +148,9 @@ pub async fn run(st: AppState, config: PushConfig, stop: impl std::future::Futur
                 let k = k.clone();
                 let push = push.clone();
                 tasks.spawn(async move {
+                    // Frees the slot even if the attempt panics (dropped while unwinding).
+                    let _slot = Slot(tx, Some(k));
                     deliver(&ctx, d, push).await;
-                    let _ = tx.send(k);
                 });
             }
         }
@@ -176,6 +183,17 @@ pub async fn run(st: AppState, config: PushConfig, stop: impl std::future::Futur
                     break;
                 }
             }
+        }
+    }
+}
+
+/// A delivery's share of the concurrency limits, given back when it is dropped.
+struct Slot(mpsc::UnboundedSender<LaneKey>, Option<LaneKey>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(k) = self.1.take() {
+            let _ = self.0.send(k);
         }
     }
 }
@@ -294,7 +312,7 @@ async fn post_error(
 
 /// Makes one attempt to `sub`.
 async fn attempt(ctx: &Ctx, d: &PushDelivery, push: &Push, sub: &Subscriber) -> Outcome {
-    if sub.url.len() >= 9 && sub.url[..9].eq_ignore_ascii_case("ironmq://") {
+    if target::is_ironmq(&sub.url) {
         return match IronMqUrl::parse(&sub.url) {
             Ok(u) => fan_out(ctx, d, &u).await,
             Err(e) => Outcome::Failed { code: 0, msg: e },

@@ -13,13 +13,18 @@ pub struct IronMqUrl {
     pub queue: String,
 }
 
+/// Whether `url` has the `ironmq://` scheme (any case; safe on any string).
+pub fn is_ironmq(url: &str) -> bool {
+    url.as_bytes()
+        .get(..9)
+        .is_some_and(|s| s.eq_ignore_ascii_case(b"ironmq://"))
+}
+
 impl IronMqUrl {
     pub fn parse(url: &str) -> Result<IronMqUrl, String> {
         let bad = |why: &str| format!("subscriber url {url:?}: {why}");
-        let rest = url
-            .get(..9)
-            .filter(|s| s.eq_ignore_ascii_case("ironmq://"))
-            .map(|_| &url[9..])
+        let rest = is_ironmq(url)
+            .then(|| &url[9..])
             .ok_or_else(|| bad("not an ironmq:// URL"))?;
         let (authority, path) = rest
             .split_once('/')
@@ -77,6 +82,15 @@ impl IronMqUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scheme_check_is_safe_on_any_string() {
+        assert!(is_ironmq("IronMQ:///q"));
+        for url in ["http://aé.example/", "ironmq:/é", "ironmq", "", "éééééé"] {
+            assert!(!is_ironmq(url), "{url}");
+            assert!(IronMqUrl::parse(url).is_err(), "{url}");
+        }
+    }
 
     #[test]
     fn parses_the_three_forms_and_refuses_the_rest() {
