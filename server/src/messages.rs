@@ -50,6 +50,7 @@ pub fn check_push_headers(h: &BTreeMap<String, String>) -> Result<(), String> {
                 "push header {k} must have a value of 1 to 1024 bytes"
             ));
         }
+        crate::settings::check_header(k, v).map_err(|e| format!("push {e}"))?;
     }
     Ok(())
 }

@@ -266,11 +266,12 @@ pub fn subscribers_from(specs: Vec<SubscriberSpec>) -> Result<Vec<Subscriber>, A
                 "subscriber url {url:?} is not a valid URL"
             )));
         }
-        let sub = Subscriber {
-            name,
-            url,
-            headers: s.headers.unwrap_or_default(),
-        };
+        let headers = s.headers.unwrap_or_default();
+        for (k, v) in &headers {
+            check_header(k, v)
+                .map_err(|e| ApiError::bad_request(format!("subscriber {name:?}: {e}")))?;
+        }
+        let sub = Subscriber { name, url, headers };
         match out.iter_mut().find(|o| o.name == sub.name) {
             Some(o) => *o = sub,
             None => out.push(sub),
@@ -280,6 +281,34 @@ pub fn subscribers_from(specs: Vec<SubscriberSpec>) -> Result<Vec<Subscriber>, A
 }
 
 const NO_SUBSCRIBERS: &str = "Push queues must have at least one subscriber";
+
+/// A queue the server will post to (alert target, error queue, dead-letter queue) must have
+/// a name a queue can have, or every one of those posts would fail later.
+fn check_target_queue(what: &str, name: &str) -> Result<(), ApiError> {
+    if name.len() > engine::limits::QUEUE_NAME_BYTES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "{what} must be at most {} bytes",
+            engine::limits::QUEUE_NAME_BYTES_MAX
+        )));
+    }
+    Ok(())
+}
+
+/// A header the pusher will send must be one HTTP allows: a token for a name, and a value
+/// without control characters (CR and LF among them; UTF-8 is sent as its bytes).
+pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+    if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!(
+            "header name {name:?} is not a valid HTTP header name"
+        ));
+    }
+    if axum::http::HeaderValue::from_bytes(value.as_bytes()).is_err() {
+        return Err(format!(
+            "header {name} has a value that is not a valid HTTP header value"
+        ));
+    }
+    Ok(())
+}
 
 /// Validates alert specs against `existing` (ids kept when they match), max 5, no duplicates.
 pub fn alerts_from(specs: Vec<AlertSpec>, existing: &[Alert]) -> Result<Vec<Alert>, ApiError> {
@@ -303,6 +332,7 @@ pub fn alerts_from(specs: Vec<AlertSpec>, existing: &[Alert]) -> Result<Vec<Aler
             .queue
             .filter(|q| !q.is_empty())
             .ok_or_else(|| ApiError::bad_request("alert queue is required"))?;
+        check_target_queue("alert queue", &queue)?;
         let direction = match s.direction.as_deref() {
             None | Some("") | Some("asc") => "asc".to_string(),
             Some("desc") => "desc".to_string(),
@@ -409,10 +439,8 @@ pub fn apply(current: Option<&QueueConfig>, spec: QueueSpec) -> Result<QueueConf
             }
         }
         if let Some(q) = p.error_queue {
-            if q.len() > engine::limits::QUEUE_NAME_BYTES_MAX {
-                return Err(ApiError::bad_request(
-                    "error_queue must be at most 255 bytes",
-                ));
+            if !q.is_empty() {
+                check_target_queue("error_queue", &q)?;
             }
             push.error_queue = q;
         }
@@ -481,7 +509,10 @@ pub fn apply(current: Option<&QueueConfig>, spec: QueueSpec) -> Result<QueueConf
         // (so `max_reservations` can be changed alone) and is an error when there is none.
         let name = match dl.queue_name {
             Some(n) if n.is_empty() => None,
-            Some(n) => Some(n),
+            Some(n) => {
+                check_target_queue("dead_letter queue_name", &n)?;
+                Some(n)
+            }
             None => match &c.dead_letter {
                 Some(d) => Some(d.queue.clone()),
                 None => {

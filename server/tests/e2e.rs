@@ -330,6 +330,40 @@ fn full_api() {
         json!({"messages": [{"body": "d", "push_headers": {"Content-Type": "x"}}]}),
     );
     assert_eq!(s, 400);
+    // Push headers and subscriber headers must be valid HTTP; target queues valid names.
+    for h in [
+        json!({"X Custom": "v"}),
+        json!({"X-Custom": "a\r\nInjected: 1"}),
+    ] {
+        let (s, v) = call(
+            p,
+            "POST",
+            &format!("{}/messages", qp("work")),
+            json!({"messages": [{"body": "d", "push_headers": h}]}),
+        );
+        assert_eq!((s, v["msg"].is_string()), (400, true), "{h}: {v}");
+    }
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("{}/messages", qp("utf8-headers")),
+        json!({"messages": [{"body": "d", "push_headers": {"X-Name": "Zoë"}}]}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let long = "q".repeat(300);
+    for body in [
+        json!({"queue": {"type": "multicast", "push": {"subscribers": [
+            {"name": "s", "url": "http://127.0.0.1:9/", "headers": {"Bad Name": "x"}}]}}}),
+        json!({"queue": {"type": "multicast", "push": {"error_queue": long,
+            "subscribers": [{"name": "s", "url": "http://127.0.0.1:9/"}]}}}),
+        json!({"queue": {"alerts": [{"type": "fixed", "trigger": 1, "queue": long}]}}),
+        json!({"queue": {"dead_letter": {"queue_name": long}}}),
+    ] {
+        let (s, v) = call(p, "PUT", &qp("checked-settings"), body.clone());
+        assert_eq!((s, v["msg"].is_string()), (400, true), "{body}: {v}");
+    }
+    assert_eq!(call(p, "GET", &qp("checked-settings"), Value::Null).0, 404);
+
     // A body must be a string; a wait beyond 30 s is out of range (nothing is posted).
     for bad in [json!(5), json!({"a": 1}), json!(true), json!(["x"])] {
         let (s, v) = call(

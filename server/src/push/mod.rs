@@ -369,7 +369,8 @@ async fn attempt(ctx: &Ctx, d: &PushDelivery, push: &Push, sub: &Subscriber) -> 
         .timeout(ctx.config.timeout)
         .body(d.body.clone());
     for (k, v) in &headers {
-        req = req.header(k.as_str(), v.as_str());
+        // As bytes: a UTF-8 value goes out as is (`check_header` let no control character in).
+        req = req.header(k.as_str(), v.as_bytes());
     }
     match req.send().await {
         Ok(resp) => {
