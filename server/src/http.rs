@@ -683,7 +683,12 @@ mod future_sizes {
             )| super::serve_connection(x.0, x.1, x.2, x.3),
         );
         let handle = ret(|x: (axum::Router, axum::http::Request<Incoming>)| {
-            super::handle(x.0, 1, None, x.1)
+            let rules = super::BodyRules {
+                head_max: 1,
+                bytes_max: 1,
+                idle_max: std::time::Duration::from_secs(1),
+            };
+            super::handle(x.0, rules, None, x.1)
         });
         type ReserveArgs = (
             State<AppState>,

@@ -505,9 +505,8 @@ fn full_api() {
     // it is served.
     for (pad, want) in [(60_000, 200), (70_000, 431)] {
         let req = format!(
-            "GET {} HTTP/1.1\r\nHost: x\r\nAuthorization: OAuth {TOKEN}\r\nX-Pad: {}\r\n\
-             Connection: close\r\n\r\n",
-            format!("/3/projects/{PID}/queues"),
+            "GET /3/projects/{PID}/queues HTTP/1.1\r\nHost: x\r\nAuthorization: OAuth {TOKEN}\r\n\
+             X-Pad: {}\r\nConnection: close\r\n\r\n",
             "p".repeat(pad)
         );
         let (status, head, body) = common::wire::send(p, &req);
