@@ -243,7 +243,8 @@ pub async fn reserve(
     let delete = b.delete.unwrap_or(false);
     let key = key(&auth, q);
     // A reserve may move messages to the queue's dead-letter queue: its alerts count too.
-    let dead_letter_before = st.engine.dead_letter_size(&key);
+    // (Boxed: this lives across a long poll's wait, in every waiting request's future.)
+    let dead_letter_before = st.engine.dead_letter_size(&key).map(Box::new);
     let got = st
         .engine
         .reserve(
@@ -262,7 +263,7 @@ pub async fn reserve(
     {
         crate::alerts::check(&st, &key, after + got.len() as u64, after).await;
     }
-    if let Some((dlq, before)) = dead_letter_before
+    if let Some((dlq, before)) = dead_letter_before.map(|b| *b)
         && let Some(after) = size_of(&st, &dlq)
     {
         crate::alerts::check(&st, &dlq, before, after).await;
