@@ -129,7 +129,10 @@ pub fn logged_target(path: &str, query: Option<&str>) -> String {
         .split('&')
         .map(|p| {
             let key = p.split_once('=').map_or(p, |(k, _)| k);
-            if key.eq_ignore_ascii_case("oauth") {
+            // Compared as the auth code reads it: form-decoded (`%6Fauth` is `oauth`).
+            let key = key.replace('+', " ");
+            let key = percent_encoding::percent_decode_str(&key).decode_utf8_lossy();
+            if key.trim().eq_ignore_ascii_case("oauth") {
                 "oauth=REDACTED"
             } else {
                 p
@@ -579,6 +582,11 @@ mod tests {
                 Some("per_page=5&oauth=s3cr3t&OAUTH=x")
             ),
             "/3/projects/p/queues?per_page=5&oauth=REDACTED&oauth=REDACTED"
+        );
+        // However the key is encoded, as long as it decodes to `oauth`.
+        assert_eq!(
+            logged_target("/3/stats", Some("%6Fauth=s3cr3t&o%61uth=x&a=1")),
+            "/3/stats?oauth=REDACTED&oauth=REDACTED&a=1"
         );
         assert_eq!(
             project_and_queue("/3/projects/p1/queues/a%20b/messages/1"),

@@ -143,7 +143,18 @@ pub fn directive(level: &str) -> &str {
 /// Installs the global subscriber writing logfmt to stderr at `level`
 /// (`debug|info|warn|error`, the logfmt spellings, or a tracing filter directive).
 pub fn init(level: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(directive(level))
+    // A bare word that is not a level would parse as a filter on a target of that name,
+    // which matches nothing: a typo such as `warning` would silence every line.
+    let d = directive(level);
+    let plain = !d.contains(['=', ',', '[']);
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    if plain && !LEVELS.contains(&d.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "log_level {level:?} is not one of debug, info, warn, error (or dbug, eror, crit), \
+             nor a tracing filter directive"
+        ));
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(d)
         .map_err(|e| format!("log_level {level:?}: {e}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -100,7 +100,11 @@ impl Metrics {
     }
 
     /// Records one answered request.
+    /// `method` is a label only when it is a standard one: any other counts as `OTHER`, so
+    /// that made-up methods cannot grow the registry (and the scrape) without bound.
     pub fn observe_request(&self, method: &str, route: &str, status: u16, latency: Duration) {
+        const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+        let method = KNOWN.into_iter().find(|m| *m == method).unwrap_or("OTHER");
         self.requests
             .get_or_create(&RouteLabels {
                 method: method.to_string(),
@@ -282,7 +286,18 @@ mod tests {
         m.push_attempt("delivered");
         m.push_attempt("timeout");
         m.observe_request("GET", "/health", 200, Duration::from_millis(2));
+        for made_up in ["FOO", "BAR", "get"] {
+            m.observe_request(made_up, "unmatched", 405, Duration::from_millis(1));
+        }
         let text = m.render();
+        let other = text
+            .lines()
+            .filter(|l| l.starts_with("ferromq_http_request") && l.contains("method=\"OTHER\""))
+            .count();
+        assert!(
+            other > 0 && !text.contains("FOO") && !text.contains("BAR"),
+            "{text}"
+        );
         assert!(
             text.contains("ferromq_push_attempts_total{outcome=\"delivered\"} 2\n"),
             "{text}"

@@ -339,6 +339,12 @@ fn configuration_errors_stop_the_start_naming_the_key() {
     );
     let cases: Vec<(Env, Vec<&str>, &str)> = vec![
         (vec![], vec!["--config", &unknown], "colour"),
+        // A typo must not silence the log: refused, not taken as a filter directive.
+        (
+            vec![("FERROMQ_LOG_LEVEL", "warning")],
+            vec![],
+            "`log_level`",
+        ),
         (
             vec![("FERROMQ_STATS_INTERVAL", "0")],
             vec![],
