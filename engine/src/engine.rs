@@ -1251,6 +1251,30 @@ impl Engine {
         }
     }
 
+    /// Checks the records of the log that a loaded restart index let the open skip (the
+    /// open checks only what comes after the index). `Ok(None)` when the open replayed the
+    /// whole log and so checked everything already; `Ok(Some(frames))` when all held. Damage
+    /// stops the engine, as a failed fsync does, and is returned: a damaged record before
+    /// the tail is never served as if it were good. Blocks; meant for a background thread
+    /// right after the open.
+    pub fn verify_log_before_index(&self) -> Result<Option<u64>> {
+        let crate::checkpoint::IndexUse::Loaded { covers } = self.recovery_report().index else {
+            return Ok(None);
+        };
+        let (_, log, _, config, storage) = self.parts();
+        let regions = log.regions_through(covers.segment());
+        let checked = crate::recovery::verify_before(
+            &regions,
+            storage.root(),
+            covers,
+            config.record_bytes_max(),
+        );
+        if let Err(e) = &checked {
+            log.fail(format!("damage found in the log before the restart index: {e}"));
+        }
+        checked.map(Some)
+    }
+
     /// Whether an I/O failure has stopped the engine.
     pub fn is_failed(&self) -> bool {
         self.inner.log.is_failed()

@@ -43,8 +43,9 @@ pub enum Error {
     },
     #[error(
         "corrupt log: {kind} in {path} at byte offset {offset}; the data before it is intact. \
-         If this follows a power loss (not a disk fault), reopen with recovery mode \
-         `tolerate-tail` to truncate the log at this offset"
+         In the last segment after a power loss (not a disk fault), recovery mode \
+         `tolerate-tail` truncates the log at this offset; anywhere else the file was damaged \
+         or altered: restore the data directory from a backup"
     )]
     Corruption {
         path: PathBuf,

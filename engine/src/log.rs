@@ -435,6 +435,22 @@ impl Log {
         Ok(())
     }
 
+    /// The mapped segments from `first` up to and including `last`, in order.
+    pub(crate) fn regions_through(
+        &self,
+        last: SegmentId,
+    ) -> Vec<(SegmentId, Arc<dyn Region>)> {
+        let mut v: Vec<_> = self
+            .regions
+            .read()
+            .iter()
+            .filter(|(id, _)| **id <= last)
+            .map(|(id, r)| (*id, r.clone()))
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
+    }
+
     pub(crate) fn region(&self, segment: SegmentId) -> Option<Arc<dyn Region>> {
         self.regions.read().get(&segment).cloned()
     }
@@ -445,7 +461,7 @@ impl Log {
         self.work.notify_one();
     }
 
-    fn fail(&self, what: String) {
+    pub(crate) fn fail(&self, what: String) {
         *self.failure.lock() = Some(what);
         self.failed.store(true, Ordering::Release);
         self.wake_all();

@@ -237,6 +237,21 @@ fn an_index_open_does_not_read_the_records_before_its_position() {
         assert!(matches!(r.index, IndexUse::Loaded { .. }), "{r:?}");
         assert_eq!(r.records_replayed, 0);
         assert!(e.queue_info(&key("a")).await.unwrap().size > 0);
+        // The check of the skipped part (run in the background by the server) finds the
+        // damage and stops the engine.
+        match e.verify_log_before_index() {
+            Err(Error::Corruption { path, offset, kind }) => assert_eq!(
+                (path, offset, kind),
+                (
+                    first.clone(),
+                    engine::SEGMENT_HEADER_BYTES as u64,
+                    CorruptionKind::RecordChecksum
+                )
+            ),
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        assert!(e.is_failed());
+        assert!(e.post(&key("a"), &msgs(1, 10, 0, 0), true).await.is_err());
         drop(e);
     });
     // Without the index, the same open reads that record and refuses the log.
@@ -261,6 +276,9 @@ fn an_index_open_does_not_read_the_records_before_its_position() {
         let e = open(dir.path(), &clock);
         assert!(matches!(e.recovery_report().index, IndexUse::Loaded { .. }));
         assert_eq!(observe(&e, &ids).await, want);
+        let checked = e.verify_log_before_index().expect("an intact log").expect("frames");
+        assert!(checked > 12, "{checked} frames checked");
+        assert!(!e.is_failed());
     });
 }
 
@@ -342,6 +360,9 @@ fn a_damaged_or_foreign_index_is_removed_and_the_log_replayed() {
         let e = open(dir.path(), &clock);
         assert!(matches!(e.recovery_report().index, IndexUse::Loaded { .. }));
         assert_eq!(observe(&e, &ids).await, want);
+        let checked = e.verify_log_before_index().expect("an intact log").expect("frames");
+        assert!(checked > 12, "{checked} frames checked");
+        assert!(!e.is_failed());
     });
 }
 

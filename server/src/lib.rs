@@ -104,6 +104,18 @@ pub async fn run(
     let ecfg = config.engine_config();
     let engine = tokio::task::spawn_blocking(move || engine::Engine::open(ecfg)).await??;
     log_recovery(&engine);
+    // The open checked only the log after the restart index: check the rest while serving.
+    // Damage there stops the engine (and so the server) with the file and offset.
+    let verifying = engine.clone();
+    tokio::task::spawn_blocking(move || match verifying.verify_log_before_index() {
+        Ok(Some(records)) => tracing::info!(records, "log before the restart index verified"),
+        Ok(None) => {}
+        Err(e) => tracing::error!(
+            crit = true,
+            error = %e,
+            "the log is damaged before its tail; the server stops"
+        ),
+    });
     let (creds, generated) = Credentials::bootstrap(
         &engine,
         config.admin_token.as_deref(),
