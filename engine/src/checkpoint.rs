@@ -50,6 +50,16 @@ const SEGMENT_CRC_AT: usize = crate::segment::HEADER_BYTES - 4;
 /// `due_ms` value meaning "nothing scheduled" (as in Push records).
 const NOT_DUE: u64 = u64::MAX;
 
+/// The segment the restart index in `storage` covers a position of, if there is an index
+/// with a sound header. The log can never end before it: the index covers only durable
+/// records, and the tail segment is never deleted.
+pub(crate) fn covered_segment(storage: &dyn Storage) -> Option<SegmentId> {
+    let file = storage.open(FILE).ok()?;
+    let mut b = [0u8; INDEX_HEADER_BYTES];
+    file.read_at(0, &mut b).ok()?;
+    Header::decode(&b).ok().map(|h| h.covers.segment())
+}
+
 /// What the open did with the restart index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IndexUse {

@@ -1270,7 +1270,9 @@ impl Engine {
             config.record_bytes_max(),
         );
         if let Err(e) = &checked {
-            log.fail(format!("damage found in the log before the restart index: {e}"));
+            log.fail(format!(
+                "damage found in the log before the restart index: {e}"
+            ));
         }
         checked.map(Some)
     }

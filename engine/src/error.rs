@@ -83,7 +83,7 @@ pub enum CorruptionKind {
     BadPayload,
     #[error("segment is shorter than its header")]
     ShortSegment,
-    #[error("gap in segment numbering")]
+    #[error("a segment file is missing (a gap in the numbering, or the end of the log)")]
     MissingSegment,
 }
 

@@ -436,10 +436,7 @@ impl Log {
     }
 
     /// The mapped segments from `first` up to and including `last`, in order.
-    pub(crate) fn regions_through(
-        &self,
-        last: SegmentId,
-    ) -> Vec<(SegmentId, Arc<dyn Region>)> {
+    pub(crate) fn regions_through(&self, last: SegmentId) -> Vec<(SegmentId, Arc<dyn Region>)> {
         let mut v: Vec<_> = self
             .regions
             .read()

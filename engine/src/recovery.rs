@@ -110,6 +110,19 @@ fn recover_with(
         .filter_map(|n| SegmentId::from_file_name(n))
         .collect();
     ids.sort();
+    // Segment files missing at the end of the log (all of them, even) cannot be told from a
+    // short log by the files alone; the restart index can: it covers a position the log
+    // reached. Replaying what is left would lose acknowledged data without a word.
+    if use_index
+        && let Some(covered) = checkpoint::covered_segment(&*storage)
+        && ids.last().is_none_or(|last| *last < covered)
+    {
+        return Err(Error::Corruption {
+            path: root.join(covered.file_name()),
+            offset: 0,
+            kind: CorruptionKind::MissingSegment,
+        });
+    }
     let time_floor = MessageId::FLOOR + now_ms.saturating_mul(1024);
     if ids.is_empty() {
         let first = SegmentId(1);

@@ -276,7 +276,10 @@ fn an_index_open_does_not_read_the_records_before_its_position() {
         let e = open(dir.path(), &clock);
         assert!(matches!(e.recovery_report().index, IndexUse::Loaded { .. }));
         assert_eq!(observe(&e, &ids).await, want);
-        let checked = e.verify_log_before_index().expect("an intact log").expect("frames");
+        let checked = e
+            .verify_log_before_index()
+            .expect("an intact log")
+            .expect("frames");
         assert!(checked > 12, "{checked} frames checked");
         assert!(!e.is_failed());
     });
@@ -360,7 +363,10 @@ fn a_damaged_or_foreign_index_is_removed_and_the_log_replayed() {
         let e = open(dir.path(), &clock);
         assert!(matches!(e.recovery_report().index, IndexUse::Loaded { .. }));
         assert_eq!(observe(&e, &ids).await, want);
-        let checked = e.verify_log_before_index().expect("an intact log").expect("frames");
+        let checked = e
+            .verify_log_before_index()
+            .expect("an intact log")
+            .expect("frames");
         assert!(checked > 12, "{checked} frames checked");
         assert!(!e.is_failed());
     });
@@ -454,4 +460,41 @@ fn an_older_index_whose_position_is_still_in_the_log_is_used() {
         assert!(r.records_replayed > 4 * 7, "{r:?}");
         assert_eq!(observe(&e, &ids).await, want);
     });
+}
+
+#[test]
+fn segment_files_missing_at_the_end_of_the_log_stop_the_open() {
+    let dir = tempdir();
+    let clock = ManualClock::new(T0);
+    rt().block_on(async {
+        let e = open(dir.path(), &clock);
+        populate(&e, 24).await;
+        e.close();
+    });
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 2, "{segs:?}");
+    let last = dir.path().join(segs.last().unwrap());
+    let saved = std::fs::read(&last).unwrap();
+    // Without its last segment, or without any, the log looks shorter than the index says.
+    for remove in [vec![segs.len() - 1], (0..segs.len()).collect()] {
+        let kept: Vec<Vec<u8>> = remove
+            .iter()
+            .map(|&i| std::fs::read(dir.path().join(&segs[i])).unwrap())
+            .collect();
+        for &i in &remove {
+            std::fs::remove_file(dir.path().join(&segs[i])).unwrap();
+        }
+        match Engine::open(config(dir.path())) {
+            Err(Error::Corruption { path, kind, .. }) => {
+                assert_eq!((path, kind), (last.clone(), CorruptionKind::MissingSegment));
+            }
+            other => panic!("expected a missing segment, got {:?}", other.map(|_| ())),
+        }
+        for (&i, bytes) in remove.iter().zip(kept) {
+            std::fs::write(dir.path().join(&segs[i]), bytes).unwrap();
+        }
+    }
+    assert_eq!(std::fs::read(&last).unwrap(), saved);
+    let e = Engine::open(config(dir.path())).expect("whole again");
+    assert!(matches!(e.recovery_report().index, IndexUse::Loaded { .. }));
 }
