@@ -1076,6 +1076,8 @@ impl Engine {
             let until = now + timeout_s as u64 * 1000;
             let new = st.rids.next();
             q.apply_touch(id, new, until);
+            // The reservation may now end sooner than any waiting long poll expects.
+            q.waiters.notify_one();
             let buf = &mut st.scratch;
             buf.clear();
             buf.u32(no.0);
@@ -1119,9 +1121,9 @@ impl Engine {
             buf.u64(visible_at);
             (st.append(&self.inner.log, Kind::Release)?.1, waiters)
         };
-        if delay_s == 0 {
-            waiters.notify_one();
-        }
+        // Without a delay the message is visible now; with one, a waiting long poll must learn
+        // the new due time (it only knows those that existed when it started waiting).
+        waiters.notify_one();
         self.inner.log.wait_durable(end).await
     }
 

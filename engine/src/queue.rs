@@ -427,7 +427,7 @@ impl Queue {
                     if old.state == MsgState::Deleted {
                         self.tombstones -= 1;
                     }
-                    self.live += 1;
+                    // `live` already counts `e` (above) and no longer counts `old`.
                     self.entries[idx] = e;
                     idx
                 }

@@ -231,6 +231,46 @@ async fn dead_letter_moves_on_reserve_after_max_reservations() {
     e.check_invariants();
 }
 
+/// A message moved into the queue it came from (a dead-letter queue set to itself, which
+/// the API refuses but the engine must survive) takes its own place: the size stays right,
+/// live and after a replay.
+#[tokio::test]
+async fn a_move_into_the_same_queue_keeps_the_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    e.upsert_queue(&key("self"), true, |_| -> Result<_, ()> {
+        Ok(QueueConfig {
+            dead_letter: Some(DeadLetter {
+                queue: "self".into(),
+                max_reservations: 1,
+            }),
+            ..QueueConfig::default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    e.post(&key("self"), &[msg("a"), msg("b")], false)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let m = e.reserve(&key("self"), reserve(1)).await.unwrap().remove(0);
+        e.release(&key("self"), m.id, m.reservation_id.unwrap(), 0)
+            .await
+            .unwrap();
+    }
+    for _ in 0..5 {
+        e.reserve(&key("self"), reserve(1)).await.unwrap();
+    }
+    assert_eq!(e.queue_info(&key("self")).await.unwrap().size, 2);
+    e.check_invariants();
+    drop(e);
+    let e = open(dir.path(), &clock);
+    assert_eq!(e.queue_info(&key("self")).await.unwrap().size, 2);
+    e.check_invariants();
+}
+
 #[tokio::test]
 async fn queue_type_is_fixed_and_list_is_ordered_with_prefix_and_previous() {
     let dir = tempfile::tempdir().unwrap();

@@ -458,10 +458,10 @@ where
             // hyper answers a head over its read buffer with a bare 431 (no JSON body), so its
             // buffer is twice our limit and `route` gives heads over the limit a JSON 431.
             .max_buf_size(limits.header_bytes_max * 2)
+            // No `half_close`: a client's EOF ends its request. A long poll whose client has
+            // gone must stop waiting rather than reserve a message nobody will receive (with
+            // `half_close`, hyper does not even read the socket while a request runs).
             .keep_alive(true)
-            // A client that sends its request and then shuts down its sending side
-            // (`shutdown(SHUT_WR)`, `nc -N`) still gets its answer.
-            .half_close(true)
             .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc)),
     );
     let keep_alive_timeout = limits.keep_alive_timeout;

@@ -50,6 +50,15 @@ pub async fn info(
 
 async fn upsert(st: &AppState, key: &QueueKey, body: Value, create: bool) -> ApiResult {
     let spec = settings::spec_from_body(body)?;
+    let dead_letter = spec
+        .dead_letter
+        .as_ref()
+        .and_then(|d| d.queue_name.as_deref());
+    if dead_letter == Some(key.name.as_str()) {
+        return Err(ApiError::bad_request(
+            "a queue cannot be its own dead_letter queue",
+        ));
+    }
     let info = st
         .engine
         .upsert_queue(key, create, |cur| settings::apply(cur, spec))

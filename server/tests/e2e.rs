@@ -358,6 +358,7 @@ fn full_api() {
             "subscribers": [{"name": "s", "url": "http://127.0.0.1:9/"}]}}}),
         json!({"queue": {"alerts": [{"type": "fixed", "trigger": 1, "queue": long}]}}),
         json!({"queue": {"dead_letter": {"queue_name": long}}}),
+        json!({"queue": {"dead_letter": {"queue_name": "checked-settings"}}}),
     ] {
         let (s, v) = call(p, "PUT", &qp("checked-settings"), body.clone());
         assert_eq!((s, v["msg"].is_string()), (400, true), "{body}: {v}");
@@ -485,21 +486,62 @@ fn full_api() {
     );
     assert_eq!(call(p, "GET", &qp("stalled"), Value::Null).0, 404);
 
-    // A client that shuts down its sending side after a complete request gets its answer.
+    // A long poll whose client has gone stops waiting: a message posted after it is not
+    // reserved for nobody.
+    call(p, "PUT", &qp("abandoned"), json!({}));
     let mut s = TcpStream::connect(("127.0.0.1", p)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("write");
-    s.shutdown(std::net::Shutdown::Write).expect("half-close");
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    assert_eq!(
-        parse_response(&buf).0,
-        200,
-        "{}",
-        String::from_utf8_lossy(&buf)
+    let body = r#"{"wait": 5}"#;
+    s.write_all(
+        common::wire::request_text(
+            "POST",
+            &format!("{}/reservations", qp("abandoned")),
+            Some(TOKEN),
+            "",
+            body,
+        )
+        .as_bytes(),
+    )
+    .expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    post_msgs(p, "abandoned", &["for a live consumer"]);
+    let (_, v) = call(
+        p,
+        "POST",
+        &format!("{}/reservations", qp("abandoned")),
+        json!({}),
     );
+    assert_eq!(v["messages"][0]["body"], "for a live consumer", "{v}");
+
+    // A delayed release wakes a waiting long poll when the delay is over (not at its wait).
+    post_msgs(p, "rel", &["again"]);
+    let (_, v) = call(p, "POST", &format!("{}/reservations", qp("rel")), json!({}));
+    let (id, rid) = (
+        v["messages"][0]["id"].as_str().unwrap().to_string(),
+        v["messages"][0]["reservation_id"].clone(),
+    );
+    let waiter = std::thread::spawn(move || {
+        let t = Instant::now();
+        let (_, v) = call(
+            p,
+            "POST",
+            &format!("{}/reservations", qp("rel")),
+            json!({"wait": 10}),
+        );
+        (t.elapsed(), v)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("{}/messages/{id}/release", qp("rel")),
+        json!({"reservation_id": rid, "delay": 1}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (waited, v) = waiter.join().expect("waiter");
+    assert_eq!(v["messages"][0]["body"], "again", "{v}");
+    assert!(waited < Duration::from_secs(4), "woken after {waited:?}");
 
     // A request head over header_bytes_max (64 KiB by default) is a JSON 431; one just under
     // it is served.
