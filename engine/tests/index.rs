@@ -164,6 +164,17 @@ fn observe_replay(dir: &Path, clock: &ManualClock, ids: &[MessageId]) -> String 
     })
 }
 
+/// The open used the index, and the log before it checks.
+fn loaded_and_intact(e: &Engine) {
+    assert!(matches!(e.recovery_report().index, IndexUse::Loaded { .. }));
+    let checked = e
+        .verify_log_before_index()
+        .expect("an intact log")
+        .expect("frames");
+    assert!(checked > 12, "{checked} frames checked");
+    assert!(!e.is_failed());
+}
+
 #[test]
 fn a_clean_close_leaves_an_index_and_the_next_open_replays_only_what_follows_it() {
     let dir = tempdir();
@@ -274,14 +285,8 @@ fn an_index_open_does_not_read_the_records_before_its_position() {
     let want = observe_replay(dir.path(), &clock, &ids);
     rt().block_on(async {
         let e = open(dir.path(), &clock);
-        assert!(matches!(e.recovery_report().index, IndexUse::Loaded { .. }));
         assert_eq!(observe(&e, &ids).await, want);
-        let checked = e
-            .verify_log_before_index()
-            .expect("an intact log")
-            .expect("frames");
-        assert!(checked > 12, "{checked} frames checked");
-        assert!(!e.is_failed());
+        loaded_and_intact(&e);
     });
 }
 
@@ -361,14 +366,8 @@ fn a_damaged_or_foreign_index_is_removed_and_the_log_replayed() {
     std::fs::write(dir.path().join(INDEX), &good).unwrap();
     rt().block_on(async {
         let e = open(dir.path(), &clock);
-        assert!(matches!(e.recovery_report().index, IndexUse::Loaded { .. }));
         assert_eq!(observe(&e, &ids).await, want);
-        let checked = e
-            .verify_log_before_index()
-            .expect("an intact log")
-            .expect("frames");
-        assert!(checked > 12, "{checked} frames checked");
-        assert!(!e.is_failed());
+        loaded_and_intact(&e);
     });
 }
 
