@@ -280,18 +280,17 @@ where
             this.progressed = true;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        let deadline = tokio::time::Instant::now() + this.idle;
+        let idle = this.idle;
         let timer = match &mut this.timer {
             Some(t) => {
                 if std::mem::take(&mut this.progressed) {
-                    t.as_mut().reset(deadline);
+                    t.as_mut().reset(tokio::time::Instant::now() + idle);
                 }
                 t
             }
             None => {
                 this.progressed = false;
-                this.timer
-                    .insert(Box::pin(tokio::time::sleep_until(deadline)))
+                this.timer.insert(Box::pin(tokio::time::sleep(idle)))
             }
         };
         match timer.as_mut().poll(cx) {
