@@ -646,7 +646,8 @@ impl Engine {
     }
 
     /// The queue's size, when its settings carry server-side extras (alerts among them):
-    /// what an alert check after a change needs, read from memory without copying anything.
+    /// what an alert check after a change needs, read from memory without copying anything
+    /// (waiting for durability here would cost every request a second group commit).
     /// `None` for a queue without extras, or none at all.
     pub fn size_if_extra(&self, key: &QueueKey) -> Option<u64> {
         let st = self.inner.state.lock();

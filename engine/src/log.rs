@@ -435,7 +435,7 @@ impl Log {
         Ok(())
     }
 
-    /// The mapped segments from `first` up to and including `last`, in order.
+    /// The mapped segments up to and including `last`, in order.
     pub(crate) fn regions_through(&self, last: SegmentId) -> Vec<(SegmentId, Arc<dyn Region>)> {
         let mut v: Vec<_> = self
             .regions

@@ -253,8 +253,8 @@ impl ServerConfig {
         }
         // Any length an operator or a test script picks is taken (a short one is warned
         // about at start, see `short_tokens`); it has to fit in `Authorization: OAuth …`.
-        for (key, t) in [("admin_token", &self.admin_token), ("token", &self.token)] {
-            if t.as_ref().is_some_and(|t| {
+        for (key, t) in self.tokens() {
+            if t.is_some_and(|t| {
                 t.is_empty() || t.len() > 256 || t.chars().any(|c| !c.is_ascii_graphic())
             }) {
                 return bad(
@@ -273,11 +273,19 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// The configured tokens, by configuration key.
+    fn tokens(&self) -> [(&'static str, Option<&str>); 2] {
+        [
+            ("admin_token", self.admin_token.as_deref()),
+            ("token", self.token.as_deref()),
+        ]
+    }
+
     /// The configured tokens shorter than [`TOKEN_BYTES_WARN`]: allowed, but easy to guess.
     pub fn short_tokens(&self) -> Vec<&'static str> {
-        [("admin_token", &self.admin_token), ("token", &self.token)]
+        self.tokens()
             .into_iter()
-            .filter(|(_, t)| t.as_ref().is_some_and(|t| t.len() < TOKEN_BYTES_WARN))
+            .filter(|(_, t)| t.is_some_and(|t| t.len() < TOKEN_BYTES_WARN))
             .map(|(key, _)| key)
             .collect()
     }

@@ -73,13 +73,6 @@ fn parse_rid(s: Option<&str>, id: MessageId) -> Result<Option<ReservationId>, Ap
     }
 }
 
-/// The queue's size now, if it has settings that may hold alerts; `None` means there is no
-/// alert to check. Reads memory only: waiting for durability here would cost every request
-/// a second group commit.
-fn size_of(st: &AppState, key: &QueueKey) -> Option<u64> {
-    st.engine.size_if_extra(key)
-}
-
 async fn post_and_alert(st: &AppState, key: &QueueKey, msgs: &[NewMessage]) -> ApiResult {
     let ids = crate::alerts::post(st, key, msgs).await?;
     let n = ids.len() as u64;
@@ -259,12 +252,12 @@ pub async fn reserve(
         .await?;
     if delete
         && !got.is_empty()
-        && let Some(after) = size_of(&st, &key)
+        && let Some(after) = st.engine.size_if_extra(&key)
     {
         crate::alerts::check(&st, &key, after + got.len() as u64, after).await;
     }
     if let Some((dlq, before)) = dead_letter_before.map(|b| *b)
-        && let Some(after) = size_of(&st, &dlq)
+        && let Some(after) = st.engine.size_if_extra(&dlq)
     {
         crate::alerts::check(&st, &dlq, before, after).await;
     }
@@ -396,7 +389,7 @@ pub async fn delete(
     let rid = parse_rid(b.reservation_id.as_deref(), id)?;
     let key = key(&auth, q);
     st.engine.delete(&key, id, rid).await?;
-    if let Some(after) = size_of(&st, &key) {
+    if let Some(after) = st.engine.size_if_extra(&key) {
         crate::alerts::check(&st, &key, after + 1, after).await;
     }
     Ok(with_messages(ok_msg("Deleted"), 1))
@@ -411,7 +404,7 @@ pub async fn delete_many(
 ) -> ApiResult {
     let key = key(&auth, q);
     let Some(items) = delete_many_items(&body)? else {
-        let before = size_of(&st, &key);
+        let before = st.engine.size_if_extra(&key);
         st.engine.clear(&key).await?;
         if let Some(before) = before {
             crate::alerts::check(&st, &key, before, 0).await;
@@ -419,7 +412,7 @@ pub async fn delete_many(
         return Ok(ok_msg("Cleared"));
     };
     st.engine.delete_batch(&key, &items).await?;
-    if let Some(after) = size_of(&st, &key) {
+    if let Some(after) = st.engine.size_if_extra(&key) {
         crate::alerts::check(&st, &key, after + items.len() as u64, after).await;
     }
     Ok(with_messages(ok_msg("Deleted"), items.len() as u64))
