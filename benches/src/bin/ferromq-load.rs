@@ -1,6 +1,9 @@
 //! `ferromq-load`: a bounded HTTP/1.1 load generator for the IronMQ v3 API of ferromq.
 //!
-//! One keep-alive connection per task (TCP_NODELAY), hyper 1 client. Modes:
+//! One keep-alive connection per task (TCP_NODELAY). By default each connection is a plain
+//! HTTP/1.1 exchange written and read by its own task (`--client lean`: one `write` and
+//! usually one `read` per request, heads parsed with `httparse`); `--client hyper` uses
+//! hyper 1's client, which runs a second task per connection. Modes:
 //!
 //! * `post`     — POST batches of `--batch` messages of `--body-bytes` bytes (default 100 × 100 B).
 //! * `post1`    — POST one message per request.
@@ -26,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
 use counters::Shared;
 use hdrhistogram::Histogram;
@@ -107,6 +110,16 @@ struct Args {
     /// their wall-clock start (to match against server-side timestamps).
     #[arg(long)]
     slow_ms: Option<u64>,
+    /// The HTTP client: `lean` (one task per connection writes the request and reads the
+    /// response itself) or `hyper` (hyper 1's client: a request task and a connection task).
+    #[arg(long, value_enum, default_value_t = Client::Lean)]
+    client: Client,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Client {
+    Lean,
+    Hyper,
 }
 
 /// Counters and histograms shared by all tasks.
@@ -164,10 +177,11 @@ struct Target {
     authority: String,
     connect: String,
     auth: String,
+    client: Client,
 }
 
 impl Target {
-    fn parse(url: &str, token: &str) -> Result<(Target, String)> {
+    fn parse(url: &str, token: &str, client: Client) -> Result<(Target, String)> {
         let uri: Uri = url.parse().with_context(|| format!("bad url {url}"))?;
         if uri.scheme_str() != Some("http") {
             bail!("only plain http:// URLs are supported: {url}");
@@ -188,6 +202,7 @@ impl Target {
                     auth.host().trim_start_matches('[').trim_end_matches(']')
                 ),
                 auth: format!("OAuth {token}"),
+                client,
             },
             path,
         ))
@@ -198,6 +213,10 @@ impl Target {
 struct Conn {
     target: Target,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// `--client lean`: the connection, the request being written, and what has been read.
+    stream: Option<TcpStream>,
+    out: Vec<u8>,
+    input: BytesMut,
 }
 
 impl Conn {
@@ -205,28 +224,95 @@ impl Conn {
         Conn {
             target,
             sender: None,
+            stream: None,
+            out: Vec::new(),
+            input: BytesMut::new(),
         }
     }
 
-    async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>> {
-        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = TcpStream::connect(&self.target.connect)
-                .await
-                .context("connect")?;
-            stream.set_nodelay(true).context("TCP_NODELAY")?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .context("handshake")?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            self.sender = Some(sender);
-        }
-        Ok(self.sender.as_mut().expect("connected"))
+    async fn connect(target: &Target) -> Result<TcpStream> {
+        let stream = TcpStream::connect(&target.connect)
+            .await
+            .context("connect")?;
+        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        Ok(stream)
     }
 
     /// Sends one request; returns status and the whole response body.
     async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes)> {
+        match self.target.client {
+            Client::Lean => {
+                let r = self.exchange_lean(method, path, &body).await;
+                if r.is_err() {
+                    self.stream = None;
+                }
+                r
+            }
+            Client::Hyper => self.send_hyper(method, path, body).await,
+        }
+    }
+
+    /// `--client lean`: writes the request and reads its response on this task.
+    async fn exchange_lean(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(StatusCode, Bytes)> {
+        use std::io::Write as _;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if self.stream.is_none() {
+            self.stream = Some(Conn::connect(&self.target).await?);
+            self.input.clear();
+        }
+        let stream = self.stream.as_mut().expect("connected");
+        self.out.clear();
+        write!(
+            self.out,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.target.authority,
+            self.target.auth,
+            body.len()
+        )
+        .expect("write to a Vec");
+        self.out.extend_from_slice(body);
+        stream.write_all(&self.out).await.context("write")?;
+        let mut head: Option<Head> = None;
+        loop {
+            if head.is_none() {
+                head = Head::parse(&self.input)?;
+            }
+            if let Some(h) = &head
+                && let Some((body_start, body_end)) =
+                    h.body_span(&self.input, method == Method::HEAD)?
+            {
+                let mut all = self.input.split_to(body_end);
+                let body = if h.chunked {
+                    Bytes::from(dechunk(&all[body_start..]))
+                } else {
+                    all.advance(body_start);
+                    all.freeze()
+                };
+                if h.close {
+                    self.stream = None;
+                }
+                return Ok((h.status, body));
+            }
+            self.input.reserve(16 * 1024);
+            if stream.read_buf(&mut self.input).await.context("read")? == 0 {
+                bail!("connection closed by the server mid-response");
+            }
+        }
+    }
+
+    /// `--client hyper`.
+    async fn send_hyper(
         &mut self,
         method: Method,
         path: &str,
@@ -240,12 +326,21 @@ impl Conn {
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .context("build request")?;
-        let sender = self.connect().await?;
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream = Conn::connect(&self.target).await?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .context("handshake")?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.sender = Some(sender);
+        }
+        let sender = self.sender.as_mut().expect("connected");
         if let Err(e) = sender.ready().await {
             self.sender = None;
             return Err(anyhow!("connection: {e}"));
         }
-        let sender = self.sender.as_mut().expect("connected");
         let res = match sender.send_request(req).await {
             Ok(r) => r,
             Err(e) => {
@@ -262,6 +357,123 @@ impl Conn {
             }
         }
     }
+}
+
+/// A parsed response head (`--client lean`).
+struct Head {
+    status: StatusCode,
+    /// Bytes of the head, CRLFCRLF included.
+    len: usize,
+    content_length: Option<usize>,
+    chunked: bool,
+    close: bool,
+}
+
+impl Head {
+    /// The head at the start of `buf`, or `None` while it is incomplete.
+    fn parse(buf: &[u8]) -> Result<Option<Head>> {
+        let mut headers = [httparse::EMPTY_HEADER; 48];
+        let mut resp = httparse::Response::new(&mut headers);
+        let len = match resp.parse(buf).context("malformed response head")? {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => return Ok(None),
+        };
+        let code = resp.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code).with_context(|| format!("status {code}"))?;
+        let mut head = Head {
+            status,
+            len,
+            content_length: None,
+            chunked: false,
+            close: resp.version == Some(0),
+        };
+        for h in resp.headers.iter() {
+            let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+            if h.name.eq_ignore_ascii_case("content-length") {
+                head.content_length = Some(value.parse().context("bad Content-Length")?);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                head.chunked = value.to_ascii_lowercase().contains("chunked");
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                let v = value.to_ascii_lowercase();
+                head.close = v.contains("close") || (head.close && !v.contains("keep-alive"));
+            }
+        }
+        if code < 200 {
+            bail!("informational response {code} not expected");
+        }
+        Ok(Some(head))
+    }
+
+    /// Where the body lies in `buf` (from the start of the head), once all of it is there.
+    /// A response without a length (and not chunked) runs to the end of the connection,
+    /// which a load tool cannot wait for: that is an error.
+    fn body_span(&self, buf: &[u8], head_request: bool) -> Result<Option<(usize, usize)>> {
+        let start = self.len;
+        if head_request
+            || self.status == StatusCode::NO_CONTENT
+            || self.status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(Some((start, start)));
+        }
+        if self.chunked {
+            return Ok(chunked_end(&buf[start..])?.map(|n| (start, start + n)));
+        }
+        let Some(n) = self.content_length else {
+            bail!("a response without Content-Length or chunked encoding");
+        };
+        Ok((buf.len() >= start + n).then_some((start, start + n)))
+    }
+}
+
+/// The length of a complete chunked body at the start of `buf` (trailers included), or
+/// `None` while it is incomplete.
+fn chunked_end(buf: &[u8]) -> Result<Option<usize>> {
+    let mut at = 0;
+    loop {
+        let Some(eol) = find_crlf(&buf[at..]) else {
+            return Ok(None);
+        };
+        let line = std::str::from_utf8(&buf[at..at + eol]).context("chunk size")?;
+        let hex = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(hex, 16).with_context(|| format!("chunk size {hex:?}"))?;
+        at += eol + 2;
+        if size == 0 {
+            // Trailers, each ending in CRLF, then an empty line.
+            loop {
+                let Some(eol) = find_crlf(&buf[at..]) else {
+                    return Ok(None);
+                };
+                at += eol + 2;
+                if eol == 0 {
+                    return Ok(Some(at));
+                }
+            }
+        }
+        if buf.len() < at + size + 2 {
+            return Ok(None);
+        }
+        at += size + 2;
+    }
+}
+
+/// The data of a complete chunked body (as [`chunked_end`] found it).
+fn dechunk(mut buf: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = find_crlf(buf) {
+        let hex = std::str::from_utf8(&buf[..eol]).unwrap_or("0");
+        let size =
+            usize::from_str_radix(hex.split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[eol + 2..eol + 2 + size]);
+        buf = &buf[eol + 2 + size + 2..];
+    }
+    out
+}
+
+fn find_crlf(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n")
 }
 
 /// Paces a task at `interval` (open loop: latency counts from the intended send time, so
@@ -680,10 +892,10 @@ fn main() -> Result<()> {
     if args.mode == Mode::Longpoll && args.connections <= args.producers {
         bail!("longpoll needs more connections than --producers");
     }
-    let (target, base) = Target::parse(&args.url, &args.token)?;
+    let (target, base) = Target::parse(&args.url, &args.token, args.client)?;
     let base = base.trim_end_matches('/').to_string();
     let raw_target = match &args.raw_url {
-        Some(u) => Some(Target::parse(u, &args.token)?),
+        Some(u) => Some(Target::parse(u, &args.token, args.client)?),
         None => None,
     };
     let queue_path = format!("{base}/3/projects/{}/queues/{}", args.project, args.queue);
@@ -1084,5 +1296,75 @@ fn print_stalls(v: &mut [(u64, u64)], ms: u64) {
     }
     if shown > 40 {
         println!("  ... {} more stalls", shown - 40);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body of a response fed to the lean client's parser `step` bytes at a time:
+    /// `None` until the whole response is there, then status, body and `close`.
+    fn parse_in_steps(resp: &[u8], step: usize) -> (StatusCode, Vec<u8>, bool) {
+        let mut n = 0;
+        loop {
+            n = (n + step).min(resp.len());
+            let buf = &resp[..n];
+            if let Some(h) = Head::parse(buf).unwrap()
+                && let Some((s, e)) = h.body_span(buf, false).unwrap()
+            {
+                assert_eq!(e, resp.len(), "the whole response is consumed, no more");
+                let body = if h.chunked {
+                    dechunk(&buf[s..e])
+                } else {
+                    buf[s..e].to_vec()
+                };
+                return (h.status, body, h.close);
+            }
+            assert!(n < resp.len(), "complete response not recognised");
+        }
+    }
+
+    #[test]
+    fn lean_client_reads_length_and_chunked_bodies() {
+        let plain = b"HTTP/1.1 201 Created\r\ncontent-length: 5\r\ncontent-type: x\r\n\r\nhello";
+        for step in [1, 3, plain.len()] {
+            assert_eq!(
+                parse_in_steps(plain, step),
+                (StatusCode::CREATED, b"hello".to_vec(), false)
+            );
+        }
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nwiki\r\n5\r\npedia\r\n0\r\nT: 1\r\n\r\n";
+        for step in [1, 7, chunked.len()] {
+            assert_eq!(
+                parse_in_steps(chunked, step),
+                (StatusCode::OK, b"wikipedia".to_vec(), false)
+            );
+        }
+        let close =
+            b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            parse_in_steps(close, 4),
+            (StatusCode::SERVICE_UNAVAILABLE, vec![], true)
+        );
+        let old = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        assert!(
+            parse_in_steps(old, 100).2,
+            "HTTP/1.0 closes unless keep-alive"
+        );
+    }
+
+    #[test]
+    fn lean_client_refuses_what_it_cannot_frame() {
+        let h = Head::parse(b"HTTP/1.1 200 OK\r\n\r\n").unwrap().unwrap();
+        assert!(h.body_span(b"HTTP/1.1 200 OK\r\n\r\n", false).is_err());
+        assert!(Head::parse(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
+        assert!(Head::parse(b"garbage\r\n\r\n").is_err());
+        assert!(
+            Head::parse(b"HTTP/1.1 200 OK\r\nContent-Le")
+                .unwrap()
+                .is_none()
+        );
     }
 }
