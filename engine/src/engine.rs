@@ -1340,10 +1340,13 @@ fn view((p, body, meta): (Pending, Vec<u8>, Vec<u8>)) -> MessageView {
     }
 }
 
+/// The file a process holding a data directory keeps locked.
+pub(crate) const LOCK_FILE: &str = "LOCK";
+
 /// Takes an exclusive lock on the data directory, so two processes never share a log.
 pub(crate) fn lock_dir(dir: &std::path::Path) -> Result<File> {
     use std::os::fd::AsRawFd;
-    let path = dir.join("LOCK");
+    let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

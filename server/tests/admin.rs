@@ -552,3 +552,92 @@ fn one_backup_runs_at_a_time_and_an_abandoned_one_lets_go() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_failed_restore_cleans_up_and_a_retry_into_the_same_directory_works() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = server(dir.path()).run();
+    let http = client();
+    let (s, v) = call(
+        &http,
+        &srv,
+        "POST",
+        &format!("/3/projects/{PID}/queues/kept/messages"),
+        Some(TOKEN),
+        Some(json!({"messages": [{"body": "one"}, {"body": "two"}]})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let out = tempfile::tempdir().expect("tempdir");
+    let good = out.path().join("good.fmqb");
+    let url = srv.url();
+    cli_ok(&[
+        "backup",
+        "--url",
+        &url,
+        "--token",
+        ADMIN,
+        "--output",
+        good.to_str().expect("utf-8 path"),
+    ]);
+    drop(srv);
+    let bytes = std::fs::read(&good).expect("read the backup");
+    let damaged = out.path().join("damaged.fmqb");
+    std::fs::write(&damaged, &bytes[..bytes.len() * 2 / 3]).expect("write");
+
+    let target = out.path().join("restored");
+    let target_s = target.to_str().expect("utf-8 path");
+    let restore = |file: &std::path::Path| {
+        cli(&[
+            "restore",
+            "--input",
+            file.to_str().expect("utf-8 path"),
+            "--data-dir",
+            target_s,
+            "--json",
+        ])
+    };
+    let failed = restore(&damaged);
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{err}");
+    assert!(err.contains("truncated"), "{err}");
+    assert!(
+        !target.exists(),
+        "the failed restore left {:?}",
+        std::fs::read_dir(&target).map(|d| d.count())
+    );
+
+    // An existing empty directory stays, empty.
+    std::fs::create_dir(&target).expect("mkdir");
+    let failed = restore(&damaged);
+    assert!(!failed.status.success());
+    let left: Vec<_> = std::fs::read_dir(&target)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "the failed restore left {left:?}");
+
+    // The retry with the intact file, into the same directory.
+    let ok = restore(&good);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let report: Value = serde_json::from_slice(&ok.stdout).expect("restore report");
+    assert_eq!(report["messages"], 2, "{report}");
+    // A directory that was not empty before the restore is still refused.
+    let again = restore(&good);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+
+    let srv = server(out.path()).data_dir(&target).run();
+    let (s, v) = call(
+        &http,
+        &srv,
+        "GET",
+        &format!("/3/projects/{PID}/queues/kept"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!((s, &v["queue"]["size"]), (200, &json!(2)), "{v}");
+}
