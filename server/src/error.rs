@@ -72,7 +72,7 @@ impl From<engine::Error> for ApiError {
                     ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
                 };
             }
-            E::Io { .. } | E::Corruption { .. } | E::Locked(_) | E::Config(_) | E::Failed(_) => {
+            E::Io { .. } | E::Corruption { .. } | E::Locked(_) | E::Config { .. } | E::Failed(_) => {
                 return ApiError::internal(e.to_string());
             }
         };
