@@ -751,3 +751,92 @@ fn https_listener_serves_the_api_with_the_configured_certificate() {
             .is_none()
     );
 }
+
+// ---- failed starts ----
+
+/// Checks that a failed start printed only logfmt (stdout and stderr), exited with `code`,
+/// and logged one `crit` line whose `error` holds every one of `want`.
+fn assert_failed_start(r: &common::Refused, code: i32, want: &[&str], what: &str) {
+    assert_eq!(
+        r.status.code(),
+        Some(code),
+        "{what}: exit status\n{}",
+        r.stderr
+    );
+    assert!(
+        r.stdout.is_empty(),
+        "{what}: nothing on stdout: {}",
+        r.stdout
+    );
+    assert!(!r.stderr.is_empty(), "{what}: something on stderr");
+    let lines = log_lines(&r.stderr);
+    let crit: Vec<_> = lines.iter().filter(|l| l["lvl"] == "crit").collect();
+    assert_eq!(crit.len(), 1, "{what}: one crit line in\n{}", r.stderr);
+    let error = crit[0].get("error").map(String::as_str).unwrap_or_default();
+    for w in want {
+        assert!(
+            error.contains(w),
+            "{what}: want {w:?} in the crit line's error: {}",
+            r.stderr
+        );
+    }
+    assert!(!r.stderr.contains("Error:"), "{what}: {}", r.stderr);
+}
+
+#[test]
+fn a_failed_start_prints_only_logfmt_with_one_crit_line_naming_the_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: Vec<(Env, Vec<&str>, &[&str])> = vec![
+        // A bad value checked by the server, and one figment cannot even parse.
+        (
+            vec![("FERROMQ_SEGMENT_BYTES", "1024")],
+            vec![],
+            &["`segment_bytes`"],
+        ),
+        (
+            vec![("FERROMQ_STATS_INTERVAL", "soon")],
+            vec![],
+            &["STATS_INTERVAL"],
+        ),
+        // The logger's own level, before there is a logger.
+        (
+            vec![("FERROMQ_LOG_LEVEL", "loud")],
+            vec![],
+            &["`log_level`"],
+        ),
+        // A bad flag value.
+        (
+            vec![],
+            vec!["--config", "/nonexistent/ferromq.json"],
+            &["`--config`", "/nonexistent/ferromq.json"],
+        ),
+    ];
+    for (env, args, want) in cases {
+        let what = format!("{env:?} {args:?}");
+        let r = Start::new(dir.path())
+            .envs(&env)
+            .args(&args)
+            .refused_on(common::free_port());
+        assert_failed_start(&r, 1, want, &what);
+    }
+
+    // A data directory that cannot be one: a file stands in its way.
+    let blocked = dir.path().join("blocked");
+    std::fs::write(&blocked, b"not a directory").expect("write");
+    let r = Start::new(dir.path())
+        .data_dir(&blocked)
+        .refused_on(common::free_port());
+    assert_failed_start(&r, 1, &[&blocked.display().to_string()], "data dir");
+
+    // The port is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let r = Start::new(dir.path()).refused_on(port);
+    assert_failed_start(&r, 1, &[&format!("binding 127.0.0.1:{port}")], "busy port");
+
+    // A flag clap refuses: its usage message, as the crit line's error, with clap's status.
+    let r = Start::new(dir.path())
+        .args(&["--no-such-flag"])
+        .refused_on(common::free_port());
+    assert_failed_start(&r, 2, &["--no-such-flag"], "unknown flag");
+}
