@@ -266,6 +266,16 @@ impl ServerConfig {
                 );
             }
         }
+        if let (Some(admin), Some(token)) = (&self.admin_token, &self.token)
+            && admin == token
+        {
+            // The one token would be stored once, as the project's: no admin token at all.
+            return bad(
+                "admin_token",
+                "must differ from `token` (FERROMQ_ADMIN_TOKEN equals FERROMQ_TOKEN): the \
+                 admin token cannot also be a project token",
+            );
+        }
         self.engine_config().validate().map_err(|e| match e {
             engine::Error::Config { key, msg } => ConfigError::Invalid { key, msg },
             other => ConfigError::Engine(other),
@@ -418,7 +428,7 @@ mod tests {
         let short = with("adm", "tok1");
         assert!(short.validate().is_ok());
         assert_eq!(short.short_tokens(), ["admin_token", "token"]);
-        let long = with("0123456789abcdef", "0123456789abcdef");
+        let long = with("0123456789abcdef", "fedcba9876543210");
         assert!(long.validate().is_ok() && long.short_tokens().is_empty());
         for bad in ["", "has space", "tab\there", &"x".repeat(257)] {
             assert!(with("0123456789abcdef", bad).validate().is_err(), "{bad:?}");

@@ -840,3 +840,50 @@ fn a_failed_start_prints_only_logfmt_with_one_crit_line_naming_the_cause() {
         .refused_on(common::free_port());
     assert_failed_start(&r, 2, &["--no-such-flag"], "unknown flag");
 }
+
+// ---- credentials at start ----
+
+#[test]
+fn an_admin_token_equal_to_the_project_token_stops_the_start_naming_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = Start::new(dir.path())
+        .env("FERROMQ_ADMIN_TOKEN", TOKEN)
+        .refused_on(common::free_port());
+    assert_failed_start(
+        &r,
+        1,
+        &["`admin_token`", "FERROMQ_ADMIN_TOKEN", "FERROMQ_TOKEN"],
+        "admin token = token",
+    );
+    // Nothing was written: the data directory was never opened.
+    assert!(!dir.path().join("data").exists());
+}
+
+#[test]
+fn a_start_without_any_admin_token_warns_how_to_create_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warned = |srv: &Server| {
+        log_lines(&srv.log_text())
+            .into_iter()
+            .filter(|l| l["lvl"] == "warn" && l["msg"].contains("no admin token"))
+            .count()
+    };
+    // Project credentials only: the data directory holds no admin token.
+    let mut srv = Start::new(dir.path()).env("FERROMQ_ADMIN_TOKEN", "").run();
+    assert_eq!(warned(&srv), 1, "{}", srv.log_text());
+    let line = log_lines(&srv.log_text())
+        .into_iter()
+        .find(|l| l["msg"].contains("no admin token"))
+        .expect("the warning");
+    assert!(line["msg"].contains("FERROMQ_ADMIN_TOKEN"), "{line:?}");
+    let (s, _) = call_as(srv.port, "GET", "/3/stats", Some(ADMIN), Value::Null);
+    assert_eq!(s, 401, "no admin token exists");
+    srv.sigterm();
+    assert!(srv.wait_exit(Duration::from_secs(10)).success());
+
+    // With one configured, it exists from then on and nothing is said.
+    let srv = start(dir.path(), &[]);
+    assert_eq!(warned(&srv), 0, "{}", srv.log_text());
+    let (s, _) = call_as(srv.port, "GET", "/3/stats", Some(ADMIN), Value::Null);
+    assert_eq!(s, 200);
+}
