@@ -42,7 +42,7 @@ enum Command {
     /// Manage projects and tokens on a running server (needs the admin token).
     Admin {
         #[command(flatten)]
-        server: ServerArgs,
+        server: cli::ServerArgs,
         /// Print the server's JSON answer instead of a table.
         #[arg(long, global = true)]
         json: bool,
@@ -52,7 +52,7 @@ enum Command {
     /// Take a hot backup of a running server into a new file, with a progress bar.
     Backup {
         #[command(flatten)]
-        server: ServerArgs,
+        server: cli::ServerArgs,
         /// The backup file to write (must not exist).
         #[arg(long)]
         output: PathBuf,
@@ -70,17 +70,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// Where the server is and the admin token.
-#[derive(clap::Args)]
-struct ServerArgs {
-    /// Base URL of the server.
-    #[arg(long, env = "FERROMQ_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// The admin token.
-    #[arg(long, env = "FERROMQ_ADMIN_TOKEN", hide_env_values = true)]
-    token: String,
 }
 
 async fn shutdown_signal() {
@@ -123,10 +112,8 @@ fn main() -> ExitCode {
             server,
             json,
             command,
-        } => client_outcome(cli::admin::run(&server.url, &server.token, json, command)),
-        Command::Backup { server, output } => {
-            client_outcome(cli::backup::backup(&server.url, &server.token, &output))
-        }
+        } => client_outcome(cli::admin::run(&server, json, command)),
+        Command::Backup { server, output } => client_outcome(cli::backup::backup(&server, &output)),
         Command::Restore {
             input,
             data_dir,

@@ -641,3 +641,87 @@ fn a_failed_restore_cleans_up_and_a_retry_into_the_same_directory_works() {
     );
     assert_eq!((s, &v["queue"]["size"]), (200, &json!(2)), "{v}");
 }
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it, as PEM files in
+/// `dir`: (ca.pem, cert.pem, key.pem).
+fn private_ca(dir: &std::path::Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ferromq test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    let cert = params.signed_by(&key, &issuer).expect("server cert");
+    let write = |name: &str, pem: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).expect("write pem");
+        p.to_string_lossy().into_owned()
+    };
+    (
+        write("ca.pem", ca_cert.pem()),
+        write("cert.pem", cert.pem()),
+        write("key.pem", key.serialize_pem()),
+    )
+}
+
+#[test]
+fn the_cli_trusts_a_private_ca_with_cacert() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = private_ca(dir.path());
+    let ca_pem = std::fs::read(&ca).expect("read ca");
+    let probe = reqwest::blocking::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem).expect("ca"))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let srv = server(dir.path())
+        .envs(&[("FERROMQ_TLS_CERT", &cert), ("FERROMQ_TLS_KEY", &key)])
+        .run_probed(|port| {
+            probe
+                .get(format!("https://127.0.0.1:{port}/health"))
+                .send()
+                .is_ok_and(|r| r.status() == 200)
+        });
+    let url = format!("https://127.0.0.1:{}", srv.port);
+
+    // Without the CA the server's certificate is not trusted.
+    let out = cli(&["admin", "--url", &url, "--token", ADMIN, "projects", "list"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not reach the server"), "{err}");
+
+    // With it, admin commands and a backup work over HTTPS.
+    let v = json_of(&cli_ok(&[
+        "admin", "--url", &url, "--token", ADMIN, "--cacert", &ca, "--json", "projects", "list",
+    ]));
+    let projects = v["projects"].as_array().expect("projects");
+    assert!(projects.iter().any(|p| p["id"] == PID), "{v}");
+    let file = dir.path().join("over-tls.fmqb");
+    let text = cli_ok(&[
+        "backup",
+        "--url",
+        &url,
+        "--token",
+        ADMIN,
+        "--cacert",
+        &ca,
+        "--output",
+        file.to_str().expect("utf-8 path"),
+    ]);
+    assert!(text.contains("every checksum verified"), "{text}");
+    assert!(file.exists());
+
+    // A file that holds no certificate is refused before any request.
+    let out = cli(&[
+        "admin", "--url", &url, "--token", ADMIN, "--cacert", &key, "projects", "list",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--cacert"), "{err}");
+}

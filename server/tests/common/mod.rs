@@ -360,6 +360,7 @@ pub fn cli(args: &[&str]) -> Output {
         .args(args)
         .env_remove("FERROMQ_URL")
         .env_remove("FERROMQ_ADMIN_TOKEN")
+        .env_remove("FERROMQ_CACERT")
         .stdin(Stdio::null())
         .output()
         .expect("run ferromq")
