@@ -887,3 +887,53 @@ fn a_start_without_any_admin_token_warns_how_to_create_one() {
     let (s, _) = call_as(srv.port, "GET", "/3/stats", Some(ADMIN), Value::Null);
     assert_eq!(s, 200);
 }
+
+// ---- request bodies ----
+
+#[test]
+fn a_large_body_on_a_get_is_drained_and_the_whole_answer_arrives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start(dir.path(), &[]);
+    let p = srv.port;
+    post(p, "drained", 1);
+    // JSON, so that a handler that did read it could; these handlers do not.
+    let body = json!({ "pad": "p".repeat(100 * 1024) }).to_string();
+    for i in 0..50 {
+        let path = if i % 2 == 0 {
+            format!("/3/projects/{PID}/queues")
+        } else {
+            qp("drained")
+        };
+        let req = request_text("GET", &path, Some(TOKEN), "", &body);
+        let mut s = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        // As over a real network: the body is still arriving when the handler (which does
+        // not read it) has its answer ready.
+        for piece in req.as_bytes().chunks(8 * 1024) {
+            s.write_all(piece)
+                .unwrap_or_else(|e| panic!("round {i}, {path}: writing the request: {e}"));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)
+            .unwrap_or_else(|e| panic!("round {i}, {path}: reading the answer: {e}"));
+        let (status, head, text) = parse_response(&buf);
+        assert_eq!(status, 200, "round {i}: {head}\n{text}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .expect("content-length");
+        assert_eq!(text.len(), len, "round {i}: the whole body");
+        let v: Value = serde_json::from_str(&text).expect("json");
+        if i % 2 == 0 {
+            assert!(v["queues"].as_array().is_some_and(|q| !q.is_empty()), "{v}");
+        } else {
+            assert_eq!(v["queue"]["size"], 1, "{v}");
+        }
+    }
+}
