@@ -582,10 +582,12 @@ pub struct RestoreReport {
 
 /// Restores a backup into `dir`, which must be empty or absent. Segment files are written
 /// under temporary names, renamed only after the whole file has been read and every
-/// checksum matched, and removed if anything fails. Then recovery runs in strict mode over
-/// the result, and must end exactly at the backup's cut.
+/// checksum matched. Then recovery runs in strict mode over the result, and must end exactly
+/// at the backup's cut. A restore that fails removes every file it made (segments, `LOCK`)
+/// and the directory itself if it made that too, so that the same directory takes a retry.
 pub fn restore(r: &mut dyn Read, dir: &Path) -> Result<RestoreReport, BackupError> {
-    if dir.exists() {
+    let existed = dir.exists();
+    if existed {
         let mut entries = std::fs::read_dir(dir).map_err(io_err("list", dir))?;
         if entries.next().is_some() {
             return Err(BackupError::NotEmpty(dir.to_path_buf()));
@@ -593,16 +595,23 @@ pub fn restore(r: &mut dyn Read, dir: &Path) -> Result<RestoreReport, BackupErro
     }
     let storage = OsStorage::new(dir).map_err(io_err("create", dir))?;
     // Keep a server from opening the directory while it is being written.
-    let lock = crate::engine::lock_dir(dir)?;
+    let lock = match crate::engine::lock_dir(dir) {
+        Ok(l) => l,
+        Err(e) => {
+            // Another process holds a lock file here: it is not ours to remove.
+            if !existed {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(e.into());
+        }
+    };
     let mut written: Vec<(String, SegmentId)> = Vec::new();
-    let outcome = write_segments(r, &storage, &mut written);
-    let result = outcome.and_then(|(header, bytes_written)| {
+    let result = write_segments(r, &storage, &mut written).and_then(|(header, bytes_written)| {
         for (tmp, id) in &written {
             storage
                 .rename(tmp, &id.file_name())
                 .map_err(io_err("rename", dir.join(tmp)))?;
         }
-        written.clear();
         let inspection = inspect_locked(dir, header.body_bytes_max)?;
         if inspection.end != header.cut {
             return Err(BackupError::CutMismatch {
@@ -617,12 +626,37 @@ pub fn restore(r: &mut dyn Read, dir: &Path) -> Result<RestoreReport, BackupErro
         })
     });
     if result.is_err() {
-        for (tmp, _) in &written {
-            let _ = storage.remove(tmp);
-        }
+        remove_restored(&storage, &written, existed);
     }
     drop(lock);
     result
+}
+
+/// Undoes a failed restore into a directory that was empty: removes the segment files under
+/// either name, the lock file (while still holding its lock, so no server slips in), and
+/// the directory if the restore created it. Best effort: the restore's error is what counts.
+fn remove_restored(storage: &OsStorage, written: &[(String, SegmentId)], existed: bool) {
+    for (tmp, id) in written {
+        for name in [tmp.clone(), id.file_name()] {
+            let _ = storage.remove(&name);
+        }
+    }
+    // Recovery may have left files of its own beside the segments (spares, a restart
+    // index): the directory held nothing before, so whatever the log uses here is ours.
+    if let Ok(names) = storage.list() {
+        for name in names.iter().filter(|n| {
+            n.starts_with(RESTORING_PREFIX)
+                || SegmentId::from_file_name(n).is_some()
+                || n.starts_with(crate::segment::SPARE_PREFIX)
+                || [crate::checkpoint::FILE, crate::checkpoint::TMP].contains(&n.as_str())
+        }) {
+            let _ = storage.remove(name);
+        }
+    }
+    let _ = storage.remove(crate::engine::LOCK_FILE);
+    if !existed {
+        let _ = std::fs::remove_dir(storage.root());
+    }
 }
 
 fn write_segments(

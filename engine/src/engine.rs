@@ -58,24 +58,34 @@ impl EngineConfig {
 
     pub fn validate(&self) -> Result<()> {
         if !(limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
-            return Err(Error::Config(format!(
-                "segment_bytes must be between {} and {}",
-                limits::SEGMENT_BYTES_MIN,
-                limits::SEGMENT_BYTES_MAX
-            )));
+            return Err(Error::Config {
+                key: "segment_bytes",
+                msg: format!(
+                    "segment_bytes must be between {} and {}",
+                    limits::SEGMENT_BYTES_MIN,
+                    limits::SEGMENT_BYTES_MAX
+                ),
+            });
         }
         if self.body_bytes_max == 0 || self.body_bytes_max > limits::BODY_BYTES_MAX {
-            return Err(Error::Config(format!(
-                "body_bytes_max must be between 1 and {}",
-                limits::BODY_BYTES_MAX
-            )));
+            return Err(Error::Config {
+                key: "body_bytes_max",
+                msg: format!(
+                    "body_bytes_max must be between 1 and {}",
+                    limits::BODY_BYTES_MAX
+                ),
+            });
         }
+        // The segment is what is too small for the bodies: the fix is a larger segment.
         let need = self.record_bytes_max() as u64 + 2 * crate::segment::HEADER_BYTES as u64;
         if need > self.segment_bytes {
-            return Err(Error::Config(format!(
-                "segment_bytes {} cannot hold a full batch of {}-byte bodies; it needs {need}",
-                self.segment_bytes, self.body_bytes_max
-            )));
+            return Err(Error::Config {
+                key: "segment_bytes",
+                msg: format!(
+                    "segment_bytes {} cannot hold a full batch of {}-byte bodies; it needs {need}",
+                    self.segment_bytes, self.body_bytes_max
+                ),
+            });
         }
         Ok(())
     }
@@ -1340,10 +1350,13 @@ fn view((p, body, meta): (Pending, Vec<u8>, Vec<u8>)) -> MessageView {
     }
 }
 
+/// The file a process holding a data directory keeps locked.
+pub(crate) const LOCK_FILE: &str = "LOCK";
+
 /// Takes an exclusive lock on the data directory, so two processes never share a log.
 pub(crate) fn lock_dir(dir: &std::path::Path) -> Result<File> {
     use std::os::fd::AsRawFd;
-    let path = dir.join("LOCK");
+    let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

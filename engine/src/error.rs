@@ -54,8 +54,10 @@ pub enum Error {
     },
     #[error("the data directory {0} is in use by another process")]
     Locked(PathBuf),
-    #[error("invalid engine configuration: {0}")]
-    Config(String),
+    /// A setting out of its range; `key` names it as the configuration does
+    /// (`segment_bytes`, `body_bytes_max`).
+    #[error("invalid engine configuration: {msg}")]
+    Config { key: &'static str, msg: String },
     /// A write or fsync failed earlier; the engine accepts nothing more and must be reopened.
     #[error("the storage engine stopped after an I/O failure and must be restarted: {0}")]
     Failed(String),

@@ -191,18 +191,39 @@ async fn a_restored_backup_holds_exactly_the_state_at_the_cut() {
     assert_eq!(r.queue_info(&key("a")).await.expect("info").size, 1299);
 }
 
-fn restore_err(file: &[u8]) -> (BackupError, Vec<String>) {
+/// `file` (a one-segment backup) with the byte `at` of its segment data flipped and every
+/// checksum recomputed to match.
+fn reseal_with_damage(file: &[u8], at: usize) -> Vec<u8> {
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
+    let mut f = file.to_vec();
+    assert_eq!(u32_at(&f, 12), 1, "one segment");
+    let entry = backup::BACKUP_HEADER_BYTES;
+    let data = entry + backup::ENTRY_HEADER_BYTES;
+    let len = u64::from_le_bytes(f[entry + 12..entry + 20].try_into().expect("8")) as usize;
+    assert!(at < len);
+    f[data + at] ^= 0x10;
+    let crc = crc32fast::hash(&f[data..data + len]);
+    f[data + len..data + len + 4].copy_from_slice(&crc.to_le_bytes());
+    let trailer = f.len() - backup::TRAILER_BYTES;
+    let crc = crc32fast::hash(&f[..trailer]);
+    f[trailer + 8..trailer + 12].copy_from_slice(&crc.to_le_bytes());
+    f
+}
+
+/// Restores `file` into a directory that does not exist yet, expecting a failure; returns
+/// the error and what is left of the directory (`None`: it is gone, as it should be).
+fn restore_err(file: &[u8]) -> (BackupError, Option<Vec<String>>) {
     let out = tempfile::tempdir().expect("tempdir");
     let target = out.path().join("r");
     let err = backup::restore(&mut &file[..], &target).expect_err("restore must fail");
-    let mut left: Vec<String> = std::fs::read_dir(&target)
-        .map(|d| {
-            d.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    left.retain(|n| n != "LOCK");
-    (err, left)
+    (err, target.exists().then(|| dir_names(&target)))
+}
+
+fn dir_names(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -226,9 +247,9 @@ async fn restore_rejects_damaged_truncated_or_padded_backups_and_non_empty_dirs(
         matches!(err, BackupError::Checksum(BackupPart::Segment(s)) if s == first),
         "{err}"
     );
-    assert!(
-        left.is_empty(),
-        "a failed restore leaves no files: {left:?}"
+    assert_eq!(
+        left, None,
+        "a failed restore leaves neither files nor the directory it created"
     );
 
     // In the header.
@@ -254,7 +275,7 @@ async fn restore_rejects_damaged_truncated_or_padded_backups_and_non_empty_dirs(
     for cut in [10, 100, file.len() / 2, file.len() - 1] {
         let (err, left) = restore_err(&file[..cut]);
         assert!(matches!(err, BackupError::Truncated(_)), "{cut}: {err}");
-        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(left, None, "{cut}");
     }
 
     // Padded.
@@ -276,5 +297,26 @@ async fn restore_rejects_damaged_truncated_or_padded_backups_and_non_empty_dirs(
     // The intact file restores.
     let out = tempfile::tempdir().expect("tempdir");
     let report = backup::restore(&mut file.as_slice(), &out.path().join("ok")).expect("restore");
+    assert_eq!(report.inspection.messages, 500);
+
+    // Damage under valid checksums (a backup made from a damaged log): every checksum of
+    // the file holds, the segments are written and renamed, and strict recovery refuses
+    // them. That failure too takes back every file.
+    let resealed = reseal_with_damage(&file, 5000);
+    let (err, left) = restore_err(&resealed);
+    assert!(matches!(err, BackupError::Engine(_)), "{err}");
+    assert_eq!(left, None, "after a failed recovery of the restored log");
+
+    // A failed restore into an existing empty directory leaves it empty, and a retry into
+    // it with the intact file works.
+    let out = tempfile::tempdir().expect("tempdir");
+    let target = out.path().join("kept");
+    std::fs::create_dir(&target).expect("mkdir");
+    let half = file.len() / 2;
+    let err = backup::restore(&mut &file[..half], &target).expect_err("truncated");
+    assert!(matches!(err, BackupError::Truncated(_)), "{err}");
+    assert!(target.is_dir(), "the directory it found stays");
+    assert_eq!(dir_names(&target), Vec::<String>::new());
+    let report = backup::restore(&mut file.as_slice(), &target).expect("retry");
     assert_eq!(report.inspection.messages, 500);
 }

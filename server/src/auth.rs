@@ -317,6 +317,11 @@ impl Credentials {
         Ok((creds, generated))
     }
 
+    /// Whether any admin token exists (without one, nothing can reach the admin API).
+    pub fn has_admin(&self) -> bool {
+        self.tokens.read().iter().any(|(_, rec)| rec.admin)
+    }
+
     /// The owner of `token`, found by the token's hash.
     pub fn lookup(&self, token: &str) -> Option<Arc<TokenRecord>> {
         self.tokens.read().get(&hash_token(token))

@@ -116,6 +116,9 @@ pub enum ConfigError {
     Load(#[from] Box<figment::Error>),
     #[error("configuration key `{key}`: {msg}")]
     Invalid { key: &'static str, msg: String },
+    /// The engine refused its settings in a way that names no key.
+    #[error("configuration: {0}")]
+    Engine(engine::Error),
     /// A key built at run time, e.g. `queues[2].colour`.
     #[error("configuration key `{key}`: {msg}")]
     InvalidAt { key: String, msg: String },
@@ -263,12 +266,20 @@ impl ServerConfig {
                 );
             }
         }
-        self.engine_config()
-            .validate()
-            .map_err(|e| ConfigError::Invalid {
-                key: "body_bytes_max",
-                msg: e.to_string(),
-            })?;
+        if let (Some(admin), Some(token)) = (&self.admin_token, &self.token)
+            && admin == token
+        {
+            // The one token would be stored once, as the project's: no admin token at all.
+            return bad(
+                "admin_token",
+                "must differ from `token` (FERROMQ_ADMIN_TOKEN equals FERROMQ_TOKEN): the \
+                 admin token cannot also be a project token",
+            );
+        }
+        self.engine_config().validate().map_err(|e| match e {
+            engine::Error::Config { key, msg } => ConfigError::Invalid { key, msg },
+            other => ConfigError::Engine(other),
+        })?;
         self.validate_ops()?;
         Ok(())
     }
@@ -417,10 +428,67 @@ mod tests {
         let short = with("adm", "tok1");
         assert!(short.validate().is_ok());
         assert_eq!(short.short_tokens(), ["admin_token", "token"]);
-        let long = with("0123456789abcdef", "0123456789abcdef");
+        let long = with("0123456789abcdef", "fedcba9876543210");
         assert!(long.validate().is_ok() && long.short_tokens().is_empty());
         for bad in ["", "has space", "tab\there", &"x".repeat(257)] {
             assert!(with("0123456789abcdef", bad).validate().is_err(), "{bad:?}");
         }
+    }
+
+    fn invalid_key(c: &ServerConfig) -> Option<String> {
+        match c.validate() {
+            Err(ConfigError::Invalid { key, .. }) => Some(key.to_string()),
+            Err(other) => panic!("not a keyed error: {other}"),
+            Ok(()) => None,
+        }
+    }
+
+    #[test]
+    fn engine_limits_are_reported_under_their_own_key() {
+        let segment = |n| ServerConfig {
+            segment_bytes: n,
+            ..ServerConfig::default()
+        };
+        for n in [0, 1024, engine::limits::SEGMENT_BYTES_MAX + 1] {
+            assert_eq!(
+                invalid_key(&segment(n)).as_deref(),
+                Some("segment_bytes"),
+                "{n}"
+            );
+        }
+        // Too small for a full batch of default-size bodies: the segment is what to change.
+        let small = segment(engine::limits::SEGMENT_BYTES_MIN);
+        assert_eq!(invalid_key(&small).as_deref(), Some("segment_bytes"));
+        let err = small.validate().expect_err("too small").to_string();
+        assert!(
+            err.starts_with("configuration key `segment_bytes`:"),
+            "{err}"
+        );
+        for b in [0, engine::limits::BODY_BYTES_MAX + 1] {
+            let c = ServerConfig {
+                body_bytes_max: b,
+                ..ServerConfig::default()
+            };
+            assert_eq!(invalid_key(&c).as_deref(), Some("body_bytes_max"), "{b}");
+        }
+        assert_eq!(invalid_key(&ServerConfig::default()), None);
+    }
+
+    #[test]
+    fn an_admin_token_equal_to_the_project_token_is_refused_naming_both() {
+        let c = ServerConfig {
+            admin_token: Some("same-token-0123456789".into()),
+            project_id: Some("000000000000000000000001".into()),
+            token: Some("same-token-0123456789".into()),
+            ..ServerConfig::default()
+        };
+        let err = c.validate().expect_err("refused").to_string();
+        assert!(
+            err.contains("`admin_token`")
+                && err.contains("`token`")
+                && err.contains("FERROMQ_ADMIN_TOKEN")
+                && err.contains("FERROMQ_TOKEN"),
+            "{err}"
+        );
     }
 }

@@ -19,6 +19,11 @@ pub struct ApiError {
 #[derive(Debug, Clone)]
 pub struct ErrorCause(pub String);
 
+/// Marks a 5xx that is an answer rather than a failure (`GET /ready` while the server is
+/// not ready): the request log gives it the level of any request, not `eror`.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpectedStatus;
+
 impl ApiError {
     pub fn new(status: StatusCode, msg: impl Into<String>) -> ApiError {
         ApiError {
@@ -72,7 +77,11 @@ impl From<engine::Error> for ApiError {
                     ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
                 };
             }
-            E::Io { .. } | E::Corruption { .. } | E::Locked(_) | E::Config(_) | E::Failed(_) => {
+            E::Io { .. }
+            | E::Corruption { .. }
+            | E::Locked(_)
+            | E::Config { .. }
+            | E::Failed(_) => {
                 return ApiError::internal(e.to_string());
             }
         };

@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
 use crate::config::ServerConfig;
-use crate::error::{ApiError, ErrorCause};
+use crate::error::{ApiError, ErrorCause, ExpectedStatus};
 use axum::response::IntoResponse;
 
 /// Limits applied by the accept loop and the request wrapper.
@@ -79,12 +79,12 @@ impl Activity {
 }
 
 /// Applies `X-HTTP-Method-Override` on POST.
-fn method_override(req: &mut Request<Body>) {
-    if req.method() != Method::POST {
+fn method_override(req: &mut axum::http::request::Parts) {
+    if req.method != Method::POST {
         return;
     }
     let Some(v) = req
-        .headers()
+        .headers
         .get("x-http-method-override")
         .and_then(|v| v.to_str().ok())
     else {
@@ -97,7 +97,7 @@ fn method_override(req: &mut Request<Body>) {
         "GET" => Method::GET,
         _ => return,
     };
-    *req.method_mut() = m;
+    req.method = m;
 }
 
 /// Makes sure an error response is JSON `{"msg"}` (axum's own rejections are plain text).
@@ -158,21 +158,43 @@ pub fn project_and_queue(path: &str) -> (Option<String>, Option<String>) {
     }
 }
 
-/// One line per request: at `level`, or at `eror` with the cause for a 5xx.
-fn log_request(
+/// The level of a request's log line: `level` (the configured one, `None` for off), or
+/// `eror` for a 5xx unless the response marks it as an expected answer
+/// ([`ExpectedStatus`], the 503 of `GET /ready`).
+fn request_line_level(
     level: Option<tracing::Level>,
-    method: &Method,
-    target: &str,
     status: u16,
-    ms: f64,
-    cause: Option<&str>,
-) {
+    expected: bool,
+) -> Option<tracing::Level> {
     use tracing::Level;
-    let lvl = match level {
-        _ if status >= 500 => Level::ERROR,
-        None => return,
-        Some(l) if l <= Level::INFO => l,
-        Some(_) => Level::DEBUG,
+    match level {
+        _ if status >= 500 && !expected => Some(Level::ERROR),
+        None => None,
+        Some(l) if l <= Level::INFO => Some(l),
+        Some(_) => Some(Level::DEBUG),
+    }
+}
+
+/// What the request log line says of one answered request.
+struct Answered<'a> {
+    status: u16,
+    /// The 5xx is an answer, not a failure.
+    expected: bool,
+    ms: f64,
+    cause: Option<&'a str>,
+}
+
+/// One line per request: at `level`, or at `eror` with the cause for a 5xx.
+fn log_request(level: Option<tracing::Level>, method: &Method, target: &str, a: Answered<'_>) {
+    use tracing::Level;
+    let Answered {
+        status,
+        expected,
+        ms,
+        cause,
+    } = a;
+    let Some(lvl) = request_line_level(level, status, expected) else {
+        return;
     };
     // The fields below cost a few allocations and a float format: skip them when the
     // subscriber would drop the line anyway (the default request level is debug).
@@ -222,15 +244,107 @@ struct BodyRules {
 }
 
 /// The size of a request head as sent: request line and header lines, CRLFs included.
-fn head_bytes<B>(req: &Request<B>) -> usize {
-    let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
-    let line = req.method().as_str().len() + 1 + target + 1 + "HTTP/1.1".len() + 2;
+fn head_bytes(req: &axum::http::request::Parts) -> usize {
+    let target = req.uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+    let line = req.method.as_str().len() + 1 + target + 1 + "HTTP/1.1".len() + 2;
     let headers: usize = req
-        .headers()
+        .headers
         .iter()
         .map(|(k, v)| k.as_str().len() + 2 + v.len() + 2)
         .sum();
     line + headers + 2
+}
+
+/// A request body as the router gets it: at most the request limit, and given up when it
+/// stops arriving.
+type LimitedBody = http_body_util::Limited<IdleTimeoutBody<Incoming>>;
+
+/// Where a request body the router left unread comes back to, to be drained.
+type UnreadSlot<B = LimitedBody> = Arc<parking_lot::Mutex<Option<B>>>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body handed to the router. Dropped before its end (a handler that ignores
+/// the body, or stops at an error of its own), it puts the rest back in its slot: the
+/// response then waits until [`drain`] has read it. hyper closes a connection whose request
+/// body was left unread, and with bytes still unread in the socket the kernel sends a TCP
+/// reset, which can destroy the response before the client has read it.
+struct ReturnOnDrop<B: http_body::Body = LimitedBody> {
+    /// `None` once the body ended or failed (nothing to drain then).
+    body: Option<B>,
+    slot: UnreadSlot<B>,
+}
+
+impl<B: http_body::Body> Drop for ReturnOnDrop<B> {
+    fn drop(&mut self) {
+        if let Some(b) = self.body.take().filter(|b| !b.is_end_stream()) {
+            *self.slot.lock() = Some(b);
+        }
+    }
+}
+
+impl<B> http_body::Body for ReturnOnDrop<B>
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = BoxError> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = std::pin::Pin::new(body).poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = &polled {
+            // Ended, over the limit, or stalled: nothing more to read.
+            self.body = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.as_ref().map_or_else(
+            || http_body::SizeHint::with_exact(0),
+            http_body::Body::size_hint,
+        )
+    }
+}
+
+/// Reads and discards the rest of a request body the router left unread, then lets the
+/// response go. The body is still the limited one, so this reads at most up to the request
+/// limit, and gives up on a body that stops arriving like a handler's read would. A body
+/// over the limit turns the answer into the 413 such a request gets; a body that stalled or
+/// broke leaves the answer as it is, on a connection that then closes.
+async fn drain<B>(mut body: B, mut resp: Response<Body>) -> Response<Body>
+where
+    B: http_body::Body<Error = BoxError> + Unpin,
+{
+    use http_body_util::BodyExt;
+    loop {
+        match body.frame().await {
+            None => return resp,
+            Some(Ok(_)) => {}
+            Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return ApiError::too_large("Request body is too large").into_response();
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "the unread request body could not be drained");
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return resp;
+            }
+        }
+    }
 }
 
 /// Why a request body was given up: no data came for this long. Read as a 408.
@@ -313,6 +427,9 @@ struct Pending {
     start: Instant,
     method: Method,
     target: String,
+    /// Where the request body comes back if the router leaves some of it unread; `None`
+    /// for a request without a body.
+    unread: Option<UnreadSlot>,
 }
 
 /// Prepares a request for the router: the size limit on the body, the method override, and
@@ -326,18 +443,17 @@ fn route(
 ) -> (Pending, Result<RouteFuture<Infallible>, Response<Body>>) {
     let start = Instant::now();
     let limit = rules.bytes_max;
-    let head_too_large = head_bytes(&req) > rules.head_max;
-    let (parts, body) = req.into_parts();
-    let body = http_body_util::Limited::new(IdleTimeoutBody::new(body, rules.idle_max), limit);
-    let mut req = Request::from_parts(parts, Body::new(body));
-    method_override(&mut req);
-    let pending = Pending {
+    let (mut parts, body) = req.into_parts();
+    let head_too_large = head_bytes(&parts) > rules.head_max;
+    method_override(&mut parts);
+    let mut pending = Pending {
         start,
-        method: req.method().clone(),
-        target: logged_target(req.uri().path(), req.uri().query()),
+        method: parts.method.clone(),
+        target: logged_target(parts.uri.path(), parts.uri.query()),
+        unread: None,
     };
-    let declared = req
-        .headers()
+    let declared = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
@@ -355,6 +471,18 @@ fn route(
             Err(ApiError::too_large("Request body is too large").into_response()),
         );
     }
+    let body = http_body_util::Limited::new(IdleTimeoutBody::new(body, rules.idle_max), limit);
+    let body = if http_body::Body::is_end_stream(&body) {
+        Body::new(body)
+    } else {
+        let slot = UnreadSlot::default();
+        pending.unread = Some(slot.clone());
+        Body::new(ReturnOnDrop {
+            body: Some(body),
+            slot,
+        })
+    };
+    let req = Request::from_parts(parts, body);
     // `Router` is always ready (its `poll_ready` returns `Ready`), so it is called directly.
     (pending, Ok(router.call(req)))
 }
@@ -362,53 +490,65 @@ fn route(
 /// Serves one request. Not an `async fn`: its arguments would stay in the future for as
 /// long as the request runs (a long poll: up to 30 s), so the request is handed to the
 /// router first and the future keeps only the router's future and what the log line needs.
+/// A body the router left unread is drained (see [`ReturnOnDrop`]) before the answer goes.
 fn handle(
     mut router: Router,
     rules: BodyRules,
     request_log: Option<tracing::Level>,
     req: Request<Incoming>,
 ) -> impl Future<Output = Response<Body>> {
-    let (pending, routed) = route(&mut router, rules, req);
+    let (mut pending, routed) = route(&mut router, rules, req);
     let fut = match routed {
         Ok(f) => Either::Left(f),
         Err(r) => Either::Right(std::future::ready(Ok(r))),
     };
-    fut.map(move |r| finish(r, pending, request_log))
+    fut.then(move |routed| {
+        let resp = match routed {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        match pending.unread.take().and_then(|slot| slot.lock().take()) {
+            None => Either::Left(std::future::ready(finish(resp, pending, request_log))),
+            Some(body) => Either::Right(Box::pin(async move {
+                let resp = drain(body, resp).await;
+                finish(resp, pending, request_log)
+            })),
+        }
+    })
 }
 
-/// The router's response made JSON (a 5xx always carries a cause), then logged.
+/// The router's response made JSON (a 5xx always carries a cause, unless it is an expected
+/// answer), then logged.
 fn finish(
-    routed: Result<Response<Body>, Infallible>,
+    routed: Response<Body>,
     pending: Pending,
     request_log: Option<tracing::Level>,
 ) -> Response<Body> {
-    let mut resp = match routed {
-        Ok(r) if r.status().is_server_error() && r.extensions().get::<ErrorCause>().is_none() => {
-            let status = r.status();
-            let mut r = ensure_json(r);
-            r.extensions_mut().insert(ErrorCause(format!(
-                "{status} from the router without a cause"
-            )));
-            r
-        }
-        Ok(r) => ensure_json(r),
-        Err(never) => match never {},
+    let expected = routed.extensions().get::<ExpectedStatus>().is_some();
+    let mut resp = if routed.status().is_server_error()
+        && !expected
+        && routed.extensions().get::<ErrorCause>().is_none()
+    {
+        let status = routed.status();
+        let mut r = ensure_json(routed);
+        r.extensions_mut().insert(ErrorCause(format!(
+            "{status} from the router without a cause"
+        )));
+        r
+    } else {
+        ensure_json(routed)
     };
     if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let status = resp.status().as_u16();
-    let ms = pending.start.elapsed().as_secs_f64() * 1000.0;
-    let cause = resp.extensions().get::<ErrorCause>().map(|c| c.0.as_str());
-    log_request(
-        request_log,
-        &pending.method,
-        &pending.target,
-        status,
-        ms,
-        cause,
-    );
+    let answered = Answered {
+        status: resp.status().as_u16(),
+        expected,
+        ms: pending.start.elapsed().as_secs_f64() * 1000.0,
+        cause: resp.extensions().get::<ErrorCause>().map(|c| c.0.as_str()),
+    };
+    log_request(request_log, &pending.method, &pending.target, answered);
     resp
 }
 
@@ -624,6 +764,96 @@ mod tests {
         String::from_utf8(out.0.lock().clone()).expect("utf-8")
     }
 
+    /// A body whose data never comes.
+    struct Silent;
+
+    impl http_body::Body for Silent {
+        type Data = bytes::Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    fn full(n: usize, limit: usize) -> http_body_util::Limited<http_body_util::Full<bytes::Bytes>> {
+        http_body_util::Limited::new(http_body_util::Full::new(vec![b'x'; n].into()), limit)
+    }
+
+    fn answer() -> Response<Body> {
+        crate::response::ok(serde_json::json!({ "msg": "handled" }))
+    }
+
+    #[tokio::test]
+    async fn an_unread_body_is_drained_up_to_the_limit_and_over_it_is_a_413() {
+        use http_body_util::BodyExt;
+        let text = |r: Response<Body>| async move {
+            let status = r.status();
+            let close = r.headers().get(header::CONNECTION).cloned();
+            let b = r.into_body().collect().await.expect("body").to_bytes();
+            (status, close, String::from_utf8(b.to_vec()).expect("utf-8"))
+        };
+        // Within the limit: read to its end, the handler's answer unchanged.
+        let (s, close, b) = text(drain(full(100_000, 200_000), answer()).await).await;
+        assert_eq!(
+            (s, close, b.as_str()),
+            (StatusCode::OK, None, "{\"msg\":\"handled\"}")
+        );
+        // Over it: the request's answer is the documented 413.
+        let (s, _, b) = text(drain(full(300_000, 200_000), answer()).await).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
+        assert!(b.contains("too large"), "{b}");
+        // A body that stops arriving is given up after the idle limit; the answer stands
+        // and the connection closes.
+        let stalled = http_body_util::Limited::new(
+            IdleTimeoutBody::new(Silent, Duration::from_millis(20)),
+            1000,
+        );
+        let (s, close, _) = text(drain(stalled, answer()).await).await;
+        assert_eq!(
+            (s, close),
+            (StatusCode::OK, Some(HeaderValue::from_static("close")))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_unread_comes_back_to_its_slot_and_a_read_one_does_not() {
+        use http_body_util::BodyExt;
+        let wrap = |n| {
+            let slot: UnreadSlot<_> = Arc::default();
+            let body = ReturnOnDrop {
+                body: Some(full(n, 1000)),
+                slot: slot.clone(),
+            };
+            (body, slot)
+        };
+        let (body, slot) = wrap(500);
+        drop(body);
+        let back = slot.lock().take().expect("the unread body came back");
+        assert_eq!(back.collect().await.expect("rest").to_bytes().len(), 500);
+
+        let (body, slot) = wrap(500);
+        let got = body.collect().await.expect("read").to_bytes();
+        assert_eq!(got.len(), 500);
+        assert!(slot.lock().is_none(), "read to its end: nothing to drain");
+
+        // Over the limit when read: the handler's own 413 stands, nothing is drained.
+        let (body, slot) = wrap(5000);
+        assert!(body.collect().await.is_err());
+        assert!(slot.lock().is_none());
+    }
+
+    fn answered(status: u16, ms: f64, cause: Option<&str>) -> Answered<'_> {
+        Answered {
+            status,
+            expected: false,
+            ms,
+            cause,
+        }
+    }
+
     #[test]
     fn request_lines_follow_the_level_and_a_5xx_is_an_error_with_its_cause() {
         let get = Method::GET;
@@ -632,19 +862,20 @@ mod tests {
                 Some(tracing::Level::DEBUG),
                 &get,
                 "/3/projects/p/queues/q",
-                200,
-                1.25,
-                None,
+                answered(200, 1.25, None),
             );
             log_request(
                 None,
                 &get,
                 "/3/projects/p/queues/q/messages",
-                500,
-                3.0,
-                Some("fdatasync failed: \"disk\""),
+                answered(500, 3.0, Some("fdatasync failed: \"disk\"")),
             );
-            log_request(Some(tracing::Level::INFO), &get, "/health", 200, 0.5, None);
+            log_request(
+                Some(tracing::Level::INFO),
+                &get,
+                "/health",
+                answered(200, 0.5, None),
+            );
         });
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
@@ -658,6 +889,69 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_expected_5xx_takes_the_request_level_and_any_other_5xx_is_an_error() {
+        use tracing::Level;
+        for level in [None, Some(Level::DEBUG), Some(Level::INFO)] {
+            assert_eq!(request_line_level(level, 503, false), Some(Level::ERROR));
+            assert_eq!(request_line_level(level, 500, false), Some(Level::ERROR));
+            assert_eq!(request_line_level(level, 503, true), level);
+            assert_eq!(request_line_level(level, 200, false), level);
+        }
+        // `warn` and `error` as request levels are not made louder by an expected 503.
+        assert_eq!(
+            request_line_level(Some(Level::WARN), 503, true),
+            Some(Level::WARN)
+        );
+    }
+
+    /// The 503 of `GET /ready` from the real router, through the request wrapper's
+    /// `finish`: logged at the request level, without an error cause; and not at all with
+    /// the request log off.
+    #[tokio::test]
+    async fn ready_503_is_logged_like_any_request() {
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = engine::Engine::open(engine::EngineConfig::new(dir.path())).expect("open");
+        let (creds, _) =
+            crate::auth::Credentials::bootstrap(&engine, Some("adm-token"), None, None)
+                .await
+                .expect("credentials");
+        let state = crate::state::AppState::new(engine.clone(), creds, Duration::from_secs(60));
+        let router = crate::router::build(state);
+        let not_ready = || async {
+            let req = Request::get("/ready").body(Body::empty()).expect("request");
+            let resp = router.clone().oneshot(req).await.expect("call");
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            resp
+        };
+        let pending = || Pending {
+            start: Instant::now(),
+            method: Method::GET,
+            target: "/ready".into(),
+            unread: None,
+        };
+        let resp = not_ready().await;
+        let text = logged("info", || {
+            let resp = finish(resp, pending(), Some(tracing::Level::INFO));
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(resp.extensions().get::<ErrorCause>().is_none());
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(
+            lines[0].contains(" lvl=info msg=request method=GET path=/ready status=503 "),
+            "{text}"
+        );
+        assert!(!lines[0].contains("error="), "{text}");
+        let resp = not_ready().await;
+        let text = logged("debug", || {
+            finish(resp, pending(), None);
+        });
+        assert_eq!(text, "", "request log off: no line for the 503 of /ready");
+        engine.close();
     }
 }
 /// Every connection waiting in a long poll keeps these futures alive, so their sizes are

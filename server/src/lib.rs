@@ -123,6 +123,12 @@ pub async fn run(
         config.token.as_deref(),
     )
     .await?;
+    if !creds.has_admin() {
+        tracing::warn!(
+            "no admin token: projects, tokens, stats and backups cannot be managed; set \
+             FERROMQ_ADMIN_TOKEN to create one at the next start"
+        );
+    }
     let addr = listener.local_addr()?;
     if let Some(g) = &generated {
         let host = if addr.ip().is_unspecified() {

@@ -113,21 +113,33 @@ where
                 Level::ERROR => "eror",
             }
         };
-        let mut line = String::with_capacity(128);
-        line.push_str("t=");
-        line.push_str(&crate::time::now_rfc3339());
-        line.push_str(" lvl=");
-        line.push_str(lvl);
-        line.push_str(" msg=");
-        write_value(&mut line, &f.msg);
-        for (k, v) in &f.rest {
-            line.push(' ');
-            line.push_str(k);
-            line.push('=');
-            write_value(&mut line, v);
-        }
-        writeln!(writer, "{line}")
+        let fields = f.rest.iter().map(|(k, v)| (*k, v.as_str()));
+        writeln!(writer, "{}", line(lvl, &f.msg, fields))
     }
+}
+
+/// One logfmt line without its newline: `t=… lvl=… msg=…` and then `fields`, values quoted
+/// and escaped by [`write_value`]. What the subscriber prints, and what a start prints
+/// before the subscriber exists.
+pub fn line<'a>(
+    lvl: &str,
+    msg: &str,
+    fields: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let mut line = String::with_capacity(128);
+    line.push_str("t=");
+    line.push_str(&crate::time::now_rfc3339());
+    line.push_str(" lvl=");
+    line.push_str(lvl);
+    line.push_str(" msg=");
+    write_value(&mut line, msg);
+    for (k, v) in fields {
+        line.push(' ');
+        line.push_str(k);
+        line.push('=');
+        write_value(&mut line, v);
+    }
+    line
 }
 
 /// The filter directive for a configured level: the logfmt spellings (`dbug`, `eror`,
@@ -166,7 +178,28 @@ pub fn init(level: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{directive, write_value};
+    use super::{directive, line, write_value};
+
+    #[test]
+    fn a_line_made_by_hand_is_formatted_like_the_subscribers() {
+        let l = line(
+            "crit",
+            "ferromq stopped",
+            [("error", "key `x`: bad\nvalue")],
+        );
+        let (t, rest) = l
+            .strip_prefix("t=")
+            .and_then(|l| l.split_once(' '))
+            .expect("t first");
+        assert!(
+            t.ends_with('Z') && t.len() == "2024-01-01T00:00:00.000Z".len(),
+            "{t}"
+        );
+        assert_eq!(
+            rest,
+            "lvl=crit msg=\"ferromq stopped\" error=\"key `x`: bad\\nvalue\""
+        );
+    }
 
     #[test]
     fn logfmt_level_names_are_levels() {

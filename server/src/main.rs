@@ -8,6 +8,7 @@ mod cli;
 static GLOBAL: alloc::Split = alloc::Split;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -41,7 +42,7 @@ enum Command {
     /// Manage projects and tokens on a running server (needs the admin token).
     Admin {
         #[command(flatten)]
-        server: ServerArgs,
+        server: cli::ServerArgs,
         /// Print the server's JSON answer instead of a table.
         #[arg(long, global = true)]
         json: bool,
@@ -51,7 +52,7 @@ enum Command {
     /// Take a hot backup of a running server into a new file, with a progress bar.
     Backup {
         #[command(flatten)]
-        server: ServerArgs,
+        server: cli::ServerArgs,
         /// The backup file to write (must not exist).
         #[arg(long)]
         output: PathBuf,
@@ -69,17 +70,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// Where the server is and the admin token.
-#[derive(clap::Args)]
-struct ServerArgs {
-    /// Base URL of the server.
-    #[arg(long, env = "FERROMQ_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// The admin token.
-    #[arg(long, env = "FERROMQ_ADMIN_TOKEN", hide_env_values = true)]
-    token: String,
 }
 
 async fn shutdown_signal() {
@@ -104,8 +94,14 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// A start that failed exits with this; a usage error (clap) with 2.
+const EXIT_START_FAILED: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
     match cli.command {
         Command::Serve {
             data_dir,
@@ -116,23 +112,85 @@ fn main() -> anyhow::Result<()> {
             server,
             json,
             command,
-        } => cli::admin::run(&server.url, &server.token, json, command),
-        Command::Backup { server, output } => {
-            cli::backup::backup(&server.url, &server.token, &output)
-        }
+        } => client_outcome(cli::admin::run(&server, json, command)),
+        Command::Backup { server, output } => client_outcome(cli::backup::backup(&server, &output)),
         Command::Restore {
             input,
             data_dir,
             json,
-        } => cli::backup::restore(&input, &data_dir, json),
+        } => client_outcome(cli::backup::restore(&input, &data_dir, json)),
     }
 }
 
-fn serve(
+/// A command-line error. `serve`'s goes out as a logfmt `crit` line like any failed start
+/// (what runs the server reads its stderr as logfmt); the client subcommands' and
+/// `--help`/`--version` as clap prints them.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let serving = std::env::args_os().nth(1).is_some_and(|a| a == "serve");
+    let display = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+    if !serving || display {
+        e.exit();
+    }
+    let text = e.to_string();
+    crit_line(text.trim_end());
+    ExitCode::from(e.exit_code().clamp(1, 255) as u8)
+}
+
+/// The client subcommands print their error as anyhow does for `main`: the chain of causes.
+fn client_outcome(res: anyhow::Result<()>) -> ExitCode {
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `crit` line of a start that failed before the log subscriber was installed,
+/// formatted as the subscriber would.
+fn crit_line(error: &str) {
+    eprintln!(
+        "{}",
+        server::logfmt::line("crit", STOPPED, [("error", error)])
+    );
+}
+
+const STOPPED: &str = "ferromq stopped";
+
+/// Runs the server. Every way it ends badly is one logfmt `crit` line on stderr naming the
+/// cause, and exit status 1; nothing else is printed.
+fn serve(data_dir: Option<PathBuf>, listen: Option<String>, config: Option<PathBuf>) -> ExitCode {
+    let cfg = match configure(data_dir, listen, config) {
+        Ok(c) => c,
+        Err(e) => {
+            crit_line(&format!("{e:#}"));
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    match run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Startup and recovery problems, and an engine failure, end here; the line is
+            // printed even when `log_level` filters errors out.
+            let error = format!("{e:#}");
+            if tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!(crit = true, error, "{STOPPED}");
+            } else {
+                crit_line(&error);
+            }
+            ExitCode::from(EXIT_START_FAILED)
+        }
+    }
+}
+
+/// Loads and checks the configuration and installs the logfmt subscriber at its level.
+fn configure(
     data_dir: Option<PathBuf>,
     listen: Option<String>,
     config: Option<PathBuf>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ServerConfig> {
     let mut cfg = ServerConfig::load(config.as_deref())?;
     if let Some(d) = data_dir {
         cfg.data_dir = d;
@@ -143,20 +201,19 @@ fn serve(
     cfg.validate()?;
     server::logfmt::init(&cfg.log_level)
         .map_err(|e| anyhow::anyhow!("configuration key `log_level`: {e}"))?;
+    Ok(cfg)
+}
+
+fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     server::tls::install_default_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let res = rt.block_on(async move {
+    rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
         server::run(listener, cfg, shutdown_signal()).await
-    });
-    if let Err(e) = &res {
-        // Startup and recovery problems, and an engine failure, end here: log the cause.
-        tracing::error!(crit = true, error = %format!("{e:#}"), "ferromq stopped");
-    }
-    res
+    })
 }

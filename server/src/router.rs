@@ -11,7 +11,7 @@ use axum::routing::{delete, get, post};
 use serde_json::json;
 
 use crate::auth::AdminAuth;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ExpectedStatus};
 use crate::response::{json_response, ok};
 use crate::state::AppState;
 use crate::{admin, messages, queues};
@@ -21,15 +21,18 @@ async fn health() -> ApiResult {
 }
 
 /// 200 once recovery is done and writes are accepted; 503 during shutdown or after the
-/// engine stopped on an I/O failure.
+/// engine stopped on an I/O failure. The 503 is the probe's answer, not a failure of the
+/// request: it is logged like any request.
 async fn ready(State(st): State<AppState>) -> Response {
     if st.ready.load(Ordering::Acquire) && !st.engine.is_failed() {
         ok(json!({ "msg": "ready" }))
     } else {
-        json_response(
+        let mut resp = json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({ "msg": "not ready" }),
-        )
+        );
+        resp.extensions_mut().insert(ExpectedStatus);
+        resp
     }
 }
 

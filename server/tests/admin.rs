@@ -552,3 +552,176 @@ fn one_backup_runs_at_a_time_and_an_abandoned_one_lets_go() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_failed_restore_cleans_up_and_a_retry_into_the_same_directory_works() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = server(dir.path()).run();
+    let http = client();
+    let (s, v) = call(
+        &http,
+        &srv,
+        "POST",
+        &format!("/3/projects/{PID}/queues/kept/messages"),
+        Some(TOKEN),
+        Some(json!({"messages": [{"body": "one"}, {"body": "two"}]})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let out = tempfile::tempdir().expect("tempdir");
+    let good = out.path().join("good.fmqb");
+    let url = srv.url();
+    cli_ok(&[
+        "backup",
+        "--url",
+        &url,
+        "--token",
+        ADMIN,
+        "--output",
+        good.to_str().expect("utf-8 path"),
+    ]);
+    drop(srv);
+    let bytes = std::fs::read(&good).expect("read the backup");
+    let damaged = out.path().join("damaged.fmqb");
+    std::fs::write(&damaged, &bytes[..bytes.len() * 2 / 3]).expect("write");
+
+    let target = out.path().join("restored");
+    let target_s = target.to_str().expect("utf-8 path");
+    let restore = |file: &std::path::Path| {
+        cli(&[
+            "restore",
+            "--input",
+            file.to_str().expect("utf-8 path"),
+            "--data-dir",
+            target_s,
+            "--json",
+        ])
+    };
+    let failed = restore(&damaged);
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{err}");
+    assert!(err.contains("truncated"), "{err}");
+    assert!(
+        !target.exists(),
+        "the failed restore left {:?}",
+        std::fs::read_dir(&target).map(|d| d.count())
+    );
+
+    // An existing empty directory stays, empty.
+    std::fs::create_dir(&target).expect("mkdir");
+    let failed = restore(&damaged);
+    assert!(!failed.status.success());
+    let left: Vec<_> = std::fs::read_dir(&target)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "the failed restore left {left:?}");
+
+    // The retry with the intact file, into the same directory.
+    let ok = restore(&good);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let report: Value = serde_json::from_slice(&ok.stdout).expect("restore report");
+    assert_eq!(report["messages"], 2, "{report}");
+    // A directory that was not empty before the restore is still refused.
+    let again = restore(&good);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+
+    let srv = server(out.path()).data_dir(&target).run();
+    let (s, v) = call(
+        &http,
+        &srv,
+        "GET",
+        &format!("/3/projects/{PID}/queues/kept"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!((s, &v["queue"]["size"]), (200, &json!(2)), "{v}");
+}
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it, as PEM files in
+/// `dir`: (ca.pem, cert.pem, key.pem).
+fn private_ca(dir: &std::path::Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ferromq test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    let cert = params.signed_by(&key, &issuer).expect("server cert");
+    let write = |name: &str, pem: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).expect("write pem");
+        p.to_string_lossy().into_owned()
+    };
+    (
+        write("ca.pem", ca_cert.pem()),
+        write("cert.pem", cert.pem()),
+        write("key.pem", key.serialize_pem()),
+    )
+}
+
+#[test]
+fn the_cli_trusts_a_private_ca_with_cacert() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = private_ca(dir.path());
+    let ca_pem = std::fs::read(&ca).expect("read ca");
+    let probe = reqwest::blocking::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem).expect("ca"))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let srv = server(dir.path())
+        .envs(&[("FERROMQ_TLS_CERT", &cert), ("FERROMQ_TLS_KEY", &key)])
+        .run_probed(|port| {
+            probe
+                .get(format!("https://127.0.0.1:{port}/health"))
+                .send()
+                .is_ok_and(|r| r.status() == 200)
+        });
+    let url = format!("https://127.0.0.1:{}", srv.port);
+
+    // Without the CA the server's certificate is not trusted.
+    let out = cli(&["admin", "--url", &url, "--token", ADMIN, "projects", "list"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not reach the server"), "{err}");
+
+    // With it, admin commands and a backup work over HTTPS.
+    let v = json_of(&cli_ok(&[
+        "admin", "--url", &url, "--token", ADMIN, "--cacert", &ca, "--json", "projects", "list",
+    ]));
+    let projects = v["projects"].as_array().expect("projects");
+    assert!(projects.iter().any(|p| p["id"] == PID), "{v}");
+    let file = dir.path().join("over-tls.fmqb");
+    let text = cli_ok(&[
+        "backup",
+        "--url",
+        &url,
+        "--token",
+        ADMIN,
+        "--cacert",
+        &ca,
+        "--output",
+        file.to_str().expect("utf-8 path"),
+    ]);
+    assert!(text.contains("every checksum verified"), "{text}");
+    assert!(file.exists());
+
+    // A file that holds no certificate is refused before any request.
+    let out = cli(&[
+        "admin", "--url", &url, "--token", ADMIN, "--cacert", &key, "projects", "list",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--cacert"), "{err}");
+}

@@ -751,3 +751,189 @@ fn https_listener_serves_the_api_with_the_configured_certificate() {
             .is_none()
     );
 }
+
+// ---- failed starts ----
+
+/// Checks that a failed start printed only logfmt (stdout and stderr), exited with `code`,
+/// and logged one `crit` line whose `error` holds every one of `want`.
+fn assert_failed_start(r: &common::Refused, code: i32, want: &[&str], what: &str) {
+    assert_eq!(
+        r.status.code(),
+        Some(code),
+        "{what}: exit status\n{}",
+        r.stderr
+    );
+    assert!(
+        r.stdout.is_empty(),
+        "{what}: nothing on stdout: {}",
+        r.stdout
+    );
+    assert!(!r.stderr.is_empty(), "{what}: something on stderr");
+    let lines = log_lines(&r.stderr);
+    let crit: Vec<_> = lines.iter().filter(|l| l["lvl"] == "crit").collect();
+    assert_eq!(crit.len(), 1, "{what}: one crit line in\n{}", r.stderr);
+    let error = crit[0].get("error").map(String::as_str).unwrap_or_default();
+    for w in want {
+        assert!(
+            error.contains(w),
+            "{what}: want {w:?} in the crit line's error: {}",
+            r.stderr
+        );
+    }
+    assert!(!r.stderr.contains("Error:"), "{what}: {}", r.stderr);
+}
+
+#[test]
+fn a_failed_start_prints_only_logfmt_with_one_crit_line_naming_the_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: Vec<(Env, Vec<&str>, &[&str])> = vec![
+        // A bad value checked by the server, and one figment cannot even parse.
+        (
+            vec![("FERROMQ_SEGMENT_BYTES", "1024")],
+            vec![],
+            &["`segment_bytes`"],
+        ),
+        (
+            vec![("FERROMQ_STATS_INTERVAL", "soon")],
+            vec![],
+            &["STATS_INTERVAL"],
+        ),
+        // The logger's own level, before there is a logger.
+        (
+            vec![("FERROMQ_LOG_LEVEL", "loud")],
+            vec![],
+            &["`log_level`"],
+        ),
+        // A bad flag value.
+        (
+            vec![],
+            vec!["--config", "/nonexistent/ferromq.json"],
+            &["`--config`", "/nonexistent/ferromq.json"],
+        ),
+    ];
+    for (env, args, want) in cases {
+        let what = format!("{env:?} {args:?}");
+        let r = Start::new(dir.path())
+            .envs(&env)
+            .args(&args)
+            .refused_on(common::free_port());
+        assert_failed_start(&r, 1, want, &what);
+    }
+
+    // A data directory that cannot be one: a file stands in its way.
+    let blocked = dir.path().join("blocked");
+    std::fs::write(&blocked, b"not a directory").expect("write");
+    let r = Start::new(dir.path())
+        .data_dir(&blocked)
+        .refused_on(common::free_port());
+    assert_failed_start(&r, 1, &[&blocked.display().to_string()], "data dir");
+
+    // The port is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let r = Start::new(dir.path()).refused_on(port);
+    assert_failed_start(&r, 1, &[&format!("binding 127.0.0.1:{port}")], "busy port");
+
+    // A flag clap refuses: its usage message, as the crit line's error, with clap's status.
+    let r = Start::new(dir.path())
+        .args(&["--no-such-flag"])
+        .refused_on(common::free_port());
+    assert_failed_start(&r, 2, &["--no-such-flag"], "unknown flag");
+}
+
+// ---- credentials at start ----
+
+#[test]
+fn an_admin_token_equal_to_the_project_token_stops_the_start_naming_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = Start::new(dir.path())
+        .env("FERROMQ_ADMIN_TOKEN", TOKEN)
+        .refused_on(common::free_port());
+    assert_failed_start(
+        &r,
+        1,
+        &["`admin_token`", "FERROMQ_ADMIN_TOKEN", "FERROMQ_TOKEN"],
+        "admin token = token",
+    );
+    // Nothing was written: the data directory was never opened.
+    assert!(!dir.path().join("data").exists());
+}
+
+#[test]
+fn a_start_without_any_admin_token_warns_how_to_create_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warned = |srv: &Server| {
+        log_lines(&srv.log_text())
+            .into_iter()
+            .filter(|l| l["lvl"] == "warn" && l["msg"].contains("no admin token"))
+            .count()
+    };
+    // Project credentials only: the data directory holds no admin token.
+    let mut srv = Start::new(dir.path()).env("FERROMQ_ADMIN_TOKEN", "").run();
+    assert_eq!(warned(&srv), 1, "{}", srv.log_text());
+    let line = log_lines(&srv.log_text())
+        .into_iter()
+        .find(|l| l["msg"].contains("no admin token"))
+        .expect("the warning");
+    assert!(line["msg"].contains("FERROMQ_ADMIN_TOKEN"), "{line:?}");
+    let (s, _) = call_as(srv.port, "GET", "/3/stats", Some(ADMIN), Value::Null);
+    assert_eq!(s, 401, "no admin token exists");
+    srv.sigterm();
+    assert!(srv.wait_exit(Duration::from_secs(10)).success());
+
+    // With one configured, it exists from then on and nothing is said.
+    let srv = start(dir.path(), &[]);
+    assert_eq!(warned(&srv), 0, "{}", srv.log_text());
+    let (s, _) = call_as(srv.port, "GET", "/3/stats", Some(ADMIN), Value::Null);
+    assert_eq!(s, 200);
+}
+
+// ---- request bodies ----
+
+#[test]
+fn a_large_body_on_a_get_is_drained_and_the_whole_answer_arrives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start(dir.path(), &[]);
+    let p = srv.port;
+    post(p, "drained", 1);
+    // JSON, so that a handler that did read it could; these handlers do not.
+    let body = json!({ "pad": "p".repeat(100 * 1024) }).to_string();
+    for i in 0..50 {
+        let path = if i % 2 == 0 {
+            format!("/3/projects/{PID}/queues")
+        } else {
+            qp("drained")
+        };
+        let req = request_text("GET", &path, Some(TOKEN), "", &body);
+        let mut s = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        // As over a real network: the body is still arriving when the handler (which does
+        // not read it) has its answer ready.
+        for piece in req.as_bytes().chunks(8 * 1024) {
+            s.write_all(piece)
+                .unwrap_or_else(|e| panic!("round {i}, {path}: writing the request: {e}"));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)
+            .unwrap_or_else(|e| panic!("round {i}, {path}: reading the answer: {e}"));
+        let (status, head, text) = parse_response(&buf);
+        assert_eq!(status, 200, "round {i}: {head}\n{text}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .expect("content-length");
+        assert_eq!(text.len(), len, "round {i}: the whole body");
+        let v: Value = serde_json::from_str(&text).expect("json");
+        if i % 2 == 0 {
+            assert!(v["queues"].as_array().is_some_and(|q| !q.is_empty()), "{v}");
+        } else {
+            assert_eq!(v["queue"]["size"], 1, "{v}");
+        }
+    }
+}

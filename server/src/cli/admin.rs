@@ -7,7 +7,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{AdminClient, cell, table};
+use super::{AdminClient, ServerArgs, cell, table};
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
@@ -101,8 +101,8 @@ fn list_of<'a>(v: &'a Value, key: &str) -> anyhow::Result<&'a Vec<Value>> {
 }
 
 /// Runs one admin command; prints a table, or the server's JSON with `json`.
-pub fn run(url: &str, token: &str, json_out: bool, cmd: AdminCommand) -> anyhow::Result<()> {
-    let c = AdminClient::new(url, token, Some(Duration::from_secs(30)))?;
+pub fn run(server: &ServerArgs, json_out: bool, cmd: AdminCommand) -> anyhow::Result<()> {
+    let c = AdminClient::new(server, Some(Duration::from_secs(30)))?;
     let (answer, text) = match cmd {
         AdminCommand::Projects(ProjectsCommand::Create { name }) => {
             let v = c.json(Method::POST, "/3/admin/projects", Some(name_body(name)))?;

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 use serde_json::json;
 
-use super::{AdminClient, table};
+use super::{AdminClient, ServerArgs, table};
 
 fn progress_bar(len: Option<u64>) -> ProgressBar {
     match len {
@@ -69,14 +69,14 @@ fn partial_path(output: &Path) -> PathBuf {
 
 /// Downloads a backup to `output` (which must not exist): first to `output.partial`,
 /// checked as it arrives, then synced and renamed.
-pub fn backup(url: &str, token: &str, output: &Path) -> anyhow::Result<()> {
+pub fn backup(server: &ServerArgs, output: &Path) -> anyhow::Result<()> {
     if output.exists() {
         bail!(
             "{} already exists; choose a new file name",
             output.display()
         );
     }
-    let c = AdminClient::new(url, token, None)?;
+    let c = AdminClient::new(server, None)?;
     let resp = c.send(Method::GET, "/3/admin/backup", None)?;
     let pb = progress_bar(resp.content_length());
     pb.set_message("backup");

@@ -5,9 +5,26 @@
 pub mod admin;
 pub mod backup;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
+
+/// Where the server is, the admin token, and what to trust of its certificate: the
+/// arguments of every subcommand that talks to a server.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Base URL of the server.
+    #[arg(long, env = "FERROMQ_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The admin token.
+    #[arg(long, env = "FERROMQ_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// PEM file of CA certificates to trust for an https:// URL, besides the public (WebPKI)
+    /// roots: the private CA that signed the server's `tls_cert`.
+    #[arg(long, env = "FERROMQ_CACERT", value_name = "PATH")]
+    pub cacert: Option<PathBuf>,
+}
 
 /// A blocking HTTP client for the admin endpoints of the server at `url`.
 pub struct AdminClient {
@@ -18,24 +35,32 @@ pub struct AdminClient {
 
 impl AdminClient {
     /// `timeout`: for the whole of each request; `None` for long transfers (backups).
-    pub fn new(url: &str, token: &str, timeout: Option<Duration>) -> anyhow::Result<AdminClient> {
-        let url = url.trim_end_matches('/').to_string();
+    pub fn new(server: &ServerArgs, timeout: Option<Duration>) -> anyhow::Result<AdminClient> {
+        let url = server.url.trim_end_matches('/').to_string();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             bail!("--url must start with http:// or https://, got {url:?}");
         }
-        if token.is_empty() {
+        if server.token.is_empty() {
             bail!("an admin token is required (--token or FERROMQ_ADMIN_TOKEN)");
         }
-        let http = reqwest::blocking::Client::builder()
+        // rustls with ring, as the server and its pusher: the one TLS stack of the binary.
+        server::tls::install_default_provider();
+        let mut builder = reqwest::blocking::Client::builder()
+            .use_rustls_tls()
             .connect_timeout(Duration::from_secs(10))
             .timeout(timeout)
-            .user_agent(concat!("ferromq-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("building the HTTP client")?;
+            .user_agent(concat!("ferromq-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &server.cacert {
+            let certs = server::push::load_roots(ca).map_err(|e| anyhow!("--cacert: {e}"))?;
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder.build().context("building the HTTP client")?;
         Ok(AdminClient {
             http,
             url,
-            token: token.to_string(),
+            token: server.token.clone(),
         })
     }
 

@@ -88,6 +88,10 @@ impl Start {
     }
 
     fn spawn(&self, port: u16, log: &Path) -> Child {
+        self.spawn_to(port, Stdio::null(), log)
+    }
+
+    fn spawn_to(&self, port: u16, stdout: Stdio, log: &Path) -> Child {
         Command::new(env!("CARGO_BIN_EXE_ferromq"))
             .args(["serve", "--data-dir"])
             .arg(&self.data)
@@ -97,7 +101,7 @@ impl Start {
             .env("FERROMQ_TOKEN", TOKEN)
             .env("FERROMQ_ADMIN_TOKEN", ADMIN)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(std::fs::File::create(log).expect("log file"))
             .spawn()
             .expect("spawn ferromq")
@@ -159,10 +163,18 @@ impl Start {
 
     /// Runs `ferromq serve` expecting it to refuse to start; returns its stderr.
     pub fn refused(self) -> String {
+        self.refused_on(free_port()).stderr
+    }
+
+    /// Runs `ferromq serve` on `port` expecting it to refuse to start; returns its exit
+    /// status and what it printed.
+    pub fn refused_on(self, port: u16) -> Refused {
         let log = self.log_path("refused");
-        let mut child = self.spawn(free_port(), &log);
+        let out = self.log_path("refused-stdout");
+        let stdout = Stdio::from(std::fs::File::create(&out).expect("stdout file"));
+        let mut child = self.spawn_to(port, stdout, &log);
         let deadline = Instant::now() + START_LIMIT;
-        let st = loop {
+        let status = loop {
             if let Some(st) = child.try_wait().expect("try_wait") {
                 break st;
             }
@@ -176,13 +188,24 @@ impl Start {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let text = std::fs::read_to_string(&log).expect("log");
+        let stderr = std::fs::read_to_string(&log).expect("log");
         assert!(
-            !st.success(),
-            "exit status of a refused start: {st}\n{text}"
+            !status.success(),
+            "exit status of a refused start: {status}\n{stderr}"
         );
-        text
+        Refused {
+            status,
+            stdout: std::fs::read_to_string(&out).expect("stdout"),
+            stderr,
+        }
     }
+}
+
+/// What a start that failed left.
+pub struct Refused {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Runs blocking `f` on tokio's blocking pool; a panic in it goes on in the caller.
@@ -337,6 +360,7 @@ pub fn cli(args: &[&str]) -> Output {
         .args(args)
         .env_remove("FERROMQ_URL")
         .env_remove("FERROMQ_ADMIN_TOKEN")
+        .env_remove("FERROMQ_CACERT")
         .stdin(Stdio::null())
         .output()
         .expect("run ferromq")
