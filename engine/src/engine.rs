@@ -425,13 +425,20 @@ impl State {
         id: MessageId,
         expires_at_s: u32,
     ) {
-        let Some(src) = self.queues.get_mut(&from) else {
-            return;
-        };
-        let Some(mut e) = src.apply_delete(id, &mut self.live) else {
-            return;
-        };
+        let taken = self
+            .queues
+            .get_mut(&from)
+            .and_then(|src| src.apply_delete(id, &mut self.live));
         let Some(dst) = self.queues.get_mut(&to) else {
+            return;
+        };
+        // A move posts the message to `to`: it counts there as every post does. Counted
+        // even when the source no longer holds the message, which only a replay sees (the
+        // live path moves a message it holds): retention may have dropped the Post while
+        // this record and the message, relocated into `to`, survive. A QueueDef of `to`
+        // after this record carries the count that includes it, so nothing counts twice.
+        dst.total_messages += 1;
+        let Some(mut e) = taken else {
             return;
         };
         e.state = MsgState::Visible;
