@@ -2,7 +2,7 @@
 //! durable key/value metadata, and the log, and turns each API call into
 //! decide → append record → apply → wait for durability → read bodies.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -400,6 +400,30 @@ impl State {
         }
     }
 
+    /// The dead-letter cycle that `key` would close by sending to the queue named `dlq`:
+    /// the names from `key` along the links of the queues that exist now back to `key`.
+    /// `None` if the chain ends (at a queue that is missing, which a move would create
+    /// without a dead-letter queue, or that has none) or runs into a cycle `key` is not on
+    /// (one in a log written before links were checked; this link does not close it).
+    /// Each step reaches a queue not seen before, so the walk is bounded by the number of
+    /// queues.
+    fn dead_letter_cycle(&self, key: &QueueKey, dlq: &str) -> Option<Vec<String>> {
+        let mut path = vec![key.name.clone()];
+        let mut seen = HashSet::new();
+        let mut next = dlq.to_string();
+        loop {
+            path.push(next.clone());
+            if next == key.name {
+                return Some(path);
+            }
+            if !seen.insert(next.clone()) {
+                return None;
+            }
+            let no = self.by_key.get(&QueueKey::new(key.project.clone(), next))?;
+            next = self.queues[no].config.dead_letter.as_ref()?.queue.clone();
+        }
+    }
+
     /// Moves a message that reached `max_reservations` to the dead-letter queue, creating
     /// that queue if needed. Returns false if the move was not possible.
     fn dead_letter(
@@ -435,13 +459,20 @@ impl State {
         id: MessageId,
         expires_at_s: u32,
     ) {
-        let Some(src) = self.queues.get_mut(&from) else {
-            return;
-        };
-        let Some(mut e) = src.apply_delete(id, &mut self.live) else {
-            return;
-        };
+        let taken = self
+            .queues
+            .get_mut(&from)
+            .and_then(|src| src.apply_delete(id, &mut self.live));
         let Some(dst) = self.queues.get_mut(&to) else {
+            return;
+        };
+        // A move posts the message to `to`: it counts there as every post does. Counted
+        // even when the source no longer holds the message, which only a replay sees (the
+        // live path moves a message it holds): retention may have dropped the Post while
+        // this record and the message, relocated into `to`, survive. A QueueDef of `to`
+        // after this record carries the count that includes it, so nothing counts twice.
+        dst.total_messages += 1;
+        let Some(mut e) = taken else {
             return;
         };
         e.state = MsgState::Visible;
@@ -597,6 +628,16 @@ impl Engine {
                 && cur.kind.is_push() != config.kind.is_push()
             {
                 return Err(Error::WrongQueueType("the queue type cannot be changed"));
+            }
+            // Checked whenever a link is set or changed (every link is set here), under the
+            // state lock, so two updates cannot close a cycle between them; a link left as
+            // it was closes nothing new.
+            let current_dlq = current.as_ref().and_then(|c| c.dead_letter.as_ref());
+            if let Some(dl) = &config.dead_letter
+                && current_dlq.is_none_or(|d| d.queue != dl.queue)
+                && let Some(cycle) = st.dead_letter_cycle(key, &dl.queue)
+            {
+                return Err(Error::DeadLetterCycle(cycle));
             }
             let (no, end) = match existing {
                 Some(no) => {

@@ -32,6 +32,11 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(&'static str),
+    /// A dead-letter link that would close a cycle of dead-letter queues (messages would
+    /// move around it forever): the queue names along the cycle, from the queue being
+    /// configured back to it.
+    #[error("{}", dead_letter_cycle_msg(.0))]
+    DeadLetterCycle(Vec<String>),
     /// Pull operations on a push queue, or the reverse.
     #[error("{0}")]
     WrongQueueType(&'static str),
@@ -87,6 +92,25 @@ pub enum CorruptionKind {
     ShortSegment,
     #[error("a segment file is missing (a gap in the numbering, or the end of the log)")]
     MissingSegment,
+}
+
+/// Names shown of a long cycle: the first ones and the last ones (the message stays short
+/// however many queues the cycle passes through).
+const CYCLE_NAMES_SHOWN: usize = 8;
+
+fn dead_letter_cycle_msg(path: &[String]) -> String {
+    let shown = if path.len() <= CYCLE_NAMES_SHOWN {
+        path.join(" -> ")
+    } else {
+        let half = CYCLE_NAMES_SHOWN / 2;
+        format!(
+            "{} -> ... -> {}",
+            path[..half].join(" -> "),
+            path[path.len() - half..].join(" -> ")
+        )
+    };
+    let target = path.get(1).map(String::as_str).unwrap_or_default();
+    format!("dead_letter queue_name \"{target}\" would make a dead-letter cycle: {shown}")
 }
 
 impl Error {

@@ -98,7 +98,7 @@ pub struct QueueInfo {
     pub size: u64,
     pub reserved: u64,
     pub delayed: u64,
-    /// Messages ever posted.
+    /// Messages ever posted, dead-letter moves into the queue included.
     pub total_messages: u64,
 }
 

@@ -6,7 +6,8 @@ use common::{T0, key, open_sized};
 
 use engine::{
     DeadLetter, DeleteItem, Engine, EngineConfig, Error, ManualClock, NewMessage, QueueConfig,
-    QueueKey, QueueKind, ReserveOptions,
+    QueueInfo, QueueKey, QueueKind, ReserveOptions,
+    record::{self, FrameCheck, Kind},
 };
 
 fn open(dir: &std::path::Path, clock: &ManualClock) -> Engine {
@@ -231,26 +232,73 @@ async fn dead_letter_moves_on_reserve_after_max_reservations() {
     e.check_invariants();
 }
 
+/// Appends, to the log in `dir` of a closed engine, a QueueDef record (FORMAT.md, kind 1)
+/// that links queue `number` (`name` of project p, default settings) to the dead-letter
+/// queue `dlq` without any check: what a build that did not refuse such links could have
+/// written.
+fn append_unchecked_link(dir: &std::path::Path, number: u32, name: &str, dlq: &str) {
+    let mut segs: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|f| f.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    segs.sort();
+    let last = segs.pop().expect("a segment");
+    let seg = u32::from_str_radix(last.trim_end_matches(".seg"), 16).unwrap();
+    let path = dir.join(&last);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let seed = record::crc_seed(seg);
+    let mut end = engine::SEGMENT_HEADER_BYTES;
+    while let FrameCheck::Valid { len, .. } = record::check_frame(&bytes[end..], seed, 1 << 24) {
+        end += record::FRAME_HEADER_BYTES + len;
+    }
+    let str16 = |b: &mut Vec<u8>, s: &str| {
+        b.extend_from_slice(&(s.len() as u16).to_le_bytes());
+        b.extend_from_slice(s.as_bytes());
+    };
+    let defaults = QueueConfig::default();
+    let mut rec = Vec::new();
+    record::frame(&mut rec, seed, Kind::QueueDef, |b| {
+        b.extend_from_slice(&number.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes()); // total_messages
+        str16(b, "p");
+        str16(b, name);
+        b.extend_from_slice(&defaults.message_timeout_s.to_le_bytes());
+        b.extend_from_slice(&defaults.message_expiration_s.to_le_bytes());
+        b.push(0); // pull
+        b.push(1); // has_dlq
+        b.extend_from_slice(&1u32.to_le_bytes()); // max_reservations
+        str16(b, dlq);
+        b.extend_from_slice(&0u32.to_le_bytes()); // extra: none
+    });
+    bytes[end..end + rec.len()].copy_from_slice(&rec);
+    std::fs::write(&path, &bytes).unwrap();
+}
+
+/// Creates queue `name` with default settings and returns its number.
+async fn create(e: &Engine, name: &str) -> u32 {
+    e.upsert_queue(&key(name), true, |_| -> Result<_, ()> {
+        Ok(QueueConfig::default())
+    })
+    .await
+    .unwrap()
+    .unwrap()
+    .number
+}
+
 /// A message moved into the queue it came from (a dead-letter queue set to itself, which
-/// the API refuses but the engine must survive) takes its own place: the size stays right,
-/// live and after a replay.
+/// the engine refuses now but a log written before could hold) takes its own place: the
+/// size stays right, live and after a replay.
 #[tokio::test]
 async fn a_move_into_the_same_queue_keeps_the_size() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     let e = open(dir.path(), &clock);
-    e.upsert_queue(&key("self"), true, |_| -> Result<_, ()> {
-        Ok(QueueConfig {
-            dead_letter: Some(DeadLetter {
-                queue: "self".into(),
-                max_reservations: 1,
-            }),
-            ..QueueConfig::default()
-        })
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let number = create(&e, "self").await;
+    drop(e);
+    append_unchecked_link(dir.path(), number, "self", "self");
+    let e = open(dir.path(), &clock);
+    assert_eq!(dead_letter_of(&e, "self").as_deref(), Some("self"));
     e.post(&key("self"), &[msg("a"), msg("b")], false)
         .await
         .unwrap();
@@ -268,6 +316,183 @@ async fn a_move_into_the_same_queue_keeps_the_size() {
     drop(e);
     let e = open(dir.path(), &clock);
     assert_eq!(e.queue_info(&key("self")).await.unwrap().size, 2);
+    e.check_invariants();
+}
+
+/// A cycle in a log written before links were checked opens as it is; updates that leave
+/// its links alone still work, and so does a new link into it (which closes no cycle of
+/// its own), while a link that closes another cycle through it is refused.
+#[tokio::test]
+async fn a_cycle_already_in_the_log_is_kept_and_bounds_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    let a = create(&e, "a").await;
+    link(&e, "b", "a").await.unwrap();
+    drop(e);
+    append_unchecked_link(dir.path(), a, "a", "b");
+    let e = open(dir.path(), &clock);
+    assert_eq!(dead_letter_of(&e, "a").as_deref(), Some("b"));
+    e.upsert_queue(&key("a"), false, |c| -> Result<_, ()> {
+        let mut c = c.unwrap().clone();
+        c.message_timeout_s = 90;
+        Ok(c)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    link(&e, "c", "a").await.unwrap();
+    assert_eq!(cycle_of(link(&e, "b", "c").await), ["b", "c", "a", "b"]);
+    assert_eq!(dead_letter_of(&e, "b").as_deref(), Some("a"));
+}
+
+/// Sets `name`'s dead-letter queue to `to` (creating `name` if missing).
+async fn link(e: &Engine, name: &str, to: &str) -> Result<QueueInfo, Error> {
+    e.upsert_queue(&key(name), true, |c| -> Result<_, ()> {
+        Ok(QueueConfig {
+            dead_letter: Some(DeadLetter {
+                queue: to.into(),
+                max_reservations: 1,
+            }),
+            ..c.cloned().unwrap_or_default()
+        })
+    })
+    .await
+    .map(|r| r.expect("the closure accepts"))
+}
+
+fn cycle_of(r: Result<QueueInfo, Error>) -> Vec<String> {
+    match r {
+        Err(Error::DeadLetterCycle(path)) => path,
+        other => panic!("not refused as a cycle: {other:?}"),
+    }
+}
+
+fn dead_letter_of(e: &Engine, name: &str) -> Option<String> {
+    let info = e.queue_info_now(&key(name)).expect("queue");
+    info.config.dead_letter.map(|d| d.queue)
+}
+
+#[tokio::test]
+async fn dead_letter_links_that_close_a_cycle_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    link(&e, "a", "b").await.unwrap();
+    // b is created without a link first, then refused the link back to a.
+    e.post(&key("b"), &[msg("x")], true).await.unwrap();
+    let err = link(&e, "b", "a").await;
+    let msg = err.as_ref().map(|_| ()).unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        "dead_letter queue_name \"a\" would make a dead-letter cycle: b -> a -> b"
+    );
+    assert_eq!(cycle_of(err), ["b", "a", "b"]);
+    assert_eq!(
+        dead_letter_of(&e, "b"),
+        None,
+        "the refused update changed nothing"
+    );
+    // A refused create creates nothing.
+    link(&e, "c", "a").await.unwrap();
+    assert_eq!(cycle_of(link(&e, "b", "c").await), ["b", "c", "a", "b"]);
+    assert_eq!(cycle_of(link(&e, "new", "new").await), ["new", "new"]);
+    assert!(matches!(
+        e.queue_info(&key("new")).await,
+        Err(Error::QueueNotFound)
+    ));
+    // A chain, and a link to a missing queue (created by the first move, without a link),
+    // are fine.
+    link(&e, "b", "d").await.unwrap();
+    link(&e, "d", "missing").await.unwrap();
+    // A queue deleted and created again is checked like any other.
+    e.delete_queue(&key("b")).await.unwrap();
+    link(&e, "d", "a").await.unwrap();
+    assert_eq!(cycle_of(link(&e, "b", "d").await), ["b", "d", "a", "b"]);
+    // Settings other than the link still change.
+    e.upsert_queue(&key("a"), false, |c| -> Result<_, ()> {
+        let mut c = c.unwrap().clone();
+        c.message_timeout_s = 90;
+        Ok(c)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    // The same names in another project are other queues.
+    let other = QueueKey::new("other", "b");
+    e.upsert_queue(&other, true, |_| -> Result<_, ()> {
+        Ok(QueueConfig {
+            dead_letter: Some(DeadLetter {
+                queue: "a".into(),
+                max_reservations: 1,
+            }),
+            ..QueueConfig::default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    drop(e);
+    let e = open(dir.path(), &clock);
+    assert_eq!(dead_letter_of(&e, "a").as_deref(), Some("b"));
+    assert_eq!(dead_letter_of(&e, "d").as_deref(), Some("a"));
+    assert!(matches!(
+        e.queue_info(&key("b")).await,
+        Err(Error::QueueNotFound)
+    ));
+}
+
+/// Two updates racing to link a and b to each other: the check runs under the state lock,
+/// so exactly one of them wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_racing_links_cannot_close_a_cycle_between_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = std::sync::Arc::new(open(dir.path(), &clock));
+    for round in 0..20 {
+        let (a, b) = (format!("a{round}"), format!("b{round}"));
+        let (ea, eb) = (e.clone(), e.clone());
+        let (a2, b2) = (a.clone(), b.clone());
+        let ta = tokio::spawn(async move { link(&ea, &a2, &b2).await.is_ok() });
+        let tb = tokio::spawn(async move { link(&eb, &b, &a).await.is_ok() });
+        let won = [ta.await.unwrap(), tb.await.unwrap()];
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "round {round}: {won:?}"
+        );
+    }
+}
+
+/// A message moved to the dead-letter queue counts in its `total_messages` (messages ever
+/// posted there), live and after a replay; the source queue's count is unchanged.
+#[tokio::test]
+async fn a_dead_letter_move_counts_in_the_dead_letter_queue_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    link(&e, "q", "dlq").await.unwrap();
+    e.post(&key("q"), &[msg("a"), msg("b")], false)
+        .await
+        .unwrap();
+    for m in e.reserve(&key("q"), reserve(2)).await.unwrap() {
+        e.release(&key("q"), m.id, m.reservation_id.unwrap(), 0)
+            .await
+            .unwrap();
+    }
+    assert!(e.reserve(&key("q"), reserve(2)).await.unwrap().is_empty());
+    e.post(&key("dlq"), &[msg("direct")], false).await.unwrap();
+    let totals = |e: &Engine| {
+        let (q, d) = (
+            e.queue_info_now(&key("q")).unwrap(),
+            e.queue_info_now(&key("dlq")).unwrap(),
+        );
+        (q.size, q.total_messages, d.size, d.total_messages)
+    };
+    assert_eq!(totals(&e), (0, 2, 3, 3));
+    drop(e);
+    let e = open(dir.path(), &clock);
+    assert_eq!(totals(&e), (0, 2, 3, 3));
     e.check_invariants();
 }
 

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use engine::{
-    CorruptionKind, DeleteItem, Engine, EngineConfig, Error, IndexRejection, IndexUse, ManualClock,
-    MessageId, NewMessage, OsStorage, QueueKey, ReserveOptions,
+    CorruptionKind, DeleteItem, Engine, EngineConfig, Error, IndexRejection, IndexUse,
+    MaintainReport, ManualClock, MessageId, NewMessage, OsStorage, QueueKey, ReserveOptions,
+    SegmentId,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -496,4 +497,155 @@ fn segment_files_missing_at_the_end_of_the_log_stop_the_open() {
     assert_eq!(std::fs::read(&last).unwrap(), saved);
     let e = Engine::open(config(dir.path())).expect("whole again");
     assert!(matches!(e.recovery_report().index, IndexUse::Loaded { .. }));
+}
+
+/// Links `from`'s dead-letter queue to `to`, moving a message after one reservation.
+async fn dead_letter_to(e: &Engine, from: &str, to: &str) {
+    e.upsert_queue(&key(from), true, |_| -> Result<_, ()> {
+        Ok(engine::QueueConfig {
+            dead_letter: Some(engine::DeadLetter {
+                queue: to.into(),
+                max_reservations: 1,
+            }),
+            ..Default::default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+}
+
+/// Reserves and releases every message of `q` once, then reserves again: with
+/// `max_reservations` 1 that moves them all to the dead-letter queue.
+async fn move_all(e: &Engine, q: &str) {
+    let opts = |n| ReserveOptions {
+        n,
+        ..Default::default()
+    };
+    for m in e.reserve(&key(q), opts(100)).await.unwrap() {
+        e.release(&key(q), m.id, m.reservation_id.unwrap(), 0)
+            .await
+            .unwrap();
+    }
+    assert!(e.reserve(&key(q), opts(100)).await.unwrap().is_empty());
+}
+
+fn total(e: &Engine, q: &str) -> (u64, u64) {
+    let info = e.queue_info_now(&key(q)).unwrap();
+    (info.size, info.total_messages)
+}
+
+/// The dead-letter queue's `total_messages` counts moved messages once, however the state is
+/// rebuilt: from the index (which stores the count), from the index plus a replay of moves
+/// after it, and by a full replay (where a definition written after some moves carries
+/// them, and the moves after it add to it).
+#[test]
+fn dead_letter_moves_count_once_in_the_total_after_an_index_open_and_a_full_replay() {
+    let dir = tempdir();
+    let clock = ManualClock::new(T0);
+    let rt = rt();
+    rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        dead_letter_to(&e, "q", "dlq").await;
+        e.post(&key("q"), &msgs(3, 10, 0, 0), true).await.unwrap();
+        move_all(&e, "q").await;
+        // A definition of dlq after the first moves, carrying their count.
+        e.upsert_queue(&key("dlq"), false, |c| -> Result<_, ()> {
+            let mut c = c.unwrap().clone();
+            c.message_timeout_s = 90;
+            Ok(c)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        e.post(&key("q"), &msgs(2, 10, 0, 1), true).await.unwrap();
+        move_all(&e, "q").await;
+        e.post(&key("dlq"), &msgs(1, 10, 0, 2), true).await.unwrap();
+        assert_eq!(total(&e, "dlq"), (6, 6));
+        assert_eq!(total(&e, "q"), (0, 5));
+        e.close();
+    });
+    rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        let r = e.recovery_report();
+        assert!(matches!(r.index, IndexUse::Loaded { .. }), "{r:?}");
+        assert_eq!(r.records_replayed, 0);
+        assert_eq!((total(&e, "dlq"), total(&e, "q")), ((6, 6), (0, 5)));
+        // Moves after the index's position, then a crash.
+        e.post(&key("q"), &msgs(2, 10, 0, 3), true).await.unwrap();
+        move_all(&e, "q").await;
+        assert_eq!(total(&e, "dlq"), (8, 8));
+    });
+    rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        let r = e.recovery_report();
+        assert!(matches!(r.index, IndexUse::Loaded { .. }), "{r:?}");
+        assert!(r.records_replayed > 0, "{r:?}");
+        assert_eq!((total(&e, "dlq"), total(&e, "q")), ((8, 8), (0, 7)));
+        e.check_invariants();
+    });
+    std::fs::remove_file(dir.path().join(INDEX)).unwrap();
+    rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        assert_eq!(e.recovery_report().index, IndexUse::Absent);
+        assert_eq!((total(&e, "dlq"), total(&e, "q")), ((8, 8), (0, 7)));
+        e.check_invariants();
+    });
+}
+
+/// Churn batches that fill a segment, and more (60 KB each in 2 MiB segments).
+const BATCHES_PER_SEGMENT_MAX: usize = 100;
+
+/// Retention can drop the Post of a message that was moved to a dead-letter queue while
+/// the Move record survives (the message itself is relocated into the dead-letter queue).
+/// A full replay then finds the Move with nothing to take from the source queue; it still
+/// counts, as it did live.
+#[test]
+fn a_dead_letter_move_whose_post_retention_dropped_still_counts_on_replay() {
+    let dir = tempdir();
+    let clock = ManualClock::new(T0);
+    let rt = rt();
+    rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        dead_letter_to(&e, "q", "dlq").await;
+        e.post(&key("q"), &msgs(1, 10, 0, 0), true).await.unwrap();
+        // The move, and the dead-letter queue's definition, in the second segment.
+        for _ in 0..BATCHES_PER_SEGMENT_MAX {
+            if segments(dir.path()).len() >= 2 {
+                break;
+            }
+            churn(&e, 1).await;
+        }
+        assert_eq!(segments(dir.path()).len(), 2);
+        move_all(&e, "q").await;
+        assert_eq!(total(&e, "dlq"), (1, 1));
+        // A live message keeps the second segment, which holds the dead-letter queue's
+        // definition, in the log: dropping it would write that definition again at the tail.
+        e.post(&key("keep"), &msgs(1, 10, 0, 1), true)
+            .await
+            .unwrap();
+        // Churn until retention drops the first segment.
+        let mut dropped = MaintainReport::default();
+        for _ in 0..2 * BATCHES_PER_SEGMENT_MAX {
+            dropped = churn(&e, 1).await.remove(0);
+            if dropped.segments_dropped > 0 {
+                break;
+            }
+        }
+        assert_eq!(
+            (dropped.segments_dropped, dropped.messages_relocated),
+            (1, 1),
+            "the first segment went, its one live message (the moved one) relocated"
+        );
+        assert_eq!(total(&e, "dlq"), (1, 1));
+        e.close();
+    });
+    assert_eq!(segments(dir.path())[0], SegmentId(2).file_name());
+    std::fs::remove_file(dir.path().join(INDEX)).unwrap();
+    rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        assert_eq!(e.recovery_report().index, IndexUse::Absent);
+        assert_eq!((total(&e, "dlq"), total(&e, "q")), ((1, 1), (0, 1)));
+        e.check_invariants();
+    });
 }

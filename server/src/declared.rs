@@ -7,6 +7,8 @@
 //! declaration is valid exactly when the same PUT would be. Settings a declaration leaves
 //! out keep their current value on an existing queue, as with PUT.
 
+use std::collections::HashMap;
+
 use engine::{Engine, QueueKey};
 use serde_json::{Map, Value};
 
@@ -57,6 +59,7 @@ fn string_field(m: &Map<String, Value>, index: usize, field: &str) -> Result<Str
 /// Checks every declaration as the API would check a PUT creating the queue.
 pub fn parse(queues: &[Value]) -> Result<Vec<Declared>, ConfigError> {
     let mut out: Vec<Declared> = Vec::with_capacity(queues.len());
+    let mut links: Vec<Option<String>> = Vec::with_capacity(queues.len());
     for (index, v) in queues.iter().enumerate() {
         let Value::Object(m) = v else {
             return Err(at(index, None, "must be an object"));
@@ -93,10 +96,47 @@ pub fn parse(queues: &[Value]) -> Result<Vec<Declared>, ConfigError> {
         body.remove("name");
         let body = Value::Object(body);
         let spec = settings::spec_from_body(body.clone()).map_err(|e| at(index, None, e.msg))?;
+        let link = spec
+            .dead_letter
+            .as_ref()
+            .and_then(|d| d.queue_name.clone())
+            .filter(|n| !n.is_empty());
         settings::apply(None, spec).map_err(|e| at(index, None, e.msg))?;
+        links.push(link);
         out.push(Declared { index, key, body });
     }
+    check_cycles(&out, &links)?;
     Ok(out)
+}
+
+/// Refuses declarations whose dead-letter links close a cycle among themselves, before
+/// anything is applied. (A cycle through a queue that is not declared, or whose link the
+/// declaration leaves as it is, is refused by the engine when the link is set.)
+fn check_cycles(out: &[Declared], links: &[Option<String>]) -> Result<(), ConfigError> {
+    let by_key: HashMap<&QueueKey, &str> = out
+        .iter()
+        .zip(links)
+        .filter_map(|(d, link)| Some((&d.key, link.as_deref()?)))
+        .collect();
+    for (d, link) in out.iter().zip(links) {
+        let Some(first) = link else { continue };
+        let mut path = vec![d.key.name.clone()];
+        let mut next = first.clone();
+        // A walk longer than the declarations repeats one: a cycle this one is not on,
+        // reported from its own members.
+        for _ in 0..=out.len() {
+            path.push(next.clone());
+            if next == d.key.name {
+                let cycle = engine::Error::DeadLetterCycle(path).to_string();
+                return Err(at(d.index, Some("dead_letter"), cycle));
+            }
+            let Some(n) = by_key.get(&QueueKey::new(d.key.project.clone(), next)) else {
+                break;
+            };
+            next = n.to_string();
+        }
+    }
+    Ok(())
 }
 
 /// Creates or updates every declared queue. The project must exist.
@@ -169,5 +209,33 @@ mod tests {
             err(json!("orders")),
             "configuration key `queues[1]`: must be an object"
         );
+    }
+
+    #[test]
+    fn declarations_whose_dead_letter_links_close_a_cycle_are_refused() {
+        let dl = |name: &str, to: &str| json!({"project": "p1", "name": name, "dead_letter": {"queue_name": to}});
+        let refused = |qs: &[Value]| match parse(qs) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted"),
+        };
+        assert_eq!(
+            refused(&[dl("a", "b"), dl("b", "a")]),
+            "configuration key `queues[0].dead_letter`: dead_letter queue_name \"b\" would make a dead-letter cycle: a -> b -> a"
+        );
+        assert_eq!(
+            refused(&[dl("a", "b"), dl("b", "c"), dl("c", "a")]),
+            "configuration key `queues[0].dead_letter`: dead_letter queue_name \"b\" would make a dead-letter cycle: a -> b -> c -> a"
+        );
+        assert_eq!(
+            refused(&[dl("x", "y"), dl("self", "self")]),
+            "configuration key `queues[1].dead_letter`: dead_letter queue_name \"self\" would make a dead-letter cycle: self -> self"
+        );
+        // A chain is fine, and so are links between projects' same-named queues.
+        parse(&[dl("a", "b"), dl("b", "c"), dl("c", "d")]).expect("a chain");
+        let other = json!({"project": "p2", "name": "b", "dead_letter": {"queue_name": "a"}});
+        parse(&[dl("a", "b"), other]).expect("another project's b");
+        // Removing a link (an empty name) makes none.
+        let removed = json!({"project": "p1", "name": "b", "dead_letter": {"queue_name": ""}});
+        parse(&[dl("a", "b"), removed]).expect("removed link");
     }
 }

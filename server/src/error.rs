@@ -68,9 +68,10 @@ impl From<engine::Error> for ApiError {
                 StatusCode::FORBIDDEN
             }
             E::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            E::MetaTooLarge { .. } | E::LimitExceeded { .. } | E::Invalid(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            E::MetaTooLarge { .. }
+            | E::LimitExceeded { .. }
+            | E::Invalid(_)
+            | E::DeadLetterCycle(_) => StatusCode::BAD_REQUEST,
             E::Closed => {
                 return ApiError {
                     cause: Some("the storage engine is closed (shutting down)".into()),

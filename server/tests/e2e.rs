@@ -679,3 +679,187 @@ fn connection_cap_and_idle_keep_alive_timeout_are_enforced() {
     );
     drop(srv);
 }
+
+/// `size` and `total_messages` of queue `q`.
+fn counts(p: u16, q: &str) -> (u64, u64) {
+    let (s, v) = call(p, "GET", &qp(q), Value::Null);
+    assert_eq!(s, 200, "{q}: {v}");
+    let n = |f: &str| v["queue"][f].as_u64().unwrap_or_else(|| panic!("{f}: {v}"));
+    (n("size"), n("total_messages"))
+}
+
+/// Reserves every message of `q` once and releases it, then reserves again: with
+/// `max_reservations` 1 that reserve moves them all to the dead-letter queue.
+fn dead_letter_all(p: u16, q: &str) {
+    let reserve = || {
+        call(
+            p,
+            "POST",
+            &format!("{}/reservations", qp(q)),
+            json!({"n": 100}),
+        )
+    };
+    let (s, v) = reserve();
+    assert_eq!(s, 200, "{v}");
+    for m in v["messages"].as_array().expect("messages") {
+        let path = format!("{}/messages/{}/release", qp(q), m["id"].as_str().unwrap());
+        let (s, v) = call(
+            p,
+            "POST",
+            &path,
+            json!({"reservation_id": m["reservation_id"]}),
+        );
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, v) = reserve();
+    assert_eq!((s, &v["messages"]), (200, &json!([])), "{v}");
+}
+
+/// Messages moved to a dead-letter queue count in its `total_messages`, and the count is the
+/// same after a clean restart (the restart index), after a kill (the index plus the log after
+/// it) and after a full replay of the log (no index).
+#[test]
+fn dead_letter_moves_count_in_total_messages_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut srv = start(dir.path());
+    let p = srv.port;
+    let (s, v) = call(
+        p,
+        "PUT",
+        &qp("src"),
+        json!({"queue": {"dead_letter": {"queue_name": "src-dlq", "max_reservations": 1}}}),
+    );
+    assert_eq!(s, 200, "{v}");
+    post_msgs(p, "src", &["a", "b", "c"]);
+    dead_letter_all(p, "src");
+    assert_eq!(counts(p, "src-dlq"), (3, 3));
+    post_msgs(p, "src-dlq", &["direct"]);
+    assert_eq!((counts(p, "src"), counts(p, "src-dlq")), ((0, 3), (4, 4)));
+
+    // A clean stop writes the restart index; the next start loads it.
+    srv.sigterm();
+    assert!(srv.wait_exit(Duration::from_secs(10)).success());
+    let mut srv = srv.restart();
+    let p = srv.port;
+    assert!(srv.log_text().contains("restart index loaded"));
+    assert_eq!((counts(p, "src"), counts(p, "src-dlq")), ((0, 3), (4, 4)));
+
+    // Moves after the index, then a kill: the index plus a replay of the moves.
+    post_msgs(p, "src", &["d"]);
+    dead_letter_all(p, "src");
+    assert_eq!(counts(p, "src-dlq"), (5, 5));
+    srv.kill();
+    let mut srv = srv.restart();
+    let p = srv.port;
+    assert!(srv.log_text().contains("restart index loaded"));
+    assert_eq!((counts(p, "src"), counts(p, "src-dlq")), ((0, 4), (5, 5)));
+
+    // No index: the whole log replayed.
+    srv.kill();
+    std::fs::remove_file(dir.path().join("data/index.idx")).expect("the index");
+    let srv = srv.restart();
+    let p = srv.port;
+    assert!(srv.log_text().contains("no restart index"));
+    assert_eq!((counts(p, "src"), counts(p, "src-dlq")), ((0, 4), (5, 5)));
+}
+
+/// A dead-letter link that would close a cycle (A -> B -> A, or longer) is refused by every
+/// path that sets one, and the refused request changes nothing.
+#[test]
+fn dead_letter_cycles_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start(dir.path());
+    let p = srv.port;
+    let dl =
+        |to: &str| json!({"queue": {"dead_letter": {"queue_name": to, "max_reservations": 1}}});
+    let refused = |method: &str, q: &str, to: &str| {
+        let (s, v) = call(p, method, &qp(q), dl(to));
+        assert_eq!(s, 400, "{method} {q} -> {to}: {v}");
+        v["msg"].as_str().expect("msg").to_string()
+    };
+    assert_eq!(call(p, "PUT", &qp("a"), dl("b")).0, 200);
+    // Create (PUT) of b linking back: refused, and b is not created.
+    assert_eq!(
+        refused("PUT", "b", "a"),
+        r#"dead_letter queue_name "a" would make a dead-letter cycle: b -> a -> b"#
+    );
+    assert_eq!(call(p, "GET", &qp("b"), Value::Null).0, 404);
+    // Update (PATCH, and PUT on an existing queue) of b: refused, b unchanged.
+    assert_eq!(call(p, "PUT", &qp("b"), json!({})).0, 200);
+    refused("PATCH", "b", "a");
+    refused("PUT", "b", "a");
+    let (_, v) = call(p, "GET", &qp("b"), Value::Null);
+    assert_eq!(v["queue"].get("dead_letter"), None, "{v}");
+    // A longer cycle.
+    assert_eq!(call(p, "PUT", &qp("c"), dl("a")).0, 200);
+    assert_eq!(
+        refused("PATCH", "b", "c"),
+        r#"dead_letter queue_name "c" would make a dead-letter cycle: b -> c -> a -> b"#
+    );
+    // A queue naming itself keeps its own message.
+    assert_eq!(
+        refused("PATCH", "a", "a"),
+        "a queue cannot be its own dead_letter queue"
+    );
+    // Deleted and created again: still checked.
+    assert_eq!(call(p, "DELETE", &qp("b"), Value::Null).0, 200);
+    refused("PUT", "b", "c");
+    // A chain is fine; removing a link lets the other direction be set.
+    assert_eq!(call(p, "PUT", &qp("b"), dl("d")).0, 200);
+    let (s, v) = call(
+        p,
+        "PATCH",
+        &qp("a"),
+        json!({"queue": {"dead_letter": {"queue_name": ""}}}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(call(p, "PATCH", &qp("b"), dl("c")).0, 200);
+    assert_eq!(call(p, "PATCH", &qp("a"), dl("b")).0, 400);
+}
+
+/// Queues declared in the configuration file may not close a dead-letter cycle, among
+/// themselves (refused when the configuration is read, before anything is applied) or
+/// through a queue that already exists (refused when applied): the server does not start.
+#[test]
+fn declared_queues_that_close_a_dead_letter_cycle_stop_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("ferromq.json");
+    let cfg_arg = cfg.to_string_lossy().into_owned();
+    let write = |queues: Value| {
+        std::fs::write(&cfg, json!({ "queues": queues }).to_string()).expect("write config")
+    };
+    let decl = |name: &str, to: &str| json!({"project": PID, "name": name, "dead_letter": {"queue_name": to}});
+    write(json!([decl("x", "y"), decl("y", "x")]));
+    let text = Start::new(dir.path())
+        .args(&["--config", &cfg_arg])
+        .refused();
+    assert!(
+        text.contains("`queues[0].dead_letter`")
+            && text.contains(r#"would make a dead-letter cycle: x -> y -> x"#),
+        "{text}"
+    );
+
+    let srv = start(dir.path());
+    assert_eq!(
+        call(
+            srv.port,
+            "PUT",
+            &qp("x"),
+            json!({"queue": {"dead_letter": {"queue_name": "y"}}})
+        )
+        .0,
+        200
+    );
+    drop(srv);
+    write(json!([decl("y", "x")]));
+    let text = Start::new(dir.path())
+        .args(&["--config", &cfg_arg])
+        .refused();
+    assert!(
+        text.contains("`queues[0]`")
+            && text.contains(r#"would make a dead-letter cycle: y -> x -> y"#),
+        "{text}"
+    );
+    let srv = start(dir.path());
+    assert_eq!(call(srv.port, "GET", &qp("y"), Value::Null).0, 404);
+}
