@@ -67,6 +67,8 @@ struct Seg {
 struct Defs {
     latest: HashMap<QueueNo, (String, String, QueueConfig)>,
     dropped: HashSet<QueueNo>,
+    /// Queues that messages were moved out of (dead-letter moves); see [`Placeholders`].
+    move_sources: HashSet<QueueNo>,
     meta: BTreeMap<String, Option<(Vec<u8>, SegmentId)>>,
     max_id: u64,
     max_queue: u32,
@@ -242,7 +244,9 @@ fn recover_with(
             Queue::new(no, QueueKey::new(project, name), config, SegmentId(0)),
         );
     }
+    let placeholders = Placeholders::add(&mut state, &defs.move_sources);
     let records = pass2(&root, &segs, from, &mut state, now_ms)?;
+    placeholders.remove(&mut state);
     for (key, value) in defs.meta {
         if let Some(v) = value {
             state.meta.insert(key, v);
@@ -289,6 +293,38 @@ fn empty_state(next_queue: u32, next_id: u64, first_segment: SegmentId) -> State
         first_segment,
         rids: crate::engine::RidGen::new(),
         push_queues: std::collections::BTreeSet::new(),
+    }
+}
+
+/// Stand-ins, during pass 2, for queues that messages were moved out of but that have no
+/// definition left in the log: a queue deleted after a dead-letter move, whose definition
+/// retention then dropped (the definitions of deleted queues are not written again). The
+/// moved message still lives in its Post record, which names that queue, until retention
+/// relocates it; without a queue to post it to, the replay of the Move would find nothing
+/// and the message would vanish from the dead-letter queue. The stand-in takes the Post and
+/// whatever else the log says of its messages, hands the moved ones over, and is dropped
+/// after the replay with whatever it still holds (messages of the deleted queue).
+struct Placeholders(Vec<QueueNo>);
+
+impl Placeholders {
+    fn add(state: &mut State, move_sources: &HashSet<QueueNo>) -> Placeholders {
+        let mut added = Vec::new();
+        for &no in move_sources {
+            if let std::collections::hash_map::Entry::Vacant(v) = state.queues.entry(no) {
+                // Not in `by_key` (that is built by `settle`), and no real queue name can
+                // hold a NUL, so nothing can find it by name.
+                let key = QueueKey::new("", format!("\0moved-from-{}", no.0));
+                v.insert(Queue::new(no, key, QueueConfig::default(), SegmentId(0)));
+                added.push(no);
+            }
+        }
+        Placeholders(added)
+    }
+
+    fn remove(self, state: &mut State) {
+        for no in self.0 {
+            state.drop_queue(no);
+        }
     }
 }
 
@@ -372,8 +408,10 @@ fn from_index(
             }
         }
     }
+    let placeholders = Placeholders::add(&mut state, &defs.move_sources);
     let records =
         pass2(root, segs, covers, &mut state, now_ms).map_err(|_| IndexRejection::TailUnchecked)?;
+    placeholders.remove(&mut state);
     for (key, value) in defs.meta {
         match value {
             Some(v) => state.meta.insert(key, v),
@@ -477,6 +515,7 @@ fn pass1(config: &EngineConfig, root: &Path, segs: &mut [Seg], from: LogPos) -> 
     let mut defs = Defs {
         latest: HashMap::new(),
         dropped: HashSet::new(),
+        move_sources: HashSet::new(),
         meta: BTreeMap::new(),
         max_id: 0,
         max_queue: 0,
@@ -676,6 +715,10 @@ fn collect(
         Kind::Relocate => {
             let r = record::get_relocate(p)?;
             defs.max_id = defs.max_id.max(r.id.0);
+        }
+        Kind::Move => {
+            let (from, ..) = record::get_move(p)?;
+            defs.move_sources.insert(from);
         }
         other => record::validate_payload(other, p)?,
     }

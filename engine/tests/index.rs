@@ -649,3 +649,78 @@ fn a_dead_letter_move_whose_post_retention_dropped_still_counts_on_replay() {
         e.check_invariants();
     });
 }
+
+/// A message moved to a dead-letter queue lives on in its Post record, which names the
+/// source queue. When the source queue is deleted and retention drops the segment holding
+/// its definition (nobody rewrites the definition of a deleted queue) while the Post
+/// survives, a full replay still finds the message in the dead-letter queue, as it was.
+#[test]
+fn a_moved_message_survives_a_replay_after_its_deleted_source_queue_definition_is_dropped() {
+    let dir = tempdir();
+    let clock = ManualClock::new(T0);
+    let rt = rt();
+    let before = rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        // The first segment holds q's definition, and a message that keeps it in the log
+        // until the end.
+        dead_letter_to(&e, "q", "dlq").await;
+        let hold = e
+            .post(&key("hold"), &msgs(1, 10, 0, 0), true)
+            .await
+            .unwrap();
+        for _ in 0..BATCHES_PER_SEGMENT_MAX {
+            if segments(dir.path()).len() >= 2 {
+                break;
+            }
+            churn(&e, 1).await;
+        }
+        assert_eq!(segments(dir.path()).len(), 2);
+        // The message's Post (to q) and its move to dlq, in the second segment.
+        let ids = e.post(&key("q"), &msgs(1, 10, 0, 7), true).await.unwrap();
+        move_all(&e, "q").await;
+        e.delete_queue(&key("q")).await.unwrap();
+        let before = e.get(&key("dlq"), ids[0]).await.unwrap();
+        // Enough live data that retention has no reason to relocate (3 MB; it relocates
+        // only while the log is over twice the live data plus two segments).
+        for i in 0..10 {
+            e.post(&key("keep"), &msgs(100, 3000, 0, i), true)
+                .await
+                .unwrap();
+        }
+        let hold = DeleteItem {
+            id: hold[0],
+            reservation_id: None,
+        };
+        e.delete_batch(&key("hold"), &[hold]).await.unwrap();
+        let dropped = churn(&e, 1).await.remove(0);
+        assert_eq!(
+            (dropped.segments_dropped, dropped.messages_relocated),
+            (1, 0),
+            "the first segment went; the moved message's Post, in the second, stays"
+        );
+        assert_eq!(total(&e, "dlq"), (1, 1));
+        e.close();
+        before
+    });
+    assert_eq!(segments(dir.path())[0], SegmentId(2).file_name());
+    for replay in [false, true] {
+        if replay {
+            std::fs::remove_file(dir.path().join(INDEX)).unwrap();
+        }
+        rt.block_on(async {
+            let e = open(dir.path(), &clock);
+            assert_eq!(
+                e.recovery_report().index == IndexUse::Absent,
+                replay,
+                "{:?}",
+                e.recovery_report()
+            );
+            assert_eq!(total(&e, "dlq"), (1, 1), "replay: {replay}");
+            let after = e.get(&key("dlq"), before.id).await.unwrap();
+            assert_eq!(format!("{after:?}"), format!("{before:?}"));
+            assert!(e.queue_info_now(&key("q")).is_err(), "q stays deleted");
+            e.check_invariants();
+            e.close();
+        });
+    }
+}
