@@ -605,6 +605,17 @@ pub fn restore(r: &mut dyn Read, dir: &Path) -> Result<RestoreReport, BackupErro
             return Err(e.into());
         }
     };
+    // Checked again under the lock: a server may have opened the directory (and written
+    // its log) between the first check and the lock. Only `LOCK` may be here now, or a
+    // failed restore's cleanup could remove that server's files.
+    let others = std::fs::read_dir(dir)
+        .map_err(io_err("list", dir))?
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name() != "LOCK");
+    if others {
+        drop(lock);
+        return Err(BackupError::NotEmpty(dir.to_path_buf()));
+    }
     let mut written: Vec<(String, SegmentId)> = Vec::new();
     let result = write_segments(r, &storage, &mut written).and_then(|(header, bytes_written)| {
         for (tmp, id) in &written {

@@ -140,8 +140,17 @@ fn check_cycles(out: &[Declared], links: &[Option<String>]) -> Result<(), Config
 }
 
 /// Creates or updates every declared queue. The project must exist.
+///
+/// Nothing is written unless every declaration can be applied: the projects are checked
+/// first, then the dead-letter links the queues will have at the end (the declared ones laid
+/// over the links in the store) must not close a cycle. The declarations are then applied
+/// so that no step closes a cycle on the way: first those that leave a queue without a
+/// link, then the others, each after the declared queue it links to (so the chain from its
+/// dead-letter queue is already the final one, and the final one has no cycle).
 pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError> {
-    for d in parse(queues)? {
+    let declared = parse(queues)?;
+    let mut planned = Vec::with_capacity(declared.len());
+    for d in declared {
         let Declared { index, key, body } = d;
         if engine.meta(&format!("project/{}", key.project)).is_none() {
             return Err(at(
@@ -150,21 +159,121 @@ pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError>
                 format!("project {} does not exist", key.project),
             ));
         }
-        let existed = engine.queue_info_now(&key).is_ok();
-        let spec = settings::spec_from_body(body).map_err(|e| at(index, None, e.msg))?;
+        let current = engine.queue_info_now(&key).ok().map(|i| i.config);
+        let spec = settings::spec_from_body(body.clone()).map_err(|e| at(index, None, e.msg))?;
+        let link = settings::apply(current.as_ref(), spec)
+            .map_err(|e| at(index, None, e.msg))?
+            .dead_letter
+            .map(|dl| dl.queue);
+        planned.push(Planned {
+            index,
+            key,
+            body,
+            existed: current.is_some(),
+            link,
+        });
+    }
+    let mut links: HashMap<QueueKey, String> = engine
+        .all_queues()
+        .into_iter()
+        .filter_map(|q| {
+            let dl = q.config.dead_letter?;
+            Some((QueueKey::new(q.project, q.name), dl.queue))
+        })
+        .collect();
+    for p in &planned {
+        match &p.link {
+            Some(l) => links.insert(p.key.clone(), l.clone()),
+            None => links.remove(&p.key),
+        };
+    }
+    for p in &planned {
+        if let Some(cycle) = cycle_from(&links, &p.key) {
+            let cycle = engine::Error::DeadLetterCycle(cycle).to_string();
+            return Err(at(p.index, Some("dead_letter"), cycle));
+        }
+    }
+    for i in application_order(&planned) {
+        let p = &planned[i];
+        let spec =
+            settings::spec_from_body(p.body.clone()).map_err(|e| at(p.index, None, e.msg))?;
         engine
-            .upsert_queue(&key, true, |cur| settings::apply(cur, spec))
+            .upsert_queue(&p.key, true, |cur| settings::apply(cur, spec))
             .await
-            .map_err(|e| at(index, None, e.to_string()))?
-            .map_err(|e| at(index, None, e.msg))?;
+            .map_err(|e| at(p.index, None, e.to_string()))?
+            .map_err(|e| at(p.index, None, e.msg))?;
         tracing::info!(
-            project = %key.project,
-            queue = %key.name,
-            action = if existed { "updated" } else { "created" },
+            project = %p.key.project,
+            queue = %p.key.name,
+            action = if p.existed { "updated" } else { "created" },
             "declared queue"
         );
     }
     Ok(())
+}
+
+/// A declaration about to be applied, with the dead-letter queue it will leave its queue
+/// linked to.
+struct Planned {
+    index: usize,
+    key: QueueKey,
+    body: Value,
+    existed: bool,
+    link: Option<String>,
+}
+
+/// The names along the dead-letter links from `start` back to it, if they lead back.
+fn cycle_from(links: &HashMap<QueueKey, String>, start: &QueueKey) -> Option<Vec<String>> {
+    let mut path = vec![start.name.clone()];
+    let mut at = start.clone();
+    // Every step reaches a queue with a link; more steps than links repeat one.
+    for _ in 0..=links.len() {
+        let next = links.get(&at)?;
+        path.push(next.clone());
+        if *next == start.name {
+            return Some(path);
+        }
+        at = QueueKey::new(start.project.clone(), next.clone());
+    }
+    None
+}
+
+/// Indexes of `planned` in the order to apply them: those without a link first, then each
+/// linked one after the declared queue it links to. The final links have no cycle (checked
+/// before), so the walk ends.
+fn application_order(planned: &[Planned]) -> Vec<usize> {
+    let by_key: HashMap<&QueueKey, usize> = planned
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (&p.key, i))
+        .collect();
+    let mut order: Vec<usize> = (0..planned.len())
+        .filter(|&i| planned[i].link.is_none())
+        .collect();
+    let mut done = vec![false; planned.len()];
+    for &i in &order {
+        done[i] = true;
+    }
+    for i in 0..planned.len() {
+        // The chain of not yet ordered declared queues from `i`, then in reverse.
+        let mut chain = Vec::new();
+        let mut at = i;
+        while !done[at] {
+            done[at] = true;
+            chain.push(at);
+            let p = &planned[at];
+            let Some(next) = p
+                .link
+                .as_ref()
+                .and_then(|l| by_key.get(&QueueKey::new(p.key.project.clone(), l.clone())))
+            else {
+                break;
+            };
+            at = *next;
+        }
+        order.extend(chain.into_iter().rev());
+    }
+    order
 }
 
 #[cfg(test)]
@@ -237,5 +346,52 @@ mod tests {
         // Removing a link (an empty name) makes none.
         let removed = json!({"project": "p1", "name": "b", "dead_letter": {"queue_name": ""}});
         parse(&[dl("a", "b"), removed]).expect("removed link");
+    }
+
+    /// The links in the store count: a declaration that would close a cycle through a
+    /// queue it does not declare is refused before anything is written, and declarations
+    /// whose final links have no cycle apply whatever their order in the file.
+    #[tokio::test]
+    async fn declared_links_are_checked_against_the_store_before_anything_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(engine::EngineConfig::new(dir.path())).expect("open");
+        engine
+            .put_meta("project/p1", Some(b"{}"))
+            .await
+            .expect("project");
+        let dl = |name: &str, to: &str| json!({"project": "p1", "name": name, "dead_letter": {"queue_name": to}});
+        let link = |name: &str| {
+            engine
+                .queue_info_now(&QueueKey::new("p1", name))
+                .ok()
+                .map(|i| i.config.dead_letter.map(|d| d.queue))
+        };
+        // The store: b -> a.
+        apply(&engine, &[dl("b", "a")]).await.expect("b -> a");
+        // a -> b first would meet b -> a, which the next declaration replaces with b -> c.
+        apply(&engine, &[dl("a", "b"), dl("b", "c")])
+            .await
+            .expect("no cycle at the end");
+        assert_eq!(
+            (link("a"), link("b")),
+            (Some(Some("b".into())), Some(Some("c".into())))
+        );
+        // The store: a -> b -> c. Declaring c -> x and x -> a closes a -> b -> c -> x -> a:
+        // refused, and neither c nor x changes.
+        let e = apply(&engine, &[dl("c", "x"), dl("x", "a")])
+            .await
+            .expect_err("a cycle through the store");
+        assert!(e.to_string().contains("dead-letter cycle"), "{e}");
+        assert_eq!((link("c"), link("x")), (None, None), "nothing written");
+        // Removing b's link in the same file breaks it.
+        let unlink_b = json!({"project": "p1", "name": "b", "dead_letter": {"queue_name": ""}});
+        apply(&engine, &[dl("c", "x"), dl("x", "a"), unlink_b])
+            .await
+            .expect("b's link removed first");
+        assert_eq!(
+            (link("b"), link("c"), link("x")),
+            (Some(None), Some(Some("x".into())), Some(Some("a".into())))
+        );
+        engine.close();
     }
 }

@@ -320,30 +320,49 @@ where
     }
 }
 
+/// How much of an unread request body [`drain`] reads at most, and for how long, before it
+/// gives up and closes the connection instead. Draining is for the common case (a client
+/// that sends a body, even a large one, with a request that ignores it, and reads the
+/// answer); without a bound, a client could keep a connection (and its slot) busy with a
+/// slow body after a 401.
+const DRAIN_BYTES_MAX: usize = 1 << 20;
+const DRAIN_TIME_MAX: Duration = Duration::from_secs(2);
+
 /// Reads and discards the rest of a request body the router left unread, then lets the
-/// response go. The body is still the limited one, so this reads at most up to the request
-/// limit, and gives up on a body that stops arriving like a handler's read would. A body
-/// that goes over the limit (only a chunked one can: a declared length over it is refused
-/// before routing), stalls or breaks leaves the answer as it is, on a connection that then
-/// closes: the handler has acted on the request, so its answer is the truth (a 413 after a
-/// queue was deleted would say the request failed).
+/// response go: up to [`DRAIN_BYTES_MAX`] within [`DRAIN_TIME_MAX`]. A body larger or slower
+/// than that, over the request limit (only a chunked one can be: a declared length over it
+/// is refused before routing), or broken leaves the answer as it is, on a connection that
+/// then closes: the handler has acted on the request, so its answer is the truth (a 413
+/// after a queue was deleted would say the request failed).
 async fn drain<B>(mut body: B, mut resp: Response<Body>) -> Response<Body>
 where
-    B: http_body::Body<Error = BoxError> + Unpin,
+    B: http_body::Body<Data = bytes::Bytes, Error = BoxError> + Unpin,
 {
     use http_body_util::BodyExt;
-    loop {
-        match body.frame().await {
-            None => return resp,
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "the unread request body could not be drained");
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return resp;
+    let read_all = async {
+        let mut read = 0usize;
+        loop {
+            match body.frame().await {
+                None => return Ok(()),
+                Some(Ok(f)) => {
+                    read += f.data_ref().map_or(0, bytes::Bytes::len);
+                    if read > DRAIN_BYTES_MAX {
+                        return Err(format!("over {DRAIN_BYTES_MAX} bytes"));
+                    }
+                }
+                Some(Err(e)) => return Err(e.to_string()),
             }
         }
-    }
+    };
+    let why = match tokio::time::timeout(DRAIN_TIME_MAX, read_all).await {
+        Ok(Ok(())) => return resp,
+        Ok(Err(e)) => e,
+        Err(_) => format!("not done in {DRAIN_TIME_MAX:?}"),
+    };
+    tracing::debug!(error = %why, "the unread request body was not drained; closing");
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// Why a request body was given up: no data came for this long. Read as a 408.
@@ -471,7 +490,13 @@ fn route(
         );
     }
     let body = http_body_util::Limited::new(IdleTimeoutBody::new(body, rules.idle_max), limit);
-    let body = if http_body::Body::is_end_stream(&body) {
+    // A client waiting for `100 Continue` has not sent its body: nothing to drain, and
+    // reading it would ask for the upload.
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let body = if expects_continue || http_body::Body::is_end_stream(&body) {
         Body::new(body)
     } else {
         let slot = UnreadSlot::default();
@@ -763,6 +788,32 @@ mod tests {
         String::from_utf8(out.0.lock().clone()).expect("utf-8")
     }
 
+    /// A body that sends one byte every 10 ms, forever.
+    struct Trickle(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
+
+    impl http_body::Body for Trickle {
+        type Data = bytes::Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+            use std::task::Poll;
+            let sleep = self
+                .0
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(10))));
+            match sleep.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(()) => {
+                    self.0 = None;
+                    Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                        b"x",
+                    )))))
+                }
+            }
+        }
+    }
+
     /// A body whose data never comes.
     struct Silent;
 
@@ -810,6 +861,20 @@ mod tests {
                 "{\"msg\":\"handled\"}"
             )
         );
+        // Within the limit but over what a drain reads: the connection closes.
+        let (s, close, _) = text(drain(full(DRAIN_BYTES_MAX + 1, 30 << 20), answer()).await).await;
+        assert_eq!(
+            (s, close),
+            (StatusCode::OK, Some(HeaderValue::from_static("close")))
+        );
+        // A body that keeps trickling is given up after the drain's time limit.
+        let started = Instant::now();
+        let (s, close, _) = text(drain(Trickle(None), answer()).await).await;
+        assert_eq!(
+            (s, close),
+            (StatusCode::OK, Some(HeaderValue::from_static("close")))
+        );
+        assert!(started.elapsed() < DRAIN_TIME_MAX + Duration::from_secs(1));
         // A body that stops arriving is given up after the idle limit; the answer stands
         // and the connection closes.
         let stalled = http_body_util::Limited::new(

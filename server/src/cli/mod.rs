@@ -12,7 +12,7 @@ use anyhow::{Context, anyhow, bail};
 
 /// Where the server is, the admin token, and what to trust of its certificate: the
 /// arguments of every subcommand that talks to a server.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Clone)]
 pub struct ServerArgs {
     /// Base URL of the server.
     #[arg(long, env = "FERROMQ_URL", default_value = "http://127.0.0.1:8080")]
@@ -24,6 +24,17 @@ pub struct ServerArgs {
     /// roots: the private CA that signed the server's `tls_cert`.
     #[arg(long, env = "FERROMQ_CACERT", value_name = "PATH")]
     pub cacert: Option<PathBuf>,
+}
+
+/// Without the token: a `{:?}` of the arguments must not print it.
+impl std::fmt::Debug for ServerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerArgs")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .field("cacert", &self.cacert)
+            .finish()
+    }
 }
 
 /// A blocking HTTP client for the admin endpoints of the server at `url`.
