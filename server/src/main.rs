@@ -159,9 +159,42 @@ fn crit_line(error: &str) {
 
 const STOPPED: &str = "ferromq stopped";
 
+/// A panic, wherever it happens (a task's panic is caught by tokio and the server goes on;
+/// one in `main` ends it), is one logfmt `crit` line on stderr with its message, place and
+/// thread, instead of Rust's plain text, so that what reads the log sees it.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| eprintln!("{}", panic_line(info))));
+}
+
+/// The `crit` line of a panic.
+fn panic_line(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let payload = info.payload();
+    let what = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a panic without a message)");
+    let place = info
+        .location()
+        .map(|l| format!("{}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("unnamed");
+    server::logfmt::line(
+        "crit",
+        "panic",
+        [
+            ("error", what),
+            ("location", place.as_str()),
+            ("thread", name),
+        ],
+    )
+}
+
 /// Runs the server. Every way it ends badly is one logfmt `crit` line on stderr naming the
 /// cause, and exit status 1; nothing else is printed.
 fn serve(data_dir: Option<PathBuf>, listen: Option<String>, config: Option<PathBuf>) -> ExitCode {
+    install_panic_hook();
     let cfg = match configure(data_dir, listen, config) {
         Ok(c) => c,
         Err(e) => {
@@ -216,4 +249,41 @@ fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", cfg.listen))?;
         server::run(listener, cfg, shutdown_signal()).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    static CAUGHT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    #[test]
+    fn a_panic_is_one_logfmt_crit_line_with_its_message_place_and_thread() {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|info| {
+            CAUGHT.lock().unwrap().push(super::panic_line(info));
+        }));
+        let n = 7;
+        let r = std::thread::Builder::new()
+            .name("worker-x".into())
+            .spawn(move || {
+                let _ = std::panic::catch_unwind(|| panic!("bad \"thing\" {n}"));
+            })
+            .unwrap()
+            .join();
+        std::panic::set_hook(previous);
+        r.unwrap();
+        let lines = CAUGHT.lock().unwrap().clone();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let l = &lines[0];
+        assert!(l.starts_with("t="), "{l}");
+        assert!(
+            l.contains(
+                " lvl=crit msg=panic error=\"bad \\\"thing\\\" 7\" location=server/src/main.rs:"
+            ),
+            "{l}"
+        );
+        assert!(l.ends_with(" thread=worker-x"), "{l}");
+        assert!(!l.contains('\n'));
+    }
 }
