@@ -596,6 +596,18 @@ fn dead_letter_moves_count_once_in_the_total_after_an_index_open_and_a_full_repl
 /// Churn batches that fill a segment, and more (60 KB each in 2 MiB segments).
 const BATCHES_PER_SEGMENT_MAX: usize = 100;
 
+/// Churns until the log has rolled into its second segment (the first one kept by a live
+/// message the caller posted in it).
+async fn churn_into_a_second_segment(e: &Engine, dir: &Path) {
+    for _ in 0..BATCHES_PER_SEGMENT_MAX {
+        if segments(dir).len() >= 2 {
+            break;
+        }
+        churn(e, 1).await;
+    }
+    assert_eq!(segments(dir).len(), 2);
+}
+
 /// Retention can drop the Post of a message that was moved to a dead-letter queue while
 /// the Move record survives (the message itself is relocated into the dead-letter queue).
 /// A full replay then finds the Move with nothing to take from the source queue; it still
@@ -610,13 +622,7 @@ fn a_dead_letter_move_whose_post_retention_dropped_still_counts_on_replay() {
         dead_letter_to(&e, "q", "dlq").await;
         e.post(&key("q"), &msgs(1, 10, 0, 0), true).await.unwrap();
         // The move, and the dead-letter queue's definition, in the second segment.
-        for _ in 0..BATCHES_PER_SEGMENT_MAX {
-            if segments(dir.path()).len() >= 2 {
-                break;
-            }
-            churn(&e, 1).await;
-        }
-        assert_eq!(segments(dir.path()).len(), 2);
+        churn_into_a_second_segment(&e, dir.path()).await;
         move_all(&e, "q").await;
         assert_eq!(total(&e, "dlq"), (1, 1));
         // A live message keeps the second segment, which holds the dead-letter queue's
@@ -668,13 +674,7 @@ fn a_moved_message_survives_a_replay_after_its_deleted_source_queue_definition_i
             .post(&key("hold"), &msgs(1, 10, 0, 0), true)
             .await
             .unwrap();
-        for _ in 0..BATCHES_PER_SEGMENT_MAX {
-            if segments(dir.path()).len() >= 2 {
-                break;
-            }
-            churn(&e, 1).await;
-        }
-        assert_eq!(segments(dir.path()).len(), 2);
+        churn_into_a_second_segment(&e, dir.path()).await;
         // The message's Post (to q) and its move to dlq, in the second segment.
         let ids = e.post(&key("q"), &msgs(1, 10, 0, 7), true).await.unwrap();
         move_all(&e, "q").await;
