@@ -320,3 +320,61 @@ async fn restore_rejects_damaged_truncated_or_padded_backups_and_non_empty_dirs(
     let report = backup::restore(&mut file.as_slice(), &target).expect("retry");
     assert_eq!(report.inspection.messages, 500);
 }
+
+/// A backup of a log that retention has shortened holds the segments from its first one on,
+/// and the log's record of where it starts: the restore begins at that segment, strict
+/// recovery accepts it, and the restored log still misses a segment lost at its start.
+#[tokio::test]
+async fn a_backup_of_a_shortened_log_restores_from_where_the_log_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = open(dir.path());
+    e.put_meta("project/p1", Some(b"{}")).await.expect("meta");
+    dead_segments(&e).await;
+    let mut dropped = 0;
+    for _ in 0..10 {
+        dropped += e.maintain().expect("maintain").segments_dropped;
+    }
+    assert!(dropped >= 2, "retention dropped segments: {dropped}");
+    let start = e.log_start();
+    assert_eq!(start, SegmentId(1 + dropped as u32));
+    // A second segment after the one `keep` holds.
+    for b in 0..100 {
+        if e.stats().segments >= 2 {
+            break;
+        }
+        e.post(&key("more"), &batch(2000 + b), true)
+            .await
+            .expect("post");
+    }
+    assert_eq!(e.stats().segments, 2);
+    let snap = e.snapshot().await.expect("snapshot");
+    assert_eq!(snap.header().first_segment(), start);
+    let mut file = Vec::new();
+    snap.write_to(&mut file).expect("encode");
+    drop(snap);
+
+    let out = tempfile::tempdir().expect("tempdir");
+    let target = out.path().join("r");
+    let report = backup::restore(&mut file.as_slice(), &target).expect("restore");
+    let restored = segment_files(&target);
+    assert_eq!((restored[0], restored.len()), (start, 2));
+    assert_eq!(report.inspection.log_start, Some(start));
+    assert_eq!(
+        report.inspection.meta_entries, 1,
+        "the engine's own key is not counted as server metadata"
+    );
+    let r = open(&target);
+    assert_eq!(r.log_start(), start);
+    assert_eq!(r.meta("project/p1"), Some(b"{}".to_vec()));
+    drop(r);
+    std::fs::remove_file(target.join(start.file_name())).expect("remove");
+    let err = backup::inspect(&target, BODY_BYTES_MAX).expect_err("a segment is missing");
+    assert!(
+        matches!(
+            err,
+            BackupError::Engine(engine::Error::MissingLogStart { log_start, .. })
+                if log_start == start
+        ),
+        "{err}"
+    );
+}

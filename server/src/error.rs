@@ -80,6 +80,7 @@ impl From<engine::Error> for ApiError {
             }
             E::Io { .. }
             | E::Corruption { .. }
+            | E::MissingLogStart { .. }
             | E::Locked(_)
             | E::Config { .. }
             | E::Failed(_) => {
