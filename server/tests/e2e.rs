@@ -856,7 +856,7 @@ fn declared_queues_that_close_a_dead_letter_cycle_stop_the_start() {
         .args(&["--config", &cfg_arg])
         .refused();
     assert!(
-        text.contains("`queues[0]`")
+        text.contains("`queues[0].dead_letter`")
             && text.contains(r#"would make a dead-letter cycle: y -> x -> y"#),
         "{text}"
     );
