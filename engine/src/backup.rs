@@ -534,9 +534,6 @@ pub struct Inspection {
     pub messages: u64,
     /// Server metadata entries (projects, tokens).
     pub meta_entries: usize,
-    /// Where the log records that it starts (FORMAT.md, "Where the log starts"); `None`
-    /// for a log written before the engine recorded it. Never after the first segment.
-    pub log_start: Option<SegmentId>,
 }
 
 /// Runs the engine's recovery in strict mode over `dir` without starting the log and
@@ -570,15 +567,7 @@ fn inspect_locked(dir: &Path, body_bytes_max: u32) -> Result<Inspection, BackupE
         end: LogPos::new(rec.tail.segment, rec.tail.end),
         messages: queues.iter().map(|q| q.size).sum(),
         queues,
-        meta_entries: st
-            .meta
-            .keys()
-            .filter(|k| !crate::record::is_engine_meta_key(k))
-            .count(),
-        log_start: st
-            .meta
-            .get(crate::record::LOG_START_KEY)
-            .and_then(|(v, _)| crate::record::get_log_start(v)),
+        meta_entries: st.meta.len(),
     })
 }
 

@@ -704,10 +704,6 @@ fn get_metas(r: &mut Reader<'_>) -> R<BTreeMap<String, (Vec<u8>, SegmentId)>> {
         let k = r.str16().map_err(malformed)?.to_string();
         let seg = SegmentId(r.u32().map_err(malformed)?);
         let v = r.bytes32().map_err(malformed)?.to_vec();
-        // The engine's record of where the log starts holds a segment id, as in the log.
-        if k == crate::record::LOG_START_KEY && crate::record::get_log_start(&v).is_none() {
-            return Err(IndexRejection::Malformed);
-        }
         if k.is_empty() || meta.insert(k, (v, seg)).is_some() {
             return Err(IndexRejection::Malformed);
         }

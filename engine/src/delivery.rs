@@ -312,8 +312,8 @@ impl Engine {
             let buf = &mut st.scratch;
             buf.clear();
             record::put_push(buf, no, id, flags, &updates);
-            let at_roll = st.segment_start();
-            let (_, end) = log.append(Kind::Push, &st.scratch, at_roll)?;
+            let floors = st.floors();
+            let (_, end) = log.append(Kind::Push, &st.scratch, floors)?;
             let now = clock.now_ms();
             let q = st.queues.get_mut(&no).expect("checked above");
             q.apply_push(

@@ -15,7 +15,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::ids::{LogPos, MessageId, QueueKey, QueueNo, ReservationId, SegmentId};
 use crate::limits;
-use crate::log::{FSYNC_BUCKETS, Log, SegmentStart, SyncPolicy};
+use crate::log::{FSYNC_BUCKETS, Log, SyncPolicy};
 use crate::queue::{Entry, LiveBytes, MsgState, Queue, Refusal};
 use crate::record::{self, Kind, Put, QueueDef};
 use crate::recovery::{self, RecoveryReport};
@@ -32,8 +32,7 @@ pub enum RecoveryMode {
     Strict,
     /// Also truncate the last segment at the first bad record even when valid records
     /// follow it. For use after a power loss on a disk that reorders writes, when an operator
-    /// has decided to accept the loss. It does not accept segment files missing at the start
-    /// of the log (`Error::MissingLogStart`): no power loss deletes a whole file.
+    /// has decided to accept the loss.
     TolerateTail,
 }
 
@@ -107,10 +106,6 @@ pub(crate) struct State {
     pub scratch: Vec<u8>,
     /// First segment still on disk.
     pub first_segment: SegmentId,
-    /// Where the log starts: the value of the [`record::LOG_START_KEY`] entry of `meta`,
-    /// kept here for the appends that roll the log (a new segment restates it). Never before
-    /// `first_segment` (an open refuses a log whose first segment is after it).
-    pub log_start: SegmentId,
     pub rids: RidGen,
     /// Push queues, for the pusher's scan of due deliveries.
     pub push_queues: BTreeSet<QueueNo>,
@@ -314,28 +309,8 @@ fn check_config(c: &QueueConfig) -> Result<()> {
 }
 
 impl State {
-    /// What a segment begins with should the next append roll the log.
-    pub(crate) fn segment_start(&self) -> SegmentStart {
-        SegmentStart {
-            next_message_id: self.next_id,
-            next_queue_no: self.next_queue,
-            log_start: self.log_start,
-        }
-    }
-
-    /// Records that the log starts at `segment` (FORMAT.md, "Where the log starts"): one
-    /// Meta record under the engine's own key. Written when a log is created (or first
-    /// opened by a build that records it) and before retention deletes segments.
-    pub(crate) fn set_log_start(&mut self, log: &Log, segment: SegmentId) -> Result<LogPos> {
-        self.scratch.clear();
-        record::put_log_start(&mut self.scratch, segment);
-        let (start, end) = self.append(log, Kind::Meta)?;
-        self.meta.insert(
-            record::LOG_START_KEY.to_string(),
-            (record::log_start_value(segment).to_vec(), start.segment()),
-        );
-        self.log_start = segment;
-        Ok(end)
+    pub(crate) fn floors(&self) -> (u64, u32) {
+        (self.next_id, self.next_queue)
     }
 
     fn queue_no(&self, key: &QueueKey) -> Result<QueueNo> {
@@ -358,8 +333,8 @@ impl State {
 
     /// Appends the payload in `scratch` as one record.
     fn append(&mut self, log: &Log, kind: Kind) -> Result<(LogPos, LogPos)> {
-        let start = self.segment_start();
-        log.append(kind, &self.scratch, start)
+        let floors = self.floors();
+        log.append(kind, &self.scratch, floors)
     }
 
     /// Writes a queue definition record for `no` with its current settings and counters.
@@ -542,21 +517,9 @@ impl Engine {
             recovered.tail,
             recovered.regions,
         );
-        let mut state = recovered.state;
-        // A new log, or one written by a build that did not record where the log starts:
-        // record its first segment (all there is to know of it), so that from now on a
-        // segment file missing at the start stops the open. Durable with the next commit;
-        // should that never come, the next open records it again.
-        if !state.meta.contains_key(record::LOG_START_KEY) {
-            let first = state.first_segment;
-            if let Err(e) = state.set_log_start(&log, first) {
-                log.shutdown();
-                return Err(e);
-            }
-        }
         let engine = Engine {
             inner: Arc::new(Inner {
-                state: Mutex::new(state),
+                state: Mutex::new(recovered.state),
                 log,
                 clock,
                 config,
@@ -1240,11 +1203,6 @@ impl Engine {
         if key.is_empty() || key.len() > limits::META_KEY_BYTES_MAX {
             return Err(Error::Invalid("metadata key must be 1 to 1024 bytes"));
         }
-        if record::is_engine_meta_key(key) {
-            return Err(Error::Invalid(
-                "metadata keys that begin with a NUL belong to the storage engine",
-            ));
-        }
         if value.is_some_and(|v| v.len() > limits::META_VALUE_BYTES_MAX) {
             return Err(Error::Invalid("metadata value is too large"));
         }
@@ -1269,11 +1227,7 @@ impl Engine {
         self.inner.log.wait_durable(end).await
     }
 
-    /// A metadata value set with [`Engine::put_meta`] (never one of the engine's own keys).
     pub fn meta(&self, key: &str) -> Option<Vec<u8>> {
-        if record::is_engine_meta_key(key) {
-            return None;
-        }
         self.inner
             .state
             .lock()
@@ -1282,22 +1236,14 @@ impl Engine {
             .map(|(v, _)| v.clone())
     }
 
-    /// Metadata entries whose keys start with `prefix`, in key order (the engine's own keys
-    /// are left out).
+    /// Metadata entries whose keys start with `prefix`, in key order.
     pub fn meta_with_prefix(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
         let st = self.inner.state.lock();
         st.meta
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(k, _)| !record::is_engine_meta_key(k))
             .map(|(k, (v, _))| (k.clone(), v.clone()))
             .collect()
-    }
-
-    /// Where the log starts: the segment the log records as its first (FORMAT.md, "Where
-    /// the log starts"). The first segment file on disk is never after it.
-    pub fn log_start(&self) -> SegmentId {
-        self.inner.state.lock().log_start
     }
 
     // ---- maintenance ----

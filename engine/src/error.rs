@@ -1,9 +1,9 @@
 //! The engine's error type. `Display` is written for operators and API users.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::ids::{MessageId, SegmentId};
+use crate::ids::MessageId;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -56,16 +56,6 @@ pub enum Error {
         path: PathBuf,
         offset: u64,
         kind: CorruptionKind,
-    },
-    /// Segment files missing at the start of the log: the log records that it starts at
-    /// `log_start`, but the first segment file in `dir` is `first_present`. Retention
-    /// records the new start before it deletes anything, so these files were lost by
-    /// accident. Refused in every recovery mode.
-    #[error("{}", missing_log_start_msg(dir, *log_start, *first_present))]
-    MissingLogStart {
-        dir: PathBuf,
-        log_start: SegmentId,
-        first_present: SegmentId,
     },
     #[error("the data directory {0} is in use by another process")]
     Locked(PathBuf),
@@ -121,41 +111,6 @@ fn dead_letter_cycle_msg(path: &[String]) -> String {
     };
     let target = path.get(1).map(String::as_str).unwrap_or_default();
     format!("dead_letter queue_name \"{target}\" would make a dead-letter cycle: {shown}")
-}
-
-fn missing_log_start_msg(dir: &Path, start: SegmentId, first_present: SegmentId) -> String {
-    let missing = first_present.0 - start.0;
-    let (files, starts_at, them, they, the_files) = if missing == 1 {
-        (
-            format!("segment file {} is", start.file_name()),
-            "there".to_string(),
-            "it",
-            "it holds",
-            "file",
-        )
-    } else {
-        let last = SegmentId(first_present.0 - 1);
-        (
-            format!(
-                "{missing} segment files, {} to {}, are",
-                start.file_name(),
-                last.file_name()
-            ),
-            format!("at {}", start.file_name()),
-            "them",
-            "they hold",
-            "files",
-        )
-    };
-    format!(
-        "{files} missing from the start of the log in {}: the log records that it starts \
-         {starts_at}, so retention did not delete {them}; the first file present is {}. \
-         Opening without {them} would lose the messages, queues and metadata (projects, \
-         tokens) {they}, so the open is refused in every recovery mode. Put the missing \
-         {the_files} back, or restore the data directory from a backup",
-        dir.display(),
-        first_present.file_name()
-    )
 }
 
 impl Error {

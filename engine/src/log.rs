@@ -143,25 +143,6 @@ pub(crate) struct Log {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// What a segment begins with when an append rolls the log to it, supplied by the appender
-/// (who holds the engine's state): the header's id floors, and where the log starts, which
-/// the segment's first record restates (FORMAT.md, "Where the log starts").
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SegmentStart {
-    pub next_message_id: u64,
-    pub next_queue_no: u32,
-    pub log_start: SegmentId,
-}
-
-/// Bytes before the first appended record of a rolled segment: the header and the record
-/// of where the log starts.
-pub(crate) const SEGMENT_PREFIX_BYTES: usize =
-    HEADER_BYTES + FRAME_HEADER_BYTES + record::LOG_START_PAYLOAD_BYTES;
-
-// `EngineConfig::validate` makes a segment hold the largest record plus two headers: the
-// rolled segment's prefix must fit in that slack, or a full record could not follow it.
-const _: () = assert!(SEGMENT_PREFIX_BYTES + FRAME_HEADER_BYTES <= 2 * HEADER_BYTES);
-
 /// What recovery hands to the log to continue from.
 pub(crate) struct Tail {
     pub segment: SegmentId,
@@ -250,13 +231,13 @@ impl Log {
     /// (the frame header) and the position just past it. Must be called with the engine's
     /// state lock held, so that positions follow the order of state changes.
     ///
-    /// `start` supplies what a new segment begins with (header floors, where the log
-    /// starts), should this append roll the log.
+    /// `floors` supplies the id and queue-number floors for a new segment header, should
+    /// this append roll the log.
     pub(crate) fn append(
         &self,
         kind: Kind,
         payload: &[u8],
-        start: SegmentStart,
+        floors: (u64, u32),
     ) -> Result<(LogPos, LogPos)> {
         self.check()?;
         let frame_len = FRAME_HEADER_BYTES + payload.len();
@@ -279,31 +260,20 @@ impl Log {
         let wake_writer = !self.inline || !pipe.chunks.is_empty();
         let mut end = pipe.end;
         if end.offset() as u64 + frame_len as u64 > self.segment_bytes {
-            // Roll: the next segment starts with its header, then the record of where the
-            // log starts, so that every segment names it (a segment missing at the start
-            // of the log is then seen from whichever segment is left).
+            // Roll: the next segment starts with its header.
             let next = SegmentId(end.segment().0 + 1);
             let header = SegmentHeader {
                 segment: next,
-                next_message_id: start.next_message_id,
-                next_queue_no: start.next_queue_no,
+                next_message_id: floors.0,
+                next_queue_no: floors.1,
             };
-            let mut buf = header.encode().to_vec();
-            record::frame(&mut buf, record::crc_seed(next.0), Kind::Meta, |b| {
-                record::put_log_start(b, start.log_start)
-            });
-            debug_assert_eq!(buf.len(), SEGMENT_PREFIX_BYTES);
-            pipe.bytes += buf.len();
-            end = LogPos::new(next, buf.len() as u32);
             pipe.chunks.push(Chunk {
                 segment: next,
                 offset: 0,
-                buf,
+                buf: header.encode().to_vec(),
             });
-            assert!(
-                end.offset() as u64 + frame_len as u64 <= self.segment_bytes,
-                "a record too large for a segment"
-            );
+            pipe.bytes += HEADER_BYTES;
+            end = LogPos::new(next, HEADER_BYTES as u32);
         }
         let need_new_chunk = match pipe.chunks.last() {
             Some(c) => c.segment != end.segment(),
@@ -838,12 +808,6 @@ mod tests {
     use super::*;
     use crate::testing::SimStorage;
 
-    const START: SegmentStart = SegmentStart {
-        next_message_id: 0,
-        next_queue_no: 0,
-        log_start: SegmentId(1),
-    };
-
     fn start(policy: SyncPolicy) -> (Arc<SimStorage>, Arc<Log>) {
         let storage = Arc::new(SimStorage::new());
         let segment = SegmentId(1);
@@ -874,7 +838,7 @@ mod tests {
     #[test]
     fn a_waited_record_on_an_idle_log_takes_one_sync_and_is_in_the_synced_image() {
         let (storage, log) = start(SyncPolicy::Always);
-        let (_, end) = log.append(Kind::Meta, b"payload", START).expect("append");
+        let (_, end) = log.append(Kind::Meta, b"payload", (0, 0)).expect("append");
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
@@ -896,38 +860,9 @@ mod tests {
     }
 
     #[test]
-    fn a_rolled_segment_begins_with_where_the_log_starts() {
-        let (storage, log) = start(SyncPolicy::Always);
-        let payload = vec![7u8; 4000];
-        // 256 KiB segments: the 66th record of 4 KB cannot be in the first.
-        let first_in_2 = (0..66)
-            .map(|_| log.append(Kind::Meta, &payload, START).expect("append").0)
-            .find(|at| at.segment() == SegmentId(2))
-            .expect("rolled");
-        assert_eq!(first_in_2.offset() as usize, SEGMENT_PREFIX_BYTES);
-        log.wait_durable_blocking(log.end()).expect("durable");
-        let bytes = storage
-            .durable_contents(&SegmentId(2).file_name())
-            .expect("segment 2");
-        let seed = record::crc_seed(2);
-        let record::FrameCheck::Valid { kind, len } =
-            record::check_frame(&bytes[HEADER_BYTES..], seed, 4096)
-        else {
-            panic!("no valid record after the header");
-        };
-        let at = HEADER_BYTES + FRAME_HEADER_BYTES;
-        let (key, value) = record::get_meta(&bytes[at..at + len]).expect("meta");
-        assert_eq!(
-            (kind, key, value.and_then(record::get_log_start)),
-            (Kind::Meta, record::LOG_START_KEY, Some(SegmentId(1)))
-        );
-        log.shutdown();
-    }
-
-    #[test]
     fn a_record_nobody_waits_for_is_written_by_the_writer_thread() {
         let (_storage, log) = start(SyncPolicy::Always);
-        let (_, end) = log.append(Kind::Meta, b"payload", START).expect("append");
+        let (_, end) = log.append(Kind::Meta, b"payload", (0, 0)).expect("append");
         let deadline = Instant::now() + Duration::from_secs(5);
         while log.durable() < end && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -950,7 +885,7 @@ mod tests {
                 tasks.push(tokio::spawn(async move {
                     let mut ends = Vec::new();
                     for _ in 0..50 {
-                        let (_, end) = log.append(Kind::Meta, b"payload", START).expect("append");
+                        let (_, end) = log.append(Kind::Meta, b"payload", (0, 0)).expect("append");
                         log.wait_durable(end).await.expect("durable");
                         assert!(log.durable() >= end, "acknowledged only when durable");
                         ends.push(end);

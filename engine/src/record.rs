@@ -6,7 +6,7 @@
 //! (or left over in a reused file) never validates there.
 
 use crate::error::CorruptionKind;
-use crate::ids::{MessageId, QueueNo, ReservationId, SegmentId};
+use crate::ids::{MessageId, QueueNo, ReservationId};
 use crate::types::{DeadLetter, PushStatus, PushUpdate, QueueConfig, QueueKind};
 
 pub const FRAME_HEADER_BYTES: usize = 12;
@@ -527,8 +527,6 @@ pub fn put_meta(buf: &mut Vec<u8>, key: &str, value: Option<&[u8]>) {
     }
 }
 
-/// A Meta payload. The engine's own key ([`LOG_START_KEY`]) must hold a segment id: it is
-/// never removed, and a value of another length does not decode.
 pub fn get_meta(p: &[u8]) -> R<(&str, Option<&[u8]>)> {
     let mut r = Reader::new(p);
     let key = r.str16()?;
@@ -538,43 +536,7 @@ pub fn get_meta(p: &[u8]) -> R<(&str, Option<&[u8]>)> {
         _ => return Err(CorruptionKind::BadPayload),
     };
     r.finish()?;
-    if key == LOG_START_KEY && value.and_then(get_log_start).is_none() {
-        return Err(CorruptionKind::BadPayload);
-    }
     Ok((key, value))
-}
-
-/// The Meta key under which the engine records where the log starts: the first segment
-/// the log is meant to begin at (FORMAT.md, "Where the log starts"). Keys that begin with
-/// [`ENGINE_META_PREFIX`] belong to the engine: `Engine::put_meta` refuses them and the
-/// server's view of the metadata leaves them out, so no server key can be this one.
-pub const LOG_START_KEY: &str = "\0log-start";
-/// What every engine-owned Meta key begins with (a NUL: no server key holds one).
-pub const ENGINE_META_PREFIX: char = '\0';
-/// Bytes of the Meta payload that records where the log starts: str16 key, present u8,
-/// bytes32 value of a u32.
-pub const LOG_START_PAYLOAD_BYTES: usize = 2 + LOG_START_KEY.len() + 1 + 4 + 4;
-
-/// Whether `key` is one of the engine's own Meta keys rather than server metadata.
-pub fn is_engine_meta_key(key: &str) -> bool {
-    key.starts_with(ENGINE_META_PREFIX)
-}
-
-/// The value stored under [`LOG_START_KEY`]: the segment id, u32 little-endian.
-pub fn log_start_value(segment: SegmentId) -> [u8; 4] {
-    segment.0.to_le_bytes()
-}
-
-/// Decodes a value stored under [`LOG_START_KEY`].
-pub fn get_log_start(value: &[u8]) -> Option<SegmentId> {
-    let b: [u8; 4] = value.try_into().ok()?;
-    Some(SegmentId(u32::from_le_bytes(b)))
-}
-
-/// Format (Meta, where the log starts): { key: str16 "\0log-start" | present: u8 = 1 |
-///   value: bytes32 = segment u32 }
-pub fn put_log_start(buf: &mut Vec<u8>, segment: SegmentId) {
-    put_meta(buf, LOG_START_KEY, Some(&log_start_value(segment)));
 }
 
 /// Marks a Push record as describing delivery attempts (their results go to the delivery
@@ -759,25 +721,5 @@ mod tests {
         let mut m = Vec::new();
         put_meta(&mut m, "k", Some(b"v"));
         assert_eq!(get_meta(&m), Ok(("k", Some(&b"v"[..]))));
-    }
-
-    #[test]
-    fn the_log_start_record_holds_a_segment_id_and_nothing_else_decodes() {
-        let mut m = Vec::new();
-        put_log_start(&mut m, SegmentId(0x0102_0304));
-        assert_eq!(m.len(), LOG_START_PAYLOAD_BYTES);
-        let (key, value) = get_meta(&m).expect("decodes");
-        assert_eq!(
-            (key, value.and_then(get_log_start)),
-            (LOG_START_KEY, Some(SegmentId(0x0102_0304)))
-        );
-        assert!(is_engine_meta_key(LOG_START_KEY));
-        assert!(!is_engine_meta_key("project/p1") && !is_engine_meta_key("token/x"));
-        // The engine's key with another value length, or removed: not a record it writes.
-        for value in [None, Some(&[1u8, 0, 0][..]), Some(&[1u8, 0, 0, 0, 0][..])] {
-            let mut bad = Vec::new();
-            put_meta(&mut bad, LOG_START_KEY, value);
-            assert_eq!(get_meta(&bad), Err(CorruptionKind::BadPayload), "{value:?}");
-        }
     }
 }

@@ -12,10 +12,6 @@
 //! The crash model (FORMAT.md): the last segment may end in a torn write: bad bytes followed
 //! by nothing valid. That tail is zeroed. A bad record anywhere else, or one followed by a
 //! valid record, is corruption: the open fails naming the file and offset.
-//!
-//! Segment files missing at the start of the log are told from segments retention deleted
-//! by the log's record of where it starts (FORMAT.md, "Where the log starts"): a first file
-//! after it fails the open, with or without the index.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -205,11 +201,15 @@ fn recover_with(
             Ok(Some(loaded)) => {
                 match from_index(config, &root, &mut segs, loaded, now_ms, time_floor) {
                     Ok(replayed) => return finish(&root, segs, replayed),
-                    Err(Rejected::Stop(e)) => return Err(e),
-                    Err(Rejected::Index(why)) => index = IndexUse::Ignored(why),
+                    Err(why) => index = IndexUse::Ignored(why),
                 }
             }
             Err(why) => index = IndexUse::Ignored(why),
+        }
+        if let IndexUse::Ignored(_) = index {
+            // Never leave an unusable index behind: appends after this open could make a
+            // position it names look valid again.
+            remove_if_present(&*storage, checkpoint::FILE)?;
         }
     }
 
@@ -217,18 +217,6 @@ fn recover_with(
     let from = LogPos::new(segs[0].id, HEADER_BYTES as u32);
     let checked = pass1(config, &root, &mut segs, from)?;
     let defs = checked.defs;
-    let recorded = defs
-        .meta
-        .get(record::LOG_START_KEY)
-        .and_then(|v| v.as_ref())
-        .map(|(v, _)| v.as_slice());
-    let log_start = check_log_start(&root, recorded, segs[0].id)?;
-    if let IndexUse::Ignored(_) = index {
-        // Never leave an unusable index behind: appends after this open could make a
-        // position it names look valid again. (Removed only now that the log checks: a
-        // refused open leaves the directory as it found it.)
-        remove_if_present(&*storage, checkpoint::FILE)?;
-    }
     let next_id = segs
         .iter()
         .map(|s| s.header.next_message_id)
@@ -244,7 +232,6 @@ fn recover_with(
 
     // Pass 2.
     let mut state = empty_state(next_queue, next_id, segs[0].id);
-    state.log_start = log_start.unwrap_or(segs[0].id);
     let mut qnos: Vec<_> = defs.latest.keys().copied().collect();
     qnos.sort();
     for no in qnos {
@@ -304,7 +291,6 @@ fn empty_state(next_queue: u32, next_id: u64, first_segment: SegmentId) -> State
         live: LiveBytes::default(),
         scratch: Vec::with_capacity(64 * 1024),
         first_segment,
-        log_start: first_segment,
         rids: crate::engine::RidGen::new(),
         push_queues: std::collections::BTreeSet::new(),
     }
@@ -357,33 +343,6 @@ fn settle(state: &mut State, now_ms: u64) {
         .collect();
 }
 
-/// Refuses a log whose first segment file comes after the segment the log records as its
-/// start (FORMAT.md, "Where the log starts"). Retention records the new start before it
-/// deletes a segment, so the files in between were lost by accident (removed by hand, a bad
-/// copy, a partial restore), and replaying without them would silently lose the messages,
-/// queues and metadata they hold. In every recovery mode: no power loss removes a whole
-/// file. Returns the recorded start; `None` for a log that records none (written by a
-/// build before the record existed), which cannot be checked.
-fn check_log_start(
-    root: &Path,
-    recorded: Option<&[u8]>,
-    first: SegmentId,
-) -> Result<Option<SegmentId>> {
-    // A malformed value never gets here: its record does not decode (`record::get_meta`),
-    // nor does an index holding one.
-    let Some(start) = recorded.and_then(record::get_log_start) else {
-        return Ok(None);
-    };
-    if first > start {
-        return Err(Error::MissingLogStart {
-            dir: root.to_path_buf(),
-            log_start: start,
-            first_present: first,
-        });
-    }
-    Ok(Some(start))
-}
-
 fn remove_if_present(storage: &dyn Storage, name: &str) -> Result<()> {
     match storage.remove(name) {
         Ok(()) => Ok(()),
@@ -392,26 +351,10 @@ fn remove_if_present(storage: &dyn Storage, name: &str) -> Result<()> {
     }
 }
 
-/// Why an open from the restart index did not go ahead.
-enum Rejected {
-    /// The index is not usable here: replay the whole log instead.
-    Index(IndexRejection),
-    /// The log itself is damaged, which the index shows for sure: the open fails.
-    Stop(Error),
-}
-
-impl From<IndexRejection> for Rejected {
-    fn from(why: IndexRejection) -> Rejected {
-        Rejected::Index(why)
-    }
-}
-
 /// Starts from a loaded index: checks and replays only the records after the position it
 /// covers. Any doubt (a bad record after it, a definition that disagrees with it, a message
 /// left in a segment that is gone) rejects the index; the caller then replays everything,
-/// which also gives the authoritative error if the log itself is damaged. Segment files
-/// missing at the start of the log stop the open here (the index and the records after it
-/// say for certain where the log starts), leaving the index in place.
+/// which also gives the authoritative error if the log itself is damaged.
 fn from_index(
     config: &EngineConfig,
     root: &Path,
@@ -419,7 +362,7 @@ fn from_index(
     loaded: checkpoint::Loaded,
     now_ms: u64,
     time_floor: u64,
-) -> std::result::Result<Replayed, Rejected> {
+) -> std::result::Result<Replayed, IndexRejection> {
     let covers = loaded.header.covers;
     let checked = pass1(config, root, segs, covers).map_err(|_| IndexRejection::TailUnchecked)?;
     let defs = checked.defs;
@@ -453,7 +396,7 @@ fn from_index(
                     || q.key.name != name
                     || q.config.kind.is_push() != config.kind.is_push()
                 {
-                    return Err(IndexRejection::LogMismatch.into());
+                    return Err(IndexRejection::LogMismatch);
                 }
                 q.set_config(config);
             }
@@ -475,12 +418,6 @@ fn from_index(
             None => state.meta.remove(&key),
         };
     }
-    let recorded = state
-        .meta
-        .get(record::LOG_START_KEY)
-        .map(|(v, _)| v.as_slice());
-    let log_start = check_log_start(root, recorded, segs[0].id).map_err(Rejected::Stop)?;
-    state.log_start = log_start.unwrap_or(segs[0].id);
     // Every live message must still have its body in the log (retention cannot have
     // dropped a segment a message lives in, but the index is only trusted as far as this).
     let (first, last) = (segs[0].id.0, segs[segs.len() - 1].id.0);
@@ -490,7 +427,7 @@ fn from_index(
         .keys()
         .any(|s| !(first..=last).contains(s))
     {
-        return Err(IndexRejection::MissingSegment.into());
+        return Err(IndexRejection::MissingSegment);
     }
     state.push_queues = state
         .queues

@@ -5,8 +5,6 @@
 //! resurrect a deleted message on replay). Before the oldest segment goes:
 //! - queue definitions and metadata whose latest record is in it are written again at the
 //!   tail, so the log stays self-sufficient;
-//! - the log records that it starts at the next segment (so that an open can tell this
-//!   drop from a segment file lost by accident);
 //! - if it still holds live messages, they are relocated (a Relocate record carries the
 //!   whole message state) — but only while the log holds more than twice the live data plus
 //!   two segments, which bounds the extra writes to the garbage being reclaimed.
@@ -57,14 +55,6 @@ pub(crate) fn maintain(engine: &Engine) -> Result<MaintainReport> {
             st.write_def(log, no)?;
             report.definitions_rewritten += 1;
         }
-        // Where the log starts from now on, recorded before the segment can go: an open
-        // that finds the first segment file after the recorded start refuses the log.
-        // (A start already past it means older segments were left behind by a crash while
-        // a backup pinned them; they go again now.)
-        let next = SegmentId(first.0 + 1);
-        if st.log_start < next {
-            st.set_log_start(log, next)?;
-        }
         let metas: Vec<(String, Vec<u8>)> = st
             .meta
             .iter()
@@ -74,8 +64,8 @@ pub(crate) fn maintain(engine: &Engine) -> Result<MaintainReport> {
         for (k, v) in metas {
             st.scratch.clear();
             record::put_meta(&mut st.scratch, &k, Some(&v));
-            let at_roll = st.segment_start();
-            let (start, _) = log.append(Kind::Meta, &st.scratch, at_roll)?;
+            let floors = st.floors();
+            let (start, _) = log.append(Kind::Meta, &st.scratch, floors)?;
             if let Some(entry) = st.meta.get_mut(&k) {
                 entry.1 = start.segment();
             }
@@ -188,8 +178,8 @@ fn relocate_from(
             &body[..e.body_len as usize],
             &body[e.body_len as usize..],
         );
-        let at_roll = st.segment_start();
-        let (start, _) = log.append(Kind::Relocate, &st.scratch, at_roll)?;
+        let floors = st.floors();
+        let (start, _) = log.append(Kind::Relocate, &st.scratch, floors)?;
         let mut new = e;
         new.segment = start.segment().0;
         new.offset = start.offset() + (FRAME_HEADER_BYTES + record::RELOCATE_HEADER_BYTES) as u32;
@@ -206,8 +196,8 @@ fn relocate_from(
         if !restated.is_empty() {
             st.scratch.clear();
             record::put_push(&mut st.scratch, no, id, 0, &restated);
-            let at_roll = st.segment_start();
-            log.append(Kind::Push, &st.scratch, at_roll)?;
+            let floors = st.floors();
+            log.append(Kind::Push, &st.scratch, floors)?;
         }
         moved += 1;
     }

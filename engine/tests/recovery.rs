@@ -118,10 +118,9 @@ fn torn_tails_are_cut_at_the_last_whole_record() {
     let path = seg_path(dir.path(), SEG1);
     let pristine = std::fs::read(&path).expect("read");
     let (starts, end) = frames(&pristine);
-    // Where the log starts (a Meta record the first open writes), a queue definition, then
-    // one post record per message.
-    assert_eq!(starts.len(), 2 + ids.len());
-    let post_starts = &starts[2..];
+    // A queue definition, then one post record per message.
+    assert_eq!(starts.len(), 1 + ids.len());
+    let post_starts = &starts[1..];
     let from = post_starts[post_starts.len() - 2];
     let mut checked = 0;
     for cut in from..end {
@@ -163,9 +162,8 @@ fn bit_flips_before_valid_records_are_corruption_at_the_record() {
     let path = seg_path(dir.path(), SEG1);
     let pristine = std::fs::read(&path).expect("read");
     let (starts, _) = frames(&pristine);
-    // The record of message 2 (after the log start, the queue definition and messages 0
-    // and 1) is followed by three valid records.
-    let (rec, rec_end) = (starts[4], starts[5]);
+    // The record of message 2 is followed by three valid records.
+    let (rec, rec_end) = (starts[3], starts[4]);
     forget_index(dir.path());
     for byte in rec..rec_end {
         let bit = byte % 8;
@@ -236,8 +234,7 @@ fn damage_in_a_sealed_segment_is_corruption_even_in_its_last_record() {
     let pristine = std::fs::read(&path).expect("read");
     let (starts, _) = frames(&pristine);
     forget_index(dir.path());
-    // The first post (after the log start and the queue definition), and the last record.
-    for &rec in [starts[2], *starts.last().expect("records")].iter() {
+    for &rec in [starts[1], *starts.last().expect("records")].iter() {
         for delta in [0usize, 5, 13, 200] {
             let mut b = pristine.clone();
             b[rec + delta] ^= 0x04;

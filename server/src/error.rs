@@ -80,7 +80,6 @@ impl From<engine::Error> for ApiError {
             }
             E::Io { .. }
             | E::Corruption { .. }
-            | E::MissingLogStart { .. }
             | E::Locked(_)
             | E::Config { .. }
             | E::Failed(_) => {
