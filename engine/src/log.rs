@@ -761,6 +761,15 @@ impl Log {
             *drops = keep;
             due.into_iter().map(|(_, s)| s).collect()
         };
+        if !due.is_empty() && self.policy != SyncPolicy::Always {
+            // Under `Never` and `IntervalMs`, "durable" means written to the OS, not synced:
+            // the records retention wrote before this drop (definitions and metadata written
+            // again at the tail, relocated messages) must be on disk before the segment that
+            // held them goes, or a power cut could lose both. Older segments were synced when
+            // the log rolled past them, so syncing the active one covers everything.
+            let io = self.io.lock();
+            self.sync_counted(&io)?;
+        }
         for seg in due {
             self.regions.write().remove(&seg);
             let name = seg.file_name();

@@ -332,3 +332,76 @@ fn a_failed_write_is_never_acknowledged() {
         e.check_invariants();
     });
 }
+
+/// Under `SyncPolicy::Never`, retention writes the definitions and metadata of the segment
+/// it drops again at the tail, where they are only written to the OS. The segment must not
+/// be deleted before they are synced: a power cut right after the deletion would otherwise
+/// lose the queue and the metadata with the segment that held them.
+#[test]
+fn retention_under_sync_never_syncs_what_it_rewrote_before_deleting_a_segment() {
+    let storage = SimStorage::new();
+    let clock = ManualClock::new(T0);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut c = config();
+        c.sync = engine::SyncPolicy::Never;
+        let e =
+            Engine::open_with(c, Arc::new(storage.clone()), Arc::new(clock.clone())).expect("open");
+        // Segment 1: the queue's definition and a metadata key, nothing live.
+        e.upsert_queue(&key(), true, |_| -> Result<_, ()> {
+            Ok(engine::QueueConfig::default())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        e.put_meta("project/p", Some(b"{}")).await.unwrap();
+        let churn = QueueKey::new("p", "churn");
+        let mut dropped = 0;
+        for i in 0..400 {
+            let msgs: Vec<NewMessage> = (0..20)
+                .map(|_| NewMessage {
+                    body: vec![b'a' + (i % 26) as u8; 3000],
+                    delay_s: 0,
+                    meta: Vec::new(),
+                })
+                .collect();
+            let ids = e.post(&churn, &msgs, true).await.unwrap();
+            let items: Vec<engine::DeleteItem> = ids
+                .iter()
+                .map(|&id| engine::DeleteItem {
+                    id,
+                    reservation_id: None,
+                })
+                .collect();
+            e.delete_batch(&churn, &items).await.unwrap();
+            dropped += e.maintain().unwrap().segments_dropped;
+            if dropped > 0 {
+                break;
+            }
+        }
+        assert!(dropped > 0, "retention dropped the first segment");
+        // Let the writer thread run the deletion, then cut the power.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while storage
+            .contents(&engine::SegmentId(1).file_name())
+            .is_some()
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(
+            storage
+                .contents(&engine::SegmentId(1).file_name())
+                .is_none(),
+            "segment 1 deleted"
+        );
+        let image = storage.durable_image();
+        drop(e);
+        let e = open(&image, &clock).expect("reopen");
+        assert!(e.queue_info_now(&key()).is_ok(), "the queue survived");
+        assert_eq!(e.meta("project/p").as_deref(), Some(&b"{}"[..]));
+    });
+}
