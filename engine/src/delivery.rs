@@ -174,6 +174,42 @@ impl Engine {
         self.push_wake_handle().notify_one();
     }
 
+    /// Checks what [`Engine::push_ack`] would check, changing nothing (to check a batch of
+    /// acknowledgements before any of them is made).
+    pub fn push_ack_check(
+        &self,
+        key: &QueueKey,
+        id: MessageId,
+        subscriber: &str,
+        rid: ReservationId,
+    ) -> Result<()> {
+        self.ack_target(key, id, subscriber, rid).map(drop)
+    }
+
+    /// The queue an acknowledgement is for, if it would be accepted.
+    fn ack_target(
+        &self,
+        key: &QueueKey,
+        id: MessageId,
+        subscriber: &str,
+        rid: ReservationId,
+    ) -> Result<QueueNo> {
+        let (state, ..) = self.parts();
+        let st = state.lock();
+        let no = *st.by_key.get(key).ok_or(Error::QueueNotFound)?;
+        let q = &st.queues[&no];
+        let p = q.push.as_ref().ok_or(Error::WrongQueueType(
+            "acknowledgements are for push queues",
+        ))?;
+        if q.get(id).is_none() {
+            return Err(Error::MessageNotFound);
+        }
+        if !p.holds(id.0, subscriber, rid) {
+            return Err(Error::ReservationMismatch(id));
+        }
+        Ok(no)
+    }
+
     /// A subscriber's acknowledgement of a delivery it answered with 202 (or is answering):
     /// `rid` must be the reservation of that delivery.
     pub async fn push_ack(
@@ -183,22 +219,7 @@ impl Engine {
         subscriber: &str,
         rid: ReservationId,
     ) -> Result<()> {
-        let no = {
-            let (state, ..) = self.parts();
-            let st = state.lock();
-            let no = *st.by_key.get(key).ok_or(Error::QueueNotFound)?;
-            let q = &st.queues[&no];
-            let p = q.push.as_ref().ok_or(Error::WrongQueueType(
-                "acknowledgements are for push queues",
-            ))?;
-            if q.get(id).is_none() {
-                return Err(Error::MessageNotFound);
-            }
-            if !p.holds(id.0, subscriber, rid) {
-                return Err(Error::ReservationMismatch(id));
-            }
-            no
-        };
+        let no = self.ack_target(key, id, subscriber, rid)?;
         let done = |s: &PushSubState| PushUpdate {
             subscriber: s.subscriber.clone(),
             status: PushStatus::Deleted,

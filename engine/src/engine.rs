@@ -147,6 +147,10 @@ impl Counters {
     }
 }
 
+/// The queues a queue's settings forward messages to on their own, given its key and
+/// settings (see [`Engine::upsert_queue_linked`]).
+pub type Links<'a> = dyn Fn(&QueueKey, &QueueConfig) -> Vec<QueueKey> + Send + Sync + 'a;
+
 /// A handle to an open engine. Cheap to clone; all clones share one engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -407,6 +411,40 @@ impl State {
     /// (one in a log written before links were checked; this link does not close it).
     /// Each step reaches a queue not seen before, so the walk is bounded by the number of
     /// queues.
+    /// A path from `key` through one of `starts` and then `links` back to `key`.
+    fn link_cycle(
+        &self,
+        key: &QueueKey,
+        starts: Vec<QueueKey>,
+        links: &Links<'_>,
+    ) -> Option<Vec<String>> {
+        let mut seen = HashSet::new();
+        let mut stack: Vec<(QueueKey, Vec<String>)> = starts
+            .into_iter()
+            .map(|s| {
+                let path = vec![key.name.clone(), s.name.clone()];
+                (s, path)
+            })
+            .collect();
+        while let Some((at, path)) = stack.pop() {
+            if &at == key {
+                return Some(path);
+            }
+            let Some(no) = self.by_key.get(&at) else {
+                continue;
+            };
+            if !seen.insert(at.clone()) {
+                continue;
+            }
+            for next in links(&at, &self.queues[no].config) {
+                let mut p = path.clone();
+                p.push(next.name.clone());
+                stack.push((next, p));
+            }
+        }
+        None
+    }
+
     fn dead_letter_cycle(&self, key: &QueueKey, dlq: &str) -> Option<Vec<String>> {
         let mut path = vec![key.name.clone()];
         let mut seen = HashSet::new();
@@ -611,6 +649,21 @@ impl Engine {
         create: bool,
         f: impl FnOnce(Option<&QueueConfig>) -> std::result::Result<QueueConfig, E>,
     ) -> Result<std::result::Result<QueueInfo, E>> {
+        self.upsert_queue_linked(key, create, f, &|_, _| Vec::new())
+            .await
+    }
+
+    /// [`Engine::upsert_queue`], refusing settings whose new links would close a cycle
+    /// (`Error::PushCycle`). `links` gives the queues a queue's settings forward messages
+    /// to on their own (the engine does not read the server's push settings); the check
+    /// runs under the state lock, so two updates cannot close a cycle between them.
+    pub async fn upsert_queue_linked<E>(
+        &self,
+        key: &QueueKey,
+        create: bool,
+        f: impl FnOnce(Option<&QueueConfig>) -> std::result::Result<QueueConfig, E>,
+        links: &Links<'_>,
+    ) -> Result<std::result::Result<QueueInfo, E>> {
         check_name(key)?;
         let (end, info) = {
             let mut st = self.inner.state.lock();
@@ -638,6 +691,14 @@ impl Engine {
                 && let Some(cycle) = st.dead_letter_cycle(key, &dl.queue)
             {
                 return Err(Error::DeadLetterCycle(cycle));
+            }
+            let before = current.as_ref().map(|c| links(key, c)).unwrap_or_default();
+            let added: Vec<QueueKey> = links(key, &config)
+                .into_iter()
+                .filter(|l| !before.contains(l))
+                .collect();
+            if let Some(cycle) = st.link_cycle(key, added, links) {
+                return Err(Error::PushCycle(cycle));
             }
             let (no, end) = match existing {
                 Some(no) => {
@@ -1027,8 +1088,12 @@ impl Engine {
             let mut st = self.inner.state.lock();
             let no = st.queue_no(key)?;
             let now = self.now_ms();
+            let st = &mut *st;
             let q = st.queues.get_mut(&no).expect("registered queue");
             q.tick(now);
+            if q.expire_if_due(id, (now / 1000) as u32, &mut st.live) {
+                Counters::add(&self.inner.counters.expired, 1);
+            }
             match q.get(id) {
                 Some(e) => Pending::of(e, q.reservation(id)),
                 // A delivered push message stays readable for a while.
@@ -1080,6 +1145,11 @@ impl Engine {
             let now = self.now_ms();
             let q = st.queues.get_mut(&no).expect("registered queue");
             q.tick(now);
+            for it in items {
+                if q.expire_if_due(it.id, (now / 1000) as u32, &mut st.live) {
+                    Counters::add(&self.inner.counters.expired, 1);
+                }
+            }
             for it in items {
                 q.check_delete(it.id, it.reservation_id)
                     .map_err(|r| refusal(r, it.id))?;

@@ -37,6 +37,11 @@ pub enum Error {
     /// configured back to it.
     #[error("{}", dead_letter_cycle_msg(.0))]
     DeadLetterCycle(Vec<String>),
+    /// Links between queues that deliver on their own (push queues' `ironmq://`
+    /// subscribers and error queues) that would close a cycle (a message would go around
+    /// it forever): the queue names along it, from the queue being configured back to it.
+    #[error("{}", push_cycle_msg(.0))]
+    PushCycle(Vec<String>),
     /// Pull operations on a push queue, or the reverse.
     #[error("{0}")]
     WrongQueueType(&'static str),
@@ -99,7 +104,23 @@ pub enum CorruptionKind {
 const CYCLE_NAMES_SHOWN: usize = 8;
 
 fn dead_letter_cycle_msg(path: &[String]) -> String {
-    let shown = if path.len() <= CYCLE_NAMES_SHOWN {
+    let target = path.get(1).map(String::as_str).unwrap_or_default();
+    format!(
+        "dead_letter queue_name \"{target}\" would make a dead-letter cycle: {}",
+        cycle_shown(path)
+    )
+}
+
+fn push_cycle_msg(path: &[String]) -> String {
+    format!(
+        "the push queue's ironmq:// subscribers and error_queue would make a cycle that \
+         messages go around forever: {}",
+        cycle_shown(path)
+    )
+}
+
+fn cycle_shown(path: &[String]) -> String {
+    if path.len() <= CYCLE_NAMES_SHOWN {
         path.join(" -> ")
     } else {
         let half = CYCLE_NAMES_SHOWN / 2;
@@ -108,9 +129,7 @@ fn dead_letter_cycle_msg(path: &[String]) -> String {
             path[..half].join(" -> "),
             path[path.len() - half..].join(" -> ")
         )
-    };
-    let target = path.get(1).map(String::as_str).unwrap_or_default();
-    format!("dead_letter queue_name \"{target}\" would make a dead-letter cycle: {shown}")
+    }
 }
 
 impl Error {

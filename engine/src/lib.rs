@@ -34,7 +34,7 @@ mod types;
 
 pub use checkpoint::{INDEX_HEADER_BYTES, INDEX_VERSION, IndexRejection, IndexUse, IndexWrite};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{Engine, EngineConfig, EngineStats, MaintainReport, RecoveryMode};
+pub use engine::{Engine, EngineConfig, EngineStats, Links, MaintainReport, RecoveryMode};
 pub use error::{CorruptionKind, Error, Result};
 pub use ids::{LogPos, MessageId, QueueKey, ReservationId, SegmentId};
 pub use log::FSYNC_BUCKET_BOUNDS_S;

@@ -693,22 +693,32 @@ impl Queue {
         Ok(self)
     }
 
-    /// Deletes expired, unreserved messages at the head. Returns how many went.
+    /// Deletes expired, unreserved messages from the head up to the first one that has not
+    /// expired. Reserved ones are passed over (they expire once their reservation ends and
+    /// they are visible again). Returns how many went.
     pub fn sweep_expired(&mut self, now_s: u32, live: &mut LiveBytes) -> usize {
-        let mut n = 0;
-        while let Some(e) = self
+        let due: Vec<u64> = self
             .entries
             .iter()
-            .find(|e| e.state != MsgState::Deleted)
-            .copied()
-        {
-            if e.expires_at_s > now_s || e.state == MsgState::Reserved {
-                break;
-            }
-            self.apply_delete(MessageId(e.id), live);
-            n += 1;
+            .filter(|e| !matches!(e.state, MsgState::Deleted | MsgState::Reserved))
+            .take_while(|e| e.expires_at_s <= now_s)
+            .map(|e| e.id)
+            .collect();
+        for &id in &due {
+            self.apply_delete(MessageId(id), live);
         }
-        n
+        due.len()
+    }
+
+    /// Deletes message `id` if it has expired and is not reserved (what the sweep would do
+    /// once it reaches it), so that a lookup by id never finds an expired message. Push
+    /// queues' messages are left to the pusher. True if it went.
+    pub fn expire_if_due(&mut self, id: MessageId, now_s: u32, live: &mut LiveBytes) -> bool {
+        let due = self.push.is_none()
+            && self
+                .get(id)
+                .is_some_and(|e| e.state != MsgState::Reserved && e.expires_at_s <= now_s);
+        due && self.apply_delete(id, live).is_some()
     }
 
     /// Checks a caller's claim on a message before deleting it.

@@ -379,10 +379,10 @@ impl ServerConfig {
     /// The pusher's settings; `listen` is the bound address (for the default base URL).
     pub fn push_config(&self, listen: std::net::SocketAddr) -> crate::push::PushConfig {
         let base_url = if self.push_base_url.is_empty() {
-            let host = if listen.ip().is_unspecified() {
-                "127.0.0.1".to_string()
-            } else {
-                listen.ip().to_string()
+            let host = match listen.ip() {
+                ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
             };
             let scheme = if self.tls_cert.is_some() {
                 "https"
@@ -416,6 +416,19 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_push_base_url_is_a_url_for_every_listen_address() {
+        let c = ServerConfig::default();
+        for (listen, base) in [
+            ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("0.0.0.0:8080", "http://127.0.0.1:8080"),
+            ("[::]:8080", "http://127.0.0.1:8080"),
+            ("[::1]:18488", "http://[::1]:18488"),
+        ] {
+            assert_eq!(c.push_config(listen.parse().unwrap()).base_url, base);
+        }
+    }
 
     #[test]
     fn any_printable_token_is_taken_and_short_ones_are_flagged() {

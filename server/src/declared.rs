@@ -197,11 +197,19 @@ pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError>
         let p = &planned[i];
         let spec =
             settings::spec_from_body(p.body.clone()).map_err(|e| at(p.index, None, e.msg))?;
-        engine
-            .upsert_queue(&p.key, true, |cur| settings::apply(cur, spec))
+        let info = engine
+            .upsert_queue_linked(
+                &p.key,
+                true,
+                |cur| settings::apply(cur, spec),
+                &settings::push_links,
+            )
             .await
             .map_err(|e| at(p.index, None, e.to_string()))?
             .map_err(|e| at(p.index, None, e.msg))?;
+        crate::queues::create_dead_letter_queue(engine, &info)
+            .await
+            .map_err(|e| at(p.index, None, e.to_string()))?;
         tracing::info!(
             project = %p.key.project,
             queue = %p.key.name,
@@ -382,7 +390,8 @@ mod tests {
             .await
             .expect_err("a cycle through the store");
         assert!(e.to_string().contains("dead-letter cycle"), "{e}");
-        assert_eq!((link("c"), link("x")), (None, None), "nothing written");
+        // (c exists, as b's dead-letter queue, without a link of its own.)
+        assert_eq!((link("c"), link("x")), (Some(None), None), "nothing written");
         // Removing b's link in the same file breaks it.
         let unlink_b = json!({"project": "p1", "name": "b", "dead_letter": {"queue_name": ""}});
         apply(&engine, &[dl("c", "x"), dl("x", "a"), unlink_b])

@@ -71,7 +71,8 @@ impl From<engine::Error> for ApiError {
             E::MetaTooLarge { .. }
             | E::LimitExceeded { .. }
             | E::Invalid(_)
-            | E::DeadLetterCycle(_) => StatusCode::BAD_REQUEST,
+            | E::DeadLetterCycle(_)
+            | E::PushCycle(_) => StatusCode::BAD_REQUEST,
             E::Closed => {
                 return ApiError {
                     cause: Some("the storage engine is closed (shutting down)".into()),

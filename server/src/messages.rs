@@ -198,13 +198,15 @@ pub async fn webhook(
 
 #[derive(Default, Deserialize)]
 pub struct ReserveBody {
-    #[serde(default, deserialize_with = "lenient_i64")]
+    /// `N`, `Timeout`, `Wait`, `Delete`: Go field names, sent by iron_go3's
+    /// `GetNWithTimeout` (a malformed tag) and matched by the Go server case-insensitively.
+    #[serde(default, alias = "N", deserialize_with = "lenient_i64")]
     n: Option<i64>,
-    #[serde(default, deserialize_with = "lenient_i64")]
+    #[serde(default, alias = "Timeout", deserialize_with = "lenient_i64")]
     timeout: Option<i64>,
-    #[serde(default, deserialize_with = "lenient_i64")]
+    #[serde(default, alias = "Wait", deserialize_with = "lenient_i64")]
     wait: Option<i64>,
-    #[serde(default, deserialize_with = "lenient_bool")]
+    #[serde(default, alias = "Delete", deserialize_with = "lenient_bool")]
     delete: Option<bool>,
 }
 
@@ -373,17 +375,25 @@ pub async fn delete(
 ) -> ApiResult {
     let id = parse_id(&id)?;
     if let Some(sub) = b.subscriber_name.filter(|s| !s.is_empty()) {
-        let project = match auth {
-            Ok(a) => a.project,
+        let project = match &auth {
+            Ok(a) => a.project.clone(),
             Err(_) => crate::extract::decode_path(&pid)?,
         };
-        let rid = parse_rid(b.reservation_id.as_deref(), id)?.ok_or_else(|| {
-            ApiError::bad_request("reservation_id is required to acknowledge a push delivery")
-        })?;
-        st.engine
-            .push_ack(&QueueKey::new(project, q), id, &sub, rid)
-            .await?;
-        return Ok(ok_msg("Deleted"));
+        let ack_key = QueueKey::new(project, q.clone());
+        let push = st
+            .engine
+            .queue_info_now(&ack_key)
+            .is_ok_and(|i| i.config.kind.is_push());
+        if push {
+            let rid = parse_rid(b.reservation_id.as_deref(), id)?.ok_or_else(|| {
+                ApiError::bad_request("reservation_id is required to acknowledge a push delivery")
+            })?;
+            st.engine.push_ack(&ack_key, id, &sub, rid).await?;
+            return Ok(ok_msg("Deleted"));
+        }
+        // Not a push queue. Without a token that is all an acknowledgement learns (a 401,
+        // whether or not the queue exists); with one, `subscriber_name` is ignored and this
+        // is an ordinary delete.
     }
     let auth = auth?;
     let rid = parse_rid(b.reservation_id.as_deref(), id)?;
@@ -403,7 +413,7 @@ pub async fn delete_many(
     RawBody(body): RawBody,
 ) -> ApiResult {
     let key = key(&auth, q);
-    let Some(items) = delete_many_items(&body)? else {
+    let Some(Batch { items, subscribers }) = delete_many_items(&body)? else {
         let before = st.engine.size_if_extra(&key);
         st.engine.clear(&key).await?;
         if let Some(before) = before {
@@ -411,6 +421,14 @@ pub async fn delete_many(
         }
         return Ok(ok_msg("Cleared"));
     };
+    if !subscribers.is_empty()
+        && st
+            .engine
+            .queue_info_now(&key)
+            .is_ok_and(|i| i.config.kind.is_push())
+    {
+        return acknowledge_many(&st, &key, items, subscribers).await;
+    }
     st.engine.delete_batch(&key, &items).await?;
     if let Some(after) = st.engine.size_if_extra(&key) {
         crate::alerts::check(&st, &key, after + items.len() as u64, after).await;
@@ -418,12 +436,75 @@ pub async fn delete_many(
     Ok(with_messages(ok_msg("Deleted"), items.len() as u64))
 }
 
+/// A batch delete on a push queue whose entries carry `subscriber_name`: those entries
+/// acknowledge deliveries (as a single delete with `subscriber_name` does), the others
+/// delete their messages. Every acknowledgement is checked before anything changes.
+async fn acknowledge_many(
+    st: &AppState,
+    key: &QueueKey,
+    items: Vec<DeleteItem>,
+    subscribers: Vec<Option<String>>,
+) -> ApiResult {
+    let n = items.len() as u64;
+    let mut acks = Vec::new();
+    let mut deletes = Vec::new();
+    for (it, sub) in items.into_iter().zip(subscribers) {
+        match sub {
+            Some(sub) => {
+                let rid = it.reservation_id.ok_or_else(|| {
+                    ApiError::bad_request(
+                        "reservation_id is required to acknowledge a push delivery",
+                    )
+                })?;
+                st.engine.push_ack_check(key, it.id, &sub, rid)?;
+                acks.push((it.id, sub, rid));
+            }
+            None => deletes.push(it),
+        }
+    }
+    if !deletes.is_empty() {
+        st.engine.delete_batch(key, &deletes).await?;
+    }
+    for (id, sub, rid) in acks {
+        st.engine.push_ack(key, id, &sub, rid).await?;
+    }
+    Ok(with_messages(ok_msg("Deleted"), n))
+}
+
+/// What a batch delete names: the messages, and for each the `subscriber_name` it carries
+/// (`subscribers` is empty when none does).
+#[derive(Debug, PartialEq)]
+struct Batch {
+    items: Vec<DeleteItem>,
+    subscribers: Vec<Option<String>>,
+}
+
+impl Batch {
+    fn new(len: usize) -> Batch {
+        Batch {
+            items: Vec::with_capacity(len),
+            subscribers: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, item: DeleteItem, subscriber: Option<&str>) {
+        let subscriber = subscriber.filter(|s| !s.is_empty());
+        if subscriber.is_some() && self.subscribers.is_empty() {
+            self.subscribers.resize(self.items.len(), None);
+        }
+        if subscriber.is_some() || !self.subscribers.is_empty() {
+            self.subscribers.push(subscriber.map(String::from));
+        }
+        self.items.push(item);
+    }
+}
+
 /// The body of `DELETE …/messages`: the messages to delete, or `None` (no `ids`) to clear
 /// the queue. The usual body (`{"ids": [{"id": …, "reservation_id": …}]}`, plain strings)
 /// is read straight into borrowed fields; anything else (an id given as a bare string,
 /// escapes, a repeated key, a malformed body) goes through a `serde_json::Value`, which
 /// decides the result and the error text.
-fn delete_many_items(body: &[u8]) -> Result<Option<Vec<DeleteItem>>, ApiError> {
+fn delete_many_items(body: &[u8]) -> Result<Option<Batch>, ApiError> {
     #[derive(Deserialize)]
     struct Fast<'a> {
         #[serde(borrow)]
@@ -434,56 +515,75 @@ fn delete_many_items(body: &[u8]) -> Result<Option<Vec<DeleteItem>>, ApiError> {
         id: &'a str,
         #[serde(borrow, default)]
         reservation_id: Option<&'a str>,
+        #[serde(borrow, default)]
+        subscriber_name: Option<&'a str>,
     }
     if looks_like_object(body)
         && let Ok(f) = serde_json::from_slice::<Fast>(body)
     {
         check_ids_count(f.ids.len())?;
-        let mut items = Vec::with_capacity(f.ids.len());
+        let mut batch = Batch::new(f.ids.len());
         for e in f.ids {
-            items.push(delete_item(e.id, e.reservation_id)?);
+            batch.push(delete_item(e.id, e.reservation_id)?, e.subscriber_name);
         }
-        return Ok(Some(items));
+        return Ok(Some(batch));
     }
     delete_items_from_value(&parse_json(body)?)
 }
 
 /// [`delete_many_items`] for a body already parsed into a `Value`: the reference for
 /// what every body means.
-fn delete_items_from_value(b: &Value) -> Result<Option<Vec<DeleteItem>>, ApiError> {
-    let Some(ids) = b.get("ids") else {
+fn delete_items_from_value(b: &Value) -> Result<Option<Batch>, ApiError> {
+    // Any spelling of `ids` (`Ids`, `IDS`: a Go server matches keys case-insensitively)
+    // is a batch delete: read as a clear, it would empty the queue.
+    let Some(ids) = b.as_object().and_then(|o| get_ci(o, "ids")) else {
         return Ok(None);
     };
     let arr = ids
         .as_array()
         .ok_or_else(|| ApiError::bad_request("ids must be an array"))?;
     check_ids_count(arr.len())?;
-    let mut items = Vec::with_capacity(arr.len());
+    let mut batch = Batch::new(arr.len());
     for e in arr {
-        items.push(match e {
-            Value::String(s) => delete_item(s, None)?,
+        match e {
+            Value::String(s) => batch.push(delete_item(s, None)?, None),
             Value::Object(o) => {
-                let id = o
-                    .get("id")
+                let id = get_ci(o, "id")
                     .and_then(|v| v.as_str())
                     .ok_or_else(|| ApiError::bad_request("each ids entry needs an id"))?;
-                let rid = match o.get("reservation_id") {
+                let rid = match get_ci(o, "reservation_id") {
                     None | Some(Value::Null) => None,
                     Some(Value::String(s)) => Some(s.as_str()),
                     Some(_) => {
                         return Err(ApiError::bad_request("reservation_id must be a string"));
                     }
                 };
-                delete_item(id, rid)?
+                let sub = match get_ci(o, "subscriber_name") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.as_str()),
+                    Some(_) => {
+                        return Err(ApiError::bad_request("subscriber_name must be a string"));
+                    }
+                };
+                batch.push(delete_item(id, rid)?, sub);
             }
             _ => {
                 return Err(ApiError::bad_request(
                     "ids entries must be strings or objects",
                 ));
             }
-        });
+        }
     }
-    Ok(Some(items))
+    Ok(Some(batch))
+}
+
+/// `o[key]`, else the first key equal to `key` ignoring ASCII case.
+fn get_ci<'a>(o: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
+    o.get(key).or_else(|| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
 }
 
 /// One entry of a batch delete; `""` as the reservation id is absent.
@@ -635,13 +735,30 @@ mod tests {
     fn items(body: &str) -> Parsed {
         delete_many_items(body.as_bytes())
             .map(|o| {
-                o.map(|v| {
-                    v.into_iter()
+                o.map(|b| {
+                    b.items
+                        .into_iter()
                         .map(|i| (i.id.0, i.reservation_id.map(|r| r.to_string())))
                         .collect()
                 })
             })
             .map_err(|e| (e.status.as_u16(), e.msg))
+    }
+
+    #[test]
+    fn subscriber_names_in_a_batch_are_kept_beside_their_entries() {
+        let body = format!(
+            r#"{{"ids":["{ID}",{{"id":"{ID}","reservation_id":"{RID}","subscriber_name":"s1"}},{{"id":"{ID}","subscriber_name":""}}]}}"#
+        );
+        let b = delete_many_items(body.as_bytes()).unwrap().unwrap();
+        assert_eq!(b.items.len(), 3);
+        assert_eq!(b.subscribers, [None, Some("s1".to_string()), None]);
+        let plain = format!(r#"{{"ids":["{ID}","{ID}"]}}"#);
+        let b = delete_many_items(plain.as_bytes()).unwrap().unwrap();
+        assert!(b.subscribers.is_empty(), "no names, no allocation");
+        // Any spelling of `ids` is a batch delete (a clear would empty the queue).
+        let go = format!(r#"{{"Ids":[{{"Id":"{ID}"}}]}}"#);
+        assert_eq!(items(&go), Ok(Some(vec![(ID.parse().unwrap(), None)])));
     }
 
     #[test]
@@ -772,10 +889,11 @@ mod tests {
     }
 
     /// Results in a comparable form: ids and reservation ids, or status and `msg`.
-    fn outcome(r: Result<Option<Vec<DeleteItem>>, ApiError>) -> Parsed {
+    fn outcome(r: Result<Option<Batch>, ApiError>) -> Parsed {
         r.map(|o| {
-            o.map(|v| {
-                v.into_iter()
+            o.map(|b| {
+                b.items
+                    .into_iter()
                     .map(|i| (i.id.0, i.reservation_id.map(|r| r.to_string())))
                     .collect()
             })
@@ -841,6 +959,11 @@ mod tests {
                 return Ok(());
             };
             proptest::prop_assert_eq!(items(&body), outcome(delete_items_from_value(&v)), "{}", body);
+            if let (Ok(Some(fast)), Ok(Some(slow))) =
+                (delete_many_items(body.as_bytes()), delete_items_from_value(&v))
+            {
+                proptest::prop_assert_eq!(fast, slow, "{}", body);
+            }
         }
 
         /// The hand-written reserve reply is what serde_json writes, for any body bytes.

@@ -61,9 +61,37 @@ async fn upsert(st: &AppState, key: &QueueKey, body: Value, create: bool) -> Api
     }
     let info = st
         .engine
-        .upsert_queue(key, create, |cur| settings::apply(cur, spec))
+        .upsert_queue_linked(
+            key,
+            create,
+            |cur| settings::apply(cur, spec),
+            &settings::push_links,
+        )
         .await??;
+    create_dead_letter_queue(&st.engine, &info).await?;
     Ok(ok(json!({ "queue": settings::queue_json(&info, !create) })))
+}
+
+/// Makes sure the dead-letter queue of the queue `info` describes exists, creating it with
+/// default pull settings (dlq doc: "a new queue is automatically created"), so that its
+/// consumers can wait on it before the first message moves there.
+pub async fn create_dead_letter_queue(
+    engine: &engine::Engine,
+    info: &engine::QueueInfo,
+) -> engine::Result<()> {
+    let Some(dl) = &info.config.dead_letter else {
+        return Ok(());
+    };
+    let key = QueueKey::new(info.project.clone(), dl.queue.clone());
+    if engine.queue_info_now(&key).is_err() {
+        engine
+            .upsert_queue(&key, true, |cur| {
+                Ok::<_, std::convert::Infallible>(cur.cloned().unwrap_or_default())
+            })
+            .await?
+            .unwrap_or_else(|never| match never {});
+    }
+    Ok(())
 }
 
 /// `PUT /queues/{q}`: create or update.
@@ -119,40 +147,45 @@ async fn edit_subscribers(
         .subscribers
         .ok_or_else(|| ApiError::bad_request("subscribers is required"))?;
     st.engine
-        .upsert_queue(key, false, |cur| {
-            let mut c = cur.cloned().unwrap_or_default();
-            let mut extra = Extra::of(&c);
-            let push = extra
-                .push
-                .as_mut()
-                .filter(|_| c.kind.is_push())
-                .ok_or_else(|| ApiError::bad_request("Pull queues do not have subscribers"))?;
-            match edit {
-                Edit::Add => {
-                    for s in settings::subscribers_from(specs)? {
-                        match push.subscribers.iter_mut().find(|o| o.name == s.name) {
-                            Some(o) => *o = s,
-                            None => push.subscribers.push(s),
+        .upsert_queue_linked(
+            key,
+            false,
+            |cur| {
+                let mut c = cur.cloned().unwrap_or_default();
+                let mut extra = Extra::of(&c);
+                let push = extra
+                    .push
+                    .as_mut()
+                    .filter(|_| c.kind.is_push())
+                    .ok_or_else(|| ApiError::bad_request("Pull queues do not have subscribers"))?;
+                match edit {
+                    Edit::Add => {
+                        for s in settings::subscribers_from(specs)? {
+                            match push.subscribers.iter_mut().find(|o| o.name == s.name) {
+                                Some(o) => *o = s,
+                                None => push.subscribers.push(s),
+                            }
                         }
                     }
+                    Edit::Replace => push.subscribers = settings::subscribers_from(specs)?,
+                    Edit::Remove => {
+                        let names: Vec<String> = specs
+                            .into_iter()
+                            .filter_map(|s| s.name.filter(|n| !n.is_empty()).or(s.url))
+                            .collect();
+                        push.subscribers.retain(|s| !names.contains(&s.name));
+                    }
                 }
-                Edit::Replace => push.subscribers = settings::subscribers_from(specs)?,
-                Edit::Remove => {
-                    let names: Vec<String> = specs
-                        .into_iter()
-                        .filter_map(|s| s.name.filter(|n| !n.is_empty()).or(s.url))
-                        .collect();
-                    push.subscribers.retain(|s| !names.contains(&s.name));
+                if push.subscribers.is_empty() {
+                    return Err(ApiError::bad_request(
+                        "Push queues must have at least one subscriber",
+                    ));
                 }
-            }
-            if push.subscribers.is_empty() {
-                return Err(ApiError::bad_request(
-                    "Push queues must have at least one subscriber",
-                ));
-            }
-            extra.store(&mut c)?;
-            Ok(c)
-        })
+                extra.store(&mut c)?;
+                Ok(c)
+            },
+            &settings::push_links,
+        )
         .await??;
     Ok(ok_msg("Updated"))
 }

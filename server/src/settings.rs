@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use engine::{DeadLetter, QueueConfig, QueueInfo, QueueKind};
+use engine::{DeadLetter, QueueConfig, QueueInfo, QueueKey, QueueKind};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
 use crate::extract::lenient_i64;
@@ -198,10 +198,11 @@ pub struct QueueSpec {
 
 /// Extracts the queue spec from a body value.
 pub fn spec_from_body(v: Value) -> Result<QueueSpec, ApiError> {
-    let inner = match v {
+    let mut inner = match v {
         Value::Object(mut m) => match m.remove("queue") {
             Some(Value::Null) | None => Value::Object(m),
             Some(q @ Value::Object(_)) => q,
+            Some(Value::Array(a)) if a.is_empty() => Value::Object(Map::new()),
             Some(_) => {
                 return Err(ApiError::bad_request(
                     "Invalid JSON: queue must be an object",
@@ -214,7 +215,38 @@ pub fn spec_from_body(v: Value) -> Result<QueueSpec, ApiError> {
             ));
         }
     };
+    php_empty_objects(&mut inner);
     serde_json::from_value(inner).map_err(|e| ApiError::bad_request(format!("Invalid JSON: {e}")))
+}
+
+/// PHP's `json_encode(array())` is `[]`, which the PHP client sends for empty options:
+/// where an object is expected, an empty array means nothing given (`"push": []`,
+/// `"dead_letter": []`) or no entries (a subscriber's `"headers": []`); `{"queue": []}` is
+/// handled by the caller.
+fn php_empty_objects(spec: &mut Value) {
+    fn empty(v: Option<&Value>) -> bool {
+        v.and_then(Value::as_array).is_some_and(|a| a.is_empty())
+    }
+    if let Some(m) = spec.as_object_mut() {
+        for key in ["push", "dead_letter"] {
+            if empty(m.get(key)) {
+                m.remove(key);
+            }
+        }
+    }
+    if let Some(subs) = spec
+        .get_mut("push")
+        .and_then(|p| p.get_mut("subscribers"))
+        .and_then(Value::as_array_mut)
+    {
+        for s in subs {
+            if let Some(h) = s.get_mut("headers")
+                && empty(Some(h))
+            {
+                *h = Value::Object(Map::new());
+            }
+        }
+    }
 }
 
 fn parse_kind(s: &str) -> Result<QueueKind, ApiError> {
@@ -564,6 +596,34 @@ pub fn queue_id(number: u32) -> String {
 }
 
 /// The `queue` JSON object; `counts` adds `size` and `total_messages`.
+/// The queues a push queue forwards to on its own: its `ironmq://` subscribers on this
+/// server and its error queue (for the engine's cycle check, [`engine::Links`]).
+pub fn push_links(key: &QueueKey, c: &QueueConfig) -> Vec<QueueKey> {
+    if !c.kind.is_push() {
+        return Vec::new();
+    }
+    let Some(push) = Extra::of(c).push else {
+        return Vec::new();
+    };
+    let mut out: Vec<QueueKey> = push
+        .subscribers
+        .iter()
+        .filter(|s| crate::push::target::is_ironmq(&s.url))
+        .filter_map(|s| crate::push::target::IronMqUrl::parse(&s.url).ok())
+        .filter(|u| u.host.is_none())
+        .map(|u| {
+            let project = u
+                .credentials
+                .map_or_else(|| key.project.clone(), |(p, _)| p);
+            QueueKey::new(project, u.queue)
+        })
+        .collect();
+    if !push.error_queue.is_empty() {
+        out.push(QueueKey::new(key.project.clone(), push.error_queue.clone()));
+    }
+    out
+}
+
 pub fn queue_json(info: &QueueInfo, counts: bool) -> Value {
     let c = &info.config;
     let mut q = json!({

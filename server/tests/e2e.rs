@@ -783,7 +783,9 @@ fn dead_letter_cycles_are_refused() {
         refused("PUT", "b", "a"),
         r#"dead_letter queue_name "a" would make a dead-letter cycle: b -> a -> b"#
     );
-    assert_eq!(call(p, "GET", &qp("b"), Value::Null).0, 404);
+    // b exists (created as a's dead-letter queue), without a dead-letter queue of its own.
+    let (s, v) = call(p, "GET", &qp("b"), Value::Null);
+    assert_eq!((s, v["queue"].get("dead_letter")), (200, None), "{v}");
     // Update (PATCH, and PUT on an existing queue) of b: refused, b unchanged.
     assert_eq!(call(p, "PUT", &qp("b"), json!({})).0, 200);
     refused("PATCH", "b", "a");
@@ -860,6 +862,111 @@ fn declared_queues_that_close_a_dead_letter_cycle_stop_the_start() {
             && text.contains(r#"would make a dead-letter cycle: y -> x -> y"#),
         "{text}"
     );
+    // y is x's dead-letter queue (created with it), unchanged by the refused start.
     let srv = start(dir.path());
-    assert_eq!(call(srv.port, "GET", &qp("y"), Value::Null).0, 404);
+    let (s, v) = call(srv.port, "GET", &qp("y"), Value::Null);
+    assert_eq!((s, v["queue"].get("dead_letter")), (200, None), "{v}");
+}
+
+/// Requests shaped by clients other than the two run in the test suite: PHP's empty
+/// options (`[]`), Go field names (`N`, `Ids`); and what the docs promise about dead-letter
+/// queues and expiry that the common paths do not show.
+#[test]
+fn client_quirks_dead_letter_creation_and_expiry_behind_a_reservation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start(dir.path());
+    let p = srv.port;
+
+    // PHP: json_encode(array()) is `[]`, and every body carries `oauth`.
+    let (s, v) = call(p, "PUT", &qp("php"), json!({"queue": [], "oauth": TOKEN}));
+    assert_eq!((s, v["queue"]["type"].as_str()), (200, Some("pull")), "{v}");
+    let (s, v) = call(
+        p,
+        "PATCH",
+        &qp("php"),
+        json!({"queue": {"dead_letter": [], "message_timeout": 90}, "oauth": TOKEN}),
+    );
+    assert_eq!(
+        (s, v["queue"]["message_timeout"].as_u64()),
+        (200, Some(90)),
+        "{v}"
+    );
+    let (s, v) = call(
+        p,
+        "PUT",
+        &qp("php-push"),
+        json!({"queue": {"push": {"subscribers": [{"name": "s", "url": "http://127.0.0.1:1/x", "headers": []}]}}}),
+    );
+    assert_eq!(s, 200, "{v}");
+
+    // Go field names: `N` counts, and `Ids` is a batch delete, never a clear.
+    let ids = post_msgs(p, "go", &["a", "b", "c"]);
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("{}/reservations", qp("go")),
+        json!({"N": 2}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["messages"].as_array().map(Vec::len), Some(2), "{v}");
+    let (s, v) = call(
+        p,
+        "DELETE",
+        &format!("{}/messages", qp("go")),
+        json!({"Ids": [{"Id": ids[2]}]}),
+    );
+    assert_eq!((s, v["msg"].as_str()), (200, Some("Deleted")), "{v}");
+    let (_, v) = call(p, "GET", &qp("go"), Value::Null);
+    assert_eq!(v["queue"]["size"], 2, "only the named message went: {v}");
+
+    // A dead-letter queue exists as soon as it is configured (dlq doc: auto-created with
+    // default pull settings), so its consumers can start first.
+    let (s, v) = call(
+        p,
+        "PUT",
+        &qp("work"),
+        json!({"queue": {"dead_letter": {"queue_name": "work-dlq", "max_reservations": 3}}}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(p, "GET", &qp("work-dlq"), Value::Null);
+    assert_eq!((s, v["queue"]["type"].as_str()), (200, Some("pull")), "{v}");
+    assert_eq!(v["queue"]["size"], 0);
+
+    // Expiry is not held up by a reserved message ahead: the expired one behind it is gone
+    // from `size` and from lookups by id.
+    let (s, _) = call(
+        p,
+        "PUT",
+        &qp("exp"),
+        json!({"queue": {"message_expiration": 1}}),
+    );
+    assert_eq!(s, 200);
+    let ids = post_msgs(p, "exp", &["head", "behind"]);
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("{}/reservations", qp("exp")),
+        json!({"n": 1, "timeout": 60}),
+    );
+    assert_eq!(
+        (s, v["messages"][0]["id"].as_str()),
+        (200, Some(ids[0].as_str()))
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let (s, v) = call(
+        p,
+        "GET",
+        &format!("{}/messages/{}", qp("exp"), ids[1]),
+        Value::Null,
+    );
+    assert_eq!(s, 404, "an expired message is not found: {v}");
+    let (_, v) = call(p, "GET", &qp("exp"), Value::Null);
+    assert_eq!(v["queue"]["size"], 1, "only the reserved one is left: {v}");
+    let (s, _) = call(
+        p,
+        "DELETE",
+        &format!("{}/messages/{}", qp("exp"), ids[1]),
+        json!({}),
+    );
+    assert_eq!(s, 404);
 }

@@ -799,3 +799,174 @@ async fn alerts_fire_on_dead_letter_moves_and_ironmq_deliveries() {
         assert_eq!(alert["source_queue"], source, "{alert}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_over_the_body_limit_is_cut_to_fit_and_the_retry_budget_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let (fail_url, fail) = subscriber(Mode::Fail).await;
+    let (s, v) = srv
+        .call(
+            "PUT",
+            "big",
+            json!({"queue": {"push": {"subscribers": [{"name": "f", "url": fail_url}],
+                "retries": 0, "error_queue": "big-err"}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // Under the 256 KiB limit, but the report (the body escaped, plus the rest) is over it.
+    let body = "\"q\"".repeat(87_000);
+    let id = srv.post("big", &[&body]).await.remove(0);
+    srv.wait_statuses("big", &id, &["error"], 10).await;
+    let (s, v) = srv
+        .call("POST", "big-err/reservations", json!({"n": 10}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let msgs = v["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 1, "one report");
+    let text = msgs[0]["body"].as_str().unwrap();
+    assert!(text.len() <= 256 * 1024, "{}", text.len());
+    let e: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(e["source_msg_id"], id.as_str());
+    assert_eq!(e["body_truncated"], true);
+    let kept = e["body"].as_str().unwrap();
+    assert!(
+        kept.len() > 100_000 && body.starts_with(kept),
+        "{}",
+        kept.len()
+    );
+    // One attempt (retries 0), not a redelivery loop; the original stays readable.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(hits(&fail).len(), 1);
+    let (s, m) = srv
+        .call("GET", &format!("big/messages/{id}"), json!({}))
+        .await;
+    assert_eq!(
+        (s, m["message"]["body"].as_str()),
+        (200, Some(body.as_str()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_links_that_would_close_a_cycle_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let (ok_url, _ok) = subscriber(Mode::Ok).await;
+    let push = |subs: Value, eq: &str| json!({"queue": {"push": {"subscribers": subs, "error_queue": eq}}});
+    let cases = [
+        // A queue fanning out to itself, or naming itself as its error queue.
+        (
+            "self",
+            push(json!([{"name": "me", "url": "ironmq:///self"}]), ""),
+        ),
+        ("self2", push(json!([{"url": ok_url}]), "self2")),
+    ];
+    for (q, body) in cases {
+        let (s, v) = srv.call("PUT", q, body).await;
+        assert_eq!(s, 400, "{q}: {v}");
+        assert!(v["msg"].as_str().unwrap().contains("cycle"), "{v}");
+        assert_eq!(
+            srv.call("GET", q, json!({})).await.0,
+            404,
+            "nothing created"
+        );
+    }
+    // a -> b (fan-out), then b -> a (error queue) would close a cycle; b -> c does not,
+    // and neither does c fanning out to a (a chain, not a loop).
+    let (s, v) = srv
+        .call("PUT", "a", push(json!([{"url": "ironmq:///b"}]), ""))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = srv
+        .call("PUT", "b", push(json!([{"url": ok_url}]), "a"))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["msg"].as_str().unwrap().contains("b -> a -> b"),
+        "the cycle is named: {v}"
+    );
+    let (s, v) = srv
+        .call("PUT", "b", push(json!([{"url": ok_url}]), "c"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = srv
+        .call("PUT", "c", push(json!([{"url": "ironmq:///d"}]), ""))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // Adding a subscriber to c that leads back into a -> b -> c closes one.
+    let (s, v) = srv
+        .call(
+            "POST",
+            "c/subscribers",
+            json!({"subscribers": [{"name": "back", "url": "ironmq:///a"}]}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (_, info) = srv.call("GET", "c", json!({})).await;
+    assert_eq!(
+        info["queue"]["push"]["subscribers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "unchanged: {info}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_in_a_batch_delete_and_subscriber_name_on_pull_queues() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let (acc_url, acc) = subscriber(Mode::Accept).await;
+    let (s, v) = srv
+        .call(
+            "PUT",
+            "held",
+            json!({"queue": {"push": {"subscribers": [{"name": "acc", "url": acc_url}],
+                "retries_delay": 60}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let ids = srv.post("held", &["one", "two"]).await;
+    let h = wait_hits(&acc, 2, 10).await;
+    srv.wait_statuses("held", &ids[0], &["reserved"], 5).await;
+    srv.wait_statuses("held", &ids[1], &["reserved"], 5).await;
+    let entry = |h: &Hit, rid: &str| json!({"id": header(h, "iron-message-id"), "reservation_id": rid, "subscriber_name": "acc"});
+    // One stale reservation: refused, and neither is acknowledged.
+    let bad = json!({"ids": [entry(&h[0], header(&h[0], "iron-reservation-id")), entry(&h[1], &"0".repeat(32))]});
+    let (s, v) = srv.call("DELETE", "held/messages", bad).await;
+    assert_eq!(s, 403, "{v}");
+    for id in &ids {
+        assert_eq!(srv.statuses("held", id).await[0]["status"], "reserved");
+    }
+    let good = json!({"ids": [entry(&h[0], header(&h[0], "iron-reservation-id")), entry(&h[1], header(&h[1], "iron-reservation-id"))]});
+    let (s, v) = srv.call("DELETE", "held/messages", good).await;
+    assert_eq!((s, v["msg"].as_str()), (200, Some("Deleted")), "{v}");
+    for id in &ids {
+        srv.wait_statuses("held", id, &["deleted"], 5).await;
+    }
+
+    // On a pull queue `subscriber_name` is no acknowledgement: without a token the answer
+    // is 401 (as for any other call), with one it is an ordinary delete.
+    let id = srv.post("plain", &["x"]).await.remove(0);
+    let c = reqwest::Client::new();
+    let url = srv.queue_url(&format!("plain/messages/{id}"));
+    let gone = srv.queue_url(&format!("nothing-here/messages/{id}"));
+    for u in [&url, &gone] {
+        let r = c
+            .delete(u)
+            .json(&json!({"reservation_id": "0".repeat(32), "subscriber_name": "s"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{u}");
+    }
+    let (s, v) = srv
+        .call(
+            "DELETE",
+            &format!("plain/messages/{id}"),
+            json!({"subscriber_name": "s"}),
+        )
+        .await;
+    assert_eq!((s, v["msg"].as_str()), (200, Some("Deleted")), "{v}");
+}

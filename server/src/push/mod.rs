@@ -267,8 +267,10 @@ async fn deliver(ctx: &Ctx, d: PushDelivery, push: Option<Arc<Push>>) {
         && !push.error_queue.is_empty()
         && let Err(e) = post_error(ctx, &d, &push, &decision.failed_for_good).await
     {
-        // The state is not recorded either: the attempt is redone (at least once).
+        // The state is not recorded either: the attempt is redone (at least once), after a
+        // pause so that a post that keeps failing does not spin.
         tracing::error!(queue = %d.key.name, id = %d.id, error = %e, "posting to the error queue failed");
+        tokio::time::sleep(ERROR_QUEUE_RETRY).await;
         engine.push_unclaim(&d);
         return;
     }
@@ -280,6 +282,10 @@ async fn deliver(ctx: &Ctx, d: PushDelivery, push: Option<Arc<Push>>) {
     }
 }
 
+/// How long a delivery whose error-queue message could not be posted waits before it is
+/// redone.
+const ERROR_QUEUE_RETRY: Duration = Duration::from_secs(1);
+
 /// The error-queue message for subscribers that failed for good (contract §7.3).
 async fn post_error(
     ctx: &Ctx,
@@ -287,6 +293,25 @@ async fn post_error(
     push: &Push,
     failed: &[engine::PushSubState],
 ) -> Result<(), engine::Error> {
+    let max = ctx.st.engine.config().body_bytes_max as usize;
+    let key = QueueKey::new(d.key.project.clone(), push.error_queue.clone());
+    let msg = NewMessage {
+        body: error_report(d, push, failed, max),
+        ..Default::default()
+    };
+    crate::alerts::post(&ctx.st, &key, &[msg]).await.map(drop)
+}
+
+/// The report of §7.3 as JSON text. When it would be over `max` bytes (the message body
+/// limit: the report holds the original body, escaped), the copy of the body is cut at a
+/// character boundary and `"body_truncated": true` added; the original message stays
+/// readable by `source_msg_id`.
+fn error_report(
+    d: &PushDelivery,
+    push: &Push,
+    failed: &[engine::PushSubState],
+    max: usize,
+) -> Vec<u8> {
     let headers: BTreeMap<String, String> = if d.meta.is_empty() {
         BTreeMap::new()
     } else {
@@ -296,18 +321,41 @@ async fn post_error(
         .iter()
         .map(|s| json!({"name": s.subscriber, "url": push.url_of(&s.subscriber), "code": s.status_code, "msg": s.msg}))
         .collect();
-    let body = json!({
+    let body = String::from_utf8_lossy(&d.body);
+    let mut report = json!({
         "source_msg_id": d.id.to_string(),
-        "body": String::from_utf8_lossy(&d.body),
+        "body": body,
         "headers": headers,
         "subscribers": subs,
     });
-    let key = QueueKey::new(d.key.project.clone(), push.error_queue.clone());
-    let msg = NewMessage {
-        body: body.to_string().into_bytes(),
-        ..Default::default()
-    };
-    crate::alerts::post(&ctx.st, &key, &[msg]).await.map(drop)
+    let mut text = report.to_string();
+    if text.len() > max {
+        report["body_truncated"] = json!(true);
+        // The longest prefix of the body (at a character boundary) whose report fits:
+        // a binary search, as escaping makes the report's length uneven in the prefix's.
+        let mut fits = |keep: usize| {
+            report["body"] = json!(&body[..keep]);
+            let t = report.to_string();
+            (t.len() <= max).then_some(t)
+        };
+        let (mut lo, mut hi) = (0, body.len());
+        text = fits(0).unwrap_or_default();
+        while hi - lo > 1 {
+            let mid = body.floor_char_boundary(lo + (hi - lo) / 2);
+            if mid == lo {
+                break;
+            }
+            match fits(mid) {
+                Some(t) => (lo, text) = (mid, t),
+                None => hi = mid,
+            }
+        }
+        if text.is_empty() {
+            // Not even an empty body fits (a tiny body limit): the post fails and says so.
+            text = report.to_string();
+        }
+    }
+    text.into_bytes()
 }
 
 /// Makes one attempt to `sub`.
@@ -483,7 +531,13 @@ async fn fan_out(ctx: &Ctx, d: &PushDelivery, u: &IronMqUrl) -> Outcome {
         }
         (Some((project, token)), Some(_)) => {
             let url = u.post_url(project).expect("a host is set");
-            let body = json!({"messages": [{"body": String::from_utf8_lossy(&d.body)}]});
+            let mut m = json!({"body": String::from_utf8_lossy(&d.body)});
+            if let Ok(h) = serde_json::from_slice::<BTreeMap<String, String>>(&d.meta)
+                && !h.is_empty()
+            {
+                m["push_headers"] = json!(h);
+            }
+            let body = json!({ "messages": [m] });
             let resp = ctx
                 .client
                 .post(&url)

@@ -59,14 +59,19 @@ impl IronMqUrl {
         })
     }
 
-    /// The API URL that posts messages to the queue on another server: HTTPS on port 443,
-    /// HTTP otherwise.
+    /// The API URL that posts messages to the queue on another server: HTTPS without a
+    /// port or on port 443 (the form of IronMQ's hosted clusters, which carries a token that
+    /// must not cross the network in clear), HTTP on any other port.
     pub fn post_url(&self, project: &str) -> Option<String> {
         let host = self.host.as_ref()?;
-        let scheme = if host.ends_with(":443") {
-            "https"
-        } else {
-            "http"
+        // `[v6]:port` or `name:port`; a bare IPv6 address is always bracketed in a URL.
+        let port = match host.rsplit_once(']') {
+            Some((_, rest)) => rest.strip_prefix(':'),
+            None => host.rsplit_once(':').map(|(_, p)| p),
+        };
+        let scheme = match port {
+            None | Some("443") => "https",
+            Some(_) => "http",
         };
         let enc = |s: &str| {
             percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
@@ -108,6 +113,15 @@ mod tests {
             remote.post_url("p").unwrap(),
             "http://mq.example:8080/3/projects/p/queues/q/messages"
         );
+        for (host, url) in [
+            ("mq.example", "https://mq.example/3"),
+            ("mq.example:443", "https://mq.example:443/3"),
+            ("[::1]", "https://[::1]/3"),
+            ("[::1]:8080", "http://[::1]:8080/3"),
+        ] {
+            let u = IronMqUrl::parse(&format!("ironmq://p:t@{host}/q")).unwrap();
+            assert!(u.post_url("p").unwrap().starts_with(url), "{host}");
+        }
         for bad in [
             "ironmq://",
             "ironmq://host/q",
