@@ -113,7 +113,7 @@ impl Default for ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
+    Load(Box<figment::Error>),
     #[error("configuration key `{key}`: {msg}")]
     Invalid { key: &'static str, msg: String },
     /// The engine refused its settings in a way that names no key.

@@ -391,7 +391,11 @@ mod tests {
             .expect_err("a cycle through the store");
         assert!(e.to_string().contains("dead-letter cycle"), "{e}");
         // (c exists, as b's dead-letter queue, without a link of its own.)
-        assert_eq!((link("c"), link("x")), (Some(None), None), "nothing written");
+        assert_eq!(
+            (link("c"), link("x")),
+            (Some(None), None),
+            "nothing written"
+        );
         // Removing b's link in the same file breaks it.
         let unlink_b = json!({"project": "p1", "name": "b", "dead_letter": {"queue_name": ""}});
         apply(&engine, &[dl("c", "x"), dl("x", "a"), unlink_b])

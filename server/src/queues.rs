@@ -169,11 +169,17 @@ async fn edit_subscribers(
                     }
                     Edit::Replace => push.subscribers = settings::subscribers_from(specs)?,
                     Edit::Remove => {
-                        let names: Vec<String> = specs
-                            .into_iter()
-                            .filter_map(|s| s.name.filter(|n| !n.is_empty()).or(s.url))
-                            .collect();
-                        push.subscribers.retain(|s| !names.contains(&s.name));
+                        // By name; an entry with only a url removes the subscribers at it.
+                        let (mut names, mut urls) = (Vec::new(), Vec::new());
+                        for s in specs {
+                            match (s.name.filter(|n| !n.is_empty()), s.url) {
+                                (Some(n), _) => names.push(n),
+                                (None, Some(u)) => urls.push(u),
+                                (None, None) => {}
+                            }
+                        }
+                        push.subscribers
+                            .retain(|s| !names.contains(&s.name) && !urls.contains(&s.url));
                     }
                 }
                 if push.subscribers.is_empty() {

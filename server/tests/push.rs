@@ -911,6 +911,29 @@ async fn push_links_that_would_close_a_cycle_are_refused() {
         1,
         "unchanged: {info}"
     );
+    // A removal naming only a url removes the subscribers at that url.
+    let (s, v) = srv
+        .call(
+            "POST",
+            "c/subscribers",
+            json!({"subscribers": [{"name": "two", "url": ok_url}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = srv
+        .call(
+            "DELETE",
+            "c/subscribers",
+            json!({"subscribers": [{"url": ok_url}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, info) = srv.call("GET", "c", json!({})).await;
+    assert_eq!(
+        info["queue"]["push"]["subscribers"],
+        json!([{"name": "ironmq:///d", "url": "ironmq:///d"}]),
+        "{info}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
