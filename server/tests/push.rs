@@ -993,3 +993,42 @@ async fn acknowledgements_in_a_batch_delete_and_subscriber_name_on_pull_queues()
         .await;
     assert_eq!((s, v["msg"].as_str()), (200, Some("Deleted")), "{v}");
 }
+
+/// Unicast: a 202 that is never acknowledged is a failure once `retries_delay` passes, and
+/// the message moves on at once to the next subscriber (not to the one that held it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unicast_moves_on_from_an_unacknowledged_202() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let (acc_url, acc) = subscriber(Mode::Accept).await;
+    let (ok_url, ok) = subscriber(Mode::Ok).await;
+    let (s, v) = srv
+        .call(
+            "PUT",
+            "uni202",
+            json!({"queue": {"type": "unicast", "push": {"subscribers": [
+                {"name": "acc", "url": acc_url}, {"name": "ok", "url": ok_url}
+            ], "retries": 1, "retries_delay": 3}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let posted = Instant::now();
+    let ids = srv.post("uni202", &["a", "b", "c", "d", "e", "f"]).await;
+    let got = wait_hits(&ok, ids.len(), 10).await;
+    let held = hits(&acc);
+    assert!(!held.is_empty(), "round-robin starts some messages at acc");
+    let last = got.iter().map(|h| h.at).max().unwrap() - posted;
+    assert!(
+        last < Duration::from_millis(5500),
+        "moved on at the first hold's end, not after a second one: {last:?}"
+    );
+    let mut asked: Vec<&str> = held.iter().map(|h| header(h, "iron-message-id")).collect();
+    asked.sort();
+    let n = asked.len();
+    asked.dedup();
+    assert_eq!(asked.len(), n, "acc was asked once per message");
+    for id in &ids {
+        srv.wait_statuses("uni202", id, &["deleted", "error"], 5)
+            .await;
+    }
+}

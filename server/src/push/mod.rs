@@ -229,18 +229,23 @@ async fn deliver(ctx: &Ctx, d: PushDelivery, push: Option<Arc<Push>>) {
         .as_ref()
         .is_some_and(|p| p.status == engine::PushStatus::Reserved);
     let started = Instant::now();
-    let (outcome, counted) =
-        if expired_hold && prev.as_ref().is_some_and(|p| p.tries > push.retries) {
-            (
-                Outcome::Failed {
-                    code: 202,
-                    msg: "not acknowledged within retries_delay".into(),
-                },
-                false,
-            )
-        } else {
-            (attempt(ctx, &d, &push, &sub).await, true)
-        };
+    // An expired 202 hold is a failed try (counted when the 202 came). Unicast then moves
+    // on at once to a subscriber not tried yet in this round, as for any failure, rather
+    // than asking the one that held it again; the others ask again if retries remain.
+    let unicast_moves_on = d.config.kind == engine::QueueKind::Unicast && d.states.len() > 1;
+    let (outcome, counted) = if expired_hold
+        && (unicast_moves_on || prev.as_ref().is_some_and(|p| p.tries > push.retries))
+    {
+        (
+            Outcome::Failed {
+                code: 202,
+                msg: "not acknowledged within retries_delay".into(),
+            },
+            false,
+        )
+    } else {
+        (attempt(ctx, &d, &push, &sub).await, true)
+    };
     let latency_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
     let now = crate::time::now_ms();
     let mut jitter = |ms: u64| -> u64 {
