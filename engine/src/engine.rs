@@ -936,6 +936,12 @@ impl Engine {
             drain.as_mut().enable();
             let draining = self.inner.draining.load(Ordering::Acquire);
             let (picked, end, waiters, next_due) = self.reserve_now(key, &opts)?;
+            if !picked.is_empty() && !opts.delete {
+                // New reservations are new timers: a long poll asleep on this queue set its
+                // wake-up from the timers there were, so one of them is woken to look again
+                // (each one woken that takes messages passes it on the same way).
+                waiters.notify_one();
+            }
             if !picked.is_empty() || draining || tokio::time::Instant::now() >= deadline {
                 self.inner.log.wait_durable(end).await?;
                 return Ok(self

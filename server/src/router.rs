@@ -107,6 +107,8 @@ pub fn build(state: AppState) -> Router {
         .route(
             &format!("{q}/alerts"),
             post(queues::alerts_add)
+                // Ruby's `Queue#add_alerts` (v3 builds that still have it) sends PATCH.
+                .patch(queues::alerts_add)
                 .put(queues::alerts_replace)
                 .delete(queues::alerts_remove),
         )

@@ -397,7 +397,8 @@ fn methods(t: &Target) -> &'static [&'static str] {
             Tail::Message(_) => &["GET", "DELETE"],
             Tail::Touch(_) | Tail::Release(_) | Tail::Reservations | Tail::Webhook => &["POST"],
             Tail::PushStatuses(_) => &["GET"],
-            Tail::Subscribers | Tail::Alerts => &["POST", "PUT", "DELETE"],
+            Tail::Subscribers => &["POST", "PUT", "DELETE"],
+            Tail::Alerts => &["POST", "PUT", "PATCH", "DELETE"],
             Tail::Alert(_) => &["DELETE"],
         },
     }

@@ -543,6 +543,38 @@ fn full_api() {
     assert_eq!(v["messages"][0]["body"], "again", "{v}");
     assert!(waited < Duration::from_secs(4), "woken after {waited:?}");
 
+    // Two long polls, one message: the first takes it for 1 s; the second, asleep since
+    // before that reservation existed, gets it when the reservation ends (not at its wait).
+    let poll = move || {
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let (_, v) = call(
+                p,
+                "POST",
+                &format!("{}/reservations", qp("lp2")),
+                json!({"n": 1, "timeout": 1, "wait": 10}),
+            );
+            (t.elapsed(), v)
+        })
+    };
+    call(p, "PUT", &qp("lp2"), json!({}));
+    let (a, b) = (poll(), poll());
+    std::thread::sleep(Duration::from_millis(300));
+    post_msgs(p, "lp2", &["shared"]);
+    let (mut got, mut times) = (Vec::new(), Vec::new());
+    for w in [a, b] {
+        let (waited, v) = w.join().expect("poller");
+        got.push(v["messages"][0]["reserved_count"].as_u64());
+        times.push(waited);
+    }
+    got.sort();
+    assert_eq!(got, [Some(1), Some(2)], "each poll got it once: {got:?}");
+    let last = times.iter().max().unwrap();
+    assert!(
+        *last < Duration::from_secs(4),
+        "second poll woken after {last:?}"
+    );
+
     // A request head over header_bytes_max (64 KiB by default) is a JSON 431; one just under
     // it is served.
     for (pad, want) in [(60_000, 200), (70_000, 431)] {
@@ -898,6 +930,17 @@ fn client_quirks_dead_letter_creation_and_expiry_behind_a_reservation() {
         json!({"queue": {"push": {"subscribers": [{"name": "s", "url": "http://127.0.0.1:1/x", "headers": []}]}}}),
     );
     assert_eq!(s, 200, "{v}");
+
+    // Ruby's `Queue#add_alerts` sends PATCH to `/alerts`, its alerts wrapped in `queue`.
+    let (s, v) = call(
+        p,
+        "PATCH",
+        &format!("{}/alerts", qp("php")),
+        json!({"queue": {"alerts": [{"type": "fixed", "trigger": 3, "queue": "php-alerts"}]}}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = call(p, "GET", &qp("php"), Value::Null);
+    assert_eq!(v["queue"]["alerts"][0]["trigger"], 3, "{v}");
 
     // Go field names: `N` counts, and `Ids` is a batch delete, never a clear.
     let ids = post_msgs(p, "go", &["a", "b", "c"]);
