@@ -135,6 +135,8 @@ fn check(w: &World, r: &Req<'_>) {
     };
     let (status, body) = w.rt.block_on(async {
         let resp = w.app.clone().oneshot(req).await.expect("infallible");
+        // What `http.rs` does to every answer of the router (axum's rejections are text).
+        let resp = server::http::ensure_json(resp);
         let status = resp.status();
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         (status, body)

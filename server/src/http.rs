@@ -101,7 +101,9 @@ fn method_override(req: &mut axum::http::request::Parts) {
 }
 
 /// Makes sure an error response is JSON `{"msg"}` (axum's own rejections are plain text).
-fn ensure_json(resp: Response<Body>) -> Response<Body> {
+/// Applied to every answer of the router (public for the `http_api` fuzz target, which
+/// drives the router directly).
+pub fn ensure_json(resp: Response<Body>) -> Response<Body> {
     let is_json = resp
         .headers()
         .get(header::CONTENT_TYPE)

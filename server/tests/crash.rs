@@ -15,7 +15,14 @@ use common::{PID, Server, Start, TOKEN, qp};
 use serde_json::{Value, json};
 
 const PRODUCERS: usize = 3;
-const ROUNDS: usize = 2;
+/// Kill-and-restart rounds: 2 in the test suite; `FERROMQ_CRASH_ROUNDS` for long runs
+/// (`scripts/crash-soak.sh`).
+fn rounds() -> usize {
+    std::env::var("FERROMQ_CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2)
+}
 
 #[derive(Default)]
 struct Acked {
@@ -169,7 +176,7 @@ fn sigkill_under_load_loses_no_acknowledged_post_and_resurrects_no_acknowledged_
     );
     assert_eq!(s, 200, "{v}");
     let mut all = Acked::default();
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         let a = load_and_kill(&mut srv);
         assert!(
             !a.posted.is_empty(),
