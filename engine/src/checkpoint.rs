@@ -95,6 +95,11 @@ pub enum IndexRejection {
     LogMismatch,
     #[error("the index refers to a segment that is not in the log")]
     MissingSegment,
+    /// Live messages lie in a segment before the log's first one: its file is gone, though
+    /// retention never drops a segment that holds live messages. Not a reason to replay
+    /// the whole log (which would lose them in silence): the open fails.
+    #[error("live messages lie in segment {0}, whose file is missing at the front of the log")]
+    LostSegment(u32),
     #[error("the log after the index's position does not check; a full replay decides")]
     TailUnchecked,
 }
@@ -733,11 +738,15 @@ impl Runs<'_, '_> {
             if id > self.covers {
                 return Err(IndexRejection::Malformed);
             }
-            self.region_len = self
-                .segs
-                .region(id)
-                .ok_or(IndexRejection::MissingSegment)?
-                .len();
+            self.region_len = match self.segs.region(id) {
+                Some(r) => r.len(),
+                // Before the log's first segment: retention may have dropped it after
+                // relocating the message, which the records after `covers` then show.
+                // Whether that holds is checked after they are replayed (a message still
+                // there means the file was lost: `recovery::from_index`).
+                None if id < self.segs.first => usize::MAX,
+                None => return Err(IndexRejection::MissingSegment),
+            };
             self.segment = e.segment;
         }
         let end = e.offset as u64 + e.disk_bytes();

@@ -95,7 +95,10 @@ pub enum CorruptionKind {
     BadPayload,
     #[error("segment is shorter than its header")]
     ShortSegment,
-    #[error("a segment file is missing (a gap in the numbering, or the end of the log)")]
+    #[error(
+        "a segment file is missing (a gap in the numbering, the end of the log, or the start \
+         of the log while the restart index places live messages in it)"
+    )]
     MissingSegment,
 }
 

@@ -201,6 +201,15 @@ fn recover_with(
             Ok(Some(loaded)) => {
                 match from_index(config, &root, &mut segs, loaded, now_ms, time_floor) {
                     Ok(replayed) => return finish(&root, segs, replayed),
+                    // A file removed from the front of the log: the index is the only
+                    // witness (a full replay cannot tell), so it stays, and the open stops.
+                    Err(IndexRejection::LostSegment(lost)) => {
+                        return Err(Error::Corruption {
+                            path: root.join(SegmentId(lost).file_name()),
+                            offset: 0,
+                            kind: CorruptionKind::MissingSegment,
+                        });
+                    }
                     Err(why) => index = IndexUse::Ignored(why),
                 }
             }
@@ -421,12 +430,10 @@ fn from_index(
     // Every live message must still have its body in the log (retention cannot have
     // dropped a segment a message lives in, but the index is only trusted as far as this).
     let (first, last) = (segs[0].id.0, segs[segs.len() - 1].id.0);
-    if state
-        .live
-        .per_segment
-        .keys()
-        .any(|s| !(first..=last).contains(s))
-    {
+    if let Some(&lost) = state.live.per_segment.keys().find(|&&s| s < first) {
+        return Err(IndexRejection::LostSegment(lost));
+    }
+    if state.live.per_segment.keys().any(|&s| s > last) {
         return Err(IndexRejection::MissingSegment);
     }
     state.push_queues = state

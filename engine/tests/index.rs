@@ -724,3 +724,86 @@ fn a_moved_message_survives_a_replay_after_its_deleted_source_queue_definition_i
         });
     }
 }
+
+/// A segment file missing at the front of the log (removed by hand, say) while the restart
+/// index places live messages in it: the open stops and names the file, and changes nothing
+/// (a full replay could not tell, and would lose those messages in silence). A segment that
+/// retention dropped after relocating its messages is not missing.
+#[test]
+fn a_segment_file_missing_at_the_front_under_live_messages_stops_the_open() {
+    let dir = tempdir();
+    let clock = ManualClock::new(T0);
+    rt().block_on(async {
+        let e = open(dir.path(), &clock);
+        populate(&e, 24).await;
+        e.close();
+    });
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 2, "{segs:?}");
+    let first = dir.path().join(&segs[0]);
+    let saved = std::fs::read(&first).unwrap();
+    let index = std::fs::read(dir.path().join(INDEX)).unwrap();
+    std::fs::remove_file(&first).unwrap();
+    match Engine::open(config(dir.path())) {
+        Err(Error::Corruption { path, kind, .. }) => {
+            assert_eq!(
+                (path, kind),
+                (first.clone(), CorruptionKind::MissingSegment)
+            );
+        }
+        other => panic!("expected a missing segment, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join(INDEX)).unwrap(),
+        index,
+        "index kept"
+    );
+    std::fs::write(&first, saved).unwrap();
+    let e = Engine::open(config(dir.path())).expect("whole again");
+    assert!(matches!(e.recovery_report().index, IndexUse::Loaded { .. }));
+}
+
+/// An index written before retention relocated a segment's messages and dropped it: the
+/// records after the index's position move them, and the open uses the index.
+#[test]
+fn an_index_older_than_a_relocation_is_brought_up_to_date_by_the_records_after_it() {
+    let dir = tempdir();
+    let clock = ManualClock::new(T0);
+    let rt = rt();
+    let (ids, older) = rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        // Live messages in the first segment, then enough churn for retention to relocate
+        // them and drop it.
+        let ids = populate(&e, 3).await;
+        let first = segments(dir.path())[0].clone();
+        // The index's position in the second segment, its messages in the first.
+        churn_into_a_second_segment(&e, dir.path()).await;
+        e.post(&key("a"), &msgs(1, 10, 0, 0), true).await.unwrap();
+        let w = e.write_index().unwrap();
+        assert!(w.written && w.covers.segment() > SegmentId(1), "{w:?}");
+        let older = std::fs::read(dir.path().join(INDEX)).unwrap();
+        let mut relocated = 0;
+        for _ in 0..4 * BATCHES_PER_SEGMENT_MAX {
+            let r = churn(&e, 1).await.remove(0);
+            relocated += r.messages_relocated;
+            if !segments(dir.path()).contains(&first) {
+                break;
+            }
+        }
+        assert!(
+            !segments(dir.path()).contains(&first),
+            "retention dropped {first}"
+        );
+        assert!(relocated > 0, "live messages were relocated");
+        e.close();
+        (ids, older)
+    });
+    let want = observe_replay(dir.path(), &clock, &ids);
+    std::fs::write(dir.path().join(INDEX), &older).unwrap();
+    rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        let r = e.recovery_report();
+        assert_eq!(observe(&e, &ids).await, want);
+        assert!(matches!(r.index, IndexUse::Loaded { .. }), "{r:?}");
+    });
+}
