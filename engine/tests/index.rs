@@ -462,17 +462,35 @@ fn an_older_index_whose_position_is_still_in_the_log_is_used() {
     });
 }
 
-#[test]
-fn segment_files_missing_at_the_end_of_the_log_stop_the_open() {
-    let dir = tempdir();
-    let clock = ManualClock::new(T0);
+/// A log of a few segments with live messages in each, closed (so with an index).
+fn closed_log(dir: &Path) -> Vec<String> {
     rt().block_on(async {
-        let e = open(dir.path(), &clock);
+        let e = open(dir, &ManualClock::new(T0));
         populate(&e, 24).await;
         e.close();
     });
-    let segs = segments(dir.path());
+    let segs = segments(dir);
     assert!(segs.len() >= 2, "{segs:?}");
+    segs
+}
+
+/// Opening `dir` fails: the segment file `missing` is missing.
+fn open_fails_missing(dir: &Path, missing: &Path) {
+    match Engine::open(config(dir)) {
+        Err(Error::Corruption { path, kind, .. }) => {
+            assert_eq!(
+                (path.as_path(), kind),
+                (missing, CorruptionKind::MissingSegment)
+            );
+        }
+        other => panic!("expected a missing segment, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn segment_files_missing_at_the_end_of_the_log_stop_the_open() {
+    let dir = tempdir();
+    let segs = closed_log(dir.path());
     let last = dir.path().join(segs.last().unwrap());
     let saved = std::fs::read(&last).unwrap();
     // Without its last segment, or without any, the log looks shorter than the index says.
@@ -484,12 +502,7 @@ fn segment_files_missing_at_the_end_of_the_log_stop_the_open() {
         for &i in &remove {
             std::fs::remove_file(dir.path().join(&segs[i])).unwrap();
         }
-        match Engine::open(config(dir.path())) {
-            Err(Error::Corruption { path, kind, .. }) => {
-                assert_eq!((path, kind), (last.clone(), CorruptionKind::MissingSegment));
-            }
-            other => panic!("expected a missing segment, got {:?}", other.map(|_| ())),
-        }
+        open_fails_missing(dir.path(), &last);
         for (&i, bytes) in remove.iter().zip(kept) {
             std::fs::write(dir.path().join(&segs[i]), bytes).unwrap();
         }
@@ -732,27 +745,12 @@ fn a_moved_message_survives_a_replay_after_its_deleted_source_queue_definition_i
 #[test]
 fn a_segment_file_missing_at_the_front_under_live_messages_stops_the_open() {
     let dir = tempdir();
-    let clock = ManualClock::new(T0);
-    rt().block_on(async {
-        let e = open(dir.path(), &clock);
-        populate(&e, 24).await;
-        e.close();
-    });
-    let segs = segments(dir.path());
-    assert!(segs.len() >= 2, "{segs:?}");
+    let segs = closed_log(dir.path());
     let first = dir.path().join(&segs[0]);
     let saved = std::fs::read(&first).unwrap();
     let index = std::fs::read(dir.path().join(INDEX)).unwrap();
     std::fs::remove_file(&first).unwrap();
-    match Engine::open(config(dir.path())) {
-        Err(Error::Corruption { path, kind, .. }) => {
-            assert_eq!(
-                (path, kind),
-                (first.clone(), CorruptionKind::MissingSegment)
-            );
-        }
-        other => panic!("expected a missing segment, got {:?}", other.map(|_| ())),
-    }
+    open_fails_missing(dir.path(), &first);
     assert_eq!(
         std::fs::read(dir.path().join(INDEX)).unwrap(),
         index,
