@@ -351,8 +351,19 @@ pub async fn get(
     Path((_, q, id)): MPath,
 ) -> ApiResult {
     let id = parse_id(&id)?;
-    let m = st.engine.get(&key(&auth, q), id).await?;
-    Ok(ok(json!({ "message": message_json(m) })))
+    let key = key(&auth, q);
+    let m = st.engine.get(&key, id).await?;
+    let mut v = message_json(m);
+    // On a push queue the message carries its push statuses too, where Ruby's client and
+    // IronMQ's pusher test engine read them (`message.push_statuses`; contract §16).
+    if let Ok(info) = st.engine.queue_info_now(&key)
+        && info.config.kind.is_push()
+        && let Some(push) = Extra::of(&info.config).push
+        && let Ok(states) = st.engine.push_statuses(&key, id).await
+    {
+        v["push_statuses"] = json!(statuses_json(&push, &states));
+    }
+    Ok(ok(json!({ "message": v })))
 }
 
 #[derive(Default, Deserialize)]
@@ -656,7 +667,12 @@ pub async fn push_statuses(
     Path((_, q, id)): MPath,
 ) -> ApiResult {
     let (push, states) = push_states(&st, key(&auth, q), &id).await?;
-    let subs: Vec<Value> = states
+    Ok(ok(json!({ "subscribers": statuses_json(&push, &states) })))
+}
+
+/// Push status objects (contract §3.6): both `name` and `subscriber_name`, and the rest.
+fn statuses_json(push: &crate::settings::Push, states: &[engine::PushSubState]) -> Vec<Value> {
+    states
         .iter()
         .map(|s| {
             let mut v = json!({
@@ -671,8 +687,7 @@ pub async fn push_statuses(
             }
             v
         })
-        .collect();
-    Ok(ok(json!({ "subscribers": subs })))
+        .collect()
 }
 
 /// `GET /queues/{q}/messages/{id}/deliveries`: the delivery log, the last attempts per

@@ -334,6 +334,10 @@ async fn multicast_delivers_with_headers_holds_202_until_acked_and_signs() {
         .call("GET", &format!("mc/messages/{id}"), json!({}))
         .await;
     assert_eq!((s, m["message"]["body"].as_str()), (200, Some("{\"n\":1}")));
+    // With its push statuses, as the subscribers endpoint gives them (contract §16).
+    let statuses = &m["message"]["push_statuses"];
+    assert_eq!(statuses[0]["subscriber_name"], "ok", "{m}");
+    assert_eq!(statuses[1]["status"], "deleted", "{m}");
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!((hits(&ok).len(), hits(&acc).len()), (1, 1));
 }
