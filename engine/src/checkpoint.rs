@@ -98,8 +98,11 @@ pub enum IndexRejection {
     /// Live messages lie in a segment before the log's first one: its file is gone, though
     /// retention never drops a segment that holds live messages. Not a reason to replay
     /// the whole log (which would lose them in silence): the open fails.
-    #[error("live messages lie in segment {0}, whose file is missing at the front of the log")]
-    LostSegment(u32),
+    #[error(
+        "{messages} live messages lie in segment {segment}, whose file is missing at the \
+         front of the log"
+    )]
+    LostSegment { segment: u32, messages: u64 },
     #[error("the log after the index's position does not check; a full replay decides")]
     TailUnchecked,
 }

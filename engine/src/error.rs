@@ -95,11 +95,18 @@ pub enum CorruptionKind {
     BadPayload,
     #[error("segment is shorter than its header")]
     ShortSegment,
-    #[error(
-        "a segment file is missing (a gap in the numbering, the end of the log, or the start \
-         of the log while the restart index places live messages in it)"
-    )]
+    #[error("a segment file is missing (a gap in the numbering, or the end of the log)")]
     MissingSegment,
+    /// A segment file missing at the start of the log, where the restart index (written
+    /// before a crash) places live messages.
+    #[error(
+        "a segment file is missing at the start of the log, and the restart index places \
+         {messages} live messages in it (retention never drops a segment that holds live \
+         messages: the file was removed or lost). If the system clock was set back since the \
+         last run, those messages may have expired: removing index.idx then opens the log by \
+         a full replay, without them"
+    )]
+    LostSegment { messages: u64 },
 }
 
 /// Names shown of a long cycle: the first ones and the last ones (the message stays short

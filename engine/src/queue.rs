@@ -710,6 +710,25 @@ impl Queue {
         due.len()
     }
 
+    /// Deletes the messages in segments before `first` that have expired by `now_s`, in
+    /// whatever state: a restart index older than a segment's removal can still hold them
+    /// (expiry is not logged, so nothing after the index says they went). Returns how many.
+    pub fn drop_expired_before(&mut self, first: u32, now_s: u32, live: &mut LiveBytes) -> usize {
+        let gone: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|e| {
+                e.state != MsgState::Deleted && e.segment < first && e.expires_at_s <= now_s
+            })
+            .map(|e| e.id)
+            .collect();
+        for &id in &gone {
+            self.reservations.remove(&id);
+            self.apply_delete(MessageId(id), live);
+        }
+        gone.len()
+    }
+
     /// Deletes message `id` if it has expired and is not reserved (what the sweep would do
     /// once it reaches it), so that a lookup by id never finds an expired message. Push
     /// queues' messages are left to the pusher. True if it went.

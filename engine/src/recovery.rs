@@ -203,11 +203,11 @@ fn recover_with(
                     Ok(replayed) => return finish(&root, segs, replayed),
                     // A file removed from the front of the log: the index is the only
                     // witness (a full replay cannot tell), so it stays, and the open stops.
-                    Err(IndexRejection::LostSegment(lost)) => {
+                    Err(IndexRejection::LostSegment { segment, messages }) => {
                         return Err(Error::Corruption {
-                            path: root.join(SegmentId(lost).file_name()),
+                            path: root.join(SegmentId(segment).file_name()),
                             offset: 0,
-                            kind: CorruptionKind::MissingSegment,
+                            kind: CorruptionKind::LostSegment { messages },
                         });
                     }
                     Err(why) => index = IndexUse::Ignored(why),
@@ -430,8 +430,17 @@ fn from_index(
     // Every live message must still have its body in the log (retention cannot have
     // dropped a segment a message lives in, but the index is only trusted as far as this).
     let (first, last) = (segs[0].id.0, segs[segs.len() - 1].id.0);
-    if let Some(&lost) = state.live.per_segment.keys().find(|&&s| s < first) {
-        return Err(IndexRejection::LostSegment(lost));
+    // Messages that expired in a segment retention dropped went without a record (expiry
+    // is not logged), so an index older than the drop still holds them: gone, as a full
+    // replay has them. Any other message left there lost its file.
+    let now_s = (now_ms / 1000) as u32;
+    for q in state.queues.values_mut() {
+        q.drop_expired_before(first, now_s, &mut state.live);
+    }
+    if let Some((&segment, &(messages, _))) =
+        state.live.per_segment.iter().find(|(s, _)| **s < first)
+    {
+        return Err(IndexRejection::LostSegment { segment, messages });
     }
     if state.live.per_segment.keys().any(|&s| s > last) {
         return Err(IndexRejection::MissingSegment);

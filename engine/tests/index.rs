@@ -750,7 +750,23 @@ fn a_segment_file_missing_at_the_front_under_live_messages_stops_the_open() {
     let saved = std::fs::read(&first).unwrap();
     let index = std::fs::read(dir.path().join(INDEX)).unwrap();
     std::fs::remove_file(&first).unwrap();
-    open_fails_missing(dir.path(), &first);
+    // At the time the log was written (by the system clock, every message would have
+    // expired since, and expired ones are not missed).
+    let opened = Engine::open_with(
+        config(dir.path()),
+        Arc::new(OsStorage::new(dir.path()).expect("storage")),
+        Arc::new(ManualClock::new(T0)),
+    );
+    match opened {
+        Err(Error::Corruption { path, kind, .. }) => {
+            assert_eq!(path, first);
+            assert!(
+                matches!(kind, CorruptionKind::LostSegment { messages } if messages > 0),
+                "{kind:?}"
+            );
+        }
+        other => panic!("expected a lost segment, got {:?}", other.map(|_| ())),
+    }
     assert_eq!(
         std::fs::read(dir.path().join(INDEX)).unwrap(),
         index,
@@ -803,5 +819,58 @@ fn an_index_older_than_a_relocation_is_brought_up_to_date_by_the_records_after_i
         let r = e.recovery_report();
         assert_eq!(observe(&e, &ids).await, want);
         assert!(matches!(r.index, IndexUse::Loaded { .. }), "{r:?}");
+    });
+}
+
+/// Expiry is not logged: a message that expired in a segment retention then dropped (no
+/// relocation: it was gone) is still in a restart index written before the drop. A crash
+/// that leaves that index must not make the open call the segment lost.
+#[test]
+fn an_index_older_than_an_expiry_and_a_drop_opens() {
+    let dir = tempdir();
+    let clock = ManualClock::new(T0);
+    let rt = rt();
+    let (older, kept) = rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        let expiring = engine::QueueConfig {
+            message_expiration_s: 60,
+            ..Default::default()
+        };
+        e.upsert_queue(&key("x"), true, |_| Ok::<_, ()>(expiring.clone()))
+            .await
+            .unwrap()
+            .unwrap();
+        let first = segments(dir.path())[0].clone();
+        let id = e.post(&key("x"), &msgs(1, 10, 0, 0), true).await.unwrap()[0];
+        churn_into_a_second_segment(&e, dir.path()).await;
+        let kept = e.post(&key("a"), &msgs(1, 10, 0, 0), true).await.unwrap()[0];
+        let w = e.write_index().unwrap();
+        assert!(w.written && w.covers.segment() > SegmentId(1), "{w:?}");
+        let older = std::fs::read(dir.path().join(INDEX)).unwrap();
+        clock.advance_ms(61_000);
+        assert!(e.get(&key("x"), id).await.is_err(), "expired");
+        for _ in 0..4 * BATCHES_PER_SEGMENT_MAX {
+            churn(&e, 1).await;
+            if !segments(dir.path()).contains(&first) {
+                break;
+            }
+        }
+        assert!(
+            !segments(dir.path()).contains(&first),
+            "retention dropped {first}"
+        );
+        e.close();
+        (older, kept)
+    });
+    // The index a crash right after the drop would have left.
+    std::fs::write(dir.path().join(INDEX), &older).unwrap();
+    rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        assert!(
+            matches!(e.recovery_report().index, IndexUse::Loaded { .. }),
+            "{:?}",
+            e.recovery_report()
+        );
+        assert_eq!(e.get(&key("a"), kept).await.unwrap().body, b"a".repeat(10));
     });
 }
