@@ -521,7 +521,10 @@ fn delete_many_items(body: &[u8]) -> Result<Option<Batch>, ApiError> {
         #[serde(borrow)]
         ids: Vec<FastItem<'a>>,
     }
+    /// Only the exact keys: an entry with any other (`Reservation_Id`, say, which the
+    /// `Value` path reads case-insensitively) takes the `Value` path.
     #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct FastItem<'a> {
         id: &'a str,
         #[serde(borrow, default)]
@@ -771,6 +774,14 @@ mod tests {
         let plain = format!(r#"{{"ids":["{ID}","{ID}"]}}"#);
         let b = delete_many_items(plain.as_bytes()).unwrap().unwrap();
         assert!(b.subscribers.is_empty(), "no names, no allocation");
+        // Both paths read other spellings of the entries' keys alike.
+        let odd = format!(
+            r#"{{"ids":[{{"id":"{ID}","Reservation_Id":"{RID}","Subscriber_Name":"s1"}}]}}"#
+        );
+        let v: Value = serde_json::from_str(&odd).unwrap();
+        let b = delete_many_items(odd.as_bytes()).unwrap().unwrap();
+        assert_eq!(b, delete_items_from_value(&v).unwrap().unwrap());
+        assert_eq!(b.subscribers, [Some("s1".to_string())]);
         // Any spelling of `ids` is a batch delete (a clear would empty the queue).
         let go = format!(r#"{{"Ids":[{{"Id":"{ID}"}}]}}"#);
         assert_eq!(items(&go), Ok(Some(vec![(ID.parse().unwrap(), None)])));
