@@ -38,7 +38,7 @@ pub enum Error {
     #[error("{}", dead_letter_cycle_msg(.0))]
     DeadLetterCycle(Vec<String>),
     /// Links between queues that deliver on their own (push queues' `ironmq://`
-    /// subscribers and error queues) that would close a cycle (a message would go around
+    /// subscribers and error queues, pull queues' alerts) that would close a cycle (a message would go around
     /// it forever): the queue names along it, from the queue being configured back to it.
     #[error("{}", push_cycle_msg(.0))]
     PushCycle(Vec<String>),
@@ -123,8 +123,8 @@ fn dead_letter_cycle_msg(path: &[String]) -> String {
 
 fn push_cycle_msg(path: &[String]) -> String {
     format!(
-        "the push queue's ironmq:// subscribers and error_queue would make a cycle that \
-         messages go around forever: {}",
+        "ironmq:// subscribers, error queues and alerts would make a cycle that messages \
+         go around forever: {}",
         cycle_shown(path)
     )
 }

@@ -257,27 +257,32 @@ async fn edit_alerts(st: &AppState, key: &QueueKey, edit: AlertEdit) -> ApiResul
     let removing = matches!(edit, AlertEdit::Remove(_));
     let info = st
         .engine
-        .upsert_queue(key, false, |cur| {
-            let mut c = cur.cloned().unwrap_or_default();
-            if c.kind.is_push() {
-                return Err(ApiError::bad_request("Push queues do not support alerts."));
-            }
-            let mut extra = Extra::of(&c);
-            extra.alerts = match edit {
-                AlertEdit::Add(specs) => settings::alerts_from(specs, &extra.alerts)?,
-                AlertEdit::Replace(specs) => settings::alerts_from(specs, &[])?,
-                AlertEdit::Remove(ids) => {
-                    let before = extra.alerts.len();
-                    extra.alerts.retain(|a| !ids.contains(&a.id));
-                    if extra.alerts.len() == before {
-                        return Err(ApiError::not_found("Alert not found"));
-                    }
-                    extra.alerts
+        .upsert_queue_linked(
+            key,
+            false,
+            |cur| {
+                let mut c = cur.cloned().unwrap_or_default();
+                if c.kind.is_push() {
+                    return Err(ApiError::bad_request("Push queues do not support alerts."));
                 }
-            };
-            extra.store(&mut c)?;
-            Ok(c)
-        })
+                let mut extra = Extra::of(&c);
+                extra.alerts = match edit {
+                    AlertEdit::Add(specs) => settings::alerts_from(specs, &extra.alerts)?,
+                    AlertEdit::Replace(specs) => settings::alerts_from(specs, &[])?,
+                    AlertEdit::Remove(ids) => {
+                        let before = extra.alerts.len();
+                        extra.alerts.retain(|a| !ids.contains(&a.id));
+                        if extra.alerts.len() == before {
+                            return Err(ApiError::not_found("Alert not found"));
+                        }
+                        extra.alerts
+                    }
+                };
+                extra.store(&mut c)?;
+                Ok(c)
+            },
+            &settings::push_links,
+        )
         .await??;
     if removing {
         Ok(ok_msg("Deleted"))

@@ -596,13 +596,23 @@ pub fn queue_id(number: u32) -> String {
 }
 
 /// The `queue` JSON object; `counts` adds `size` and `total_messages`.
-/// The queues a push queue forwards to on its own: its `ironmq://` subscribers on this
-/// server and its error queue (for the engine's cycle check, [`engine::Links`]).
+/// The queues a queue forwards messages to on its own (for the engine's cycle check,
+/// [`engine::Links`]): a push queue's `ironmq://` subscribers on this server and its error
+/// queue; a pull queue's alert targets other than itself (an alert into a push queue that
+/// delivers back loops). Conservative for alerts: an alert's own message fires no alerts,
+/// so a pull queue alerting itself goes nowhere and is allowed, but two pull queues
+/// alerting each other, which would go nowhere either, are refused as a cycle.
 pub fn push_links(key: &QueueKey, c: &QueueConfig) -> Vec<QueueKey> {
+    let extra = Extra::of(c);
     if !c.kind.is_push() {
-        return Vec::new();
+        return extra
+            .alerts
+            .iter()
+            .filter(|a| a.queue != key.name)
+            .map(|a| QueueKey::new(key.project.clone(), a.queue.clone()))
+            .collect();
     }
-    let Some(push) = Extra::of(c).push else {
+    let Some(push) = extra.push else {
         return Vec::new();
     };
     let mut out: Vec<QueueKey> = push

@@ -915,6 +915,33 @@ async fn push_links_that_would_close_a_cycle_are_refused() {
         1,
         "unchanged: {info}"
     );
+    // An alert into a push queue that delivers back into the alerting queue loops too.
+    let (s, v) = srv
+        .call("PUT", "back", push(json!([{"url": "ironmq:///src"}]), ""))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(srv.call("PUT", "src", json!({})).await.0, 200);
+    let (s, v) = srv
+        .call(
+            "POST",
+            "src/alerts",
+            json!({"alerts": [{"type": "progressive", "direction": "asc", "trigger": 1, "queue": "back"}]}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["msg"].as_str().unwrap().contains("src -> back -> src"),
+        "{v}"
+    );
+    // Alerting itself is not a loop (an alert's message fires no alerts).
+    let (s, v) = srv
+        .call(
+            "POST",
+            "src/alerts",
+            json!({"alerts": [{"type": "fixed", "trigger": 1, "queue": "src"}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
     // A removal naming only a url removes the subscribers at that url.
     let (s, v) = srv
         .call(
