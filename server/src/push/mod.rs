@@ -356,8 +356,21 @@ fn error_report(
             }
         }
         if text.is_empty() {
-            // Not even an empty body fits (a tiny body limit): the post fails and says so.
+            // Not even an empty body fits (a small body limit and many subscribers or long
+            // error texts): the rest goes too, the error texts first, down to the id alone.
+            report["body"] = json!("");
+            for s in report["subscribers"].as_array_mut().into_iter().flatten() {
+                s["msg"] = json!("");
+            }
+            report["details_truncated"] = json!(true);
             text = report.to_string();
+            if text.len() > max {
+                text = json!({
+                    "source_msg_id": d.id.to_string(), "body": "", "body_truncated": true,
+                    "details_truncated": true,
+                })
+                .to_string();
+            }
         }
     }
     text.into_bytes()
@@ -578,6 +591,67 @@ async fn fan_out(ctx: &Ctx, d: &PushDelivery, u: &IronMqUrl) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engine::{MessageId, PushStatus, PushSubState, QueueConfig, ReservationId};
+
+    /// Reports of a failed delivery fit any body limit: the body is cut first (to the
+    /// longest prefix that fits), then the error texts, down to the id alone.
+    #[test]
+    fn error_reports_are_cut_to_fit() {
+        let subs = 20;
+        let push = Push {
+            subscribers: Vec::new(),
+            retries: 0,
+            retries_delay: 60,
+            error_queue: "errs".into(),
+            retries_backoff: String::new(),
+            retries_delay_max: None,
+            signing_secrets: Vec::new(),
+        };
+        let failed: Vec<PushSubState> = (0..subs)
+            .map(|i| PushSubState {
+                status: PushStatus::Error,
+                msg: "\u{1}".repeat(500),
+                ..PushSubState::queued(&format!("s{i}"))
+            })
+            .collect();
+        let d = PushDelivery {
+            queue: 1,
+            key: QueueKey::new("p", "q"),
+            config: Arc::new(QueueConfig::default()),
+            id: MessageId(1_000_000_000_000_000_007),
+            subscriber: "s0".into(),
+            reservation: ReservationId([1; 16]),
+            body: "\"x\"".repeat(1000).into_bytes(),
+            meta: Vec::new(),
+            states: failed.clone(),
+        };
+        let whole = error_report(&d, &push, &failed, usize::MAX);
+        for max in [whole.len(), whole.len() - 1, whole.len() - 3000, 2_000, 100] {
+            let r: serde_json::Value =
+                serde_json::from_slice(&error_report(&d, &push, &failed, max)).unwrap();
+            assert!(r.to_string().len() <= max, "{max}: {}", r.to_string().len());
+            assert_eq!(r["source_msg_id"], "1000000000000000007");
+            let body = r["body"].as_str().unwrap();
+            assert!("\"x\"".repeat(1000).starts_with(body));
+            assert_eq!(
+                r.get("body_truncated").is_some(),
+                max < whole.len(),
+                "{max}"
+            );
+            // Cutting the body (5,000 bytes escaped) is enough down to 3,000 under the
+            // whole; below that the error texts go too.
+            let details_cut = max < 10_000;
+            assert_eq!(r.get("details_truncated").is_some(), details_cut, "{max}");
+            if !details_cut {
+                assert_eq!(r["subscribers"].as_array().unwrap().len(), subs);
+                assert!(
+                    body.len() > 1000,
+                    "the longest prefix that fits: {}",
+                    body.len()
+                );
+            }
+        }
+    }
 
     #[test]
     fn message_urls_escape_only_what_a_path_segment_cannot_hold() {
