@@ -449,7 +449,8 @@ pub async fn delete_many(
 
 /// A batch delete on a push queue whose entries carry `subscriber_name`: those entries
 /// acknowledge deliveries (as a single delete with `subscriber_name` does), the others
-/// delete their messages. Every acknowledgement is checked before anything changes.
+/// delete their messages. Every acknowledgement is checked before anything changes (a
+/// hold that ends between the check and its acknowledgement still fails that one alone).
 async fn acknowledge_many(
     st: &AppState,
     key: &QueueKey,
@@ -457,6 +458,14 @@ async fn acknowledge_many(
     subscribers: Vec<Option<String>>,
 ) -> ApiResult {
     let n = items.len() as u64;
+    // Each message once: a second entry for one would fail after the first took effect.
+    let mut ids: Vec<u64> = items.iter().map(|it| it.id.0).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) {
+        return Err(ApiError::bad_request(
+            "a message may appear only once in a batch that acknowledges deliveries",
+        ));
+    }
     let mut acks = Vec::new();
     let mut deletes = Vec::new();
     for (it, sub) in items.into_iter().zip(subscribers) {
