@@ -142,11 +142,11 @@ fn check_cycles(out: &[Declared], links: &[Option<String>]) -> Result<(), Config
 /// Creates or updates every declared queue. The project must exist.
 ///
 /// Nothing is written unless every declaration can be applied: the projects are checked
-/// first, then the dead-letter links the queues will have at the end (the declared ones laid
-/// over the links in the store) must not close a cycle. The declarations are then applied
-/// so that no step closes a cycle on the way: first those that leave a queue without a
-/// link, then the others, each after the declared queue it links to (so the chain from its
-/// dead-letter queue is already the final one, and the final one has no cycle).
+/// first, then the dead-letter links and the forwarding links (fan-out, error queues,
+/// alerts) the queues will have at the end (the declared ones laid over the links in the
+/// store) must not close a cycle. The declarations are then applied so that no step closes
+/// a cycle on the way: each after the declared queues it links to (so the chains from it
+/// are already the final ones, and those have no cycle; see [`application_order`]).
 pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError> {
     let declared = parse(queues)?;
     let mut planned = Vec::with_capacity(declared.len());
@@ -161,16 +161,16 @@ pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError>
         }
         let current = engine.queue_info_now(&key).ok().map(|i| i.config);
         let spec = settings::spec_from_body(body.clone()).map_err(|e| at(index, None, e.msg))?;
-        let link = settings::apply(current.as_ref(), spec)
-            .map_err(|e| at(index, None, e.msg))?
-            .dead_letter
-            .map(|dl| dl.queue);
+        let config = settings::apply(current.as_ref(), spec).map_err(|e| at(index, None, e.msg))?;
+        let push = settings::push_links(&key, &config);
+        let link = config.dead_letter.map(|dl| dl.queue);
         planned.push(Planned {
             index,
             key,
             body,
             existed: current.is_some(),
             link,
+            push,
         });
     }
     let mut links: HashMap<QueueKey, String> = engine
@@ -191,6 +191,27 @@ pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError>
         if let Some(cycle) = cycle_from(&links, &p.key) {
             let cycle = engine::Error::DeadLetterCycle(cycle).to_string();
             return Err(at(p.index, Some("dead_letter"), cycle));
+        }
+    }
+    // The same for the links queues forward messages along on their own (fan-out, error
+    // queues, alerts), so that the engine's check cannot refuse one declaration after
+    // others were written.
+    let mut forwards: HashMap<QueueKey, Vec<QueueKey>> = engine
+        .all_queues()
+        .into_iter()
+        .map(|q| {
+            let key = QueueKey::new(q.project, q.name);
+            let to = settings::push_links(&key, &q.config);
+            (key, to)
+        })
+        .collect();
+    for p in &planned {
+        forwards.insert(p.key.clone(), p.push.clone());
+    }
+    for p in &planned {
+        if let Some(cycle) = forward_cycle(&forwards, &p.key) {
+            let cycle = engine::Error::PushCycle(cycle).to_string();
+            return Err(at(p.index, None, cycle));
         }
     }
     for i in application_order(&planned) {
@@ -221,13 +242,37 @@ pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError>
 }
 
 /// A declaration about to be applied, with the dead-letter queue it will leave its queue
-/// linked to.
+/// linked to and the queues it will forward messages to (`settings::push_links`).
 struct Planned {
     index: usize,
     key: QueueKey,
     body: Value,
     existed: bool,
     link: Option<String>,
+    push: Vec<QueueKey>,
+}
+
+/// The names along forwarding links from `start` back to it, if any path leads back.
+fn forward_cycle(
+    links: &HashMap<QueueKey, Vec<QueueKey>>,
+    start: &QueueKey,
+) -> Option<Vec<String>> {
+    // Depth first, each queue once, with the path to the one at hand.
+    let mut seen = std::collections::HashSet::new();
+    let mut stack: Vec<(&QueueKey, Vec<String>)> = vec![(start, vec![start.name.clone()])];
+    while let Some((at, path)) = stack.pop() {
+        for next in links.get(at).into_iter().flatten() {
+            let mut p = path.clone();
+            p.push(next.name.clone());
+            if next == start {
+                return Some(p);
+            }
+            if seen.insert(next) {
+                stack.push((next, p));
+            }
+        }
+    }
+    None
 }
 
 /// The names along the dead-letter links from `start` back to it, if they lead back.
@@ -246,10 +291,59 @@ fn cycle_from(links: &HashMap<QueueKey, String>, start: &QueueKey) -> Option<Vec
     None
 }
 
-/// Indexes of `planned` in the order to apply them: those without a link first, then each
-/// linked one after the declared queue it links to. The final links have no cycle (checked
-/// before), so the walk ends.
+/// Indexes of `planned` in the order to apply them: each after the declared queues it will
+/// link to, by dead letter or by forwarding, where the two kinds together allow it (each
+/// kind alone has no cycle at the end, checked before), so that no step closes a cycle of
+/// either kind through links not yet in their final state. A depth-first post-order over
+/// both kinds, started in [`dead_letter_order`].
 fn application_order(planned: &[Planned]) -> Vec<usize> {
+    let by_key: HashMap<&QueueKey, usize> = planned
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (&p.key, i))
+        .collect();
+    let next = |i: usize| -> Vec<usize> {
+        let p = &planned[i];
+        let dl = p
+            .link
+            .as_ref()
+            .map(|l| QueueKey::new(p.key.project.clone(), l.clone()));
+        dl.iter()
+            .chain(p.push.iter())
+            .filter_map(|k| by_key.get(k).copied())
+            .collect()
+    };
+    let mut order = Vec::with_capacity(planned.len());
+    let mut seen = vec![false; planned.len()];
+    for seed in dead_letter_order(planned) {
+        if seen[seed] {
+            continue;
+        }
+        seen[seed] = true;
+        // (queue, its successors not yet looked at)
+        let mut stack = vec![(seed, next(seed))];
+        while let Some((at, rest)) = stack.last_mut() {
+            match rest.pop() {
+                Some(n) if !seen[n] => {
+                    seen[n] = true;
+                    let succ = next(n);
+                    stack.push((n, succ));
+                }
+                Some(_) => {}
+                None => {
+                    order.push(*at);
+                    stack.pop();
+                }
+            }
+        }
+    }
+    order
+}
+
+/// Indexes of `planned` ordered by their dead-letter links alone: those without a link
+/// first, then each linked one after the declared queue it links to. The final links have
+/// no cycle (checked before), so the walk ends.
+fn dead_letter_order(planned: &[Planned]) -> Vec<usize> {
     let by_key: HashMap<&QueueKey, usize> = planned
         .iter()
         .enumerate()
@@ -406,5 +500,36 @@ mod tests {
             (Some(None), Some(Some("x".into())), Some(Some("a".into())))
         );
         engine.close();
+    }
+
+    /// Forwarding links (fan-out here) are checked as a whole too: a file whose final links
+    /// have no cycle applies in any order, and one that would close a cycle writes nothing.
+    #[tokio::test]
+    async fn declared_forwarding_links_are_checked_before_anything_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(engine::EngineConfig::new(dir.path())).expect("open");
+        engine
+            .put_meta("project/p1", Some(b"{}"))
+            .await
+            .expect("project");
+        let fan = |name: &str, to: &str| {
+            json!({"project": "p1", "name": name, "type": "multicast",
+                "push": {"subscribers": [{"name": "s", "url": format!("ironmq:///{to}")}]}})
+        };
+        apply(&engine, &[fan("a", "b"), fan("b", "c")])
+            .await
+            .expect("a chain");
+        // c -> a first would meet a -> b -> c, which the next declaration changes to a -> x.
+        apply(&engine, &[fan("c", "a"), fan("a", "x")])
+            .await
+            .expect("no cycle at the end");
+        let e = apply(&engine, &[fan("d", "e"), fan("e", "d")])
+            .await
+            .expect_err("a cycle");
+        assert!(e.to_string().contains("d -> e -> d"), "{e}");
+        assert!(
+            engine.queue_info_now(&QueueKey::new("p1", "d")).is_err(),
+            "nothing written"
+        );
     }
 }
