@@ -80,6 +80,9 @@ pub(crate) struct LiveBytes {
     pub total: u64,
 }
 
+/// Entries one expiry sweep looks at, at most.
+pub const SWEEP_SCAN_MAX: usize = 16_384;
+
 impl LiveBytes {
     pub fn add(&mut self, e: &Entry) {
         let s = self.per_segment.entry(e.segment).or_default();
@@ -695,11 +698,14 @@ impl Queue {
 
     /// Deletes expired, unreserved messages from the head up to the first one that has not
     /// expired. Reserved ones are passed over (they expire once their reservation ends and
-    /// they are visible again). Returns how many went.
+    /// they are visible again), at most [`SWEEP_SCAN_MAX`] entries per call: this runs under
+    /// the state lock, and messages it does not reach still expire when a reserve, peek or
+    /// lookup meets them. Returns how many went.
     pub fn sweep_expired(&mut self, now_s: u32, live: &mut LiveBytes) -> usize {
         let due: Vec<u64> = self
             .entries
             .iter()
+            .take(SWEEP_SCAN_MAX)
             .filter(|e| !matches!(e.state, MsgState::Deleted | MsgState::Reserved))
             .take_while(|e| e.expires_at_s <= now_s)
             .map(|e| e.id)
