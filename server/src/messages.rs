@@ -375,6 +375,41 @@ pub struct DeleteBody {
     subscriber_name: Option<String>,
 }
 
+/// The body of `DELETE …/messages/{id}`. This route answers without a token (a push
+/// subscriber acknowledging with its reservation id), so it reads its body before it knows
+/// whether the caller may make it: without a valid token the body may hold at most
+/// [`ACK_BODY_MAX`] bytes and must arrive within [`ACK_BODY_DEADLINE`] (what an
+/// acknowledgement needs), so an anonymous client cannot hold memory or a connection slot
+/// by trickling a large body.
+pub struct DeleteJson(pub DeleteBody);
+
+pub const ACK_BODY_MAX: usize = 4096;
+pub const ACK_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl axum::extract::FromRequest<AppState> for DeleteJson {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, st: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let known =
+            crate::auth::presented_token(&parts).is_some_and(|t| st.creds.lookup(&t).is_some());
+        let bytes = if known {
+            crate::extract::read_body(body).await?
+        } else {
+            let small = Body::new(http_body_util::Limited::new(body, ACK_BODY_MAX));
+            tokio::time::timeout(ACK_BODY_DEADLINE, crate::extract::read_body(small))
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "The request body did not arrive in time",
+                    )
+                })??
+        };
+        crate::extract::parse_json(&bytes).map(DeleteJson)
+    }
+}
+
 /// `DELETE /queues/{q}/messages/{id}`. With `subscriber_name` it is a push acknowledgement,
 /// which the `reservation_id` (an unguessable secret sent only to that subscriber) authorizes
 /// on its own: subscribers call `Iron-Subscriber-Message-Url` without a token.
@@ -382,29 +417,53 @@ pub async fn delete(
     State(st): State<AppState>,
     auth: Result<ProjectAuth, ApiError>,
     Path((pid, q, id)): MPath,
-    JsonBody(b): JsonBody<DeleteBody>,
+    DeleteJson(b): DeleteJson,
 ) -> ApiResult {
     let id = parse_id(&id)?;
     if let Some(sub) = b.subscriber_name.filter(|s| !s.is_empty()) {
-        let project = match &auth {
-            Ok(a) => a.project.clone(),
-            Err(_) => crate::extract::decode_path(&pid)?,
-        };
-        let ack_key = QueueKey::new(project, q.clone());
-        let push = st
-            .engine
-            .queue_info_now(&ack_key)
-            .is_ok_and(|i| i.config.kind.is_push());
-        if push {
-            let rid = parse_rid(b.reservation_id.as_deref(), id)?.ok_or_else(|| {
-                ApiError::bad_request("reservation_id is required to acknowledge a push delivery")
-            })?;
-            st.engine.push_ack(&ack_key, id, &sub, rid).await?;
-            return Ok(ok_msg("Deleted"));
+        match &auth {
+            Ok(a) => {
+                let ack_key = QueueKey::new(a.project.clone(), q.clone());
+                let push = st
+                    .engine
+                    .queue_info_now(&ack_key)
+                    .is_ok_and(|i| i.config.kind.is_push());
+                if push {
+                    let rid = parse_rid(b.reservation_id.as_deref(), id)?.ok_or_else(|| {
+                        ApiError::bad_request(
+                            "reservation_id is required to acknowledge a push delivery",
+                        )
+                    })?;
+                    st.engine.push_ack(&ack_key, id, &sub, rid).await?;
+                    return Ok(ok_msg("Deleted"));
+                }
+                // A pull queue: `subscriber_name` is ignored, an ordinary delete follows.
+            }
+            Err(_) => {
+                // Without a token only a valid acknowledgement passes, and every other
+                // answer is the same 403 (a missing queue, a pull queue, a missing message,
+                // a wrong reservation): the answer tells nothing about what exists.
+                let refused = || ApiError::from(engine::Error::ReservationMismatch(id));
+                let project = crate::extract::decode_path(&pid).map_err(|_| refused())?;
+                let ack_key = QueueKey::new(project, q);
+                let rid = parse_rid(b.reservation_id.as_deref(), id)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(refused)?;
+                let push = st
+                    .engine
+                    .queue_info_now(&ack_key)
+                    .is_ok_and(|i| i.config.kind.is_push());
+                if !push {
+                    return Err(refused());
+                }
+                return match st.engine.push_ack(&ack_key, id, &sub, rid).await {
+                    Ok(()) => Ok(ok_msg("Deleted")),
+                    Err(e @ (engine::Error::Failed(_) | engine::Error::Closed)) => Err(e.into()),
+                    Err(_) => Err(refused()),
+                };
+            }
         }
-        // Not a push queue. Without a token that is all an acknowledgement learns (a 401,
-        // whether or not the queue exists); with one, `subscriber_name` is ignored and this
-        // is an ordinary delete.
     }
     let auth = auth?;
     let rid = parse_rid(b.reservation_id.as_deref(), id)?;
