@@ -1473,11 +1473,13 @@ pub(crate) const LOCK_FILE: &str = "LOCK";
 /// Takes an exclusive lock on the data directory, so two processes never share a log.
 pub(crate) fn lock_dir(dir: &std::path::Path) -> Result<File> {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| Error::io("open", &path, e))?;
     #[expect(

@@ -120,9 +120,22 @@ pub struct OsStorage {
 }
 
 impl OsStorage {
+    /// Storage in `dir`, created (with its parents) if missing. What the engine creates is
+    /// private to the user running it: the directory 0700, files 0600 (the log holds every
+    /// message body and the credentials' records). An existing directory keeps its mode.
     pub fn new(dir: impl Into<PathBuf>) -> io::Result<OsStorage> {
+        use std::os::unix::fs::DirBuilderExt;
         let dir = dir.into();
-        fs::create_dir_all(&dir)?;
+        if !dir.is_dir() {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent)?;
+            }
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(OsStorage { dir })
     }
 }
@@ -149,10 +162,12 @@ impl Storage for OsStorage {
         Ok(Arc::new(OsFile { file }))
     }
     fn create(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(self.dir.join(name))?;
         Ok(Arc::new(OsFile { file }))
     }
@@ -310,5 +325,21 @@ mod tests {
         let stopped = write_stepped(&*off, Fill::Zeros(len as u64), &mut |d| d < STEP_BYTES);
         assert!(!stopped.unwrap());
         assert_eq!(off.len().unwrap(), STEP_BYTES);
+    }
+
+    #[test]
+    fn what_the_engine_creates_is_private_to_its_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("parent").join("data");
+        let st = OsStorage::new(&dir).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        st.create("0000000000000001.seg").unwrap();
+        assert_eq!(mode(&dir.join("0000000000000001.seg")), 0o600);
+        // An existing directory keeps its mode.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).unwrap();
+        OsStorage::new(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o750);
     }
 }

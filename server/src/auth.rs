@@ -148,7 +148,7 @@ pub fn valid_project_id(p: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// `n` random bytes as lowercase hex.
+/// `n` random bytes as lowercase hex for an id (never a secret: see [`secure_hex`]).
 pub fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
     if getrandom::fill(&mut buf).is_err() {
@@ -279,10 +279,15 @@ impl Credentials {
             && project_id.is_none()
             && engine.meta_with_prefix("token/").is_empty()
         {
+            // Secrets from the OS generator or not at all (no time-derived fallback).
+            let secret = || {
+                secure_hex(16)
+                    .map_err(|_| engine::Error::Invalid("the OS random number generator failed"))
+            };
             let g = Generated {
-                admin_token: random_hex(16),
+                admin_token: secret()?,
                 project_id: random_hex(12),
-                token: random_hex(16),
+                token: secret()?,
             };
             ensure_project(engine, &g.project_id).await?;
             ensure_token(engine, &g.admin_token, &admin_record()).await?;

@@ -260,6 +260,24 @@ fn parse_kind(s: &str) -> Result<QueueKind, ApiError> {
     }
 }
 
+/// The name of a subscriber given without one: its URL without what may be a secret (a
+/// password or token in the userinfo, the query string), since names are shown, logged and
+/// sent as `Iron-Subscriber-Name`.
+fn name_from_url(url: &str) -> String {
+    let url = url.split_once('?').map_or(url, |(u, _)| u);
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
 /// Validates and converts subscriber specs.
 pub fn subscribers_from(specs: Vec<SubscriberSpec>) -> Result<Vec<Subscriber>, ApiError> {
     let mut out: Vec<Subscriber> = Vec::with_capacity(specs.len());
@@ -285,7 +303,7 @@ pub fn subscribers_from(specs: Vec<SubscriberSpec>) -> Result<Vec<Subscriber>, A
         let name = s
             .name
             .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| url.clone());
+            .unwrap_or_else(|| name_from_url(&url));
         if name.len() > engine::limits::SUBSCRIBER_NAME_BYTES_MAX {
             return Err(ApiError::bad_request(
                 "subscriber name must be at most 255 bytes",
@@ -328,10 +346,32 @@ fn check_target_queue(what: &str, name: &str) -> Result<(), ApiError> {
 
 /// A header the pusher will send must be one HTTP allows: a token for a name, and a value
 /// without control characters (CR and LF among them; UTF-8 is sent as its bytes).
+/// Headers that describe the push request's framing or connection rather than the
+/// message (set by hand they cut bodies short or confuse proxies): never taken from
+/// subscriber `headers` or message `push_headers`.
+const FRAMING_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "expect",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+];
+
 pub fn check_header(name: &str, value: &str) -> Result<(), String> {
     if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
         return Err(format!(
             "header name {name:?} is not a valid HTTP header name"
+        ));
+    }
+    if FRAMING_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "header {name} cannot be set: the push request's framing and connection are the \
+             server's"
         ));
     }
     if axum::http::HeaderValue::from_bytes(value.as_bytes()).is_err() {
@@ -677,6 +717,22 @@ pub fn queue_json(info: &QueueInfo, counts: bool) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subscriber_named_after_its_url_leaves_out_secrets() {
+        for (url, name) in [
+            ("ironmq://p1:tok@/q", "ironmq://p1@/q"),
+            (
+                "ironmq://p1:tok@mq.example:8080/q",
+                "ironmq://p1@mq.example:8080/q",
+            ),
+            ("http://u:pw@h/x?oauth=t", "http://u@h/x"),
+            ("https://h/x", "https://h/x"),
+            ("ironmq:///q", "ironmq:///q"),
+        ] {
+            assert_eq!(name_from_url(url), name, "{url}");
+        }
+    }
 
     #[test]
     fn push_defaults_and_type_rules() {

@@ -942,6 +942,23 @@ fn client_quirks_dead_letter_creation_and_expiry_behind_a_reservation() {
     let (_, v) = call(p, "GET", &qp("php"), Value::Null);
     assert_eq!(v["queue"]["alerts"][0]["trigger"], 3, "{v}");
 
+    // Headers that frame the push request are the server's, not the subscriber's or the
+    // message's.
+    let (s, v) = call(
+        p,
+        "PUT",
+        &qp("framed"),
+        json!({"queue": {"push": {"subscribers": [{"name": "s", "url": "http://127.0.0.1:1/x", "headers": {"Content-Length": "0"}}]}}}),
+    );
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("{}/messages", qp("framed")),
+        json!({"messages": [{"body": "x", "push_headers": {"Transfer-Encoding": "chunked"}}]}),
+    );
+    assert_eq!(s, 400, "{v}");
+
     // Go field names: `N` counts, and `Ids` is a batch delete, never a clear.
     let ids = post_msgs(p, "go", &["a", "b", "c"]);
     let (s, v) = call(

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -81,9 +82,11 @@ pub fn backup(server: &ServerArgs, output: &Path) -> anyhow::Result<()> {
     let pb = progress_bar(resp.content_length());
     pb.set_message("backup");
     let partial = partial_path(output);
+    // 0600: a backup holds every message and the credentials' records.
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&partial)
         .with_context(|| format!("creating {}", partial.display()))?;
     let outcome = (|| -> anyhow::Result<backup::BackupHeader> {
