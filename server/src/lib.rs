@@ -9,6 +9,7 @@ pub mod config;
 pub mod declared;
 pub mod error;
 pub mod extract;
+pub mod hops;
 pub mod http;
 pub mod logfmt;
 pub mod maintenance;

@@ -16,6 +16,7 @@ use crate::extract::{
     JsonBody, RawBody, lenient_bool, lenient_i64, looks_like_object, parse_json, query_get,
     query_params, range, read_body,
 };
+use crate::hops::Hops;
 use crate::observe::with_messages;
 use crate::response::{json_bytes_response, ok, ok_msg};
 use crate::settings::Extra;
@@ -119,6 +120,7 @@ pub async fn post(
     State(st): State<AppState>,
     auth: ProjectAuth,
     Path((_, q)): QPath,
+    Hops(hops): Hops,
     JsonBody(b): JsonBody<PostBody>,
 ) -> ApiResult {
     let items = b.messages.unwrap_or_default();
@@ -147,6 +149,11 @@ pub async fn post(
                 serde_json::to_vec(&h).unwrap_or_default()
             }
         };
+        let meta = if hops > 0 {
+            crate::hops::set_in_meta(&meta, hops)
+        } else {
+            meta
+        };
         msgs.push(NewMessage {
             body,
             delay_s: delay,
@@ -162,6 +169,7 @@ pub async fn webhook(
     State(st): State<AppState>,
     auth: ProjectAuth,
     Path((_, q)): QPath,
+    Hops(hops): Hops,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
@@ -183,6 +191,11 @@ pub async fn webhook(
         Vec::new()
     } else {
         serde_json::to_vec(&h).unwrap_or_default()
+    };
+    let meta = if hops > 0 {
+        crate::hops::set_in_meta(&meta, hops)
+    } else {
+        meta
     };
     post_and_alert(
         &st,

@@ -1072,3 +1072,38 @@ async fn unicast_moves_on_from_an_unacknowledged_202() {
             .await;
     }
 }
+
+/// A subscriber that is this server's own webhook (a loop the configuration cannot see):
+/// each push carries a hop count, the webhook keeps it, and at 8 hops the post is refused,
+/// so one message makes a bounded number of copies, not an endless stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_through_this_servers_own_webhook_ends_after_a_few_hops() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let own = format!("{}/webhook?oauth={TOKEN}", srv.queue_url("loop"));
+    let (s, v) = srv
+        .call(
+            "PUT",
+            "loop",
+            json!({"queue": {"push": {"subscribers": [{"name": "me", "url": own}], "retries": 0}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    srv.post("loop", &["once"]).await;
+    let total = || async {
+        let (_, v) = srv.call("GET", "loop", json!({})).await;
+        v["queue"]["total_messages"].as_u64().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = total().await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let now = total().await;
+        if now == last {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still growing: {now}");
+        last = now;
+    }
+    assert_eq!(last, 8, "the post and 7 forwarded copies");
+}

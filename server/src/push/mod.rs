@@ -414,6 +414,8 @@ async fn attempt(ctx: &Ctx, d: &PushDelivery, push: &Push, sub: &Subscriber) -> 
         "Iron-Subscriber-Message-Url",
         &message_url(&ctx.config.base_url, &d.key, &id),
     );
+    let hops = crate::hops::of_meta(&d.meta) + 1;
+    set(&mut headers, crate::hops::HEADER, &hops.to_string());
     let keys: Vec<Vec<u8>> = push
         .signing_secrets
         .iter()
@@ -516,10 +518,17 @@ pub fn message_url(base: &str, key: &QueueKey, id: &str) -> String {
 
 /// Delivery to an `ironmq://` queue.
 async fn fan_out(ctx: &Ctx, d: &PushDelivery, u: &IronMqUrl) -> Outcome {
+    let hops = crate::hops::of_meta(&d.meta) + 1;
+    if hops >= crate::hops::MAX {
+        return Outcome::Failed {
+            code: 400,
+            msg: format!("forwarded {hops} times from push queue to push queue"),
+        };
+    }
     let msg = NewMessage {
         body: d.body.clone(),
         delay_s: 0,
-        meta: d.meta.clone(),
+        meta: crate::hops::set_in_meta(&d.meta, hops),
     };
     match (&u.credentials, &u.host) {
         (None, _) | (Some(_), None) => {
@@ -550,10 +559,12 @@ async fn fan_out(ctx: &Ctx, d: &PushDelivery, u: &IronMqUrl) -> Outcome {
         (Some((project, token)), Some(_)) => {
             let url = u.post_url(project).expect("a host is set");
             let mut m = json!({"body": String::from_utf8_lossy(&d.body)});
-            if let Ok(h) = serde_json::from_slice::<BTreeMap<String, String>>(&d.meta)
-                && !h.is_empty()
-            {
-                m["push_headers"] = json!(h);
+            // The message's own push headers; the hop count goes as the request's header.
+            if let Ok(mut h) = serde_json::from_slice::<BTreeMap<String, String>>(&d.meta) {
+                h.retain(|k, _| !k.eq_ignore_ascii_case(crate::hops::HEADER));
+                if !h.is_empty() {
+                    m["push_headers"] = json!(h);
+                }
             }
             let body = json!({ "messages": [m] });
             let resp = ctx
@@ -561,6 +572,7 @@ async fn fan_out(ctx: &Ctx, d: &PushDelivery, u: &IronMqUrl) -> Outcome {
                 .post(&url)
                 .timeout(ctx.config.timeout)
                 .header("Authorization", format!("OAuth {token}"))
+                .header(crate::hops::HEADER, hops.to_string())
                 .header("Content-Type", "application/json")
                 .body(body.to_string())
                 .send()
