@@ -37,10 +37,23 @@ async fn ready(State(st): State<AppState>) -> Response {
 }
 
 /// Prometheus metrics, OpenMetrics text.
+///
+/// With many queues the text is large (about 1 KB per queue) and takes a while to build: it
+/// is built off the async workers, and at most [`crate::state::SCRAPES_MAX`] scrapes are
+/// built or sent at once (each holds its whole text until its client has read it; more
+/// wait their turn), so slow or many scrapers cannot pile copies up in memory.
 async fn metrics(State(st): State<AppState>) -> Response {
-    let body = st.metrics.render();
+    let permit = st.scrapes.clone().acquire_owned().await.ok();
+    let m = st.metrics.clone();
+    let body = tokio::task::spawn_blocking(move || m.render())
+        .await
+        .unwrap_or_default();
     let len = body.len();
-    let mut resp = Response::new(Body::from(body));
+    let body = Held {
+        inner: http_body_util::Full::new(bytes::Bytes::from(body)),
+        _permit: permit,
+    };
+    let mut resp = Response::new(Body::new(body));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -48,6 +61,32 @@ async fn metrics(State(st): State<AppState>) -> Response {
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     resp
+}
+
+/// A response body that keeps a semaphore permit until it is dropped (sent or abandoned).
+struct Held<B> {
+    inner: B,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Held<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// `GET /3/stats` (admin token).

@@ -27,7 +27,12 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Backups running at once (`admin::BACKUPS_MAX`).
     pub backups: Arc<tokio::sync::Semaphore>,
+    /// `/metrics` scrapes built or sent at once ([`SCRAPES_MAX`]).
+    pub scrapes: Arc<tokio::sync::Semaphore>,
 }
+
+/// `/metrics` scrapes built or sent at once.
+pub const SCRAPES_MAX: usize = 2;
 
 impl AppState {
     /// The state of a server about to serve: fresh stats and metrics, not ready yet.
@@ -40,6 +45,7 @@ impl AppState {
             stats: Arc::new(Stats::new(stats_interval)),
             ready: Arc::new(AtomicBool::new(false)),
             backups: Arc::new(tokio::sync::Semaphore::new(crate::admin::BACKUPS_MAX)),
+            scrapes: Arc::new(tokio::sync::Semaphore::new(SCRAPES_MAX)),
         }
     }
 }
