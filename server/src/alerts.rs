@@ -31,7 +31,20 @@ pub async fn post(
 ) -> engine::Result<Vec<MessageId>> {
     let ids = st.engine.post(key, msgs, true).await?;
     if let Some(after) = st.engine.size_if_extra(key) {
-        check(st, key, after.saturating_sub(ids.len() as u64), after).await;
+        // The messages of one post share the path they arrived by (`hops`); an alert they
+        // fire goes on along it.
+        let path = msgs
+            .first()
+            .map(|m| crate::hops::of_meta(&m.meta))
+            .unwrap_or_default();
+        check_along(
+            st,
+            key,
+            after.saturating_sub(ids.len() as u64),
+            after,
+            &path,
+        )
+        .await;
     }
     Ok(ids)
 }
@@ -39,7 +52,12 @@ pub async fn post(
 /// Checks the alerts of `key` after its size went from `before` to `after`, and posts the
 /// message of every alert that fires.
 pub async fn check(st: &AppState, key: &QueueKey, before: u64, after: u64) {
-    let due = due(st, key, before, after);
+    check_along(st, key, before, after, &[]).await
+}
+
+/// [`check`] for a change made by messages that arrived along `path`.
+async fn check_along(st: &AppState, key: &QueueKey, before: u64, after: u64, path: &[String]) {
+    let due = due(st, key, before, after, path);
     if !due.is_empty() {
         // Boxed: alerts fire rarely, and the futures of the request handlers that call
         // this (a long poll among them) should not carry the post's state inline.
@@ -48,10 +66,18 @@ pub async fn check(st: &AppState, key: &QueueKey, before: u64, after: u64) {
 }
 
 /// The alert messages to post, with their target queues; records each as fired.
-fn due(st: &AppState, key: &QueueKey, before: u64, after: u64) -> Vec<(QueueKey, NewMessage)> {
+fn due(
+    st: &AppState,
+    key: &QueueKey,
+    before: u64,
+    after: u64,
+    path: &[String],
+) -> Vec<(QueueKey, NewMessage)> {
     if before == after {
         return Vec::new();
     }
+    let mut path = path.to_vec();
+    path.push(crate::hops::entry(&st.server, key));
     let Ok(info) = st.engine.queue_info_now(key) else {
         return Vec::new();
     };
@@ -78,10 +104,17 @@ fn due(st: &AppState, key: &QueueKey, before: u64, after: u64) -> Vec<(QueueKey,
             "created_at": crate::time::rfc3339_ms(crate::time::now_ms(), false),
         });
         let target = QueueKey::new(key.project.clone(), a.queue.clone());
+        // (An alert into its own queue is no loop: an alert's message fires no alerts.)
+        if target != *key
+            && let Some(why) = crate::hops::refusal(&path, &st.server, &target)
+        {
+            tracing::warn!(queue = %key.name, alert = %a.id, target = %target.name, reason = %why, "alert message not posted");
+            continue;
+        }
         let msg = NewMessage {
             body: body.to_string().into_bytes(),
             delay_s: 0,
-            meta: Vec::new(),
+            meta: crate::hops::set_in_meta(&[], &path),
         };
         due.push((target, msg));
     }

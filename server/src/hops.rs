@@ -1,70 +1,127 @@
-//! How many times a message was forwarded from one push queue to another: each push
-//! request (to an HTTP subscriber or another server's `ironmq://` queue) carries
-//! `X-Ferromq-Hops`, one more than the message it delivers had, and a post or webhook that
-//! arrives with it keeps the count in the new messages (in their push headers). A post at
-//! [`MAX`] hops is refused, which ends loops the configuration cannot see: a subscriber URL
-//! that is this server's own webhook, or an `ironmq://` URL naming this server by address.
+//! Where a message has been: the queues it passed through on its way from push queue to
+//! push queue, on this server or others. Every push request (to an HTTP subscriber or to
+//! another server's `ironmq://` queue) carries `X-Ferromq-Path`, the path of the message it
+//! delivers plus the queue it leaves; a post or webhook that arrives with it keeps it in the
+//! new messages (in their push headers), and so do alert messages and error-queue reports.
+//! A message arriving at a queue already on its path is refused: that ends loops the
+//! configuration cannot see (a subscriber that is this server's own webhook, an `ironmq://`
+//! URL naming this server by address), however many subscribers each step has. A path of
+//! [`MAX`] queues is refused too.
+//!
+//! A queue is named on a path by 16 hex digits of a hash of this server's id (kept in the
+//! data dir) and the queue's project and name, so paths are short and say nothing.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use engine::QueueKey;
+use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 
 /// The header, as sent and as kept in push headers.
-pub const HEADER: &str = "X-Ferromq-Hops";
-/// Posts arriving with this many hops or more are refused.
-pub const MAX: u32 = 8;
+pub const HEADER: &str = "X-Ferromq-Path";
+/// Paths this long or longer are refused.
+pub const MAX: usize = 16;
+/// Where the server's id is kept (engine metadata).
+pub const SERVER_ID_KEY: &str = "server/id";
 
-/// The hop count kept in a message's push headers (0 if none).
-pub fn of_meta(meta: &[u8]) -> u32 {
+/// The name of queue `key` of server `server` on a path.
+pub fn entry(server: &str, key: &QueueKey) -> String {
+    let mut h = Sha256::new();
+    for part in [server, &key.project, &key.name] {
+        h.update((part.len() as u32).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+/// A path from a header value; `None` if it is not one.
+pub fn parse(v: &str) -> Option<Vec<String>> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Some(Vec::new());
+    }
+    v.split(',')
+        .map(|e| {
+            let e = e.trim();
+            (e.len() == 16 && e.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| e.to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// The path kept in a message's push headers (empty if none).
+pub fn of_meta(meta: &[u8]) -> Vec<String> {
     if meta.is_empty() {
-        return 0;
+        return Vec::new();
     }
     serde_json::from_slice::<std::collections::BTreeMap<String, String>>(meta)
         .ok()
         .and_then(|h| {
             h.iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(HEADER))
-                .and_then(|(_, v)| v.trim().parse().ok())
+                .and_then(|(_, v)| parse(v))
         })
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
-/// `meta` (push headers as JSON, or empty) with the hop count set to `hops`.
-pub fn set_in_meta(meta: &[u8], hops: u32) -> Vec<u8> {
+/// `meta` (push headers as JSON, or empty) with the path set to `path`.
+pub fn set_in_meta(meta: &[u8], path: &[String]) -> Vec<u8> {
     let mut h: std::collections::BTreeMap<String, String> = if meta.is_empty() {
         Default::default()
     } else {
         serde_json::from_slice(meta).unwrap_or_default()
     };
     h.retain(|k, _| !k.eq_ignore_ascii_case(HEADER));
-    h.insert(HEADER.to_string(), hops.to_string());
+    h.insert(HEADER.to_string(), path.join(","));
     serde_json::to_vec(&h).unwrap_or_default()
 }
 
-/// The hop count a request arrived with (0 without the header); at [`MAX`] or more the
-/// request is refused.
-pub struct Hops(pub u32);
+/// The path of a message leaving queue `from` (its own path, then `from`).
+pub fn leaving(meta: &[u8], server: &str, from: &QueueKey) -> Vec<String> {
+    let mut p = of_meta(meta);
+    p.push(entry(server, from));
+    p
+}
 
-impl<S: Send + Sync> FromRequestParts<S> for Hops {
+/// Why a message with path `path` may not enter queue `to`, if it may not.
+pub fn refusal(path: &[String], server: &str, to: &QueueKey) -> Option<String> {
+    if path.is_empty() {
+        return None; // a client's own post: nothing to compute
+    }
+    if path.len() >= MAX {
+        return Some(format!(
+            "the message passed through {} push queues: too many",
+            path.len()
+        ));
+    }
+    let me = entry(server, to);
+    path.contains(&me).then(|| {
+        format!(
+            "the message came from queue {} before: a loop of push queues (a subscriber \
+             pointing back at this server?)",
+            to.name
+        )
+    })
+}
+
+/// The path a request arrived with (empty without the header); a malformed one is a 400.
+pub struct ArrivedPath(pub Vec<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ArrivedPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let Some(v) = parts.headers.get(HEADER) else {
-            return Ok(Hops(0));
+            return Ok(ArrivedPath(Vec::new()));
         };
-        let hops: u32 = v
-            .to_str()
+        v.to_str()
             .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| ApiError::bad_request(format!("{HEADER} must be a number")))?;
-        if hops >= MAX {
-            return Err(ApiError::bad_request(format!(
-                "the message was forwarded {hops} times from push queue to push queue: a \
-                 loop of subscribers pointing back at this server?"
-            )));
-        }
-        Ok(Hops(hops))
+            .and_then(parse)
+            .map(ArrivedPath)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("{HEADER} must be a list of 16-hex-digit names"))
+            })
     }
 }
 
@@ -73,15 +130,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_count_goes_in_and_out_of_push_headers() {
-        assert_eq!(of_meta(b""), 0);
-        let m = set_in_meta(b"", 3);
-        assert_eq!(of_meta(&m), 3);
-        let with = set_in_meta(br#"{"X-Trace":"t","x-ferromq-hops":"1"}"#, 2);
-        assert_eq!(
-            String::from_utf8(with.clone()).unwrap(),
-            r#"{"X-Ferromq-Hops":"2","X-Trace":"t"}"#
+    fn paths_go_in_and_out_of_push_headers_and_catch_a_return() {
+        let (a, b) = (QueueKey::new("p", "a"), QueueKey::new("p", "b"));
+        assert_eq!(of_meta(b""), Vec::<String>::new());
+        let left = leaving(b"", "s1", &a);
+        let meta = set_in_meta(br#"{"X-Trace":"t","x-ferromq-path":"junk"}"#, &left);
+        assert_eq!(of_meta(&meta), left);
+        assert!(
+            String::from_utf8(meta)
+                .unwrap()
+                .contains("\"X-Trace\":\"t\"")
         );
-        assert_eq!(of_meta(&with), 2);
+        assert!(refusal(&left, "s1", &b).is_none());
+        assert!(refusal(&left, "s1", &a).is_some(), "back where it was");
+        assert!(
+            refusal(&left, "s2", &a).is_none(),
+            "the same name on another server"
+        );
+        assert_eq!(parse(" 0123456789ABCDEF ,"), None);
+        assert_eq!(parse("0123456789ABCDEF").unwrap(), ["0123456789abcdef"]);
+        let long: Vec<String> = (0..MAX).map(|i| format!("{i:016x}")).collect();
+        assert!(refusal(&long, "s1", &b).is_some());
     }
 }

@@ -16,7 +16,7 @@ use crate::extract::{
     JsonBody, RawBody, lenient_bool, lenient_i64, looks_like_object, parse_json, query_get,
     query_params, range, read_body,
 };
-use crate::hops::Hops;
+use crate::hops::ArrivedPath;
 use crate::observe::with_messages;
 use crate::response::{json_bytes_response, ok, ok_msg};
 use crate::settings::Extra;
@@ -120,9 +120,13 @@ pub async fn post(
     State(st): State<AppState>,
     auth: ProjectAuth,
     Path((_, q)): QPath,
-    Hops(hops): Hops,
+    ArrivedPath(path): ArrivedPath,
     JsonBody(b): JsonBody<PostBody>,
 ) -> ApiResult {
+    let key = key(&auth, q);
+    if let Some(why) = crate::hops::refusal(&path, &st.server, &key) {
+        return Err(ApiError::bad_request(why));
+    }
     let items = b.messages.unwrap_or_default();
     if items.is_empty() {
         return Err(ApiError::bad_request(
@@ -149,10 +153,10 @@ pub async fn post(
                 serde_json::to_vec(&h).unwrap_or_default()
             }
         };
-        let meta = if hops > 0 {
-            crate::hops::set_in_meta(&meta, hops)
-        } else {
+        let meta = if path.is_empty() {
             meta
+        } else {
+            crate::hops::set_in_meta(&meta, &path)
         };
         msgs.push(NewMessage {
             body,
@@ -160,7 +164,7 @@ pub async fn post(
             meta,
         });
     }
-    post_and_alert(&st, &key(&auth, q), &msgs).await
+    post_and_alert(&st, &key, &msgs).await
 }
 
 /// `POST /queues/{q}/webhook`: the raw body is the message; `X-Subscribers-*` headers
@@ -169,10 +173,14 @@ pub async fn webhook(
     State(st): State<AppState>,
     auth: ProjectAuth,
     Path((_, q)): QPath,
-    Hops(hops): Hops,
+    ArrivedPath(path): ArrivedPath,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
+    let key = key(&auth, q);
+    if let Some(why) = crate::hops::refusal(&path, &st.server, &key) {
+        return Err(ApiError::bad_request(why));
+    }
     let bytes = read_body(body).await?;
     let mut h = BTreeMap::new();
     for (name, value) in &headers {
@@ -192,14 +200,14 @@ pub async fn webhook(
     } else {
         serde_json::to_vec(&h).unwrap_or_default()
     };
-    let meta = if hops > 0 {
-        crate::hops::set_in_meta(&meta, hops)
-    } else {
+    let meta = if path.is_empty() {
         meta
+    } else {
+        crate::hops::set_in_meta(&meta, &path)
     };
     post_and_alert(
         &st,
-        &key(&auth, q),
+        &key,
         &[NewMessage {
             body: bytes.to_vec(),
             delay_s: 0,

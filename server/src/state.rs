@@ -29,6 +29,8 @@ pub struct AppState {
     pub backups: Arc<tokio::sync::Semaphore>,
     /// `/metrics` scrapes built or sent at once ([`SCRAPES_MAX`]).
     pub scrapes: Arc<tokio::sync::Semaphore>,
+    /// This server's id on message paths (`hops`), kept in the data dir.
+    pub server: Arc<str>,
 }
 
 /// `/metrics` scrapes built or sent at once.
@@ -37,6 +39,11 @@ pub const SCRAPES_MAX: usize = 2;
 impl AppState {
     /// The state of a server about to serve: fresh stats and metrics, not ready yet.
     pub fn new(engine: Engine, creds: Credentials, stats_interval: Duration) -> AppState {
+        let server = engine
+            .meta(crate::hops::SERVER_ID_KEY)
+            .and_then(|v| String::from_utf8(v).ok())
+            .unwrap_or_else(|| crate::auth::random_hex(8))
+            .into();
         AppState {
             metrics: Arc::new(Metrics::new(engine.clone())),
             engine,
@@ -46,6 +53,7 @@ impl AppState {
             ready: Arc::new(AtomicBool::new(false)),
             backups: Arc::new(tokio::sync::Semaphore::new(crate::admin::BACKUPS_MAX)),
             scrapes: Arc::new(tokio::sync::Semaphore::new(SCRAPES_MAX)),
+            server,
         }
     }
 }

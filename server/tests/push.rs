@@ -1073,37 +1073,64 @@ async fn unicast_moves_on_from_an_unacknowledged_202() {
     }
 }
 
-/// A subscriber that is this server's own webhook (a loop the configuration cannot see):
-/// each push carries a hop count, the webhook keeps it, and at 8 hops the post is refused,
-/// so one message makes a bounded number of copies, not an endless stream.
+/// Loops the configuration cannot see (subscribers that are this server's own webhook or
+/// name it by address): every push carries the path of queues its message came through,
+/// and a message arriving at a queue already on it is refused. One post makes no copies
+/// back into its queue, however many subscribers point back, and also when the loop passes
+/// through an alert or an error queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_loop_through_this_servers_own_webhook_ends_after_a_few_hops() {
+async fn loops_through_this_servers_own_address_end_at_the_first_return() {
     let dir = tempfile::tempdir().unwrap();
     let srv = start(dir.path()).await;
-    let own = format!("{}/webhook?oauth={TOKEN}", srv.queue_url("loop"));
-    let (s, v) = srv
-        .call(
-            "PUT",
-            "loop",
-            json!({"queue": {"push": {"subscribers": [{"name": "me", "url": own}], "retries": 0}}}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    srv.post("loop", &["once"]).await;
-    let total = || async {
-        let (_, v) = srv.call("GET", "loop", json!({})).await;
-        v["queue"]["total_messages"].as_u64().unwrap()
+    let webhook = |q: &str| format!("{}/webhook?oauth={TOKEN}", srv.queue_url(q));
+    let by_address = |q: &str| format!("ironmq://{PID}:{TOKEN}@127.0.0.1:{}/{q}", srv.port);
+    let put = |q: &'static str, body: Value| {
+        let srv = &srv;
+        async move {
+            let (s, v) = srv.call("PUT", q, body).await;
+            assert_eq!(s, 200, "{q}: {v}");
+        }
     };
+    // Three subscribers, each this queue's own webhook.
+    let subs: Vec<Value> = (0..3)
+        .map(|i| json!({"name": format!("me{i}"), "url": webhook("wide")}))
+        .collect();
+    put(
+        "wide",
+        json!({"queue": {"push": {"subscribers": subs, "retries": 0}}}),
+    )
+    .await;
+    // A pull queue alerting a push queue that delivers back by address.
+    put("hb-b", json!({"queue": {"push": {"subscribers": [{"name": "back", "url": by_address("hb-a")}], "retries": 0}}})).await;
+    put("hb-a", json!({"queue": {"alerts": [{"type": "progressive", "direction": "asc", "trigger": 1, "queue": "hb-b"}]}})).await;
+    // A failing push queue whose error queue delivers back by webhook.
+    put("ed-e", json!({"queue": {"push": {"subscribers": [{"name": "back", "url": webhook("ed-a")}], "retries": 0}}})).await;
+    put("ed-a", json!({"queue": {"push": {"subscribers": [{"name": "dead", "url": format!("http://127.0.0.1:{}/", free_port())}], "retries": 0, "error_queue": "ed-e"}}})).await;
+    for q in ["wide", "hb-a", "ed-a"] {
+        srv.post(q, &["once"]).await;
+    }
+    let total = |q: &'static str| {
+        let srv = &srv;
+        async move {
+            let (_, v) = srv.call("GET", q, json!({})).await;
+            v["queue"]["total_messages"].as_u64().unwrap()
+        }
+    };
+    // Until the copies stop (the error queue's report takes a failed attempt first).
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = total().await;
+    let mut last = (0, 0, 0);
     loop {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let now = total().await;
-        if now == last {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let now = (
+            total("wide").await,
+            total("hb-a").await,
+            total("ed-a").await,
+        );
+        if now == last && total("ed-e").await > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "still growing: {now}");
+        assert!(Instant::now() < deadline, "still growing: {now:?}");
         last = now;
     }
-    assert_eq!(last, 8, "the post and 7 forwarded copies");
+    assert_eq!(last, (1, 1, 1), "no copy came back");
 }

@@ -300,8 +300,16 @@ async fn post_error(
 ) -> Result<(), engine::Error> {
     let max = ctx.st.engine.config().body_bytes_max as usize;
     let key = QueueKey::new(d.key.project.clone(), push.error_queue.clone());
+    // The report goes on along the message's path: an error queue it came from before is
+    // a loop (through another server or this one's own address), and gets no report.
+    let path = crate::hops::leaving(&d.meta, &ctx.st.server, &d.key);
+    if let Some(why) = crate::hops::refusal(&path, &ctx.st.server, &key) {
+        tracing::warn!(queue = %d.key.name, id = %d.id, error_queue = %key.name, reason = %why, "error-queue report not posted");
+        return Ok(());
+    }
     let msg = NewMessage {
         body: error_report(d, push, failed, max),
+        meta: crate::hops::set_in_meta(&[], &path),
         ..Default::default()
     };
     crate::alerts::post(&ctx.st, &key, &[msg]).await.map(drop)
@@ -317,11 +325,12 @@ fn error_report(
     failed: &[engine::PushSubState],
     max: usize,
 ) -> Vec<u8> {
-    let headers: BTreeMap<String, String> = if d.meta.is_empty() {
+    let mut headers: BTreeMap<String, String> = if d.meta.is_empty() {
         BTreeMap::new()
     } else {
         serde_json::from_slice(&d.meta).unwrap_or_default()
     };
+    headers.retain(|k, _| !k.eq_ignore_ascii_case(crate::hops::HEADER));
     let subs: Vec<_> = failed
         .iter()
         .map(|s| json!({"name": s.subscriber, "url": push.url_of(&s.subscriber), "code": s.status_code, "msg": s.msg}))
@@ -414,8 +423,8 @@ async fn attempt(ctx: &Ctx, d: &PushDelivery, push: &Push, sub: &Subscriber) -> 
         "Iron-Subscriber-Message-Url",
         &message_url(&ctx.config.base_url, &d.key, &id),
     );
-    let hops = crate::hops::of_meta(&d.meta) + 1;
-    set(&mut headers, crate::hops::HEADER, &hops.to_string());
+    let path = crate::hops::leaving(&d.meta, &ctx.st.server, &d.key);
+    set(&mut headers, crate::hops::HEADER, &path.join(","));
     let keys: Vec<Vec<u8>> = push
         .signing_secrets
         .iter()
@@ -518,17 +527,11 @@ pub fn message_url(base: &str, key: &QueueKey, id: &str) -> String {
 
 /// Delivery to an `ironmq://` queue.
 async fn fan_out(ctx: &Ctx, d: &PushDelivery, u: &IronMqUrl) -> Outcome {
-    let hops = crate::hops::of_meta(&d.meta) + 1;
-    if hops >= crate::hops::MAX {
-        return Outcome::Failed {
-            code: 400,
-            msg: format!("forwarded {hops} times from push queue to push queue"),
-        };
-    }
+    let path = crate::hops::leaving(&d.meta, &ctx.st.server, &d.key);
     let msg = NewMessage {
         body: d.body.clone(),
         delay_s: 0,
-        meta: crate::hops::set_in_meta(&d.meta, hops),
+        meta: crate::hops::set_in_meta(&d.meta, &path),
     };
     match (&u.credentials, &u.host) {
         (None, _) | (Some(_), None) => {
@@ -548,6 +551,12 @@ async fn fan_out(ctx: &Ctx, d: &PushDelivery, u: &IronMqUrl) -> Outcome {
                 }
             };
             let key = QueueKey::new(project, u.queue.clone());
+            if let Some(why) = crate::hops::refusal(&path, &ctx.st.server, &key) {
+                return Outcome::Failed {
+                    code: 400,
+                    msg: why,
+                };
+            }
             match crate::alerts::post(&ctx.st, &key, &[msg]).await {
                 Ok(_) => Outcome::Delivered(200),
                 Err(e) => Outcome::Failed {
@@ -572,7 +581,7 @@ async fn fan_out(ctx: &Ctx, d: &PushDelivery, u: &IronMqUrl) -> Outcome {
                 .post(&url)
                 .timeout(ctx.config.timeout)
                 .header("Authorization", format!("OAuth {token}"))
-                .header(crate::hops::HEADER, hops.to_string())
+                .header(crate::hops::HEADER, path.join(","))
                 .header("Content-Type", "application/json")
                 .body(body.to_string())
                 .send()
