@@ -264,16 +264,19 @@ fn parse_kind(s: &str) -> Result<QueueKind, ApiError> {
 /// password or token in the userinfo, the query string), since names are shown, logged and
 /// sent as `Iron-Subscriber-Name`.
 fn name_from_url(url: &str) -> String {
-    let url = url.split_once('?').map_or(url, |(u, _)| u);
+    let url = url.split(['?', '#']).next().unwrap_or(url);
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}@{host}{path}")
+        // `ironmq://project:token@…`: the project id stays, the token goes.
+        Some((userinfo, host)) if scheme.eq_ignore_ascii_case("ironmq") => {
+            let project = userinfo.split_once(':').map_or(userinfo, |(p, _)| p);
+            format!("{scheme}://{project}@{host}{path}")
         }
+        // Any other userinfo may be a key of its own: all of it goes.
+        Some((_, host)) => format!("{scheme}://{host}{path}"),
         None => url.to_string(),
     }
 }
@@ -726,7 +729,8 @@ mod tests {
                 "ironmq://p1:tok@mq.example:8080/q",
                 "ironmq://p1@mq.example:8080/q",
             ),
-            ("http://u:pw@h/x?oauth=t", "http://u@h/x"),
+            ("http://u:pw@h/x?oauth=t", "http://h/x"),
+            ("http://APIKEY@h/x#frag", "http://h/x"),
             ("https://h/x", "https://h/x"),
             ("ironmq:///q", "ironmq:///q"),
         ] {
