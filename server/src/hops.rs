@@ -8,8 +8,9 @@
 //! URL naming this server by address), however many subscribers each step has. A path of
 //! [`MAX`] queues is refused too.
 //!
-//! A queue is named on a path by 16 hex digits of a hash of this server's id (kept in the
-//! data dir) and the queue's project and name, so paths are short and say nothing.
+//! A queue is named on a path by 16 hex digits of a hash of this server process's id (new
+//! at every start, so a server restored from another's backup is another server) and the
+//! queue's project and name, so paths are short and say nothing.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -20,10 +21,9 @@ use crate::error::ApiError;
 
 /// The header, as sent and as kept in push headers.
 pub const HEADER: &str = "X-Ferromq-Path";
-/// Paths this long or longer are refused.
-pub const MAX: usize = 16;
-/// Where the server's id is kept (engine metadata).
-pub const SERVER_ID_KEY: &str = "server/id";
+/// Paths this long or longer are refused (it also bounds how far one post can spread
+/// through queues that fan out to each other by address without a loop).
+pub const MAX: usize = 8;
 
 /// The name of queue `key` of server `server` on a path.
 pub fn entry(server: &str, key: &QueueKey) -> String {

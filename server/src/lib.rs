@@ -146,11 +146,6 @@ pub async fn run(
         creds,
         Duration::from_secs(config.stats_interval),
     );
-    if engine.meta(hops::SERVER_ID_KEY).is_none() {
-        engine
-            .put_meta(hops::SERVER_ID_KEY, Some(state.server.as_bytes()))
-            .await?;
-    }
     let ready = state.ready.clone();
     // The pusher stops when shutdown begins, and has the grace period to finish attempts.
     let push_stop = Arc::new(tokio::sync::Notify::new());

@@ -29,7 +29,7 @@ pub struct AppState {
     pub backups: Arc<tokio::sync::Semaphore>,
     /// `/metrics` scrapes built or sent at once ([`SCRAPES_MAX`]).
     pub scrapes: Arc<tokio::sync::Semaphore>,
-    /// This server's id on message paths (`hops`), kept in the data dir.
+    /// This process's id on message paths (`hops`).
     pub server: Arc<str>,
 }
 
@@ -39,11 +39,9 @@ pub const SCRAPES_MAX: usize = 2;
 impl AppState {
     /// The state of a server about to serve: fresh stats and metrics, not ready yet.
     pub fn new(engine: Engine, creds: Credentials, stats_interval: Duration) -> AppState {
-        let server = engine
-            .meta(crate::hops::SERVER_ID_KEY)
-            .and_then(|v| String::from_utf8(v).ok())
-            .unwrap_or_else(|| crate::auth::random_hex(8))
-            .into();
+        // New at every start: a copy of the data dir (a restored backup) is another server,
+        // and a message on its way across a restart makes at most one more trip.
+        let server = crate::auth::random_hex(8).into();
         AppState {
             metrics: Arc::new(Metrics::new(engine.clone())),
             engine,
