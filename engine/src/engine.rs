@@ -404,13 +404,6 @@ impl State {
         }
     }
 
-    /// The dead-letter cycle that `key` would close by sending to the queue named `dlq`:
-    /// the names from `key` along the links of the queues that exist now back to `key`.
-    /// `None` if the chain ends (at a queue that is missing, which a move would create
-    /// without a dead-letter queue, or that has none) or runs into a cycle `key` is not on
-    /// (one in a log written before links were checked; this link does not close it).
-    /// Each step reaches a queue not seen before, so the walk is bounded by the number of
-    /// queues.
     /// A path from `key` through one of `starts` and then `links` back to `key`.
     fn link_cycle(
         &self,
@@ -445,6 +438,13 @@ impl State {
         None
     }
 
+    /// The dead-letter cycle that `key` would close by sending to the queue named `dlq`:
+    /// the names from `key` along the links of the queues that exist now back to `key`.
+    /// `None` if the chain ends (at a queue that is missing, which a move would create
+    /// without a dead-letter queue, or that has none) or runs into a cycle `key` is not on
+    /// (one in a log written before links were checked; this link does not close it).
+    /// Each step reaches a queue not seen before, so the walk is bounded by the number of
+    /// queues.
     fn dead_letter_cycle(&self, key: &QueueKey, dlq: &str) -> Option<Vec<String>> {
         let mut path = vec![key.name.clone()];
         let mut seen = HashSet::new();
@@ -1155,8 +1155,6 @@ impl Engine {
                 if q.expire_if_due(it.id, (now / 1000) as u32, &mut st.live) {
                     Counters::add(&self.inner.counters.expired, 1);
                 }
-            }
-            for it in items {
                 q.check_delete(it.id, it.reservation_id)
                     .map_err(|r| refusal(r, it.id))?;
             }

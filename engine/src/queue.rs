@@ -729,7 +729,6 @@ impl Queue {
             .map(|e| e.id)
             .collect();
         for &id in &gone {
-            self.reservations.remove(&id);
             self.apply_delete(MessageId(id), live);
         }
         gone.len()

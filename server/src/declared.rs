@@ -162,7 +162,7 @@ pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError>
         let current = engine.queue_info_now(&key).ok().map(|i| i.config);
         let spec = settings::spec_from_body(body.clone()).map_err(|e| at(index, None, e.msg))?;
         let config = settings::apply(current.as_ref(), spec).map_err(|e| at(index, None, e.msg))?;
-        let push = settings::push_links(&key, &config);
+        let forwards = settings::forward_links(&key, &config);
         let link = config.dead_letter.map(|dl| dl.queue);
         planned.push(Planned {
             index,
@@ -170,7 +170,7 @@ pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError>
             body,
             existed: current.is_some(),
             link,
-            push,
+            forwards,
         });
     }
     let mut links: HashMap<QueueKey, String> = engine
@@ -201,12 +201,12 @@ pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError>
         .into_iter()
         .map(|q| {
             let key = QueueKey::new(q.project, q.name);
-            let to = settings::push_links(&key, &q.config);
+            let to = settings::forward_links(&key, &q.config);
             (key, to)
         })
         .collect();
     for p in &planned {
-        forwards.insert(p.key.clone(), p.push.clone());
+        forwards.insert(p.key.clone(), p.forwards.clone());
     }
     for p in &planned {
         if let Some(cycle) = forward_cycle(&forwards, &p.key) {
@@ -223,7 +223,7 @@ pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError>
                 &p.key,
                 true,
                 |cur| settings::apply(cur, spec),
-                &settings::push_links,
+                &settings::forward_links,
             )
             .await
             .map_err(|e| at(p.index, None, e.to_string()))?
@@ -242,14 +242,14 @@ pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError>
 }
 
 /// A declaration about to be applied, with the dead-letter queue it will leave its queue
-/// linked to and the queues it will forward messages to (`settings::push_links`).
+/// linked to and the queues it will forward messages to (`settings::forward_links`).
 struct Planned {
     index: usize,
     key: QueueKey,
     body: Value,
     existed: bool,
     link: Option<String>,
-    push: Vec<QueueKey>,
+    forwards: Vec<QueueKey>,
 }
 
 /// The names along forwarding links from `start` back to it, if any path leads back.
@@ -309,7 +309,7 @@ fn application_order(planned: &[Planned]) -> Vec<usize> {
             .as_ref()
             .map(|l| QueueKey::new(p.key.project.clone(), l.clone()));
         dl.iter()
-            .chain(p.push.iter())
+            .chain(p.forwards.iter())
             .filter_map(|k| by_key.get(k).copied())
             .collect()
     };

@@ -56,6 +56,13 @@ pub fn check_push_headers(h: &BTreeMap<String, String>) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `key` is an existing push queue (where `subscriber_name` acknowledges).
+fn is_push_queue(st: &AppState, key: &QueueKey) -> bool {
+    st.engine
+        .queue_info_now(key)
+        .is_ok_and(|i| i.config.kind.is_push())
+}
+
 fn key(auth: &ProjectAuth, name: String) -> QueueKey {
     QueueKey::new(auth.project.clone(), name)
 }
@@ -445,10 +452,7 @@ pub async fn delete(
         match &auth {
             Ok(a) => {
                 let ack_key = QueueKey::new(a.project.clone(), q.clone());
-                let push = st
-                    .engine
-                    .queue_info_now(&ack_key)
-                    .is_ok_and(|i| i.config.kind.is_push());
+                let push = is_push_queue(&st, &ack_key);
                 if push {
                     let rid = parse_rid(b.reservation_id.as_deref(), id)?.ok_or_else(|| {
                         ApiError::bad_request(
@@ -471,10 +475,7 @@ pub async fn delete(
                     .ok()
                     .flatten()
                     .ok_or_else(refused)?;
-                let push = st
-                    .engine
-                    .queue_info_now(&ack_key)
-                    .is_ok_and(|i| i.config.kind.is_push());
+                let push = is_push_queue(&st, &ack_key);
                 if !push {
                     return Err(refused());
                 }
@@ -512,12 +513,7 @@ pub async fn delete_many(
         }
         return Ok(ok_msg("Cleared"));
     };
-    if !subscribers.is_empty()
-        && st
-            .engine
-            .queue_info_now(&key)
-            .is_ok_and(|i| i.config.kind.is_push())
-    {
+    if !subscribers.is_empty() && is_push_queue(&st, &key) {
         return acknowledge_many(&st, &key, items, subscribers).await;
     }
     st.engine.delete_batch(&key, &items).await?;

@@ -65,7 +65,7 @@ async fn upsert(st: &AppState, key: &QueueKey, body: Value, create: bool) -> Api
             key,
             create,
             |cur| settings::apply(cur, spec),
-            &settings::push_links,
+            &settings::forward_links,
         )
         .await??;
     create_dead_letter_queue(&st.engine, &info).await?;
@@ -190,7 +190,7 @@ async fn edit_subscribers(
                 extra.store(&mut c)?;
                 Ok(c)
             },
-            &settings::push_links,
+            &settings::forward_links,
         )
         .await??;
     Ok(ok_msg("Updated"))
@@ -281,7 +281,7 @@ async fn edit_alerts(st: &AppState, key: &QueueKey, edit: AlertEdit) -> ApiResul
                 extra.store(&mut c)?;
                 Ok(c)
             },
-            &settings::push_links,
+            &settings::forward_links,
         )
         .await??;
     if removing {

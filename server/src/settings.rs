@@ -645,7 +645,7 @@ pub fn queue_id(number: u32) -> String {
 /// delivers back loops). Conservative for alerts: an alert's own message fires no alerts,
 /// so a pull queue alerting itself goes nowhere and is allowed, but two pull queues
 /// alerting each other, which would go nowhere either, are refused as a cycle.
-pub fn push_links(key: &QueueKey, c: &QueueConfig) -> Vec<QueueKey> {
+pub fn forward_links(key: &QueueKey, c: &QueueConfig) -> Vec<QueueKey> {
     let extra = Extra::of(c);
     if !c.kind.is_push() {
         return extra
