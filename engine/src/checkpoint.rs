@@ -13,13 +13,14 @@
 //! definition and then three fixed-width tables (32-byte message entries in id order, 32-byte
 //! reservations, 16-byte delays) and, for push queues, the delivery states.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::engine::{Engine, State};
+use crate::entries::Entries;
 use crate::error::{Error, Result};
 use crate::ids::{LogPos, QueueKey, QueueNo, ReservationId, SegmentId};
 use crate::log::Log;
@@ -325,7 +326,7 @@ fn get_subs(r: &mut Reader<'_>) -> R<Vec<PushSubState>> {
     (0..n).map(|_| get_sub(r)).collect()
 }
 
-/// A copy of the state taken under the lock; the header is filled in outside it.
+/// The index's bytes as [`Capture::fill`] made them; the header is filled in last.
 pub(crate) struct Image {
     /// Header space (zero) followed by the body.
     buf: Vec<u8>,
@@ -336,7 +337,50 @@ pub(crate) struct Image {
     messages: u64,
 }
 
-/// Copies the state as of `covers` (the log's end while the state lock is held).
+/// What [`capture`] took under the state lock: the index body with a hole where each
+/// queue's entries go, and a snapshot of those entries ([`Entries`] clones share their
+/// chunks) to fill the holes with once the lock is released ([`Capture::fill`]).
+pub(crate) struct Capture {
+    buf: Vec<u8>,
+    /// (offset in `buf`, the queue's entries, its live count), in `buf` order.
+    holes: Vec<(usize, Entries, u64)>,
+    covers: LogPos,
+    last_frame: Option<LogPos>,
+    next_id: u64,
+    next_queue: u32,
+    messages: u64,
+}
+
+impl Capture {
+    /// Writes the live entries into their holes: the part of the copy that grows with the
+    /// number of messages, done without the state lock.
+    fn fill(self) -> Image {
+        let entries: usize = self.holes.iter().map(|h| h.2 as usize).sum();
+        let mut buf = Vec::with_capacity(self.buf.len() + entries * ENTRY_BYTES);
+        let mut at = 0;
+        for (pos, entries, live) in &self.holes {
+            buf.extend_from_slice(&self.buf[at..*pos]);
+            let before = buf.len();
+            for e in entries.iter().filter(|e| e.state != MsgState::Deleted) {
+                put_entry(&mut buf, e);
+            }
+            assert_eq!(buf.len() - before, *live as usize * ENTRY_BYTES);
+            at = *pos;
+        }
+        buf.extend_from_slice(&self.buf[at..]);
+        Image {
+            buf,
+            covers: self.covers,
+            last_frame: self.last_frame,
+            next_id: self.next_id,
+            next_queue: self.next_queue,
+            messages: self.messages,
+        }
+    }
+}
+
+/// Copies the state as of `covers` (the log's end while the state lock is held), all but
+/// the message entries, which it snapshots (see [`Capture`]).
 /// Format (body): { metas: u32 × { key: str16 | segment: u32 | value: bytes32 } |
 ///   queues: u32 × queue }
 /// Format (queue): { def: bytes32 (a QueueDef payload) | def_segment: u32 | entries: u64 |
@@ -349,7 +393,7 @@ pub(crate) fn capture(
     covers: LogPos,
     last_frame: Option<LogPos>,
     mut buf: Vec<u8>,
-) -> Image {
+) -> Capture {
     let messages: u64 = st.queues.values().map(|q| q.size()).sum();
     buf.clear();
     buf.resize(INDEX_HEADER_BYTES, 0);
@@ -362,6 +406,7 @@ pub(crate) fn capture(
     let mut nos: Vec<QueueNo> = st.queues.keys().copied().collect();
     nos.sort();
     buf.u32(nos.len() as u32);
+    let mut holes = Vec::with_capacity(nos.len());
     let mut def = Vec::new();
     for no in nos {
         let q = &st.queues[&no];
@@ -383,11 +428,7 @@ pub(crate) fn capture(
         buf.u64(q.size());
         buf.u64(reservations.len() as u64);
         buf.u64(delays.len() as u64);
-        let before = buf.len();
-        for e in q.live_entries() {
-            put_entry(&mut buf, e);
-        }
-        debug_assert_eq!(buf.len() - before, q.size() as usize * ENTRY_BYTES);
+        holes.push((buf.len(), q.entries_snapshot(), q.size()));
         for (id, rid, until) in reservations {
             buf.u64(id);
             buf.extend_from_slice(&rid.0);
@@ -423,8 +464,9 @@ pub(crate) fn capture(
             }
         }
     }
-    Image {
+    Capture {
         buf,
+        holes,
         covers,
         last_frame,
         next_id: st.next_id,
@@ -433,7 +475,8 @@ pub(crate) fn capture(
     }
 }
 
-/// About how many bytes `capture` will write (a little more, unless many push states).
+/// About how many bytes `capture` will write under the state lock (a little more, unless
+/// many push states): everything but the entries.
 fn estimate(st: &State) -> usize {
     let meta: usize = st
         .meta
@@ -445,8 +488,7 @@ fn estimate(st: &State) -> usize {
         .values()
         .map(|q| {
             let push = if q.push.is_some() { 64 * q.size() } else { 0 };
-            q.size() as usize * ENTRY_BYTES
-                + q.reserved() as usize * RESERVATION_BYTES
+            q.reserved() as usize * RESERVATION_BYTES
                 + q.delayed() as usize * DELAY_BYTES
                 + push as usize
                 + q.config.extra.len()
@@ -802,7 +844,7 @@ fn get_queue(
 
     let (chunks, rest) = entry_bytes.as_chunks::<ENTRY_BYTES>();
     debug_assert!(rest.is_empty());
-    let mut entries = Vec::with_capacity(chunks.len());
+    let mut entries = Entries::new();
     // Messages per state: visible, delayed, reserved.
     let mut counts = [0u64; 3];
     let mut runs = Runs {
@@ -823,7 +865,7 @@ fn get_queue(
         prev = e.id;
         runs.add(&e)?;
         counts[e.state as usize] += 1;
-        entries.push(e);
+        entries.push_back(e);
     }
     runs.flush();
     let reservations = reservation_bytes
@@ -848,7 +890,7 @@ fn get_queue(
     q.total_messages = def.total_messages;
     let mut q = q
         .restore(
-            VecDeque::from(entries),
+            entries,
             counts[2],
             counts[1],
             reservations,
@@ -995,13 +1037,14 @@ fn write_locked(engine: &Engine, t: &mut Tracker, paced: bool) -> Result<IndexWr
     for i in (0..bytes).step_by(4096) {
         buf[i] = 1;
     }
-    let (mut image, lock_held) = {
+    let (image, lock_held) = {
         let st = state.lock();
         let started = Instant::now();
         let (end, last_frame) = log.end_and_last_frame();
-        let image = capture(&st, end, last_frame.or(t.recovered_last_frame), buf);
-        (image, started.elapsed())
+        let captured = capture(&st, end, last_frame.or(t.recovered_last_frame), buf);
+        (captured, started.elapsed())
     };
+    let mut image = image.fill();
     t.attempted = Some(image.covers);
     // The index must never cover a record a crash could still take back.
     log.wait_durable_blocking(image.covers)?;

@@ -17,6 +17,7 @@ mod checkpoint;
 mod clock;
 mod delivery;
 mod engine;
+mod entries;
 mod error;
 mod ids;
 pub mod limits;

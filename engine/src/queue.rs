@@ -6,10 +6,11 @@
 //! Message bodies are not here, only where they are in the log (bodies stay on disk).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use crate::entries::Entries;
 use crate::ids::{MessageId, QueueKey, QueueNo, ReservationId, SegmentId};
 use crate::push::PushState;
 use crate::types::{PushUpdate, QueueConfig};
@@ -108,7 +109,7 @@ impl LiveBytes {
 /// Finds a message's index. Ids in a queue are increasing and mostly dense (a queue's posts
 /// take consecutive ids unless other queues post in between), so the interpolated position
 /// `id - first id` is usually right or an upper bound; binary search covers the rest.
-fn index_in(entries: &VecDeque<Entry>, id: u64) -> Option<usize> {
+fn index_in(entries: &Entries, id: u64) -> Option<usize> {
     let first = entries.front()?.id;
     if id < first {
         return None;
@@ -143,7 +144,7 @@ pub(crate) struct Queue {
     /// Segment holding this queue's latest definition record.
     pub def_segment: SegmentId,
     /// Messages in id order. Deleted ones linger as tombstones until compacted.
-    entries: VecDeque<Entry>,
+    entries: Entries,
     /// Every Visible entry before `cursor` has its id in `returned`; entries from `cursor`
     /// on are found by scanning forward.
     cursor: usize,
@@ -181,7 +182,7 @@ impl Queue {
             config,
             total_messages: 0,
             def_segment,
-            entries: VecDeque::new(),
+            entries: Entries::new(),
             cursor: 0,
             returned: BinaryHeap::new(),
             delayed: BinaryHeap::new(),
@@ -416,7 +417,7 @@ impl Queue {
             self.entries.push_back(e);
             self.entries.len() - 1
         } else {
-            match self.entries.binary_search_by_key(&e.id, |x| x.id) {
+            match self.entries.search(e.id) {
                 Ok(idx) => {
                     // Replaces an older copy (a relocation replayed over its original).
                     let old = self.entries[idx];
@@ -548,11 +549,12 @@ impl Queue {
     }
 
     pub fn apply_clear(&mut self, live: &mut LiveBytes) {
-        for e in self.entries.drain(..) {
+        for e in self.entries.iter() {
             if e.state != MsgState::Deleted {
-                live.remove(&e);
+                live.remove(e);
             }
         }
+        self.entries.clear();
         if let Some(p) = &mut self.push {
             p.on_clear();
         }
@@ -591,10 +593,6 @@ impl Queue {
             });
             self.cursor = new_cursor;
             self.tombstones = 0;
-            if self.entries.capacity() > 2 * self.entries.len() + 1024 {
-                self.entries
-                    .shrink_to(self.entries.len() + self.entries.len() / 4);
-            }
         }
     }
 
@@ -614,9 +612,9 @@ impl Queue {
 
     // ---- the restart index (`checkpoint.rs`) ----
 
-    /// Live messages in id order (tombstones skipped).
-    pub fn live_entries(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.iter().filter(|e| e.state != MsgState::Deleted)
+    /// The entries as they are now, tombstones included (a snapshot: see [`Entries`]).
+    pub fn entries_snapshot(&self) -> Entries {
+        self.entries.clone()
     }
 
     /// Current reservations: (message id, reservation id, until_ms), in id order.
@@ -658,7 +656,7 @@ impl Queue {
     /// delayed ones. Fails if they disagree.
     pub fn restore(
         mut self,
-        entries: VecDeque<Entry>,
+        entries: Entries,
         reserved: u64,
         delayed: u64,
         reservations: Vec<(u64, ReservationId, u64)>,
