@@ -32,7 +32,8 @@ use crate::types::{PushAttempt, PushStatus, PushSubState};
 
 /// The index file, in the data directory.
 pub(crate) const FILE: &str = "index.idx";
-/// Where a new index is written before it is renamed over [`FILE`].
+/// Where a new index is written before it is swapped with [`FILE`] (which leaves the old
+/// index here, to be rewritten in place by the next write; the open removes it).
 pub(crate) const TMP: &str = "index.idx.tmp";
 
 pub const INDEX_VERSION: u16 = 1;
@@ -568,22 +569,43 @@ fn seal(image: &mut Image, log: &Log, storage: &dyn Storage) -> Result<()> {
 /// written back one by one ([`write_stepped`]); `pace` may spread them out.
 fn store(storage: &dyn Storage, bytes: &[u8], pace: &mut dyn FnMut(u64) -> bool) -> Result<()> {
     let root = storage.root();
-    match storage.remove(TMP) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("remove", root.join(TMP), e)),
-    }
-    let file = storage
-        .create(TMP)
-        .map_err(|e| Error::io("create", root.join(TMP), e))?;
+    let tmp_err = |op, e| Error::io(op, root.join(TMP), e);
+    // The index before the current one is at TMP (the last write swapped it there) and is
+    // rewritten in place: its blocks are allocated already, so the final fdatasync commits
+    // no allocation, and no blocks are freed. On a file system mounted with `discard`,
+    // freed blocks are trimmed inside the journal commit, and every fdatasync of the log
+    // waited behind the trim of a replaced 75 MB index: 20-30 ms.
+    let file = match storage.open(TMP) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            storage.create(TMP).map_err(|e| tmp_err("create", e))?
+        }
+        Err(e) => return Err(tmp_err("open", e)),
+    };
     // `pace` never calls the write off (see `maintain_index`), so the result is always true.
-    write_stepped(&*file, Fill::Bytes(bytes), pace)
-        .map_err(|e| Error::io("write", root.join(TMP), e))?;
-    file.sync_data()
-        .map_err(|e| Error::io("fdatasync", root.join(TMP), e))?;
-    storage
-        .rename(TMP, FILE)
-        .map_err(|e| Error::io("rename", root.join(FILE), e))
+    write_stepped(&*file, Fill::Bytes(bytes), pace).map_err(|e| tmp_err("write", e))?;
+    if file.len().map_err(|e| tmp_err("stat", e))? != bytes.len() as u64 {
+        file.set_len(bytes.len() as u64)
+            .map_err(|e| tmp_err("truncate", e))?;
+    }
+    file.sync_data().map_err(|e| tmp_err("fdatasync", e))?;
+    match storage.exchange(TMP, FILE) {
+        Ok(()) => Ok(()),
+        // The first index, or a file system without RENAME_EXCHANGE.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::InvalidInput
+                    | std::io::ErrorKind::Unsupported
+            ) =>
+        {
+            storage
+                .rename(TMP, FILE)
+                .map_err(|e| Error::io("rename", root.join(FILE), e))
+        }
+        Err(e) => Err(Error::io("rename", root.join(FILE), e)),
+    }
 }
 
 // ---- loading ----

@@ -49,6 +49,13 @@ pub const FSYNC_BUCKET_BOUNDS_S: [f64; 12] = [
 
 /// A spare's zero-fill is spread over at most this long (see [`Log::pace_spare`]).
 const SPARE_FILL_TIME: Duration = Duration::from_secs(2);
+/// The spare's zero-fill keeps this far ahead of the active segment's fill (in 1/4ths:
+/// done when the active segment is 4/5 full). Its zeros cost the device as many bytes as
+/// the log itself; at 2× (done at half full) they came in bursts three times the log's
+/// rate, and the log's fdatasyncs waited behind them: p99 of batch posts at 7,000 req/s
+/// was 11-115 ms (median 31) against 9-21 ms (median 11) at 5/4, alternated in one sitting.
+const SPARE_LEAD_QUARTERS: u64 = 5;
+
 /// How long a roll waits for the allocator to finish the spare it is making before it
 /// makes one itself.
 const SPARE_HURRY_WAIT_MAX: Duration = Duration::from_secs(5);
@@ -637,8 +644,9 @@ impl Log {
 
     /// Decides, before each step of a spare's zero-fill, whether to go on now (true), or
     /// sleeps a little first; false once the log is stopping. The spare is due when the
-    /// active segment is half full, and in any case within [`SPARE_FILL_TIME`]: writing
-    /// its zeros no faster than that keeps them from crowding out the log's own syncs.
+    /// active segment is 4/5 full ([`SPARE_LEAD_QUARTERS`]), and in any case within
+    /// [`SPARE_FILL_TIME`]: writing its zeros no faster than that keeps them from crowding
+    /// out the log's own syncs.
     fn pace_spare(&self, started: Instant, done: u64) -> bool {
         let bytes = self.segment_bytes;
         if bytes <= 4 * crate::storage::STEP_BYTES {
@@ -653,7 +661,7 @@ impl Log {
                 return false;
             }
             let fill = self.durable().offset() as u64;
-            let by_fill = bytes.min(fill.saturating_mul(2));
+            let by_fill = bytes.min(fill.saturating_mul(SPARE_LEAD_QUARTERS) / 4);
             let elapsed = started.elapsed();
             let by_time = (bytes as f64 * elapsed.as_secs_f64() / SPARE_FILL_TIME.as_secs_f64())
                 .min(bytes as f64) as u64;

@@ -22,6 +22,9 @@ pub trait Storage: Send + Sync + 'static {
     fn create(&self, name: &str) -> io::Result<Arc<dyn StorageFile>>;
     /// Atomically renames, then makes the rename durable.
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Atomically swaps the names of two existing files, then makes the swap durable.
+    /// `NotFound` if either is missing.
+    fn exchange(&self, a: &str, b: &str) -> io::Result<()>;
     /// Removes a file, then makes the removal durable.
     fn remove(&self, name: &str) -> io::Result<()>;
     /// Makes creations and removals in the directory durable.
@@ -52,8 +55,10 @@ pub trait StorageFile: Send + Sync {
 }
 
 /// Bytes between two write-backs of [`write_stepped`], and between two calls of its
-/// pacing callback.
-pub const STEP_BYTES: u64 = 1 << 20;
+/// pacing callback. Smaller steps interleave finer with the log's syncs: 256 KiB against
+/// 1 MiB cut the requests over 5 ms in batch posts at 7,000 req/s from 3,843-6,901 to
+/// 729-2,069 (3 runs each, alternated).
+pub const STEP_BYTES: u64 = 256 << 10;
 
 /// What [`write_stepped`] writes from offset 0: `n` zeros, or the given bytes.
 #[derive(Clone, Copy)]
@@ -175,6 +180,34 @@ impl Storage for OsStorage {
         fs::rename(self.dir.join(from), self.dir.join(to))?;
         self.sync_dir()
     }
+    fn exchange(&self, a: &str, b: &str) -> io::Result<()> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let path = |name: &str| {
+            CString::new(self.dir.join(name).as_os_str().as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))
+        };
+        let (a, b) = (path(a)?, path(b)?);
+        #[expect(
+            unsafe_code,
+            reason = "renameat2 has no std wrapper; it only reads the two paths"
+        )]
+        // SAFETY: both pointers are to NUL-terminated strings that outlive the call, which
+        // only reads them.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                a.as_ptr(),
+                libc::AT_FDCWD,
+                b.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.sync_dir()
+    }
     fn remove(&self, name: &str) -> io::Result<()> {
         fs::remove_file(self.dir.join(name))?;
         self.sync_dir()
@@ -234,8 +267,10 @@ impl StorageFile for OsFile {
         // SAFETY: the engine maps only segment files and the restart index. Segments are
         // preallocated to their full size before they are mapped and are never truncated or
         // shrunk afterwards (a torn tail is zeroed in place, not cut). The index is written
-        // whole under a temporary name, synced and renamed into place, and never written,
-        // truncated or resized after that (a new one replaces it by rename). A file is
+        // whole under a temporary name, synced and renamed into place, and mapped only while
+        // the open loads it (the map is gone when the open returns). A later index write
+        // swaps it out to the temporary name and the write after that rewrites and resizes
+        // it there, long after that map was dropped. A file is
         // unlinked only when it is dropped, and on Linux an unlinked file stays valid for
         // existing mappings. So no access through this map can fault. Concurrent writes
         // through `write_at` only touch bytes past every position a reader is given (readers

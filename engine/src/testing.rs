@@ -370,6 +370,18 @@ impl Storage for SimStorage {
         files.insert(to.to_string(), f);
         Ok(())
     }
+    fn exchange(&self, a: &str, b: &str) -> io::Result<()> {
+        self.faults.lock().tick(FaultOp::Meta)?;
+        let mut files = self.files.lock();
+        let fa = files.remove(a).ok_or_else(|| not_found(a))?;
+        let Some(fb) = files.remove(b) else {
+            files.insert(a.to_string(), fa);
+            return Err(not_found(b));
+        };
+        files.insert(a.to_string(), fb);
+        files.insert(b.to_string(), fa);
+        Ok(())
+    }
     fn remove(&self, name: &str) -> io::Result<()> {
         self.files
             .lock()

@@ -874,3 +874,54 @@ fn an_index_older_than_an_expiry_and_a_drop_opens() {
         assert_eq!(e.get(&key("a"), kept).await.unwrap().body, b"a".repeat(10));
     });
 }
+
+/// A new index is written over the one before the current (swapped aside by the last
+/// write) in place, whether it is larger or smaller, so the file system allocates and frees
+/// nothing in steady state; every index still loads as what it covers.
+#[test]
+fn each_index_is_written_over_the_one_before_last_in_place() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempdir();
+    let clock = ManualClock::new(T0);
+    let rt = rt();
+    const TMP: &str = "index.idx.tmp";
+    let ino = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().ino();
+    let ids = rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        let mut ids = populate(&e, 2).await;
+        assert!(e.write_index().unwrap().written);
+        let first = ino(INDEX);
+        assert!(!dir.path().join(TMP).exists());
+        ids.extend(populate(&e, 2).await);
+        assert!(e.write_index().unwrap().written);
+        assert_eq!(ino(TMP), first, "the first index was swapped aside, not removed");
+        // Larger than the one it overwrites.
+        ids.extend(populate(&e, 4).await);
+        let larger = e.write_index().unwrap();
+        assert_eq!(ino(INDEX), first, "written over the first one's file");
+        assert_eq!(
+            std::fs::metadata(dir.path().join(INDEX)).unwrap().len(),
+            larger.bytes
+        );
+        // Smaller than the one it overwrites.
+        e.clear(&key("a")).await.unwrap();
+        e.clear(&key("b")).await.unwrap();
+        ids.extend(populate(&e, 1).await);
+        let smaller = e.write_index().unwrap();
+        assert!(smaller.bytes < larger.bytes);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(INDEX)).unwrap().len(),
+            smaller.bytes
+        );
+        e.close();
+        ids
+    });
+    let want = observe_replay(dir.path(), &clock, &ids);
+    rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        let r = e.recovery_report();
+        assert!(matches!(r.index, IndexUse::Loaded { .. }), "{r:?}");
+        assert_eq!(observe(&e, &ids).await, want);
+        assert!(!dir.path().join(TMP).exists(), "the open removes the old one");
+    });
+}
