@@ -27,7 +27,7 @@ use crate::log::Log;
 use crate::push::Done;
 use crate::queue::{Entry, LiveBytes, MsgState, Queue};
 use crate::record::{self, FRAME_HEADER_BYTES, FrameCheck, Put, Reader};
-use crate::storage::{Fill, Region, Storage, write_stepped};
+use crate::storage::{Region, STEP_BYTES, Storage, StorageFile};
 use crate::types::{PushAttempt, PushStatus, PushSubState};
 
 /// The index file, in the data directory.
@@ -327,21 +327,11 @@ fn get_subs(r: &mut Reader<'_>) -> R<Vec<PushSubState>> {
     (0..n).map(|_| get_sub(r)).collect()
 }
 
-/// The index's bytes as [`Capture::fill`] made them; the header is filled in last.
-pub(crate) struct Image {
-    /// Header space (zero) followed by the body.
-    buf: Vec<u8>,
-    covers: LogPos,
-    last_frame: Option<LogPos>,
-    next_id: u64,
-    next_queue: u32,
-    messages: u64,
-}
-
 /// What [`capture`] took under the state lock: the index body with a hole where each
 /// queue's entries go, and a snapshot of those entries ([`Entries`] clones share their
-/// chunks) to fill the holes with once the lock is released ([`Capture::fill`]).
+/// chunks) to fill the holes with as the file is written, after the lock is released.
 pub(crate) struct Capture {
+    /// Header space (zero) followed by the body, but for the entries.
     buf: Vec<u8>,
     /// (offset in `buf`, the queue's entries, its live count), in `buf` order.
     holes: Vec<(usize, Entries, u64)>,
@@ -353,30 +343,73 @@ pub(crate) struct Capture {
 }
 
 impl Capture {
-    /// Writes the live entries into their holes: the part of the copy that grows with the
-    /// number of messages, done without the state lock.
-    fn fill(self) -> Image {
-        let entries: usize = self.holes.iter().map(|h| h.2 as usize).sum();
-        let mut buf = Vec::with_capacity(self.buf.len() + entries * ENTRY_BYTES);
+    /// Writes the whole file but the header (its place stays zero): the bytes taken under
+    /// the lock with each queue's live entries in its hole.
+    fn write_to(&self, out: &mut Stream<'_>) -> std::io::Result<()> {
         let mut at = 0;
         for (pos, entries, live) in &self.holes {
-            buf.extend_from_slice(&self.buf[at..*pos]);
-            let before = buf.len();
+            out.put(&self.buf[at..*pos])?;
+            let mut n = 0;
             for e in entries.iter().filter(|e| e.state != MsgState::Deleted) {
-                put_entry(&mut buf, e);
+                out.put_entry(e)?;
+                n += 1;
             }
-            assert_eq!(buf.len() - before, *live as usize * ENTRY_BYTES);
+            assert_eq!(n, *live, "the snapshot's live entries");
             at = *pos;
         }
-        buf.extend_from_slice(&self.buf[at..]);
-        Image {
-            buf,
-            covers: self.covers,
-            last_frame: self.last_frame,
-            next_id: self.next_id,
-            next_queue: self.next_queue,
-            messages: self.messages,
+        out.put(&self.buf[at..])?;
+        out.flush()
+    }
+}
+
+/// The index file as it is written: bytes go out in steps of about [`STEP_BYTES`], each
+/// written back on its own (see [`crate::storage::write_zeros_stepped`]) and checksummed on the way, so that
+/// neither the file nor a copy of it is ever whole in memory.
+struct Stream<'a> {
+    file: &'a dyn StorageFile,
+    step: Vec<u8>,
+    /// File offset of `step[0]`.
+    at: u64,
+    body_crc: crc32fast::Hasher,
+    pace: &'a mut dyn FnMut(u64) -> bool,
+}
+
+impl Stream<'_> {
+    fn put(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            let n = (STEP_BYTES as usize - self.step.len()).min(bytes.len());
+            self.step.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.step.len() >= STEP_BYTES as usize {
+                self.flush()?;
+            }
         }
+        Ok(())
+    }
+
+    fn put_entry(&mut self, e: &Entry) -> std::io::Result<()> {
+        if self.step.len() + ENTRY_BYTES > STEP_BYTES as usize {
+            self.flush()?;
+        }
+        put_entry(&mut self.step, e);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.step.is_empty() {
+            return Ok(());
+        }
+        // `pace` never calls the write off (see `write_locked`).
+        (self.pace)(self.at);
+        let len = self.step.len();
+        self.file.write_at(self.at, &self.step)?;
+        self.file.write_back(self.at, len as u64)?;
+        // The header's place is not part of the body's checksum.
+        let body_from = (INDEX_HEADER_BYTES as u64).saturating_sub(self.at) as usize;
+        self.body_crc.update(&self.step[body_from.min(len)..]);
+        self.at += len as u64;
+        self.step.clear();
+        Ok(())
     }
 }
 
@@ -517,11 +550,11 @@ fn read_segment(
         .map_err(|e| Error::io("read", &path, e))
 }
 
-/// Fills in the header (outside the state lock: the checksum runs over every byte) once
-/// the last record is readable, i.e. durable.
-fn seal(image: &mut Image, log: &Log, storage: &dyn Storage) -> Result<()> {
-    let covers = image.covers;
-    let (last_frame_at, last_frame_crc) = match image.last_frame {
+/// The header fields that tie the index to this log: (last_frame_at, last_frame_crc,
+/// segment_crc), read once the last covered record is readable, i.e. durable.
+fn log_ties(c: &Capture, log: &Log, storage: &dyn Storage) -> Result<(u32, u32, u32)> {
+    let covers = c.covers;
+    let (last_frame_at, last_frame_crc) = match c.last_frame {
         None => (0, 0),
         Some(at) => {
             let mut h = [0u8; FRAME_HEADER_BYTES];
@@ -547,29 +580,21 @@ fn seal(image: &mut Image, log: &Log, storage: &dyn Storage) -> Result<()> {
     };
     let mut crc = [0u8; 4];
     read_segment(log, storage, covers.segment(), SEGMENT_CRC_AT, &mut crc)?;
-    let segment_crc = u32::from_le_bytes(crc);
-    let body = &image.buf[INDEX_HEADER_BYTES..];
-    let header = Header {
-        covers: image.covers,
-        last_frame_at,
-        last_frame_crc,
-        next_queue: image.next_queue,
-        next_id: image.next_id,
-        body_bytes: body.len() as u64,
-        segment_crc,
-        body_crc: crc32fast::hash(body),
-    };
-    image.buf[..INDEX_HEADER_BYTES].copy_from_slice(&header.encode());
-    Ok(())
+    Ok((last_frame_at, last_frame_crc, u32::from_le_bytes(crc)))
 }
 
-/// Writes the file atomically: temporary file, fdatasync, rename (which syncs the
-/// directory). A crash at any point leaves either the old index or the new one.
-/// Writes the index file (a temporary, synced, then renamed over the old one), in steps
-/// written back one by one ([`write_stepped`]); `pace` may spread them out.
-fn store(storage: &dyn Storage, bytes: &[u8], pace: &mut dyn FnMut(u64) -> bool) -> Result<()> {
+/// Writes the index file atomically: the temporary file, its header last, fdatasync, then
+/// a swap with the current one (which syncs the directory). A crash at any point leaves
+/// either the old index or the new one. Returns the file's length.
+fn store(
+    storage: &dyn Storage,
+    log: &Log,
+    c: &Capture,
+    pace: &mut dyn FnMut(u64) -> bool,
+) -> Result<u64> {
     let root = storage.root();
     let tmp_err = |op, e| Error::io(op, root.join(TMP), e);
+    let (last_frame_at, last_frame_crc, segment_crc) = log_ties(c, log, storage)?;
     // The index before the current one is at TMP (the last write swapped it there) and is
     // rewritten in place: its blocks are allocated already, so the final fdatasync commits
     // no allocation, and no blocks are freed. On a file system mounted with `discard`,
@@ -582,15 +607,33 @@ fn store(storage: &dyn Storage, bytes: &[u8], pace: &mut dyn FnMut(u64) -> bool)
         }
         Err(e) => return Err(tmp_err("open", e)),
     };
-    // `pace` never calls the write off (see `maintain_index`), so the result is always true.
-    write_stepped(&*file, Fill::Bytes(bytes), pace).map_err(|e| tmp_err("write", e))?;
-    if file.len().map_err(|e| tmp_err("stat", e))? != bytes.len() as u64 {
-        file.set_len(bytes.len() as u64)
-            .map_err(|e| tmp_err("truncate", e))?;
+    let mut out = Stream {
+        file: &*file,
+        step: Vec::with_capacity(STEP_BYTES as usize),
+        at: 0,
+        body_crc: crc32fast::Hasher::new(),
+        pace,
+    };
+    c.write_to(&mut out).map_err(|e| tmp_err("write", e))?;
+    let len = out.at;
+    let header = Header {
+        covers: c.covers,
+        last_frame_at,
+        last_frame_crc,
+        next_queue: c.next_queue,
+        next_id: c.next_id,
+        body_bytes: len - INDEX_HEADER_BYTES as u64,
+        segment_crc,
+        body_crc: out.body_crc.finalize(),
+    };
+    file.write_at(0, &header.encode())
+        .map_err(|e| tmp_err("write", e))?;
+    if file.len().map_err(|e| tmp_err("stat", e))? != len {
+        file.set_len(len).map_err(|e| tmp_err("truncate", e))?;
     }
     file.sync_data().map_err(|e| tmp_err("fdatasync", e))?;
     match storage.exchange(TMP, FILE) {
-        Ok(()) => Ok(()),
+        Ok(()) => {}
         // The first index, or a file system without RENAME_EXCHANGE.
         Err(e)
             if matches!(
@@ -602,10 +645,11 @@ fn store(storage: &dyn Storage, bytes: &[u8], pace: &mut dyn FnMut(u64) -> bool)
         {
             storage
                 .rename(TMP, FILE)
-                .map_err(|e| Error::io("rename", root.join(FILE), e))
+                .map_err(|e| Error::io("rename", root.join(FILE), e))?;
         }
-        Err(e) => Err(Error::io("rename", root.join(FILE), e)),
+        Err(e) => return Err(Error::io("rename", root.join(FILE), e)),
     }
+    Ok(len)
 }
 
 // ---- loading ----
@@ -1059,20 +1103,18 @@ fn write_locked(engine: &Engine, t: &mut Tracker, paced: bool) -> Result<IndexWr
     for i in (0..bytes).step_by(4096) {
         buf[i] = 1;
     }
-    let (image, lock_held) = {
+    let (captured, lock_held) = {
         let st = state.lock();
         let started = Instant::now();
         let (end, last_frame) = log.end_and_last_frame();
         let captured = capture(&st, end, last_frame.or(t.recovered_last_frame), buf);
         (captured, started.elapsed())
     };
-    let mut image = image.fill();
-    t.attempted = Some(image.covers);
+    t.attempted = Some(captured.covers);
     // The index must never cover a record a crash could still take back.
-    log.wait_durable_blocking(image.covers)?;
-    seal(&mut image, log, storage)?;
+    log.wait_durable_blocking(captured.covers)?;
     let started = Instant::now();
-    store(storage, &image.buf, &mut |done| {
+    let bytes = store(storage, log, &captured, &mut |done| {
         if paced && !log.is_stopping() {
             let due = Duration::from_secs_f64(done as f64 / INDEX_WRITE_BYTES_PER_S as f64);
             if let Some(early) = due.checked_sub(started.elapsed()) {
@@ -1081,13 +1123,13 @@ fn write_locked(engine: &Engine, t: &mut Tracker, paced: bool) -> Result<IndexWr
         }
         true
     })?;
-    t.covers = Some(image.covers);
-    t.bytes = image.buf.len() as u64;
+    t.covers = Some(captured.covers);
+    t.bytes = bytes;
     Ok(IndexWrite {
-        covers: image.covers,
+        covers: captured.covers,
         written: true,
-        bytes: t.bytes,
-        messages: image.messages,
+        bytes,
+        messages: captured.messages,
         lock_held,
     })
 }

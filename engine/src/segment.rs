@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::error::CorruptionKind;
 use crate::ids::SegmentId;
-use crate::storage::{Fill, Storage, StorageFile, write_stepped};
+use crate::storage::{Storage, StorageFile, write_zeros_stepped};
 
 pub const MAGIC: [u8; 8] = *b"FERROMQS";
 pub const FORMAT_VERSION: u16 = 1;
@@ -84,13 +84,13 @@ pub fn create_spare(
 }
 
 /// [`create_spare`] in steps of [`crate::storage::STEP_BYTES`], each written and written back to the
-/// device on its own ([`write_stepped`]), then one fdatasync for the whole file.
+/// device on its own ([`write_zeros_stepped`]), then one fdatasync for the whole file.
 /// Before each step `pace` is called with the bytes done so far; it may sleep to spread
 /// the work out, and returns false to call the whole thing off (the partial file is
 /// removed and `Ok(None)` returned).
 ///
 /// Why pace: the zeros of a whole segment written right after a roll made the log's
-/// group-commit syncs wait behind them for about 75 ms (see [`write_stepped`]).
+/// group-commit syncs wait behind them for about 75 ms (see [`write_zeros_stepped`]).
 pub fn create_spare_paced(
     storage: &dyn Storage,
     n: u64,
@@ -101,7 +101,7 @@ pub fn create_spare_paced(
     // A leftover of a crashed run may have the same name.
     let _ = storage.remove(&name);
     let file = storage.create(&name)?;
-    if !write_stepped(&*file, Fill::Zeros(bytes), pace)? {
+    if !write_zeros_stepped(&*file, bytes, pace)? {
         drop(file);
         let _ = storage.remove(&name);
         return Ok(None);
