@@ -56,6 +56,13 @@ const SPARE_FILL_TIME: Duration = Duration::from_secs(2);
 /// was 11-115 ms (median 31) against 9-21 ms (median 11) at 5/4, alternated in one sitting.
 const SPARE_LEAD_QUARTERS: u64 = 5;
 
+/// Dropped segments kept to become spares, at most. A dropped segment's file is renamed
+/// and zeroed in place rather than deleted and a new one allocated: its blocks are
+/// allocated already, and a deleted 64 MiB file on a file system mounted with `discard` is
+/// trimmed inside a journal commit that the log's fdatasyncs wait for (p99.9 of the
+/// reserve + delete cycle: 27-31 ms with `discard`, 14 ms without).
+const RECYCLED_MAX: usize = 2;
+
 /// How long a roll waits for the allocator to finish the spare it is making before it
 /// makes one itself.
 const SPARE_HURRY_WAIT_MAX: Duration = Duration::from_secs(5);
@@ -136,6 +143,9 @@ pub(crate) struct Log {
     allocating: AtomicBool,
     /// The writer is waiting for the spare being made: stop pacing, finish it now.
     hurry: AtomicBool,
+    /// Dropped segment files renamed to spare names, for the allocator to zero and use
+    /// (at most [`RECYCLED_MAX`]).
+    recycled: Mutex<Vec<String>>,
     /// Segments to delete once the durable position passes the given point.
     drops: Mutex<Vec<(LogPos, SegmentId)>>,
     /// Backup pins: (pin id, first pinned segment). A due drop of a segment at or after a
@@ -198,6 +208,7 @@ impl Log {
             spare_cv: Condvar::new(),
             spare_counter: AtomicU64::new(0),
             allocating: AtomicBool::new(false),
+            recycled: Mutex::new(Vec::new()),
             hurry: AtomicBool::new(false),
             drops: Mutex::new(Vec::new()),
             pins: Mutex::new(Vec::new()),
@@ -689,12 +700,19 @@ impl Log {
                 }
                 self.allocating.store(true, Ordering::Release);
             }
-            let n = self.spare_counter.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let made =
-                segment::create_spare_paced(&*self.storage, n, self.segment_bytes, &mut |done| {
-                    self.pace_spare(started, done)
-                });
+            let pace = &mut |done| self.pace_spare(started, done);
+            let recycled = self.recycled.lock().pop();
+            let made = match recycled
+                .map(|name| segment::refill_spare_paced(&*self.storage, name, self.segment_bytes, pace))
+            {
+                Some(Ok(made)) => Ok(made),
+                // Not reusable (another size, or it failed): a new file, as without one.
+                None | Some(Err(_)) => {
+                    let n = self.spare_counter.fetch_add(1, Ordering::Relaxed);
+                    segment::create_spare_paced(&*self.storage, n, self.segment_bytes, pace)
+                }
+            };
             let failed = {
                 let mut spare = self.spare.lock();
                 self.allocating.store(false, Ordering::Release);
@@ -779,11 +797,26 @@ impl Log {
             self.sync_counted(&io)?;
         }
         for seg in due {
-            self.regions.write().remove(&seg);
+            let region = self.regions.write().remove(&seg);
+            // Only a file no reader still maps may be rewritten (as a spare).
+            let unmapped = region.is_none_or(|r| Arc::strong_count(&r) == 1);
             let name = seg.file_name();
-            self.storage
-                .remove(&name)
-                .map_err(|e| Error::io("remove", self.path(&name), e))?;
+            let mut recycled = self.recycled.lock();
+            if unmapped && recycled.len() < RECYCLED_MAX {
+                let n = self.spare_counter.fetch_add(1, Ordering::Relaxed) | (1 << 61);
+                let spare = segment::spare_name(n);
+                self.storage
+                    .rename(&name, &spare)
+                    .map_err(|e| Error::io("rename", self.path(&name), e))?;
+                recycled.push(spare);
+                drop(recycled);
+                self.spare_cv.notify_all();
+            } else {
+                drop(recycled);
+                self.storage
+                    .remove(&name)
+                    .map_err(|e| Error::io("remove", self.path(&name), e))?;
+            }
         }
         Ok(())
     }

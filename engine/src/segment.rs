@@ -71,6 +71,40 @@ impl SegmentHeader {
     }
 }
 
+/// The name of spare number `n`.
+pub fn spare_name(n: u64) -> String {
+    format!("{SPARE_PREFIX}{n:016x}.tmp")
+}
+
+/// Makes a spare of an existing file (a dropped segment renamed to `name`): zeros written
+/// over it in place as in [`create_spare_paced`], then one fdatasync. A file of another
+/// size (a segment from before `segment_bytes` changed) is removed, and `InvalidData`
+/// returned.
+pub fn refill_spare_paced(
+    storage: &dyn Storage,
+    name: String,
+    bytes: u64,
+    pace: &mut dyn FnMut(u64) -> bool,
+) -> std::io::Result<Option<(String, Arc<dyn StorageFile>)>> {
+    let file = storage.open(&name)?;
+    let len = file.len()?;
+    if len != bytes {
+        drop(file);
+        storage.remove(&name)?;
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{name} has {len} bytes, not {bytes}"),
+        ));
+    }
+    if !write_zeros_stepped(&*file, bytes, pace)? {
+        drop(file);
+        let _ = storage.remove(&name);
+        return Ok(None);
+    }
+    file.sync_data()?;
+    Ok(Some((name, file)))
+}
+
 /// Creates a spare file of `bytes` zeros, written for real (not a sparse hole and not
 /// `fallocate`), so that later `fdatasync`s overwrite allocated blocks and skip the
 /// file-system metadata commit. Returns the file and its name.
@@ -97,7 +131,7 @@ pub fn create_spare_paced(
     bytes: u64,
     pace: &mut dyn FnMut(u64) -> bool,
 ) -> std::io::Result<Option<(String, Arc<dyn StorageFile>)>> {
-    let name = format!("{SPARE_PREFIX}{n:016x}.tmp");
+    let name = spare_name(n);
     // A leftover of a crashed run may have the same name.
     let _ = storage.remove(&name);
     let file = storage.create(&name)?;

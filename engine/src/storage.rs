@@ -257,9 +257,10 @@ impl StorageFile for OsFile {
         // whole under a temporary name, synced and renamed into place, and mapped only while
         // the open loads it (the map is gone when the open returns). A later index write
         // swaps it out to the temporary name and the write after that rewrites and resizes
-        // it there, long after that map was dropped. A file is
-        // unlinked only when it is dropped, and on Linux an unlinked file stays valid for
-        // existing mappings. So no access through this map can fault. Concurrent writes
+        // it there, long after that map was dropped. A dropped segment is unlinked, and on
+        // Linux an unlinked file stays valid for existing mappings; or, when the log's own
+        // map was the last one (no reader holds it), it is renamed to a spare and zeroed in
+        // place, at its full size, after that map is gone. So no access through this map can fault. Concurrent writes
         // through `write_at` only touch bytes past every position a reader is given (readers
         // wait for the writer first).
         #[expect(

@@ -925,3 +925,48 @@ fn each_index_is_written_over_the_one_before_last_in_place() {
         assert!(!dir.path().join(TMP).exists(), "the open removes the old one");
     });
 }
+
+/// A segment retention drops becomes a later segment: its file is renamed to a spare and
+/// zeroed in place (no allocation, nothing freed), and the log reopens to the same state.
+#[test]
+fn dropped_segments_are_reused_as_spares() {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempdir();
+    let clock = ManualClock::new(T0);
+    let rt = rt();
+    let ino = |name: &str| std::fs::metadata(dir.path().join(name)).map(|m| m.ino());
+    let ids = rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        let ids = populate(&e, 2).await;
+        // Inode -> the segment it was first seen as.
+        let mut seen: HashMap<u64, String> = HashMap::new();
+        let mut reused = None;
+        for _ in 0..400 {
+            churn(&e, 5).await;
+            for name in segments(dir.path()) {
+                let Ok(i) = ino(&name) else { continue };
+                match seen.get(&i) {
+                    Some(first) if *first != name => reused = Some((first.clone(), name)),
+                    Some(_) => {}
+                    None => {
+                        seen.insert(i, name);
+                    }
+                }
+            }
+            if reused.is_some() {
+                break;
+            }
+        }
+        let (was, now) = reused.expect("a dropped segment's file came back as a new segment");
+        assert!(was < now, "{was} -> {now}");
+        e.close();
+        ids
+    });
+    let want = observe_replay(dir.path(), &clock, &ids);
+    rt.block_on(async {
+        let e = open(dir.path(), &clock);
+        assert!(matches!(e.recovery_report().index, IndexUse::Loaded { .. }));
+        assert_eq!(observe(&e, &ids).await, want);
+    });
+}
