@@ -955,13 +955,7 @@ fn get_queue(
     let mut q = Queue::new(def.queue, key, def.config, def_segment);
     q.total_messages = def.total_messages;
     let mut q = q
-        .restore(
-            entries,
-            counts[2],
-            counts[1],
-            reservations,
-            delays,
-        )
+        .restore(entries, counts[2], counts[1], reservations, delays)
         .map_err(malformed)?;
     let has_push = r.u8().map_err(malformed)?;
     match (has_push, q.push.as_mut()) {

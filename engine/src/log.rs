@@ -703,9 +703,9 @@ impl Log {
             let started = Instant::now();
             let pace = &mut |done| self.pace_spare(started, done);
             let recycled = self.recycled.lock().pop();
-            let made = match recycled
-                .map(|name| segment::refill_spare_paced(&*self.storage, name, self.segment_bytes, pace))
-            {
+            let made = match recycled.map(|name| {
+                segment::refill_spare_paced(&*self.storage, name, self.segment_bytes, pace)
+            }) {
                 Some(Ok(made)) => Ok(made),
                 // Not reusable (another size, or it failed): a new file, as without one.
                 None | Some(Err(_)) => {

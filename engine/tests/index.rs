@@ -894,7 +894,11 @@ fn each_index_is_written_over_the_one_before_last_in_place() {
         assert!(!dir.path().join(TMP).exists());
         ids.extend(populate(&e, 2).await);
         assert!(e.write_index().unwrap().written);
-        assert_eq!(ino(TMP), first, "the first index was swapped aside, not removed");
+        assert_eq!(
+            ino(TMP),
+            first,
+            "the first index was swapped aside, not removed"
+        );
         // Larger than the one it overwrites.
         ids.extend(populate(&e, 4).await);
         let larger = e.write_index().unwrap();
@@ -922,7 +926,10 @@ fn each_index_is_written_over_the_one_before_last_in_place() {
         let r = e.recovery_report();
         assert!(matches!(r.index, IndexUse::Loaded { .. }), "{r:?}");
         assert_eq!(observe(&e, &ids).await, want);
-        assert!(!dir.path().join(TMP).exists(), "the open removes the old one");
+        assert!(
+            !dir.path().join(TMP).exists(),
+            "the open removes the old one"
+        );
     });
 }
 
