@@ -56,6 +56,11 @@ const SPARE_FILL_TIME: Duration = Duration::from_secs(2);
 /// was 11-115 ms (median 31) against 9-21 ms (median 11) at 5/4, alternated in one sitting.
 const SPARE_LEAD_QUARTERS: u64 = 5;
 
+/// Under `Never` and `IntervalMs`, write-back of the active segment is started every this
+/// many bytes. Without it, a roll's fdatasync wrote out the whole segment (64 MiB) while
+/// every commit waited: at 7,000 batch posts/s, 20-60 ms every 0.75 s.
+const WRITE_BACK_KICK_BYTES: u32 = 4 << 20;
+
 /// Dropped segments kept to become spares, at most. A dropped segment's file is renamed
 /// and zeroed in place rather than deleted and a new one allocated: its blocks are
 /// allocated already, and a deleted 64 MiB file on a file system mounted with `discard` is
@@ -97,6 +102,8 @@ const CHUNK_BUF_KEEP_BYTES: usize = 1 << 20;
 struct Io {
     segment: SegmentId,
     file: Arc<dyn StorageFile>,
+    /// Offset in `file` up to which write-back was started (policies other than `Always`).
+    kicked: u32,
 }
 
 struct Pipe {
@@ -186,6 +193,7 @@ impl Log {
             io: Mutex::new(Io {
                 segment: tail.segment,
                 file: tail.file,
+                kicked: 0,
             }),
             pipe: Mutex::new(Pipe {
                 chunks: Vec::new(),
@@ -593,7 +601,11 @@ impl Log {
     }
 
     fn write_chunks(&self, chunks: &mut [Chunk], io: &mut Io) -> Result<()> {
-        let Io { segment, file } = io;
+        let Io {
+            segment,
+            file,
+            kicked,
+        } = io;
         for chunk in chunks.iter() {
             if chunk.segment != *segment {
                 debug_assert_eq!(chunk.segment.0, segment.0 + 1);
@@ -618,10 +630,18 @@ impl Log {
                 self.regions.write().insert(chunk.segment, region);
                 *segment = chunk.segment;
                 *file = spare;
+                *kicked = 0;
                 continue;
             }
             file.write_at(chunk.offset as u64, &chunk.buf)
                 .map_err(|e| Error::io("write", self.path(&segment.file_name()), e))?;
+            let end = chunk.offset + chunk.buf.len() as u32;
+            if self.policy != SyncPolicy::Always && end - *kicked >= WRITE_BACK_KICK_BYTES {
+                // A hint: the roll's fdatasync, or the next interval's, finds the segment
+                // mostly written back already. Failures show there, so they are not kept.
+                let _ = file.start_write_back(*kicked as u64, (end - *kicked) as u64);
+                *kicked = end;
+            }
         }
         Ok(())
     }
