@@ -184,7 +184,11 @@ impl Entries {
     /// Finds `id` (entries are in strictly increasing id order): `Ok(index)`, or `Err` with
     /// where it would go.
     pub fn search(&self, id: u64) -> Result<usize, usize> {
-        let (mut lo, mut hi) = (0, self.len);
+        self.search_in(id, 0, self.len)
+    }
+
+    /// [`Entries::search`] within `lo..hi`, which must hold `id` if any entry does.
+    pub fn search_in(&self, id: u64, mut lo: usize, mut hi: usize) -> Result<usize, usize> {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             match self[mid].id.cmp(&id) {

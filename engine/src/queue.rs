@@ -120,20 +120,12 @@ fn index_in(entries: &Entries, id: u64) -> Option<usize> {
     if at == id {
         return Some(guess);
     }
-    let (mut lo, mut hi) = if at > id {
+    let (lo, hi) = if at > id {
         (0, guess)
     } else {
         (guess + 1, last + 1)
     };
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        match entries[mid].id.cmp(&id) {
-            std::cmp::Ordering::Equal => return Some(mid),
-            std::cmp::Ordering::Less => lo = mid + 1,
-            std::cmp::Ordering::Greater => hi = mid,
-        }
-    }
-    None
+    entries.search_in(id, lo, hi).ok()
 }
 
 pub(crate) struct Queue {

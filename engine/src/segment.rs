@@ -96,6 +96,18 @@ pub fn refill_spare_paced(
             format!("{name} has {len} bytes, not {bytes}"),
         ));
     }
+    zero_fill(storage, name, file, bytes, pace)
+}
+
+/// The zero-fill both kinds of spare share: `bytes` zeros over `file` from offset 0, then
+/// one fdatasync. Called off by `pace`: the file is removed and `Ok(None)` returned.
+fn zero_fill(
+    storage: &dyn Storage,
+    name: String,
+    file: Arc<dyn StorageFile>,
+    bytes: u64,
+    pace: &mut dyn FnMut(u64) -> bool,
+) -> std::io::Result<Option<(String, Arc<dyn StorageFile>)>> {
     if !write_zeros_stepped(&*file, bytes, pace)? {
         drop(file);
         let _ = storage.remove(&name);
@@ -135,12 +147,9 @@ pub fn create_spare_paced(
     // A leftover of a crashed run may have the same name.
     let _ = storage.remove(&name);
     let file = storage.create(&name)?;
-    if !write_zeros_stepped(&*file, bytes, pace)? {
-        drop(file);
-        let _ = storage.remove(&name);
-        return Ok(None);
+    let made = zero_fill(storage, name, file, bytes, pace)?;
+    if made.is_some() {
+        storage.sync_dir()?;
     }
-    file.sync_data()?;
-    storage.sync_dir()?;
-    Ok(Some((name, file)))
+    Ok(made)
 }
