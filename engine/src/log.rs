@@ -102,6 +102,8 @@ const CHUNK_BUF_KEEP_BYTES: usize = 1 << 20;
 struct Io {
     segment: SegmentId,
     file: Arc<dyn StorageFile>,
+    /// Offset in `file` up to which records were written.
+    written: u32,
     /// Offset in `file` up to which write-back was started (policies other than `Always`).
     kicked: u32,
 }
@@ -153,6 +155,8 @@ pub(crate) struct Log {
     /// Dropped segment files renamed to spare names, for the allocator to zero and use
     /// (at most [`RECYCLED_MAX`]).
     recycled: Mutex<Vec<String>>,
+    /// An inline commit left write-back to start for the writer thread.
+    kick_due: AtomicBool,
     /// Segments to delete once the durable position passes the given point.
     drops: Mutex<Vec<(LogPos, SegmentId)>>,
     /// Backup pins: (pin id, first pinned segment). A due drop of a segment at or after a
@@ -193,6 +197,7 @@ impl Log {
             io: Mutex::new(Io {
                 segment: tail.segment,
                 file: tail.file,
+                written: tail.end,
                 kicked: 0,
             }),
             pipe: Mutex::new(Pipe {
@@ -217,6 +222,7 @@ impl Log {
             spare_counter: AtomicU64::new(0),
             allocating: AtomicBool::new(false),
             recycled: Mutex::new(Vec::new()),
+            kick_due: AtomicBool::new(false),
             hurry: AtomicBool::new(false),
             drops: Mutex::new(Vec::new()),
             pins: Mutex::new(Vec::new()),
@@ -417,8 +423,13 @@ impl Log {
             return Err(Error::Failed(e.to_string()));
         }
         self.durable.fetch_max(target.0, Ordering::AcqRel);
+        let kick = self.write_back_due(&io);
         drop(io);
         self.wake_all();
+        if kick {
+            self.kick_due.store(true, Ordering::Release);
+            self.work.notify_one();
+        }
         let due_drops = !self.drops.lock().is_empty();
         {
             let mut pipe = self.pipe.lock();
@@ -520,7 +531,11 @@ impl Log {
                         // An inline commit failed; nothing more may be written.
                         return;
                     }
-                    if !pipe.chunks.is_empty() || pipe.shutdown || self.has_due_drops() {
+                    if !pipe.chunks.is_empty()
+                        || pipe.shutdown
+                        || self.has_due_drops()
+                        || self.kick_due.load(Ordering::Acquire)
+                    {
                         break;
                     }
                     if dirty && let SyncPolicy::IntervalMs(ms) = self.policy {
@@ -559,6 +574,7 @@ impl Log {
                 self.fail(e.to_string());
                 return;
             }
+            self.kick_write_back(&mut io);
             if chunks.capacity() > 64 {
                 chunks.shrink_to(8);
             }
@@ -604,6 +620,7 @@ impl Log {
         let Io {
             segment,
             file,
+            written,
             kicked,
         } = io;
         for chunk in chunks.iter() {
@@ -630,20 +647,36 @@ impl Log {
                 self.regions.write().insert(chunk.segment, region);
                 *segment = chunk.segment;
                 *file = spare;
+                *written = chunk.buf.len() as u32;
                 *kicked = 0;
                 continue;
             }
             file.write_at(chunk.offset as u64, &chunk.buf)
                 .map_err(|e| Error::io("write", self.path(&segment.file_name()), e))?;
-            let end = chunk.offset + chunk.buf.len() as u32;
-            if self.policy != SyncPolicy::Always && end - *kicked >= WRITE_BACK_KICK_BYTES {
-                // A hint: the roll's fdatasync, or the next interval's, finds the segment
-                // mostly written back already. Failures show there, so they are not kept.
-                let _ = file.start_write_back(*kicked as u64, (end - *kicked) as u64);
-                *kicked = end;
-            }
+            *written = chunk.offset + chunk.buf.len() as u32;
         }
         Ok(())
+    }
+
+    /// Whether [`Log::kick_write_back`] has work.
+    fn write_back_due(&self, io: &Io) -> bool {
+        self.policy != SyncPolicy::Always && io.written - io.kicked >= WRITE_BACK_KICK_BYTES
+    }
+
+    /// Starts write-back of what was written since the last call, once there is enough
+    /// (policies other than `Always`; see [`WRITE_BACK_KICK_BYTES`]). Writer thread only:
+    /// `sync_file_range` can block while the device's queue is full, and an inline commit
+    /// runs on an async caller's thread.
+    fn kick_write_back(&self, io: &mut Io) {
+        self.kick_due.store(false, Ordering::Release);
+        if self.write_back_due(io) {
+            // A hint: the roll's fdatasync, or the next interval's, finds the segment mostly
+            // written back already. Failures show there, so they are not kept.
+            let _ = io
+                .file
+                .start_write_back(io.kicked as u64, (io.written - io.kicked) as u64);
+            io.kicked = io.written;
+        }
     }
 
     fn take_spare(&self) -> Result<(String, Arc<dyn StorageFile>)> {

@@ -79,24 +79,28 @@ pub fn spare_name(n: u64) -> String {
 /// Makes a spare of an existing file (a dropped segment renamed to `name`): zeros written
 /// over it in place as in [`create_spare_paced`], then one fdatasync. A file of another
 /// size (a segment from before `segment_bytes` changed) is removed, and `InvalidData`
-/// returned.
+/// returned; so is a file that fails to be zeroed.
 pub fn refill_spare_paced(
     storage: &dyn Storage,
     name: String,
     bytes: u64,
     pace: &mut dyn FnMut(u64) -> bool,
 ) -> std::io::Result<Option<(String, Arc<dyn StorageFile>)>> {
-    let file = storage.open(&name)?;
-    let len = file.len()?;
-    if len != bytes {
-        drop(file);
-        storage.remove(&name)?;
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{name} has {len} bytes, not {bytes}"),
-        ));
+    let made = storage.open(&name).and_then(|file| {
+        let len = file.len()?;
+        if len != bytes {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{name} has {len} bytes, not {bytes}"),
+            ));
+        }
+        zero_fill(storage, name.clone(), file, bytes, pace)
+    });
+    if made.is_err() {
+        // Not left behind until the next open.
+        let _ = storage.remove(&name);
     }
-    zero_fill(storage, name, file, bytes, pace)
+    made
 }
 
 /// The zero-fill both kinds of spare share: `bytes` zeros over `file` from offset 0, then

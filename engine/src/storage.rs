@@ -23,7 +23,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Atomically renames, then makes the rename durable.
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Atomically swaps the names of two existing files, then makes the swap durable.
-    /// `NotFound` if either is missing.
+    /// `NotFound` if either is missing, `InvalidInput` or `Unsupported` where the file
+    /// system cannot swap; an error of another kind once the swap happened.
     fn exchange(&self, a: &str, b: &str) -> io::Result<()>;
     /// Removes a file, then makes the removal durable.
     fn remove(&self, name: &str) -> io::Result<()>;
@@ -200,7 +201,10 @@ impl Storage for OsStorage {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
+        // Swapped: a failure from here on must not read as "not swapped" (the caller falls
+        // back to a rename for `NotFound` and `InvalidInput`).
         self.sync_dir()
+            .map_err(|e| io::Error::other(format!("syncing the directory after a swap: {e}")))
     }
     fn remove(&self, name: &str) -> io::Result<()> {
         fs::remove_file(self.dir.join(name))?;

@@ -43,6 +43,8 @@ struct Faults {
     /// Counts of operations attempted so far: writes, syncs, creates+renames.
     counts: [u64; 3],
     fired: u64,
+    /// The thread of each `start_write_back` call.
+    write_back_threads: Vec<String>,
 }
 
 impl Faults {
@@ -144,6 +146,14 @@ impl StorageFile for SimFile {
         }
         Ok(())
     }
+    fn start_write_back(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        let thread = std::thread::current();
+        self.faults
+            .lock()
+            .write_back_threads
+            .push(thread.name().unwrap_or("?").to_string());
+        Ok(())
+    }
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut st = self.state.lock();
         self.data.write().resize(len as usize, 0);
@@ -226,6 +236,11 @@ impl SimStorage {
             files: Arc::new(Mutex::new(BTreeMap::new())),
             faults: Arc::new(Mutex::new(Faults::default())),
         }
+    }
+
+    /// The name of the thread of each `start_write_back` so far.
+    pub fn write_back_threads(&self) -> Vec<String> {
+        self.faults.lock().write_back_threads.clone()
     }
 
     /// Arms a countdown: the `n`th operation of kind `op` from now (1 = the next) fails once.

@@ -405,3 +405,57 @@ fn retention_under_sync_never_syncs_what_it_rewrote_before_deleting_a_segment() 
         assert_eq!(e.meta("project/p").as_deref(), Some(&b"{}"[..]));
     });
 }
+
+/// Under `SyncPolicy::Never` the log starts write-back of the active segment as it fills,
+/// so that a roll's fdatasync does not write out a whole segment while commits wait; and
+/// it does so on its writer thread, never on a caller's (an inline commit runs on an async
+/// task's thread, which must not block on the device). Under `Always` every group is
+/// synced anyway, and there is no write-back to start.
+#[test]
+fn write_back_is_started_as_segments_fill_on_the_writer_thread_only() {
+    for policy in [engine::SyncPolicy::Never, engine::SyncPolicy::Always] {
+        let storage = SimStorage::new();
+        let clock = ManualClock::new(T0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut c = config();
+            c.segment_bytes = 32 << 20;
+            c.sync = policy;
+            let e = Engine::open_with(c, Arc::new(storage.clone()), Arc::new(clock.clone()))
+                .expect("open");
+            let q = QueueKey::new("p", "fill");
+            // 12 MiB, in posts that each commit inline when the log is idle.
+            for i in 0..200 {
+                let msgs: Vec<NewMessage> = (0..16)
+                    .map(|_| NewMessage {
+                        body: vec![b'a' + (i % 26) as u8; 4000],
+                        delay_s: 0,
+                        meta: Vec::new(),
+                    })
+                    .collect();
+                e.post(&q, &msgs, true).await.unwrap();
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while policy == engine::SyncPolicy::Never
+                && storage.write_back_threads().len() < 2
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let threads = storage.write_back_threads();
+            if policy == engine::SyncPolicy::Never {
+                assert!(threads.len() >= 2, "{threads:?}");
+                assert!(
+                    threads.iter().all(|t| t == "ferromq-log-writer"),
+                    "{threads:?}"
+                );
+            } else {
+                assert!(threads.is_empty(), "{threads:?}");
+            }
+            e.close();
+        });
+    }
+}
