@@ -440,14 +440,16 @@ fn write_back_is_started_as_segments_fill_on_the_writer_thread_only() {
             }
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
             while policy == engine::SyncPolicy::Never
-                && storage.write_back_threads().len() < 2
+                && storage.write_back_threads().is_empty()
                 && std::time::Instant::now() < deadline
             {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
             let threads = storage.write_back_threads();
             if policy == engine::SyncPolicy::Never {
-                assert!(threads.len() >= 2, "{threads:?}");
+                // One call may cover several inline commits' worth: the writer thread runs
+                // when it is scheduled.
+                assert!(!threads.is_empty(), "{threads:?}");
                 assert!(
                     threads.iter().all(|t| t == "ferromq-log-writer"),
                     "{threads:?}"
