@@ -21,6 +21,13 @@ fn config() -> EngineConfig {
     c
 }
 
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
+}
+
 fn open(storage: &SimStorage, clock: &ManualClock) -> engine::Result<Engine> {
     Engine::open_with(config(), Arc::new(storage.clone()), Arc::new(clock.clone()))
 }
@@ -174,10 +181,7 @@ async fn verify(image: &SimStorage, clock: &ManualClock, acked: &Acked, what: &s
 
 /// How many operations of each kind a clean run makes after open.
 fn clean_counts() -> (u64, u64, u64) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime");
+    let rt = rt();
     rt.block_on(async {
         let storage = SimStorage::new();
         let clock = ManualClock::new(T0);
@@ -195,10 +199,7 @@ fn clean_counts() -> (u64, u64, u64) {
 }
 
 fn run_fault(op: FaultOp, n: u64) -> bool {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime");
+    let rt = rt();
     rt.block_on(async {
         let storage = SimStorage::new();
         let clock = ManualClock::new(T0);
@@ -288,10 +289,7 @@ fn failed_creates_and_renames_stop_the_engine_without_false_acks() {
 
 #[test]
 fn a_failed_write_is_never_acknowledged() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime");
+    let rt = rt();
     rt.block_on(async {
         let storage = SimStorage::new();
         let clock = ManualClock::new(T0);
@@ -341,10 +339,7 @@ fn a_failed_write_is_never_acknowledged() {
 fn retention_under_sync_never_syncs_what_it_rewrote_before_deleting_a_segment() {
     let storage = SimStorage::new();
     let clock = ManualClock::new(T0);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime");
+    let rt = rt();
     rt.block_on(async {
         let mut c = config();
         c.sync = engine::SyncPolicy::Never;
@@ -416,10 +411,7 @@ fn write_back_is_started_as_segments_fill_on_the_writer_thread_only() {
     for policy in [engine::SyncPolicy::Never, engine::SyncPolicy::Always] {
         let storage = SimStorage::new();
         let clock = ManualClock::new(T0);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
+        let rt = rt();
         rt.block_on(async {
             let mut c = config();
             c.segment_bytes = 32 << 20;
