@@ -559,6 +559,8 @@ fn inspect_locked(dir: &Path, body_bytes_max: u32) -> Result<Inspection, BackupE
     config.body_bytes_max = body_bytes_max;
     config.recovery = RecoveryMode::Strict;
     let rec = crate::recovery::recover_without_index(&config, storage, SystemClock.now_ms())?;
+    // Recovery's count: an unstarted segment left by a crash is not part of the log.
+    let segments = rec.report.segments as usize;
     let st = &rec.state;
     let mut queues: Vec<QueueInfo> = st.by_key.values().map(|no| st.info(*no)).collect();
     queues.sort_by(|a, b| (&a.project, &a.name).cmp(&(&b.project, &b.name)));

@@ -145,7 +145,7 @@ pub(crate) struct Log {
     failed: AtomicBool,
     failure: Mutex<Option<String>>,
     regions: RwLock<HashMap<SegmentId, Arc<dyn Region>>>,
-    spare: Mutex<Option<(String, Arc<dyn StorageFile>)>>,
+    spare: Mutex<SpareSlot>,
     spare_cv: Condvar,
     spare_counter: AtomicU64,
     /// The allocator is making a spare (set and cleared under the `spare` mutex).
@@ -169,6 +169,19 @@ pub(crate) struct Log {
     /// Group-commit syncs per latency bucket (not cumulative).
     pub(crate) fsync_buckets: [AtomicU64; FSYNC_BUCKETS],
     threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A zero-filled, synced file ready to become a segment: its name and the open file.
+type Spare = (String, Arc<dyn StorageFile>);
+
+/// The allocator's hand-over to the writer (under `Log::spare`).
+struct SpareSlot {
+    /// The next segment's file, once made. The allocator names it for the segment after
+    /// `head` as soon as it is made ([`Log::name_ahead`]), so that the roll needs neither
+    /// a rename nor a directory sync while commits wait.
+    ready: Option<Spare>,
+    /// The segment the writer writes, or is rolling to (set when it takes a spare).
+    head: SegmentId,
 }
 
 /// What recovery hands to the log to continue from.
@@ -217,7 +230,10 @@ impl Log {
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             regions: RwLock::new(regions),
-            spare: Mutex::new(None),
+            spare: Mutex::new(SpareSlot {
+                ready: None,
+                head: tail.segment,
+            }),
             spare_cv: Condvar::new(),
             spare_counter: AtomicU64::new(0),
             allocating: AtomicBool::new(false),
@@ -627,20 +643,25 @@ impl Log {
             if chunk.segment != *segment {
                 debug_assert_eq!(chunk.segment.0, segment.0 + 1);
                 debug_assert_eq!(chunk.offset, 0);
-                // Seal the old segment: its bytes must be durable before the new one exists.
+                // Seal the old segment: its bytes must be durable before any of the new
+                // one's are (recovery allows a torn tail in the last segment only).
                 file.sync_data()
                     .map_err(|e| Error::io("fdatasync", self.path(&segment.file_name()), e))?;
-                let (spare_name, spare) = self.take_spare()?;
+                let (spare_name, spare) = self.take_spare(chunk.segment)?;
                 let name = chunk.segment.file_name();
+                if spare_name != name {
+                    // Not named ahead (the allocator fell behind). The name is durable
+                    // before anything in the file is acknowledged; until the header is,
+                    // recovery takes the file for an unstarted segment.
+                    self.storage
+                        .rename(&spare_name, &name)
+                        .map_err(|e| Error::io("rename", self.path(&name), e))?;
+                }
+                // Synced with the rest of this commit: the file's blocks were all written
+                // and synced as zeros, so that sync commits no metadata.
                 spare
                     .write_at(0, &chunk.buf)
-                    .map_err(|e| Error::io("write", self.path(&spare_name), e))?;
-                spare
-                    .sync_data()
-                    .map_err(|e| Error::io("fdatasync", self.path(&spare_name), e))?;
-                self.storage
-                    .rename(&spare_name, &name)
-                    .map_err(|e| Error::io("rename", self.path(&name), e))?;
+                    .map_err(|e| Error::io("write", self.path(&name), e))?;
                 let region = spare
                     .map()
                     .map_err(|e| Error::io("mmap", self.path(&name), e))?;
@@ -679,21 +700,26 @@ impl Log {
         }
     }
 
-    fn take_spare(&self) -> Result<(String, Arc<dyn StorageFile>)> {
+    /// The file for segment `to`, which the writer is rolling to: the allocator's, named
+    /// `to`'s file name already (or under a spare name if it was not), else a new spare.
+    fn take_spare(&self, to: SegmentId) -> Result<Spare> {
         {
-            let mut spare = self.spare.lock();
-            if spare.is_none() && self.allocating.load(Ordering::Acquire) {
+            let mut slot = self.spare.lock();
+            if slot.ready.is_none() && self.allocating.load(Ordering::Acquire) {
                 // The allocator is part-way through one: finishing it at full speed is
                 // quicker than starting another here.
                 self.hurry.store(true, Ordering::Release);
                 let deadline = Instant::now() + SPARE_HURRY_WAIT_MAX;
-                while spare.is_none()
+                while slot.ready.is_none()
                     && self.allocating.load(Ordering::Acquire)
-                    && !self.spare_cv.wait_until(&mut spare, deadline).timed_out()
+                    && !self.spare_cv.wait_until(&mut slot, deadline).timed_out()
                 {}
             }
-            if let Some(s) = spare.take() {
-                drop(spare);
+            // Only now: a spare made during the wait was named for `head` + 1 = `to`, and
+            // from here on the allocator names its spares for the segment after `to`.
+            slot.head = to;
+            if let Some(s) = slot.ready.take() {
+                drop(slot);
                 self.spare_cv.notify_all();
                 return Ok(s);
             }
@@ -744,9 +770,9 @@ impl Log {
     fn allocator_loop(self: Arc<Self>) {
         loop {
             {
-                let mut spare = self.spare.lock();
-                while spare.is_some() && !self.is_stopping() {
-                    self.spare_cv.wait(&mut spare);
+                let mut slot = self.spare.lock();
+                while slot.ready.is_some() && !self.is_stopping() {
+                    self.spare_cv.wait(&mut slot);
                 }
                 if self.is_stopping() {
                     return;
@@ -767,12 +793,12 @@ impl Log {
                 }
             };
             let failed = {
-                let mut spare = self.spare.lock();
-                self.allocating.store(false, Ordering::Release);
-                self.hurry.store(false, Ordering::Release);
+                let mut slot = self.spare.lock();
                 let failed = match made {
-                    Ok(Some(s)) if spare.is_none() => {
-                        *spare = Some(s);
+                    Ok(Some(s)) if slot.ready.is_none() => {
+                        // Named under the mutex: the writer cannot roll meanwhile, and
+                        // a roll that is waiting for this spare rolls to `head` + 1.
+                        slot.ready = self.name_ahead(s, slot.head);
                         false
                     }
                     Ok(Some(s)) => {
@@ -782,6 +808,8 @@ impl Log {
                     Ok(None) => false,
                     Err(_) => true,
                 };
+                self.allocating.store(false, Ordering::Release);
+                self.hurry.store(false, Ordering::Release);
                 self.spare_cv.notify_all();
                 failed
             };
@@ -789,6 +817,28 @@ impl Log {
                 // Not fatal by itself: the writer makes its own spare when it needs one,
                 // and fails loudly if that fails too.
                 std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+
+    /// Renames a new spare to the file name of the segment after `head` (the directory
+    /// synced with it), so that the roll to it only writes. Until the writer gets there,
+    /// the file is an unstarted segment: zeros where its header goes, which recovery
+    /// removes (FORMAT.md, "Crash model"). If the rename fails, the spare is given up
+    /// under both names (neither can be in use: the writer has not rolled past `head`),
+    /// and the writer makes its own at the roll, which fails loudly if storage does.
+    fn name_ahead(&self, (name, file): Spare, head: SegmentId) -> Option<Spare> {
+        if self.is_stopping() {
+            return Some((name, file));
+        }
+        let next = SegmentId(head.0 + 1).file_name();
+        match self.storage.rename(&name, &next) {
+            Ok(()) => Some((next, file)),
+            Err(_) => {
+                drop(file);
+                let _ = self.storage.remove(&next);
+                let _ = self.storage.remove(&name);
+                None
             }
         }
     }
@@ -886,7 +936,17 @@ impl Log {
         for t in threads {
             let _ = t.join();
         }
-        // An unused spare is kept for the next start; recovery reuses or removes it.
+        // An unused spare named ahead gets a spare's name back: a closed directory holds only
+        // started segments. Recovery removes spares, and unstarted segments after a crash.
+        let mut slot = self.spare.lock();
+        if let Some((name, file)) = slot.ready.take()
+            && SegmentId::from_file_name(&name).is_some()
+        {
+            drop(file);
+            let n = self.spare_counter.fetch_add(1, Ordering::Relaxed) | (1 << 60);
+            let _ = self.storage.rename(&name, &segment::spare_name(n));
+        }
+        drop(slot);
         self.wake_all();
     }
 

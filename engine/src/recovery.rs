@@ -112,6 +112,16 @@ fn recover_with(
         .filter_map(|n| SegmentId::from_file_name(n))
         .collect();
     ids.sort();
+    // The log names the next segment's file ahead of the roll to it (log.rs, `name_ahead`):
+    // a crash before the roll leaves it unstarted. It holds nothing, and goes once the
+    // checks below pass (a failed open changes nothing).
+    let unstarted = match ids.as_slice() {
+        [.., _, last] if is_unstarted(config, &*storage, *last)? => Some(*last),
+        _ => None,
+    };
+    if unstarted.is_some() {
+        ids.pop();
+    }
     // Segment files missing at the end of the log (all of them, even) cannot be told from a
     // short log by the files alone; the restart index can: it covers a position the log
     // reached. Replaying what is left would lose acknowledged data without a word.
@@ -124,6 +134,11 @@ fn recover_with(
             offset: 0,
             kind: CorruptionKind::MissingSegment,
         });
+    }
+    if let Some(id) = unstarted {
+        storage
+            .remove(&id.file_name())
+            .map_err(|e| Error::io("remove", root.join(id.file_name()), e))?;
     }
     let time_floor = MessageId::FLOOR + now_ms.saturating_mul(1024);
     if ids.is_empty() {
@@ -275,6 +290,40 @@ fn recover_with(
             index_file: None,
         },
     )
+}
+
+/// Whether segment `id` (the last one, after others) is unstarted: zeros where its header
+/// goes, and no valid record after them. Under the crash model a file's unsynced writes
+/// survive as a prefix, so a header that never reached the disk means nothing after it did
+/// either; a valid record after it is damage (an open in strict mode then fails on the
+/// header), unless the operator tolerates a torn tail.
+fn is_unstarted(config: &EngineConfig, storage: &dyn Storage, id: SegmentId) -> Result<bool> {
+    let path = storage.root().join(id.file_name());
+    let file = storage
+        .open(&id.file_name())
+        .map_err(|e| Error::io("open", &path, e))?;
+    let region = file.map().map_err(|e| Error::io("mmap", &path, e))?;
+    if region.len() < HEADER_BYTES {
+        return Ok(false);
+    }
+    let mut hb = [0u8; HEADER_BYTES];
+    region
+        .read(0, &mut hb)
+        .map_err(|e| Error::io("read", &path, e))?;
+    if hb.iter().any(|b| *b != 0) {
+        return Ok(false);
+    }
+    if config.recovery != RecoveryMode::Strict {
+        return Ok(true);
+    }
+    let seed = record::crc_seed(id.0);
+    let mut valid = None;
+    region
+        .with_slice(0, region.len(), &mut |bytes| {
+            valid = find_valid_frame(bytes, HEADER_BYTES, seed, config.record_bytes_max())
+        })
+        .map_err(|e| Error::io("read", &path, e))?;
+    Ok(valid.is_none())
 }
 
 /// Recovery's result before the tail is repaired and the log handed over.

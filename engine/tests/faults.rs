@@ -453,3 +453,60 @@ fn write_back_is_started_as_segments_fill_on_the_writer_thread_only() {
         });
     }
 }
+
+/// The allocator names the next segment's file ahead of the roll to it, so that the roll
+/// only writes: no rename and no directory sync while commits wait. Shown by a rename or
+/// create that fails once the name is taken: the roll goes through (the allocator's own
+/// next spare is what fails, which stops nothing). A crash before the roll leaves the
+/// named file unstarted, and the image reopens as if it were not there.
+#[test]
+fn the_next_segment_is_named_ahead_and_the_roll_renames_nothing() {
+    let storage = SimStorage::new();
+    let clock = ManualClock::new(T0);
+    let rt = rt();
+    rt.block_on(async {
+        let e = open(&storage, &clock).expect("open");
+        let next = "0000000000000002.seg".to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !storage.file_names().contains(&next) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(
+            storage.file_names().contains(&next),
+            "{:?}",
+            storage.file_names()
+        );
+
+        let image = storage.crash_image(1);
+        let reopened = open(&image, &clock).expect("an unstarted segment reopens");
+        assert_eq!(reopened.stats().segments, 1);
+        reopened.close();
+
+        storage.fail_nth(FaultOp::Meta, 1);
+        let mut acked = Acked::default();
+        // 3 MiB: past the first segment's 2 MiB.
+        for i in 0..48 {
+            let msgs: Vec<NewMessage> = (0..16)
+                .map(|j| NewMessage {
+                    body: body(i, j, 4000),
+                    ..Default::default()
+                })
+                .collect();
+            let ids = e
+                .post(&key(), &msgs, true)
+                .await
+                .expect("post across the roll");
+            for (id, m) in ids.into_iter().zip(msgs) {
+                acked.posted.insert(id, m.body);
+            }
+        }
+        assert!(e.stats().segments >= 2, "rolled");
+        assert!(!e.is_failed());
+        storage.clear_faults();
+        verify(&storage.durable_image(), &clock, &acked, "durable").await;
+        for seed in 0..3 {
+            verify(&storage.crash_image(seed), &clock, &acked, "crash").await;
+        }
+        e.close();
+    });
+}

@@ -310,3 +310,44 @@ fn the_recovery_report_names_a_torn_tail_and_a_clean_close_leaves_none() {
     // The tail was zeroed: the next open finds nothing to repair.
     assert_eq!(open_report(dir.path()).torn_tail, None);
 }
+
+/// The log names the next segment's file ahead of the roll to it, and the file holds zeros
+/// until then: a crash before the roll leaves it unstarted. The open removes it and loses
+/// nothing. A zeroed header with records after it is damage, not an unstarted segment.
+#[test]
+fn an_unstarted_last_segment_goes_but_a_zeroed_header_before_records_is_corruption() {
+    let dir = tempdir();
+    let (ids, segs) = write_segments(dir.path(), 2);
+    let unstarted = seg_path(dir.path(), "0000000000000003.seg");
+    std::fs::write(&unstarted, vec![0u8; 2 << 20]).expect("write");
+    assert_eq!(
+        present(dir.path(), RecoveryMode::Strict, &ids).expect("opens"),
+        vec![true; ids.len()]
+    );
+    assert!(
+        !unstarted.exists(),
+        "removed on open; a clean close names no segment ahead"
+    );
+
+    let last = seg_path(dir.path(), &segs[1]);
+    let pristine = std::fs::read(&last).expect("read");
+    let mut zeroed = pristine.clone();
+    zeroed[..engine::SEGMENT_HEADER_BYTES].fill(0);
+    std::fs::write(&last, &zeroed).expect("write");
+    match present(dir.path(), RecoveryMode::Strict, &ids) {
+        Err(Error::Corruption { path, offset, kind }) => {
+            assert_eq!(
+                (path, offset, kind),
+                (last.clone(), 0, CorruptionKind::BadMagic)
+            );
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    // An operator who tolerates a torn tail cuts the last segment whole (with no restart
+    // index naming it: one that does makes the open fail on a missing segment).
+    forget_index(dir.path());
+    let got = present(dir.path(), RecoveryMode::TolerateTail, &ids).expect("tolerated");
+    let kept = got.iter().take_while(|&&p| p).count();
+    assert!(kept > 0 && kept < ids.len(), "{kept} of {}", ids.len());
+    assert!(got[kept..].iter().all(|&p| !p), "a prefix is kept");
+}
