@@ -46,6 +46,9 @@ pub struct RecoveryReport {
     pub segments: u64,
     /// Where a torn tail was found and zeroed (segment, byte offset), if one was.
     pub torn_tail: Option<(SegmentId, u64)>,
+    /// An unstarted last segment (named ahead of a roll the crash came before) that was
+    /// removed, if there was one.
+    pub unstarted_removed: Option<SegmentId>,
     /// Segments whose records were checked and replayed: all of them without a restart
     /// index, those from the index's position on with one.
     pub segments_scanned: u64,
@@ -140,6 +143,10 @@ fn recover_with(
             .remove(&id.file_name())
             .map_err(|e| Error::io("remove", root.join(id.file_name()), e))?;
     }
+    let noted = |mut r: Recovered| {
+        r.report.unstarted_removed = unstarted;
+        r
+    };
     let time_floor = MessageId::FLOOR + now_ms.saturating_mul(1024);
     if ids.is_empty() {
         let first = SegmentId(1);
@@ -215,7 +222,7 @@ fn recover_with(
             Ok(None) => {}
             Ok(Some(loaded)) => {
                 match from_index(config, &root, &mut segs, loaded, now_ms, time_floor) {
-                    Ok(replayed) => return finish(&root, segs, replayed),
+                    Ok(replayed) => return finish(&root, segs, replayed).map(noted),
                     // A file removed from the front of the log: the index is the only
                     // witness (a full replay cannot tell), so it stays, and the open stops.
                     Err(IndexRejection::LostSegment { segment, messages }) => {
@@ -290,6 +297,7 @@ fn recover_with(
             index_file: None,
         },
     )
+    .map(noted)
 }
 
 /// Whether segment `id` (the last one, after others) is unstarted: zeros where its header
@@ -550,6 +558,7 @@ fn finish(root: &Path, segs: Vec<Seg>, r: Replayed) -> Result<Recovered> {
     let report = RecoveryReport {
         segments: segs.len() as u64,
         torn_tail: r.torn_at.map(|off| (tail_seg.id, off as u64)),
+        unstarted_removed: None,
         segments_scanned: r.scanned,
         records_replayed: r.records,
         index: r.index,

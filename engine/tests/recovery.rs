@@ -320,6 +320,14 @@ fn an_unstarted_last_segment_goes_but_a_zeroed_header_before_records_is_corrupti
     let (ids, segs) = write_segments(dir.path(), 2);
     let unstarted = seg_path(dir.path(), "0000000000000003.seg");
     std::fs::write(&unstarted, vec![0u8; 2 << 20]).expect("write");
+    rt().block_on(async {
+        let e = Engine::open(config(dir.path())).expect("opens");
+        assert_eq!(
+            e.recovery_report().unstarted_removed,
+            Some(engine::SegmentId(3))
+        );
+        e.close();
+    });
     assert_eq!(
         present(dir.path(), RecoveryMode::Strict, &ids).expect("opens"),
         vec![true; ids.len()]

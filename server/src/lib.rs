@@ -68,6 +68,12 @@ fn log_recovery(engine: &engine::Engine) {
             "restart index unusable, removed: replayed the whole log"
         ),
     }
+    if let Some(segment) = r.unstarted_removed {
+        tracing::info!(
+            segment = segment.0,
+            "removed an unstarted segment (named ahead of a roll the last run did not reach)"
+        );
+    }
     match r.torn_tail {
         None => tracing::info!(segments = r.segments, torn_tail = false, "log opened"),
         Some((segment, offset)) => tracing::warn!(
