@@ -799,7 +799,7 @@ impl Log {
                         // Named under the mutex: the writer cannot roll meanwhile, and
                         // a roll that is waiting for this spare rolls to `head` + 1.
                         slot.ready = self.name_ahead(s, slot.head);
-                        false
+                        slot.ready.is_none()
                     }
                     Ok(Some(s)) => {
                         let _ = self.storage.remove(&s.0);
