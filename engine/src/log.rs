@@ -47,8 +47,10 @@ pub const FSYNC_BUCKET_BOUNDS_S: [f64; 12] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
-/// A spare's zero-fill is spread over at most this long (see [`Log::pace_spare`]).
-const SPARE_FILL_TIME: Duration = Duration::from_secs(2);
+/// A spare's zero-fill goes at least this fast, however slowly the log fills (see
+/// [`Log::pace_spare`]): a 64 MiB spare is ready within 2 s. A rate, not a time: a 2 GiB
+/// segment's zeros within 2 s would be 1 GB/s of writes in front of the log's syncs.
+const SPARE_FILL_FLOOR_BYTES_PER_S: f64 = 32.0 * 1024.0 * 1024.0;
 /// The spare's zero-fill keeps this far ahead of the active segment's fill (in 1/4ths:
 /// done when the active segment is 4/5 full). Its zeros cost the device as many bytes as
 /// the log itself; at 2× (done at half full) they came in bursts three times the log's
@@ -734,9 +736,9 @@ impl Log {
 
     /// Decides, before each step of a spare's zero-fill, whether to go on now (true), or
     /// sleeps a little first; false once the log is stopping. The spare is due when the
-    /// active segment is 4/5 full ([`SPARE_LEAD_QUARTERS`]), and in any case within
-    /// [`SPARE_FILL_TIME`]: writing its zeros no faster than that keeps them from crowding
-    /// out the log's own syncs.
+    /// active segment is 4/5 full ([`SPARE_LEAD_QUARTERS`]), and in any case at
+    /// [`SPARE_FILL_FLOOR_BYTES_PER_S`]: writing its zeros no faster than that keeps them
+    /// from crowding out the log's own syncs.
     fn pace_spare(&self, started: Instant, done: u64) -> bool {
         let bytes = self.segment_bytes;
         if bytes <= 4 * crate::storage::STEP_BYTES {
@@ -753,13 +755,13 @@ impl Log {
             let fill = self.durable().offset() as u64;
             let by_fill = bytes.min(fill.saturating_mul(SPARE_LEAD_QUARTERS) / 4);
             let elapsed = started.elapsed();
-            let by_time = (bytes as f64 * elapsed.as_secs_f64() / SPARE_FILL_TIME.as_secs_f64())
-                .min(bytes as f64) as u64;
+            let by_time =
+                (SPARE_FILL_FLOOR_BYTES_PER_S * elapsed.as_secs_f64()).min(bytes as f64) as u64;
             if done < by_fill.max(by_time) {
                 return true;
             }
             // When the time allowance catches up with `done`, at the latest.
-            let due = SPARE_FILL_TIME.mul_f64(done as f64 / bytes as f64);
+            let due = Duration::from_secs_f64(done as f64 / SPARE_FILL_FLOOR_BYTES_PER_S);
             let nap = due
                 .saturating_sub(elapsed)
                 .clamp(Duration::from_millis(1), Duration::from_millis(10));
