@@ -148,6 +148,9 @@ pub(crate) struct Log {
     failure: Mutex<Option<String>>,
     regions: RwLock<HashMap<SegmentId, Arc<dyn Region>>>,
     spare: Mutex<SpareSlot>,
+    /// `SpareSlot::head_synced` is false: the next sync of the active segment sets it (a
+    /// flag outside the mutex, so that a commit's sync does not take it every time).
+    head_unsynced: AtomicBool,
     spare_cv: Condvar,
     spare_counter: AtomicU64,
     /// The allocator is making a spare (set and cleared under the `spare` mutex).
@@ -179,11 +182,15 @@ type Spare = (String, Arc<dyn StorageFile>);
 /// The allocator's hand-over to the writer (under `Log::spare`).
 struct SpareSlot {
     /// The next segment's file, once made. The allocator names it for the segment after
-    /// `head` as soon as it is made ([`Log::name_ahead`]), so that the roll needs neither
-    /// a rename nor a directory sync while commits wait.
+    /// `head` ([`Log::name_ahead`]) once `head`'s header is durable, so that the roll
+    /// needs neither a rename nor a directory sync while commits wait.
     ready: Option<Spare>,
     /// The segment the writer writes, or is rolling to (set when it takes a spare).
     head: SegmentId,
+    /// Whether `head`'s header is durable. Until it is, no file may take the next name:
+    /// recovery removes an unstarted segment only as the last file, and a file named after
+    /// one whose header a crash took would make that one damage in the middle of the log.
+    head_synced: bool,
 }
 
 /// What recovery hands to the log to continue from.
@@ -235,7 +242,10 @@ impl Log {
             spare: Mutex::new(SpareSlot {
                 ready: None,
                 head: tail.segment,
+                // Recovery synced the tail segment (or it was synced before the crash).
+                head_synced: true,
             }),
+            head_unsynced: AtomicBool::new(false),
             spare_cv: Condvar::new(),
             spare_counter: AtomicU64::new(0),
             allocating: AtomicBool::new(false),
@@ -468,6 +478,7 @@ impl Log {
         io.file
             .sync_data()
             .map_err(|e| Error::io("fdatasync", self.path(&io.segment.file_name()), e))?;
+        self.head_synced();
         let nanos = t.elapsed().as_nanos() as u64;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.fsync_nanos.fetch_add(nanos, Ordering::Relaxed);
@@ -659,11 +670,21 @@ impl Log {
                         .rename(&spare_name, &name)
                         .map_err(|e| Error::io("rename", self.path(&name), e))?;
                 }
-                // Synced with the rest of this commit: the file's blocks were all written
-                // and synced as zeros, so that sync commits no metadata.
+                // Under `Always`, synced with the rest of this commit: the file's blocks were
+                // all written and synced as zeros, so that sync commits no metadata.
                 spare
                     .write_at(0, &chunk.buf)
                     .map_err(|e| Error::io("write", self.path(&name), e))?;
+                if self.policy != SyncPolicy::Always {
+                    // The next sync may be far off (or never): the header is made durable
+                    // now, so that the next file may be named (see `SpareSlot`) and no
+                    // restart index (which covers records written, not synced, under these
+                    // policies) names a segment whose header a crash could take.
+                    spare
+                        .sync_data()
+                        .map_err(|e| Error::io("fdatasync", self.path(&name), e))?;
+                    self.head_synced();
+                }
                 let region = spare
                     .map()
                     .map_err(|e| Error::io("mmap", self.path(&name), e))?;
@@ -717,9 +738,11 @@ impl Log {
                     && !self.spare_cv.wait_until(&mut slot, deadline).timed_out()
                 {}
             }
-            // Only now: a spare made during the wait was named for `head` + 1 = `to`, and
-            // from here on the allocator names its spares for the segment after `to`.
+            // Only now: a spare made during the wait was named for `head` + 1 = `to`. The
+            // next file is named for the segment after `to`, once `to`'s header is durable.
             slot.head = to;
+            slot.head_synced = false;
+            self.head_unsynced.store(true, Ordering::Release);
             if let Some(s) = slot.ready.take() {
                 drop(slot);
                 self.spare_cv.notify_all();
@@ -769,15 +792,40 @@ impl Log {
         }
     }
 
+    /// After a sync of the active segment: its header is durable.
+    fn head_synced(&self) {
+        if self.head_unsynced.swap(false, Ordering::AcqRel) {
+            self.spare.lock().head_synced = true;
+            self.spare_cv.notify_all();
+        }
+    }
+
     fn allocator_loop(self: Arc<Self>) {
         loop {
             {
                 let mut slot = self.spare.lock();
-                while slot.ready.is_some() && !self.is_stopping() {
-                    self.spare_cv.wait(&mut slot);
-                }
-                if self.is_stopping() {
-                    return;
+                loop {
+                    if self.is_stopping() {
+                        return;
+                    }
+                    let Some(ready) = slot.ready.take() else {
+                        break;
+                    };
+                    if !slot.head_synced || SegmentId::from_file_name(&ready.0).is_some() {
+                        slot.ready = Some(ready);
+                        self.spare_cv.wait(&mut slot);
+                        continue;
+                    }
+                    // Named under the mutex: the writer cannot roll meanwhile, and a roll
+                    // that is waiting for it rolls to `head` + 1.
+                    let head = slot.head;
+                    slot.ready = self.name_ahead(ready, head);
+                    if slot.ready.is_none() {
+                        // Given up (see `name_ahead`): wait a little before the next.
+                        drop(slot);
+                        std::thread::sleep(Duration::from_millis(200));
+                        slot = self.spare.lock();
+                    }
                 }
                 self.allocating.store(true, Ordering::Release);
             }
@@ -798,10 +846,9 @@ impl Log {
                 let mut slot = self.spare.lock();
                 let failed = match made {
                     Ok(Some(s)) if slot.ready.is_none() => {
-                        // Named under the mutex: the writer cannot roll meanwhile, and
-                        // a roll that is waiting for this spare rolls to `head` + 1.
-                        slot.ready = self.name_ahead(s, slot.head);
-                        slot.ready.is_none()
+                        // Named at the top of the loop, if `head`'s header is durable.
+                        slot.ready = Some(s);
+                        false
                     }
                     Ok(Some(s)) => {
                         let _ = self.storage.remove(&s.0);

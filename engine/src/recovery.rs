@@ -46,9 +46,8 @@ pub struct RecoveryReport {
     pub segments: u64,
     /// Where a torn tail was found and zeroed (segment, byte offset), if one was.
     pub torn_tail: Option<(SegmentId, u64)>,
-    /// An unstarted last segment (named ahead of a roll the crash came before) that was
-    /// removed, if there was one.
-    pub unstarted_removed: Option<SegmentId>,
+    /// Unstarted last segments (named ahead of a roll the crash came before) removed.
+    pub unstarted_removed: u32,
     /// Segments whose records were checked and replayed: all of them without a restart
     /// index, those from the index's position on with one.
     pub segments_scanned: u64,
@@ -116,13 +115,15 @@ fn recover_with(
         .collect();
     ids.sort();
     // The log names the next segment's file ahead of the roll to it (log.rs, `name_ahead`):
-    // a crash before the roll leaves it unstarted. It holds nothing, and goes once the
-    // checks below pass (a failed open changes nothing).
-    let unstarted = match ids.as_slice() {
-        [.., _, last] if is_unstarted(config, &*storage, *last)? => Some(*last),
-        _ => None,
-    };
-    if unstarted.is_some() {
+    // a crash before the roll, or before the roll's first write reached the disk, leaves it
+    // unstarted. It holds nothing, and is removed once the open has succeeded (a failed
+    // open changes nothing). The log names only one file ahead, after a durable header;
+    // a run of them is accepted all the same.
+    let mut unstarted = Vec::new();
+    while let [.., _, last] = ids.as_slice()
+        && is_unstarted(config, &*storage, *last)?
+    {
+        unstarted.push(*last);
         ids.pop();
     }
     // Segment files missing at the end of the log (all of them, even) cannot be told from a
@@ -138,14 +139,15 @@ fn recover_with(
             kind: CorruptionKind::MissingSegment,
         });
     }
-    if let Some(id) = unstarted {
-        storage
-            .remove(&id.file_name())
-            .map_err(|e| Error::io("remove", root.join(id.file_name()), e))?;
-    }
-    let noted = |mut r: Recovered| {
-        r.report.unstarted_removed = unstarted;
-        r
+    let done = |r: Result<Recovered>| {
+        let mut r = r?;
+        for id in &unstarted {
+            storage
+                .remove(&id.file_name())
+                .map_err(|e| Error::io("remove", root.join(id.file_name()), e))?;
+        }
+        r.report.unstarted_removed = unstarted.len() as u32;
+        Ok(r)
     };
     let time_floor = MessageId::FLOOR + now_ms.saturating_mul(1024);
     if ids.is_empty() {
@@ -222,7 +224,7 @@ fn recover_with(
             Ok(None) => {}
             Ok(Some(loaded)) => {
                 match from_index(config, &root, &mut segs, loaded, now_ms, time_floor) {
-                    Ok(replayed) => return finish(&root, segs, replayed).map(noted),
+                    Ok(replayed) => return done(finish(&root, segs, replayed)),
                     // A file removed from the front of the log: the index is the only
                     // witness (a full replay cannot tell), so it stays, and the open stops.
                     Err(IndexRejection::LostSegment { segment, messages }) => {
@@ -284,7 +286,7 @@ fn recover_with(
         }
     }
     settle(&mut state, now_ms);
-    finish(
+    done(finish(
         &root,
         segs,
         Replayed {
@@ -296,15 +298,15 @@ fn recover_with(
             index,
             index_file: None,
         },
-    )
-    .map(noted)
+    ))
 }
 
-/// Whether segment `id` (the last one, after others) is unstarted: zeros where its header
-/// goes, and no valid record after them. Under the crash model a file's unsynced writes
-/// survive as a prefix, so a header that never reached the disk means nothing after it did
-/// either; a valid record after it is damage (an open in strict mode then fails on the
-/// header), unless the operator tolerates a torn tail.
+/// Whether segment `id` (the last one, after others) is unstarted: its header never
+/// reached the disk whole (zeros, or a torn write: a bad magic or checksum; not a whole
+/// header of another version or segment), and no valid record follows. Under the crash
+/// model a file's unsynced writes survive as a prefix, so a header that did not survive
+/// means nothing after it did either; a valid record after it is damage (an open in strict
+/// mode then fails on the header), unless the operator tolerates a torn tail.
 fn is_unstarted(config: &EngineConfig, storage: &dyn Storage, id: SegmentId) -> Result<bool> {
     let path = storage.root().join(id.file_name());
     let file = storage
@@ -318,7 +320,12 @@ fn is_unstarted(config: &EngineConfig, storage: &dyn Storage, id: SegmentId) -> 
     region
         .read(0, &mut hb)
         .map_err(|e| Error::io("read", &path, e))?;
-    if hb.iter().any(|b| *b != 0) {
+    let torn = hb.iter().all(|b| *b == 0)
+        || matches!(
+            SegmentHeader::decode(&hb, id),
+            Err(CorruptionKind::BadMagic | CorruptionKind::HeaderChecksum)
+        );
+    if !torn {
         return Ok(false);
     }
     if config.recovery != RecoveryMode::Strict {
@@ -558,7 +565,7 @@ fn finish(root: &Path, segs: Vec<Seg>, r: Replayed) -> Result<Recovered> {
     let report = RecoveryReport {
         segments: segs.len() as u64,
         torn_tail: r.torn_at.map(|off| (tail_seg.id, off as u64)),
-        unstarted_removed: None,
+        unstarted_removed: 0,
         segments_scanned: r.scanned,
         records_replayed: r.records,
         index: r.index,

@@ -68,9 +68,9 @@ fn log_recovery(engine: &engine::Engine) {
             "restart index unusable, removed: replayed the whole log"
         ),
     }
-    if let Some(segment) = r.unstarted_removed {
+    if r.unstarted_removed > 0 {
         tracing::info!(
-            segment = segment.0,
+            files = r.unstarted_removed,
             "removed an unstarted segment (named ahead of a roll the last run did not reach)"
         );
     }
