@@ -550,11 +550,14 @@ fn finish(root: &Path, segs: Vec<Seg>, r: Replayed) -> Result<Recovered> {
                 .map_err(|e| Error::io("write", &path, e))?;
             off += n;
         }
-        tail_seg
-            .file
-            .sync_data()
-            .map_err(|e| Error::io("fdatasync", &path, e))?;
     }
+    // Durable from here on, whatever the last run left in the page cache (a process killed
+    // before its sync): the log takes the tail's header for durable (it names the next file
+    // after it) and appends after what was read.
+    tail_seg
+        .file
+        .sync_data()
+        .map_err(|e| Error::io("fdatasync", root.join(tail_seg.id.file_name()), e))?;
     let tail = Tail {
         segment: tail_seg.id,
         file: tail_seg.file.clone(),
