@@ -160,13 +160,7 @@ def main():
         r.o = copy.deepcopy(s.o)
         s.o.lock = lock
         r.o.lock = soak.threading.Lock()
-        errs = r.final_drain()
-        if errs:
-            failures.append("phase A drain: " + "\n  ".join(errs[:20]))
-        r.stop_clean()
-        bad = r.scan_log(r.logpath)
-        if bad:
-            failures.append("restored log: " + "\n".join(bad))
+        failures += r.drain_and_stop("phase A restored")
         r = None
 
         # ---- Phase B: hot, during the load ----

@@ -665,6 +665,18 @@ class Soak:
             if rec[0] == q and rec[2] == "qdeleted":
                 rec[2] = "present"
 
+    def drain_and_stop(self, label):
+        """A full drain against the oracle, a clean stop, the server log scanned: failures."""
+        failures = []
+        errs = self.final_drain()
+        if errs:
+            failures.append(f"{label} drain: " + "\n  ".join(errs[:30]))
+        self.stop_clean()
+        bad = self.scan_log(self.logpath)
+        if bad:
+            failures.append(f"{label} log: " + "\n".join(bad))
+        return failures
+
     def final_drain(self):
         """Wait out the reservations, then reserve everything from every live queue and
         compare the id sets exactly with the oracle; every deleted id: 404."""
@@ -784,14 +796,7 @@ class Soak:
                 break
             rnd += 1
         if not failures:
-            bad = []
-            errs = self.final_drain()
-            if errs:
-                failures.append("final drain: " + "\n  ".join(errs[:30]))
-            self.stop_clean()
-            bad = self.scan_log(self.logpath)
-            if bad:
-                failures.append("last log: " + "\n".join(bad))
+            failures += self.drain_and_stop("final")
         else:
             self.kill()
         log("stats", json.dumps(self.stats))
