@@ -660,6 +660,9 @@ impl Log {
                 // one's are (recovery allows a torn tail in the last segment only).
                 file.sync_data()
                     .map_err(|e| Error::io("fdatasync", self.path(&segment.file_name()), e))?;
+                // Its header with it (two rolls in one batch: the first one's segment was
+                // never synced by a commit).
+                self.head_synced();
                 let (spare_name, spare) = self.take_spare(chunk.segment)?;
                 let name = chunk.segment.file_name();
                 if spare_name != name {

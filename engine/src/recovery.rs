@@ -48,6 +48,9 @@ pub struct RecoveryReport {
     pub torn_tail: Option<(SegmentId, u64)>,
     /// Unstarted last segments (named ahead of a roll the crash came before) removed.
     pub unstarted_removed: u32,
+    /// Under `RecoveryMode::TolerateTail`: a last segment whose header was bad over valid
+    /// records, removed whole (with those records).
+    pub damaged_header_cut: Option<SegmentId>,
     /// Segments whose records were checked and replayed: all of them without a restart
     /// index, those from the index's position on with one.
     pub segments_scanned: u64,
@@ -120,10 +123,20 @@ fn recover_with(
     // open changes nothing). The log names only one file ahead, after a durable header;
     // a run of them is accepted all the same.
     let mut unstarted = Vec::new();
-    while let [.., _, last] = ids.as_slice()
-        && is_unstarted(config, &*storage, *last)?
-    {
-        unstarted.push(*last);
+    let mut damaged_cut = None;
+    while let [.., _, last] = ids.as_slice() {
+        match start_of(config, &*storage, *last)? {
+            Start::Started => break,
+            Start::Unstarted => unstarted.push(*last),
+            Start::DamagedTolerated => {
+                // A bad header over valid records: cut whole under `TolerateTail`, as a
+                // torn tail is cut at its first bad frame. One file at most.
+                damaged_cut = Some(*last);
+                unstarted.push(*last);
+                ids.pop();
+                break;
+            }
+        }
         ids.pop();
     }
     // Segment files missing at the end of the log (all of them, even) cannot be told from a
@@ -146,7 +159,8 @@ fn recover_with(
                 .remove(&id.file_name())
                 .map_err(|e| Error::io("remove", root.join(id.file_name()), e))?;
         }
-        r.report.unstarted_removed = unstarted.len() as u32;
+        r.report.unstarted_removed = (unstarted.len() - damaged_cut.is_some() as usize) as u32;
+        r.report.damaged_header_cut = damaged_cut;
         Ok(r)
     };
     let time_floor = MessageId::FLOOR + now_ms.saturating_mul(1024);
@@ -301,20 +315,28 @@ fn recover_with(
     ))
 }
 
-/// Whether segment `id` (the last one, after others) is unstarted: its header never
-/// reached the disk whole (zeros, or a torn write: a bad magic or checksum; not a whole
-/// header of another version or segment), and no valid record follows. Under the crash
-/// model a file's unsynced writes survive as a prefix, so a header that did not survive
-/// means nothing after it did either; a valid record after it is damage (an open in strict
-/// mode then fails on the header), unless the operator tolerates a torn tail.
-fn is_unstarted(config: &EngineConfig, storage: &dyn Storage, id: SegmentId) -> Result<bool> {
+/// What the header of the last segment file says about it.
+enum Start {
+    /// A whole header (good or not: the open checks it like any other).
+    Started,
+    /// The header never reached the disk whole (zeros, or a torn write: a bad magic or
+    /// checksum; not a whole header of another version or segment), and no valid record
+    /// follows. Under the crash model a file's unsynced writes survive as a prefix, so a
+    /// header that did not survive means nothing after it did either.
+    Unstarted,
+    /// Such a header with valid records after it: damage. Under `TolerateTail` the file is
+    /// cut whole; in strict mode the open fails on the header.
+    DamagedTolerated,
+}
+
+fn start_of(config: &EngineConfig, storage: &dyn Storage, id: SegmentId) -> Result<Start> {
     let path = storage.root().join(id.file_name());
     let file = storage
         .open(&id.file_name())
         .map_err(|e| Error::io("open", &path, e))?;
     let region = file.map().map_err(|e| Error::io("mmap", &path, e))?;
     if region.len() < HEADER_BYTES {
-        return Ok(false);
+        return Ok(Start::Started);
     }
     let mut hb = [0u8; HEADER_BYTES];
     region
@@ -326,10 +348,7 @@ fn is_unstarted(config: &EngineConfig, storage: &dyn Storage, id: SegmentId) -> 
             Err(CorruptionKind::BadMagic | CorruptionKind::HeaderChecksum)
         );
     if !torn {
-        return Ok(false);
-    }
-    if config.recovery != RecoveryMode::Strict {
-        return Ok(true);
+        return Ok(Start::Started);
     }
     let seed = record::crc_seed(id.0);
     let mut valid = None;
@@ -338,7 +357,11 @@ fn is_unstarted(config: &EngineConfig, storage: &dyn Storage, id: SegmentId) -> 
             valid = find_valid_frame(bytes, HEADER_BYTES, seed, config.record_bytes_max())
         })
         .map_err(|e| Error::io("read", &path, e))?;
-    Ok(valid.is_none())
+    Ok(match (valid, config.recovery) {
+        (None, _) => Start::Unstarted,
+        (Some(_), RecoveryMode::Strict) => Start::Started,
+        (Some(_), _) => Start::DamagedTolerated,
+    })
 }
 
 /// Recovery's result before the tail is repaired and the log handed over.
@@ -569,6 +592,7 @@ fn finish(root: &Path, segs: Vec<Seg>, r: Replayed) -> Result<Recovered> {
         segments: segs.len() as u64,
         torn_tail: r.torn_at.map(|off| (tail_seg.id, off as u64)),
         unstarted_removed: 0,
+        damaged_header_cut: None,
         segments_scanned: r.scanned,
         records_replayed: r.records,
         index: r.index,

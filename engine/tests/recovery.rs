@@ -351,7 +351,18 @@ fn an_unstarted_last_segment_goes_but_a_zeroed_header_before_records_is_corrupti
     // An operator who tolerates a torn tail cuts the last segment whole (with no restart
     // index naming it: one that does makes the open fail on a missing segment).
     forget_index(dir.path());
-    let got = present(dir.path(), RecoveryMode::TolerateTail, &ids).expect("tolerated");
+    rt().block_on(async {
+        let mut c = config(dir.path());
+        c.recovery = RecoveryMode::TolerateTail;
+        let e = Engine::open(c).expect("tolerated");
+        let report = e.recovery_report();
+        assert_eq!(
+            (report.damaged_header_cut, report.unstarted_removed),
+            (Some(engine::SegmentId(2)), 0)
+        );
+        e.close();
+    });
+    let got = present(dir.path(), RecoveryMode::Strict, &ids).expect("opens");
     let kept = got.iter().take_while(|&&p| p).count();
     assert!(kept > 0 && kept < ids.len(), "{kept} of {}", ids.len());
     assert!(got[kept..].iter().all(|&p| !p), "a prefix is kept");

@@ -68,6 +68,12 @@ fn log_recovery(engine: &engine::Engine) {
             "restart index unusable, removed: replayed the whole log"
         ),
     }
+    if let Some(segment) = r.damaged_header_cut {
+        tracing::warn!(
+            segment = segment.0,
+            "recovery tolerates a torn tail: removed the last segment, whose header was bad, with the records after it"
+        );
+    }
     if r.unstarted_removed > 0 {
         tracing::info!(
             files = r.unstarted_removed,
