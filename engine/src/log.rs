@@ -242,7 +242,7 @@ impl Log {
             spare: Mutex::new(SpareSlot {
                 ready: None,
                 head: tail.segment,
-                // Recovery synced the tail segment (or it was synced before the crash).
+                // Recovery syncs the tail segment (`recovery::finish`).
                 head_synced: true,
             }),
             head_unsynced: AtomicBool::new(false),

@@ -1,6 +1,8 @@
 //! Hot backup: the snapshot pin holds retention back, the cut is exactly the state at the
 //! snapshot instant, and restore verifies every checksum.
 
+mod common;
+
 use std::path::Path;
 
 use engine::backup::{self, BackupError, BackupPart};
@@ -30,20 +32,12 @@ fn batch(tag: usize) -> Vec<NewMessage> {
         .collect()
 }
 
-/// The started segment files: not the next one, which the log names ahead of the roll to
-/// it and which holds zeros until then (FORMAT.md, "unstarted segment").
+/// The started segment files (not the one named ahead of the next roll).
 fn segment_files(dir: &Path) -> Vec<SegmentId> {
-    // A file listed may be gone (retention renames dropped segments): not present.
-    let started = |id: &SegmentId| {
-        let mut header = [0u8; engine::SEGMENT_HEADER_BYTES];
-        std::fs::File::open(dir.join(id.file_name()))
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
-            .is_ok_and(|()| header.iter().any(|b| *b != 0))
-    };
     let mut v: Vec<SegmentId> = std::fs::read_dir(dir)
         .expect("list")
         .filter_map(|e| SegmentId::from_file_name(e.expect("entry").file_name().to_str()?))
-        .filter(started)
+        .filter(|id| common::is_started_segment(&dir.join(id.file_name())))
         .collect();
     v.sort();
     v

@@ -3,6 +3,8 @@
 //! log has grown; records before its position are not read; and a damaged, foreign or stale
 //! index is removed and the whole log replayed, reaching the same state.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -61,20 +63,12 @@ fn msgs(n: usize, len: usize, delay_s: u32, tag: usize) -> Vec<NewMessage> {
         .collect()
 }
 
-/// The started segment files: not the next one, which the log names ahead of the roll to
-/// it and which holds zeros until then (FORMAT.md, "unstarted segment").
+/// The started segment files (not the one named ahead of the next roll).
 fn segments(dir: &Path) -> Vec<String> {
-    let started = |name: &String| {
-        let mut header = [0u8; engine::SEGMENT_HEADER_BYTES];
-        std::fs::File::open(dir.join(name))
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
-            .is_ok_and(|()| header.iter().any(|b| *b != 0))
-    };
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .expect("read_dir")
         .filter_map(|f| f.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".seg"))
-        .filter(started)
+        .filter(|n| n.ends_with(".seg") && common::is_started_segment(&dir.join(n)))
         .collect();
     v.sort();
     v

@@ -27,3 +27,14 @@ pub fn open_sized(dir: &std::path::Path, clock: &ManualClock, segment_bytes: u64
 pub fn key(name: &str) -> QueueKey {
     QueueKey::new("p", name)
 }
+
+/// Whether the segment file at `path` is started: its header is written. The log names the
+/// next segment's file ahead of the roll to it, and that file holds zeros until then
+/// (FORMAT.md, "unstarted segment"). A file gone meanwhile (retention renames dropped
+/// segments) is not started either.
+pub fn is_started_segment(path: &std::path::Path) -> bool {
+    let mut header = [0u8; engine::SEGMENT_HEADER_BYTES];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+        .is_ok_and(|()| header.iter().any(|b| *b != 0))
+}
