@@ -53,14 +53,10 @@ fn new_world() -> World {
                 Arc::new(ManualClock::new(1_700_000_000_000)),
             )
             .expect("open");
-            let (creds, _) = server::auth::Credentials::bootstrap(
-                &engine,
-                Some(ADMIN),
-                Some(PID),
-                Some(TOKEN),
-            )
-            .await
-            .expect("credentials");
+            let (creds, _) =
+                server::auth::Credentials::bootstrap(&engine, Some(ADMIN), Some(PID), Some(TOKEN))
+                    .await
+                    .expect("credentials");
             let state = server::state::AppState::new(engine, creds, Duration::from_secs(60));
             server::router::build(state)
         });
@@ -154,4 +150,3 @@ fn check(w: &World, r: &Req<'_>) {
         );
     }
 }
-

@@ -1,5 +1,6 @@
-//! Arbitrary bytes as the body of a segment after a valid header: opening must return Ok or
-//! Err, never panic.
+//! Arbitrary bytes as the body of a segment after a valid header, or (first byte odd) as a
+//! whole second segment, header included, after a valid first one (the file the log names
+//! ahead of a roll: unstarted, torn or damaged): opening must return Ok or Err, never panic.
 #![no_main]
 
 use std::sync::Arc;
@@ -26,9 +27,18 @@ fuzz_target!(|data: &[u8]| {
     drop(e);
     let name = "0000000000000001.seg";
     let mut seg = base.contents(name).expect("first segment");
-    let n = data.len().min(SEGMENT - SEGMENT_HEADER_BYTES);
-    seg[SEGMENT_HEADER_BYTES..SEGMENT_HEADER_BYTES + n].copy_from_slice(&data[..n]);
     let storage = SimStorage::new();
+    if let Some((&first, rest)) = data.split_first()
+        && first & 1 == 1
+    {
+        let mut next = vec![0u8; SEGMENT];
+        let n = rest.len().min(SEGMENT);
+        next[..n].copy_from_slice(&rest[..n]);
+        storage.put_file("0000000000000002.seg", next);
+    } else {
+        let n = data.len().min(SEGMENT - SEGMENT_HEADER_BYTES);
+        seg[SEGMENT_HEADER_BYTES..SEGMENT_HEADER_BYTES + n].copy_from_slice(&data[..n]);
+    }
     storage.put_file(name, seg);
     if let Ok(e) = Engine::open_with(config, Arc::new(storage), Arc::new(clock)) {
         e.check_invariants();

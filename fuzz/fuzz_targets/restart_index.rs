@@ -23,8 +23,12 @@ fuzz_target!(|data: &[u8]| {
         .build()
         .expect("runtime");
     // A small log with visible, delayed and reserved messages, and its index.
-    let e = Engine::open_with(config.clone(), Arc::new(base.clone()), Arc::new(clock.clone()))
-        .expect("fresh open");
+    let e = Engine::open_with(
+        config.clone(),
+        Arc::new(base.clone()),
+        Arc::new(clock.clone()),
+    )
+    .expect("fresh open");
     rt.block_on(async {
         let key = QueueKey::new("p", "q");
         let msgs: Vec<NewMessage> = (0..6)
@@ -35,9 +39,15 @@ fuzz_target!(|data: &[u8]| {
             })
             .collect();
         e.post(&key, &msgs, true).await.expect("post");
-        e.reserve(&key, ReserveOptions { n: 2, ..Default::default() })
-            .await
-            .expect("reserve");
+        e.reserve(
+            &key,
+            ReserveOptions {
+                n: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("reserve");
     });
     e.close();
     drop(e);
@@ -66,7 +76,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(e) = Engine::open_with(config, Arc::new(storage.clone()), Arc::new(clock)) {
         e.check_invariants();
         if let IndexUse::Ignored(_) = e.recovery_report().index {
-            assert!(storage.contents("index.idx").is_none(), "an unused index is removed");
+            assert!(
+                storage.contents("index.idx").is_none(),
+                "an unused index is removed"
+            );
         }
         rt.block_on(async {
             let _ = e.peek(&QueueKey::new("p", "q"), 100).await;
