@@ -179,6 +179,11 @@ pub(crate) struct Log {
 /// A zero-filled, synced file ready to become a segment: its name and the open file.
 type Spare = (String, Arc<dyn StorageFile>);
 
+/// Whether a spare was named ahead for a segment ([`Log::name_ahead`]).
+fn named_ahead((name, _): &Spare) -> bool {
+    SegmentId::from_file_name(name).is_some()
+}
+
 /// The allocator's hand-over to the writer (under `Log::spare`).
 struct SpareSlot {
     /// The next segment's file, once made. The allocator names it for the segment after
@@ -811,18 +816,18 @@ impl Log {
                     if self.is_stopping() {
                         return;
                     }
-                    let Some(ready) = slot.ready.take() else {
-                        break;
-                    };
-                    if !slot.head_synced || SegmentId::from_file_name(&ready.0).is_some() {
-                        slot.ready = Some(ready);
-                        self.spare_cv.wait(&mut slot);
-                        continue;
+                    match &slot.ready {
+                        None => break,
+                        Some(ready) if !slot.head_synced || named_ahead(ready) => {
+                            self.spare_cv.wait(&mut slot);
+                            continue;
+                        }
+                        Some(_) => {}
                     }
                     // Named under the mutex: the writer cannot roll meanwhile, and a roll
                     // that is waiting for it rolls to `head` + 1.
-                    let head = slot.head;
-                    slot.ready = self.name_ahead(ready, head);
+                    let (head, ready) = (slot.head, slot.ready.take());
+                    slot.ready = ready.and_then(|r| self.name_ahead(r, head));
                     if slot.ready.is_none() {
                         // Given up (see `name_ahead`): wait a little before the next.
                         drop(slot);
@@ -991,12 +996,11 @@ impl Log {
         // An unused spare named ahead gets a spare's name back: a closed directory holds only
         // started segments. Recovery removes spares, and unstarted segments after a crash.
         let mut slot = self.spare.lock();
-        if let Some((name, file)) = slot.ready.take()
-            && SegmentId::from_file_name(&name).is_some()
+        if let Some(spare) = slot.ready.take()
+            && named_ahead(&spare)
         {
-            drop(file);
             let n = self.spare_counter.fetch_add(1, Ordering::Relaxed) | (1 << 60);
-            let _ = self.storage.rename(&name, &segment::spare_name(n));
+            let _ = self.storage.rename(&spare.0, &segment::spare_name(n));
         }
         drop(slot);
         self.wake_all();

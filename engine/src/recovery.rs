@@ -125,19 +125,19 @@ fn recover_with(
     let mut unstarted = Vec::new();
     let mut damaged_cut = None;
     while let [.., _, last] = ids.as_slice() {
-        match start_of(config, &*storage, *last)? {
-            Start::Started => break,
-            Start::Unstarted => unstarted.push(*last),
-            Start::DamagedTolerated => {
-                // A bad header over valid records: cut whole under `TolerateTail`, as a
-                // torn tail is cut at its first bad frame. One file at most.
-                damaged_cut = Some(*last);
-                unstarted.push(*last);
-                ids.pop();
-                break;
-            }
+        let last = *last;
+        let start = start_of(config, &*storage, last)?;
+        if let Start::Started = start {
+            break;
         }
+        unstarted.push(last);
         ids.pop();
+        if let Start::DamagedTolerated = start {
+            // A bad header over valid records: cut whole under `TolerateTail`, as a torn
+            // tail is cut at its first bad frame. One file at most.
+            damaged_cut = Some(last);
+            break;
+        }
     }
     // Segment files missing at the end of the log (all of them, even) cannot be told from a
     // short log by the files alone; the restart index can: it covers a position the log
