@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
-use crate::engine::{Engine, Pending};
+use crate::engine::{Engine, Pending, State};
 use crate::error::{Error, Result};
 use crate::ids::{LogPos, MessageId, QueueKey, QueueNo, ReservationId};
+use crate::log::Log;
 use crate::record::{self, Kind};
 use crate::types::{PushDelivery, PushLane, PushStatus, PushSubState, PushUpdate};
 
@@ -146,14 +147,9 @@ impl Engine {
     /// records nothing, when the claim no longer stands (the message was deleted, cleared or
     /// acknowledged meanwhile).
     pub async fn push_complete(&self, d: &PushDelivery, updates: &[PushUpdate]) -> Result<bool> {
-        self.push_record(
-            d.queue,
-            &d.key,
-            d.id,
-            record::PUSH_FLAG_ATTEMPT,
-            updates,
-            |p, id| p.is_inflight(id, &d.subscriber, d.reservation),
-        )
+        self.push_record(d.queue, &d.key, d.id, true, updates, |p, id| {
+            p.is_inflight(id, &d.subscriber, d.reservation)
+        })
         .await
         .map(|r| r.is_some())
     }
@@ -232,7 +228,7 @@ impl Engine {
             msg: String::new(),
         };
         let recorded = self
-            .push_record_with(no.0, key, id, 0, |p, id| {
+            .push_record_with(no.0, key, id, false, |p, id| {
                 p.holds(id, subscriber, rid).then(|| {
                     p.states(id)
                         .iter()
@@ -276,11 +272,11 @@ impl Engine {
         queue: u32,
         key: &QueueKey,
         id: MessageId,
-        flags: u8,
+        attempt: bool,
         updates: &[PushUpdate],
         stands: impl FnOnce(&crate::push::PushState, u64) -> bool,
     ) -> Result<Option<()>> {
-        self.push_record_with(queue, key, id, flags, |p, id| {
+        self.push_record_with(queue, key, id, attempt, |p, id| {
             stands(p, id).then(|| updates.to_vec())
         })
         .await
@@ -293,7 +289,7 @@ impl Engine {
         queue: u32,
         key: &QueueKey,
         id: MessageId,
-        flags: u8,
+        attempt: bool,
         decide: impl FnOnce(&crate::push::PushState, u64) -> Option<Vec<PushUpdate>>,
     ) -> Result<Option<()>> {
         let end = {
@@ -330,27 +326,75 @@ impl Engine {
                     u
                 })
                 .collect();
-            let buf = &mut st.scratch;
-            buf.clear();
-            record::put_push(buf, no, id, flags, &updates);
-            let floors = st.floors();
-            let (_, end) = log.append(Kind::Push, &st.scratch, floors)?;
+            let finished = p.would_finish(id.0, &updates);
             let now = clock.now_ms();
-            let q = st.queues.get_mut(&no).expect("checked above");
-            q.apply_push(
-                id,
-                flags & record::PUSH_FLAG_ATTEMPT != 0,
-                &updates,
-                now,
-                &mut st.live,
-            );
-            end
+            append_push(st, log, no, id, attempt, finished, &updates, now)?
         };
         let (_, log, ..) = self.parts();
         log.wait_durable(end).await?;
         self.push_wake_handle().notify_one();
         Ok(Some(()))
     }
+}
+
+/// Logs `updates` of message `id` as one Push record that says whether it finishes the
+/// message, and applies it. Returns the log's end after it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn append_push(
+    st: &mut State,
+    log: &Log,
+    no: QueueNo,
+    id: MessageId,
+    attempt: bool,
+    finished: bool,
+    updates: &[PushUpdate],
+    now_ms: u64,
+) -> Result<LogPos> {
+    let flags = record::push_flags(attempt, finished);
+    st.scratch.clear();
+    record::put_push(&mut st.scratch, no, id, flags, updates);
+    let floors = st.floors();
+    let (_, end) = log.append(Kind::Push, &st.scratch, floors)?;
+    if let Some(q) = st.queues.get_mut(&no) {
+        q.apply_push(id, attempt, updates, Some(finished), now_ms, &mut st.live);
+    }
+    Ok(end)
+}
+
+/// After the subscribers of push queue `no` changed: logs and finishes every message they
+/// leave finished (see [`crate::push::PushState::left_finished`]). Returns the log's end
+/// after the last record, if any was written.
+pub(crate) fn finish_left_behind(
+    st: &mut State,
+    log: &Log,
+    no: QueueNo,
+    now_ms: u64,
+) -> Result<Option<LogPos>> {
+    let Some(q) = st.queues.get(&no) else {
+        return Ok(None);
+    };
+    let Some(p) = q.push.as_ref() else {
+        return Ok(None);
+    };
+    let left: Vec<_> = p
+        .left_finished()
+        .into_iter()
+        .filter(|(id, _)| q.get(MessageId(*id)).is_some())
+        .collect();
+    let mut end = None;
+    for (id, updates) in left {
+        end = Some(append_push(
+            st,
+            log,
+            no,
+            MessageId(id),
+            false,
+            true,
+            &updates,
+            now_ms,
+        )?);
+    }
+    Ok(end)
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.

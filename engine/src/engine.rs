@@ -706,7 +706,12 @@ impl Engine {
                         .get_mut(&no)
                         .expect("registered queue")
                         .set_config(config);
-                    (no, st.write_def(&self.inner.log, no)?)
+                    let end = st.write_def(&self.inner.log, no)?;
+                    // A removed subscriber may have been all a message still waited for.
+                    let now = self.now_ms();
+                    let finished =
+                        crate::delivery::finish_left_behind(&mut st, &self.inner.log, no, now)?;
+                    (no, finished.unwrap_or(end))
                 }
                 None => st.create_queue(&self.inner.log, key, config)?,
             };

@@ -208,14 +208,15 @@ impl PushState {
             .collect()
     }
 
-    /// The states a finished message keeps. A unicast message delivered to one subscriber
-    /// keeps only the subscribers that were tried: those never tried are left out (no
-    /// attempt will ever be made), and a failed one shows `error` rather than `retrying`,
-    /// so that no entry of a finished message looks pending to a client polling for it.
+    /// The states a finished message keeps: those of the subscribers tried. One never tried
+    /// is left out (no attempt will ever be made: a unicast message delivered elsewhere, or
+    /// on a replay a subscriber added after the message finished), and for a unicast message
+    /// delivered to one subscriber a failed one shows `error` rather than `retrying`, so that
+    /// no entry of a finished message looks pending to a client polling for it.
     pub fn final_states(&self, id: u64) -> Vec<PushSubState> {
         let mut states = self.states(id);
+        states.retain(|s| s.status != PushStatus::Queued);
         if self.unicast && states.iter().any(|s| s.status == PushStatus::Deleted) {
-            states.retain(|s| s.status != PushStatus::Queued);
             for s in &mut states {
                 if !s.status.is_terminal() {
                     s.status = PushStatus::Error;
@@ -262,56 +263,44 @@ impl PushState {
         }
     }
 
-    /// Applies the updates of a Push record. Returns true when the message is now finished.
-    pub fn apply(&mut self, id: u64, attempt: bool, ups: &[PushUpdate]) -> bool {
-        let subs = self.msgs.entry(id).or_default();
+    /// Applies the updates of a Push record. Returns true when the message is now finished:
+    /// as `decided` says (what the record says, see [`PushState::would_finish`]), or, for a
+    /// record that says nothing (written by builds before 2026-12-07), by the kind's rule.
+    pub fn apply(
+        &mut self,
+        id: u64,
+        attempt: bool,
+        ups: &[PushUpdate],
+        decided: Option<bool>,
+    ) -> bool {
+        apply_to(self.msgs.entry(id).or_default(), attempt, ups);
         for u in ups {
-            let i = match subs.iter().position(|s| s.state.subscriber == u.subscriber) {
-                Some(i) => i,
-                None => {
-                    subs.push(Sub::queued(&u.subscriber));
-                    subs.len() - 1
-                }
-            };
-            let s = &mut subs[i];
-            s.inflight = None;
-            s.recorded = true;
-            let st = &mut s.state;
-            st.status = u.status;
-            st.tries = u.tries;
-            st.status_code = u.status_code;
-            if u.at_ms > 0 {
-                st.last_try_ms = u.at_ms;
-            }
-            st.due_ms = u.due_ms;
-            st.reservation = u.reservation;
-            st.msg = u.msg.clone();
-            if attempt && u.at_ms > 0 {
-                if st.attempts.len() >= limits::PUSH_ATTEMPTS_KEPT {
-                    st.attempts.remove(0);
-                }
-                st.attempts.push(PushAttempt {
-                    at_ms: u.at_ms,
-                    status_code: u.status_code,
-                    latency_ms: u.latency_ms,
-                    error: u.msg.clone(),
-                });
-            }
             if let Some(due) = u.due_ms
                 && let Some(l) = self.names.iter().position(|n| **n == *u.subscriber)
             {
                 self.lanes[l].push(Reverse((due, id)));
             }
         }
-        self.finished(id)
+        decided.unwrap_or_else(|| self.finished(id))
+    }
+
+    /// Whether applying `ups` would finish message `id` now. Decided when the record is
+    /// written and written into it, so that replay finishes the same messages whatever the
+    /// subscribers became later (replay knows only the latest list: a subscriber added
+    /// afterwards would otherwise bring back every finished message still in the log).
+    pub fn would_finish(&self, id: u64, ups: &[PushUpdate]) -> bool {
+        let mut subs = self.msgs.get(&id).cloned().unwrap_or_default();
+        apply_to(&mut subs, false, ups);
+        self.rule(&subs)
     }
 
     /// The kind's rule: multicast is done when every current subscriber is delivered or
     /// failed; unicast when one delivered, or every one failed.
     fn finished(&self, id: u64) -> bool {
-        let Some(subs) = self.msgs.get(&id) else {
-            return false;
-        };
+        self.msgs.get(&id).is_some_and(|subs| self.rule(subs))
+    }
+
+    fn rule(&self, subs: &[Sub]) -> bool {
         let status = |name: &Arc<str>| {
             subs.iter()
                 .find(|s| *s.state.subscriber == **name)
@@ -331,6 +320,49 @@ impl PushState {
                 .iter()
                 .all(|n| status(n).is_some_and(PushStatus::is_terminal))
         }
+    }
+
+    /// The messages the current subscribers leave finished (a subscriber whose delivery was
+    /// still pending was removed), in id order, each with the updates of a Push record that
+    /// finishes it: the removed subscribers' pending deliveries end as `error`, or, with none
+    /// pending, a current subscriber's final state is restated.
+    pub fn left_finished(&self) -> Vec<(u64, Vec<PushUpdate>)> {
+        let mut out: Vec<(u64, Vec<PushUpdate>)> = self
+            .msgs
+            .iter()
+            .filter(|(_, subs)| self.rule(subs))
+            .map(|(&id, subs)| {
+                let current = |s: &Sub| self.names.iter().any(|n| **n == *s.state.subscriber);
+                let mut ups: Vec<PushUpdate> = subs
+                    .iter()
+                    .filter(|s| {
+                        !current(s) && (s.inflight.is_some() || !s.state.status.is_terminal())
+                    })
+                    .map(|s| PushUpdate {
+                        status: PushStatus::Error,
+                        at_ms: 0,
+                        due_ms: None,
+                        reservation: None,
+                        msg: "subscriber removed".into(),
+                        ..update_of(&s.state)
+                    })
+                    .collect();
+                if ups.is_empty()
+                    && let Some(s) = subs
+                        .iter()
+                        .find(|s| current(s) && s.state.status.is_terminal())
+                {
+                    ups.push(PushUpdate {
+                        at_ms: 0,
+                        ..update_of(&s.state)
+                    });
+                }
+                (id, ups)
+            })
+            .filter(|(_, ups)| !ups.is_empty())
+            .collect();
+        out.sort_unstable_by_key(|m| m.0);
+        out
     }
 
     /// Keeps a finished message (already out of the queue) with its final `subs` states.
@@ -410,21 +442,59 @@ impl PushState {
     pub fn recorded(&self, id: u64) -> Vec<PushUpdate> {
         self.msgs
             .get(&id)
-            .map(|subs| {
-                subs.iter()
-                    .map(|s| PushUpdate {
-                        subscriber: s.state.subscriber.clone(),
-                        status: s.state.status,
-                        tries: s.state.tries,
-                        status_code: s.state.status_code,
-                        at_ms: s.state.last_try_ms,
-                        latency_ms: 0,
-                        due_ms: s.state.due_ms,
-                        reservation: s.state.reservation,
-                        msg: s.state.msg.clone(),
-                    })
-                    .collect()
-            })
+            .map(|subs| subs.iter().map(|s| update_of(&s.state)).collect())
             .unwrap_or_default()
+    }
+}
+
+/// A subscriber's state as the update that restates it.
+fn update_of(s: &PushSubState) -> PushUpdate {
+    PushUpdate {
+        subscriber: s.subscriber.clone(),
+        status: s.status,
+        tries: s.tries,
+        status_code: s.status_code,
+        at_ms: s.last_try_ms,
+        latency_ms: 0,
+        due_ms: s.due_ms,
+        reservation: s.reservation,
+        msg: s.msg.clone(),
+    }
+}
+
+/// Applies a Push record's updates to one message's subscriber states (lanes aside).
+fn apply_to(subs: &mut Vec<Sub>, attempt: bool, ups: &[PushUpdate]) {
+    for u in ups {
+        let i = match subs.iter().position(|s| s.state.subscriber == u.subscriber) {
+            Some(i) => i,
+            None => {
+                subs.push(Sub::queued(&u.subscriber));
+                subs.len() - 1
+            }
+        };
+        let s = &mut subs[i];
+        s.inflight = None;
+        s.recorded = true;
+        let st = &mut s.state;
+        st.status = u.status;
+        st.tries = u.tries;
+        st.status_code = u.status_code;
+        if u.at_ms > 0 {
+            st.last_try_ms = u.at_ms;
+        }
+        st.due_ms = u.due_ms;
+        st.reservation = u.reservation;
+        st.msg = u.msg.clone();
+        if attempt && u.at_ms > 0 {
+            if st.attempts.len() >= limits::PUSH_ATTEMPTS_KEPT {
+                st.attempts.remove(0);
+            }
+            st.attempts.push(PushAttempt {
+                at_ms: u.at_ms,
+                status_code: u.status_code,
+                latency_ms: u.latency_ms,
+                error: u.msg.clone(),
+            });
+        }
     }
 }

@@ -245,6 +245,7 @@ impl Queue {
         id: MessageId,
         attempt: bool,
         ups: &[PushUpdate],
+        decided: Option<bool>,
         now_ms: u64,
         live: &mut LiveBytes,
     ) -> bool {
@@ -254,7 +255,7 @@ impl Queue {
         let Some(p) = &mut self.push else {
             return false;
         };
-        if !p.apply(id.0, attempt, ups) {
+        if !p.apply(id.0, attempt, ups, decided) {
             return false;
         }
         let states_kept = p.final_states(id.0);

@@ -542,6 +542,29 @@ pub fn get_meta(p: &[u8]) -> R<(&str, Option<&[u8]>)> {
 /// Marks a Push record as describing delivery attempts (their results go to the delivery
 /// log); without it the record restates the state (after an acknowledgement, relocation).
 pub const PUSH_FLAG_ATTEMPT: u8 = 1;
+/// Marks a Push record that says whether it finishes its message (`PUSH_FLAG_FINISHED`).
+/// Records without it (builds before 2026-12-07) leave that to the kind's rule, applied on
+/// replay to the queue's latest subscribers.
+pub const PUSH_FLAG_DECIDED: u8 = 2;
+/// With `PUSH_FLAG_DECIDED`: the message is finished once this record is applied.
+pub const PUSH_FLAG_FINISHED: u8 = 4;
+
+/// The flags of a Push record that decides whether its message finishes.
+pub fn push_flags(attempt: bool, finished: bool) -> u8 {
+    let mut f = PUSH_FLAG_DECIDED;
+    if attempt {
+        f |= PUSH_FLAG_ATTEMPT;
+    }
+    if finished {
+        f |= PUSH_FLAG_FINISHED;
+    }
+    f
+}
+
+/// What a Push record's flags decide: whether its message finishes, if they say.
+pub fn push_decision(flags: u8) -> Option<bool> {
+    (flags & PUSH_FLAG_DECIDED != 0).then_some(flags & PUSH_FLAG_FINISHED != 0)
+}
 /// `due_ms` value meaning "nothing scheduled".
 const NOT_DUE: u64 = u64::MAX;
 
@@ -718,6 +741,14 @@ mod tests {
             Ok((QueueNo(4), MessageId(8), PUSH_FLAG_ATTEMPT))
         );
         assert_eq!(got, ups);
+        // Records of builds before 2026-12-07 decide nothing; later ones say finished or not.
+        assert_eq!(push_decision(PUSH_FLAG_ATTEMPT), None);
+        assert_eq!(push_decision(push_flags(true, false)), Some(false));
+        assert_eq!(push_decision(push_flags(false, true)), Some(true));
+        assert_eq!(
+            push_flags(true, true) & PUSH_FLAG_ATTEMPT,
+            PUSH_FLAG_ATTEMPT
+        );
         let mut m = Vec::new();
         put_meta(&mut m, "k", Some(b"v"));
         assert_eq!(get_meta(&m), Ok(("k", Some(&b"v"[..]))));

@@ -942,7 +942,8 @@ fn replay(
                 let (no, id, flags) = record::get_push(p, &mut ups)?;
                 if let Some(q) = state.queues.get_mut(&no) {
                     let attempt = flags & record::PUSH_FLAG_ATTEMPT != 0;
-                    q.apply_push(id, attempt, &ups, now_ms, live);
+                    let decided = record::push_decision(flags);
+                    q.apply_push(id, attempt, &ups, decided, now_ms, live);
                 }
             }
         }

@@ -195,7 +195,8 @@ fn relocate_from(
             .unwrap_or_default();
         if !restated.is_empty() {
             st.scratch.clear();
-            record::put_push(&mut st.scratch, no, id, 0, &restated);
+            let flags = record::push_flags(false, false);
+            record::put_push(&mut st.scratch, no, id, flags, &restated);
             let floors = st.floors();
             log.append(Kind::Push, &st.scratch, floors)?;
         }

@@ -397,3 +397,122 @@ async fn delivery_state_survives_an_index_restart_as_it_does_a_replay() {
         .collect();
     assert!(!due.is_empty());
 }
+
+/// Reopens `dir` by a full replay (the restart index removed).
+fn reopen_by_replay(dir: &std::path::Path, clock: &ManualClock) -> Engine {
+    let _ = std::fs::remove_file(dir.join("index.idx"));
+    let e = open(dir, clock);
+    assert_eq!(e.recovery_report().index, engine::IndexUse::Absent);
+    e
+}
+
+#[tokio::test]
+async fn a_subscriber_added_later_brings_back_no_finished_message_on_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "m", QueueKind::Multicast, &["a"]).await;
+    let id = post(&e, "m", &["old"]).await[0];
+    let d = claim_all(&e, T0).await.pop().unwrap();
+    let up = outcome(&d, PushStatus::Deleted, 200, T0, None);
+    assert!(e.push_complete(&d, &[up]).await.unwrap());
+    assert_eq!(e.queue_info(&key("m")).await.unwrap().size, 0);
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "b"]).await;
+    assert!(
+        claim_all(&e, T0).await.is_empty(),
+        "b gets new messages only"
+    );
+    drop(e);
+    // Replay knows only the latest subscribers: by them alone, "old" (delivered to a, never
+    // to b) would look pending again and go to b after every crash.
+    let e = reopen_by_replay(dir.path(), &clock);
+    assert_eq!(e.queue_info(&key("m")).await.unwrap().size, 0);
+    assert!(claim_all(&e, T0).await.is_empty());
+    let st = e.push_statuses(&key("m"), id).await.unwrap();
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0].status, PushStatus::Deleted);
+}
+
+#[tokio::test]
+async fn removing_the_subscriber_a_message_waited_for_finishes_it_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "b", "c"]).await;
+    push_queue(&e, "u", QueueKind::Unicast, &["x", "y"]).await;
+    let m = post(&e, "m", &["m1", "m2"]).await;
+    let u = post(&e, "u", &["u1"]).await[0];
+    for d in claim_all(&e, T0).await {
+        let up = match (d.subscriber.as_str(), d.id == m[0]) {
+            // m1: a delivered, b retrying, c held by a 202; m2: b retrying, a and c delivered.
+            ("a" | "c", false) | ("a", true) => outcome(&d, PushStatus::Deleted, 200, T0, None),
+            ("b", _) => outcome(&d, PushStatus::Retrying, 500, T0, Some(T0 + 60_000)),
+            ("c", true) => outcome(&d, PushStatus::Reserved, 202, T0, Some(T0 + 30_000)),
+            // u1 failed for good at its first subscriber and is due at the other.
+            (s, _) => {
+                let next = if s == "x" { "y" } else { "x" };
+                let mut failover = outcome(&d, PushStatus::Retrying, 0, T0, Some(T0 + 5_000));
+                failover.subscriber = next.into();
+                failover.tries = 0;
+                failover.at_ms = 0;
+                let failed = outcome(&d, PushStatus::Error, 500, T0, None);
+                assert!(e.push_complete(&d, &[failed, failover]).await.unwrap());
+                continue;
+            }
+        };
+        assert!(e.push_complete(&d, &[up]).await.unwrap());
+    }
+    assert_eq!(e.queue_info(&key("m")).await.unwrap().size, 2);
+    assert_eq!(e.queue_info(&key("u")).await.unwrap().size, 1);
+    let first_u = e.push_statuses(&key("u"), u).await.unwrap();
+    let (failed, pending) = if first_u[0].status == PushStatus::Error {
+        ("x", "y")
+    } else {
+        ("y", "x")
+    };
+
+    // b goes: m2 was waiting for b alone; m1 still waits for c's acknowledgement.
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "c"]).await;
+    assert_eq!(e.queue_info(&key("m")).await.unwrap().size, 1);
+    let st = e.push_statuses(&key("m"), m[1]).await.unwrap();
+    assert!(st.iter().all(|s| s.status == PushStatus::Deleted), "{st:?}");
+    // c goes too: m1 is finished.
+    push_queue(&e, "m", QueueKind::Multicast, &["a"]).await;
+    assert_eq!(e.queue_info(&key("m")).await.unwrap().size, 0);
+    // The unicast message's pending subscriber goes: every one left failed.
+    push_queue(&e, "u", QueueKind::Unicast, &[failed]).await;
+    assert_eq!(e.queue_info(&key("u")).await.unwrap().size, 0);
+    let _ = pending;
+    assert!(claim_all(&e, T0 + 100_000).await.is_empty());
+    e.close();
+
+    for replay in [false, true] {
+        let e = if replay {
+            reopen_by_replay(dir.path(), &clock)
+        } else {
+            open(dir.path(), &clock)
+        };
+        assert_eq!(
+            e.queue_info(&key("m")).await.unwrap().size,
+            0,
+            "replay {replay}"
+        );
+        assert_eq!(
+            e.queue_info(&key("u")).await.unwrap().size,
+            0,
+            "replay {replay}"
+        );
+        assert!(
+            claim_all(&e, T0 + 100_000).await.is_empty(),
+            "replay {replay}"
+        );
+        // b coming back later does not bring m2 back either.
+        push_queue(&e, "m", QueueKind::Multicast, &["a", "b"]).await;
+        assert!(
+            claim_all(&e, T0 + 100_000).await.is_empty(),
+            "replay {replay}"
+        );
+        push_queue(&e, "m", QueueKind::Multicast, &["a"]).await;
+        e.close();
+    }
+}
