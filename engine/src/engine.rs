@@ -812,7 +812,18 @@ impl Engine {
 
     /// All queues of all projects (for metrics and stats).
     pub fn all_queues(&self) -> Vec<QueueInfo> {
-        let st = self.inner.state.lock();
+        let mut st = self.inner.state.lock();
+        let st = &mut *st;
+        // As `queue_info` sees them: due delays and ended reservations made visible, expired
+        // messages at the head gone (both bounded per queue), so that an idle queue's counts
+        // (a metrics scrape) do not wait for a client to touch it.
+        let now = self.now_ms();
+        let mut expired = 0;
+        for q in st.queues.values_mut() {
+            q.tick(now);
+            expired += q.sweep_expired((now / 1000) as u32, &mut st.live);
+        }
+        Counters::add(&self.inner.counters.expired, expired as u64);
         st.by_key.values().map(|no| st.info(*no)).collect()
     }
 

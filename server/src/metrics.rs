@@ -185,6 +185,8 @@ fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<
 
 impl Collector for EngineCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+        // Queues first: reading them expires what is due, which the counters below include.
+        let queues = self.engine.all_queues();
         let s = self.engine.stats();
         counter(
             &mut enc,
@@ -241,7 +243,6 @@ impl Collector for EngineCollector {
         )?;
         gauge(&mut enc, "ferromq_queues", "Queues", s.queues as i64)?;
 
-        let queues = self.engine.all_queues();
         let per_queue: [(&str, &str, QueueValue); 3] = [
             (
                 "ferromq_queue_size",

@@ -548,6 +548,52 @@ fn health_ready_and_metrics_need_no_token_and_metrics_count_exactly() {
     assert_eq!(types["ferromq_queue_size"], "gauge");
 }
 
+#[test]
+fn metrics_of_idle_queues_follow_expiry_delays_and_ended_reservations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start(dir.path(), &[]);
+    let p = srv.port;
+    let (s, v) = call(
+        p,
+        "PUT",
+        &qp("short"),
+        json!({ "queue": { "message_expiration": 1 } }),
+    );
+    assert_eq!(s, 200, "{v}");
+    post(p, "short", 2);
+    post(p, "held", 1);
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("{}/reservations", qp("held")),
+        json!({ "n": 1, "timeout": 1 }),
+    );
+    assert_eq!((s, v["messages"].as_array().map(Vec::len)), (200, Some(1)));
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("{}/messages", qp("held")),
+        json!({ "messages": [{ "body": "soon", "delay": 1 }] }),
+    );
+    assert_eq!(s, 201, "{v}");
+    // Nobody touches either queue after this: the scrape alone must see the changes.
+    std::thread::sleep(Duration::from_millis(2200));
+    let (s, _, body) = raw(p, "GET", "/metrics", None, "");
+    assert_eq!(s, 200);
+    let get = |series: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{body}"))
+    };
+    let of = |q: &str| format!("{{project=\"{PID}\",queue=\"{q}\"}}");
+    assert_eq!(get(&format!("ferromq_queue_size{}", of("short"))), 0.0);
+    assert_eq!(get("ferromq_messages_expired_total"), 2.0);
+    assert_eq!(get(&format!("ferromq_queue_size{}", of("held"))), 2.0);
+    assert_eq!(get(&format!("ferromq_queue_reserved{}", of("held"))), 0.0);
+    assert_eq!(get(&format!("ferromq_queue_delayed{}", of("held"))), 0.0);
+}
+
 #[tokio::test]
 async fn ready_is_503_until_the_state_says_ready() {
     use std::sync::atomic::Ordering;
