@@ -148,6 +148,12 @@ pub fn valid_project_id(p: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Whether `p` is an id of the form IronMQ gives projects (24 hex digits), which some clients
+/// (Ruby) insist on.
+pub fn is_hex_project_id(p: &str) -> bool {
+    p.len() == 24 && p.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// `n` random bytes as lowercase hex for an id (never a secret: see [`secure_hex`]).
 pub fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
@@ -500,7 +506,14 @@ impl FromRequestParts<AppState> for ProjectAuth {
         if !valid_project_id(&pid) {
             return Err(ApiError::not_found("Project not found"));
         }
-        if rec.admin || rec.project_id.as_deref() == Some(pid.as_str()) {
+        // An admin token reaches every project there is, but creates none: a queue under an
+        // id no project has would be out of every project token's reach.
+        let allowed = if rec.admin {
+            st.engine.meta(&project_key(&pid)).is_some()
+        } else {
+            rec.project_id.as_deref() == Some(pid.as_str())
+        };
+        if allowed {
             Ok(ProjectAuth { project: pid })
         } else {
             Err(ApiError::not_found("Project not found"))

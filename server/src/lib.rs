@@ -110,6 +110,14 @@ pub async fn run(
             config::TOKEN_BYTES_WARN
         );
     }
+    if let Some(p) = config.project_id.as_deref()
+        && !auth::is_hex_project_id(p)
+    {
+        tracing::warn!(
+            project_id = p,
+            "the configured project_id is not 24 hex digits: some IronMQ clients (Ruby) refuse such ids"
+        );
+    }
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,

@@ -67,6 +67,25 @@ fn full_api() {
         "",
         "",
     );
+    // The admin token reaches every project there is, and creates none.
+    assert_eq!(s, 404);
+    let (s, _) = call_with(
+        p,
+        "POST",
+        "/3/projects/ffffffffffffffffffffffff/queues/orphan/messages",
+        Some(ADMIN),
+        "",
+        r#"{"messages":[{"body":"x"}]}"#,
+    );
+    assert_eq!(s, 404);
+    let (s, _) = call_with(
+        p,
+        "GET",
+        &format!("/3/projects/{PID}/queues"),
+        Some(ADMIN),
+        "",
+        "",
+    );
     assert_eq!(s, 200);
 
     // Queue CRUD.

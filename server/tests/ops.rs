@@ -549,6 +549,31 @@ fn health_ready_and_metrics_need_no_token_and_metrics_count_exactly() {
 }
 
 #[test]
+fn a_configured_project_id_that_is_not_24_hex_works_with_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start(dir.path(), &[("FERROMQ_PROJECT_ID", "shop-1")]);
+    let (s, v) = call_as(
+        srv.port,
+        "GET",
+        "/3/projects/shop-1/queues",
+        Some(TOKEN),
+        Value::Null,
+    );
+    assert_eq!(s, 200, "{v}");
+    let text = srv.log_text();
+    let warned = |t: &str| {
+        t.lines()
+            .any(|l| l.contains("lvl=warn") && l.contains("not 24 hex digits"))
+    };
+    assert!(warned(&text), "{text}");
+    drop(srv);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start(dir.path(), &[]);
+    assert_eq!(call(srv.port, "GET", &qp("x"), Value::Null).0, 404);
+    assert!(!warned(&srv.log_text()));
+}
+
+#[test]
 fn metrics_of_idle_queues_follow_expiry_delays_and_ended_reservations() {
     let dir = tempfile::tempdir().expect("tempdir");
     let srv = start(dir.path(), &[]);
