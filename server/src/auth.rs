@@ -480,6 +480,13 @@ pub fn presented_token(parts: &Parts) -> Option<String> {
         .map(|(_, v)| v)
 }
 
+/// Whether the request carries the metrics token hashed as `want`, as any token is
+/// presented (`Authorization: Bearer TOKEN`, which is what Prometheus sends, `OAuth TOKEN`
+/// or `?oauth=TOKEN`). Compared as hashes, in constant time.
+pub fn metrics_token_ok(parts: &Parts, want: &[u8; 32]) -> bool {
+    presented_token(parts).is_some_and(|t| bool::from(hash_token(&t).ct_eq(want)))
+}
+
 /// An authenticated caller allowed on the project named in the path (`/3/projects/{pid}/...`).
 pub struct ProjectAuth {
     pub project: String,

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub project_id: Option<String>,
     /// Token of `project_id` to ensure at start (env `FERROMQ_TOKEN`).
     pub token: Option<String>,
+    /// Token `GET /metrics` requires when set (env `FERROMQ_METRICS_TOKEN`); unset, the
+    /// metrics need none.
+    pub metrics_token: Option<String>,
 
     // ---- push delivery ----
     /// How long a push subscriber has to answer, milliseconds.
@@ -94,6 +97,7 @@ impl Default for ServerConfig {
             admin_token: None,
             project_id: None,
             token: None,
+            metrics_token: None,
             push_timeout_ms: 10_000,
             push_concurrency: 512,
             push_concurrency_per_subscriber: 64,
@@ -189,6 +193,7 @@ impl ServerConfig {
             ("FERROMQ_ADMIN_TOKEN", &mut c.admin_token),
             ("FERROMQ_PROJECT_ID", &mut c.project_id),
             ("FERROMQ_TOKEN", &mut c.token),
+            ("FERROMQ_METRICS_TOKEN", &mut c.metrics_token),
         ] {
             if let Ok(v) = std::env::var(var)
                 && !v.is_empty()
@@ -285,10 +290,11 @@ impl ServerConfig {
     }
 
     /// The configured tokens, by configuration key.
-    fn tokens(&self) -> [(&'static str, Option<&str>); 2] {
+    fn tokens(&self) -> [(&'static str, Option<&str>); 3] {
         [
             ("admin_token", self.admin_token.as_deref()),
             ("token", self.token.as_deref()),
+            ("metrics_token", self.metrics_token.as_deref()),
         ]
     }
 

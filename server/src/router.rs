@@ -6,7 +6,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde_json::json;
 
@@ -42,7 +42,12 @@ async fn ready(State(st): State<AppState>) -> Response {
 /// is built off the async workers, and at most [`crate::state::SCRAPES_MAX`] scrapes are
 /// built or sent at once (each holds its whole text until its client has read it; more
 /// wait their turn), so slow or many scrapers cannot pile copies up in memory.
-async fn metrics(State(st): State<AppState>) -> Response {
+async fn metrics(State(st): State<AppState>, parts: axum::http::request::Parts) -> Response {
+    if let Some(want) = &st.metrics_token
+        && !crate::auth::metrics_token_ok(&parts, want)
+    {
+        return ApiError::unauthorized().into_response();
+    }
     let permit = st.scrapes.clone().acquire_owned().await.ok();
     let m = st.metrics.clone();
     let body = tokio::task::spawn_blocking(move || m.render())

@@ -31,6 +31,8 @@ pub struct AppState {
     pub scrapes: Arc<tokio::sync::Semaphore>,
     /// This process's id on message paths (`hops`).
     pub server: Arc<str>,
+    /// SHA-256 of the token `GET /metrics` requires, if one is configured.
+    pub metrics_token: Option<[u8; 32]>,
 }
 
 /// `/metrics` scrapes built or sent at once.
@@ -52,6 +54,7 @@ impl AppState {
             backups: Arc::new(tokio::sync::Semaphore::new(crate::admin::BACKUPS_MAX)),
             scrapes: Arc::new(tokio::sync::Semaphore::new(SCRAPES_MAX)),
             server,
+            metrics_token: None,
         }
     }
 }

@@ -549,6 +549,42 @@ fn health_ready_and_metrics_need_no_token_and_metrics_count_exactly() {
 }
 
 #[test]
+fn a_metrics_token_guards_the_metrics_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mt = "metrics-token-0123456789";
+    let srv = start(dir.path(), &[("FERROMQ_METRICS_TOKEN", mt)]);
+    let p = srv.port;
+    let scrape = |extra: &str, query: &str| {
+        let text =
+            format!("GET /metrics{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n");
+        let (s, _, body) = common::wire::send(p, &text);
+        (s, body)
+    };
+    for (extra, query) in [
+        ("", ""),
+        ("Authorization: Bearer wrong-token-0123456789\r\n", ""),
+        (&format!("Authorization: Bearer {TOKEN}\r\n") as &str, ""),
+        (&format!("Authorization: OAuth {ADMIN}\r\n"), ""),
+    ] {
+        let (s, body) = scrape(extra, query);
+        assert_eq!(s, 401, "{extra}: {body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    for (extra, query) in [
+        (format!("Authorization: Bearer {mt}\r\n"), String::new()),
+        (format!("Authorization: OAuth {mt}\r\n"), String::new()),
+        (String::new(), format!("?oauth={mt}")),
+    ] {
+        let (s, body) = scrape(&extra, &query);
+        assert_eq!(s, 200, "{extra}{query}");
+        assert!(body.ends_with("# EOF\n"), "{body}");
+    }
+    assert_eq!(call_as(p, "GET", "/health", None, Value::Null).0, 200);
+    assert_eq!(call_as(p, "GET", "/ready", None, Value::Null).0, 200);
+}
+
+#[test]
 fn a_configured_project_id_that_is_not_24_hex_works_with_a_warning() {
     let dir = tempfile::tempdir().expect("tempdir");
     let srv = start(dir.path(), &[("FERROMQ_PROJECT_ID", "shop-1")]);
