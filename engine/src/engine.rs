@@ -571,7 +571,38 @@ impl Engine {
                 index: Mutex::new(index),
             }),
         };
+        engine.finish_left_behind_all()?;
         Ok(engine)
+    }
+
+    /// Finishes, with a logged record each, the push messages their queue's subscribers
+    /// leave finished but that are still in the queue: a crash after a subscriber change was
+    /// logged and before its finishing records were, or a log written by a build that did
+    /// not write them. Blocks until they are durable.
+    fn finish_left_behind_all(&self) -> Result<()> {
+        let end = {
+            let mut st = self.inner.state.lock();
+            let now = self.now_ms();
+            let mut nos: Vec<QueueNo> = st
+                .queues
+                .iter()
+                .filter(|(_, q)| q.push.is_some())
+                .map(|(no, _)| *no)
+                .collect();
+            nos.sort();
+            let mut end = None;
+            for no in nos {
+                let log = &self.inner.log;
+                if let Some(e) = crate::delivery::finish_left_behind(&mut st, log, no, now)? {
+                    end = Some(e);
+                }
+            }
+            end
+        };
+        match end {
+            Some(end) => self.inner.log.wait_durable_blocking(end),
+            None => Ok(()),
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -702,16 +733,24 @@ impl Engine {
             }
             let (no, end) = match existing {
                 Some(no) => {
-                    st.queues
+                    let subscribers_changed = st
+                        .queues
                         .get_mut(&no)
                         .expect("registered queue")
                         .set_config(config);
-                    let end = st.write_def(&self.inner.log, no)?;
-                    // A removed subscriber may have been all a message still waited for.
-                    let now = self.now_ms();
-                    let finished =
-                        crate::delivery::finish_left_behind(&mut st, &self.inner.log, no, now)?;
-                    (no, finished.unwrap_or(end))
+                    let mut end = st.write_def(&self.inner.log, no)?;
+                    if subscribers_changed {
+                        // A removed subscriber may have been all a message still waited
+                        // for. (A crash between the def and these records is mended by the
+                        // next open, see `Engine::open_inner`.)
+                        let now = self.now_ms();
+                        let log = &self.inner.log;
+                        if let Some(e) = crate::delivery::finish_left_behind(&mut st, log, no, now)?
+                        {
+                            end = e;
+                        }
+                    }
+                    (no, end)
                 }
                 None => st.create_queue(&self.inner.log, key, config)?,
             };

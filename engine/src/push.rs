@@ -145,9 +145,55 @@ impl PushState {
                             None => {}
                         }
                     }
+                    self.keep_unicast_due(id, visible_at);
                 }
             }
         }
+    }
+
+    /// A unicast message is due at one subscriber at a time until it finishes. When the one
+    /// it waited on is no longer a subscriber (removed with its delivery due or held), no
+    /// current subscriber has anything due: this gives it to the first current one, from
+    /// its starting lane on, that has not failed it for good, due at `at`. (Memory only, as
+    /// a claim is: a restart makes the same choice again from the logged states.)
+    fn keep_unicast_due(&mut self, id: u64, at: u64) {
+        if !self.unicast || self.names.is_empty() {
+            return;
+        }
+        let Some(subs) = self.msgs.get(&id) else {
+            // Never attempted: its starting lane has it.
+            return;
+        };
+        if subs.iter().any(|s| s.inflight.is_some()) || self.rule(subs) {
+            return;
+        }
+        let state = |name: &Arc<str>| subs.iter().find(|s| *s.state.subscriber == **name);
+        if self
+            .names
+            .iter()
+            .any(|n| state(n).is_some_and(|s| s.state.due_ms.is_some()))
+        {
+            return;
+        }
+        let n = self.names.len();
+        let start = self.first_lane(id);
+        let Some(l) = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&l| state(&self.names[l]).is_none_or(|s| s.state.status != PushStatus::Error))
+        else {
+            return;
+        };
+        let name = self.names[l].clone();
+        let subs = self.msgs.get_mut(&id).expect("checked above");
+        match subs.iter_mut().find(|s| *s.state.subscriber == *name) {
+            Some(s) => s.state.due_ms = Some(at),
+            None => {
+                let mut s = Sub::queued(&name);
+                s.state.due_ms = Some(at);
+                subs.push(s);
+            }
+        }
+        self.lanes[l].push(Reverse((at, id)));
     }
 
     /// Whether a lane's pair is still a due delivery.
@@ -208,21 +254,36 @@ impl PushState {
             .collect()
     }
 
-    /// The states a finished message keeps: those of the subscribers tried. One never tried
-    /// is left out (no attempt will ever be made: a unicast message delivered elsewhere, or
-    /// on a replay a subscriber added after the message finished), and for a unicast message
-    /// delivered to one subscriber a failed one shows `error` rather than `retrying`, so that
-    /// no entry of a finished message looks pending to a client polling for it.
+    /// The states a finished message keeps: those of every subscriber tried, current or
+    /// not, the current ones first in list order, then the others by name. One never tried
+    /// is left out (no attempt will ever be made), and one still `retrying` or `reserved`
+    /// (a unicast message delivered elsewhere, or a subscriber removed meanwhile) shows
+    /// `error`, so that no entry of a finished message looks pending to a client polling
+    /// for it. Built from the logged states alone, so a replay keeps the same ones even when
+    /// the list changed after the message finished.
     pub fn final_states(&self, id: u64) -> Vec<PushSubState> {
-        let mut states = self.states(id);
-        states.retain(|s| s.status != PushStatus::Queued);
-        if self.unicast && states.iter().any(|s| s.status == PushStatus::Deleted) {
-            for s in &mut states {
-                if !s.status.is_terminal() {
-                    s.status = PushStatus::Error;
-                    s.due_ms = None;
-                    s.reservation = None;
-                }
+        let Some(subs) = self.msgs.get(&id) else {
+            return Vec::new();
+        };
+        let pos = |name: &str| {
+            self.names
+                .iter()
+                .position(|n| **n == *name)
+                .unwrap_or(usize::MAX)
+        };
+        let mut states: Vec<PushSubState> = subs
+            .iter()
+            .filter(|s| s.state.status != PushStatus::Queued)
+            .map(|s| s.state.clone())
+            .collect();
+        states.sort_by(|a, b| {
+            (pos(&a.subscriber), &a.subscriber).cmp(&(pos(&b.subscriber), &b.subscriber))
+        });
+        for s in &mut states {
+            if !s.status.is_terminal() {
+                s.status = PushStatus::Error;
+                s.due_ms = None;
+                s.reservation = None;
             }
         }
         states
@@ -281,7 +342,13 @@ impl PushState {
                 self.lanes[l].push(Reverse((due, id)));
             }
         }
-        decided.unwrap_or_else(|| self.finished(id))
+        let finished = decided.unwrap_or_else(|| self.finished(id));
+        if !finished {
+            // The outcome of an attempt by a subscriber removed meanwhile may leave nothing
+            // due at the current ones.
+            self.keep_unicast_due(id, 0);
+        }
+        finished
     }
 
     /// Whether applying `ups` would finish message `id` now. Decided when the record is
@@ -295,7 +362,8 @@ impl PushState {
     }
 
     /// The kind's rule: multicast is done when every current subscriber is delivered or
-    /// failed; unicast when one delivered, or every one failed.
+    /// failed; unicast when it was delivered (to any subscriber, one removed since too), or
+    /// every current one failed.
     fn finished(&self, id: u64) -> bool {
         self.msgs.get(&id).is_some_and(|subs| self.rule(subs))
     }
@@ -308,9 +376,8 @@ impl PushState {
                 .map(|s| s.state.status)
         };
         if self.unicast {
-            self.names
-                .iter()
-                .any(|n| status(n) == Some(PushStatus::Deleted))
+            subs.iter()
+                .any(|s| s.inflight.is_none() && s.state.status == PushStatus::Deleted)
                 || self
                     .names
                     .iter()
@@ -323,43 +390,20 @@ impl PushState {
     }
 
     /// The messages the current subscribers leave finished (a subscriber whose delivery was
-    /// still pending was removed), in id order, each with the updates of a Push record that
-    /// finishes it: the removed subscribers' pending deliveries end as `error`, or, with none
-    /// pending, a current subscriber's final state is restated.
+    /// still pending was removed), in id order, each with the one update of the Push record
+    /// that finishes it: a final state restated (the record's flag, not its updates,
+    /// finishes the message; a removed subscriber's pending state shows `error` among the
+    /// final states anyway).
     pub fn left_finished(&self) -> Vec<(u64, Vec<PushUpdate>)> {
         let mut out: Vec<(u64, Vec<PushUpdate>)> = self
             .msgs
             .iter()
             .filter(|(_, subs)| self.rule(subs))
-            .map(|(&id, subs)| {
-                let current = |s: &Sub| self.names.iter().any(|n| **n == *s.state.subscriber);
-                let mut ups: Vec<PushUpdate> = subs
-                    .iter()
-                    .filter(|s| {
-                        !current(s) && (s.inflight.is_some() || !s.state.status.is_terminal())
-                    })
-                    .map(|s| PushUpdate {
-                        status: PushStatus::Error,
-                        at_ms: 0,
-                        due_ms: None,
-                        reservation: None,
-                        msg: "subscriber removed".into(),
-                        ..update_of(&s.state)
-                    })
-                    .collect();
-                if ups.is_empty()
-                    && let Some(s) = subs
-                        .iter()
-                        .find(|s| current(s) && s.state.status.is_terminal())
-                {
-                    ups.push(PushUpdate {
-                        at_ms: 0,
-                        ..update_of(&s.state)
-                    });
-                }
-                (id, ups)
+            .filter_map(|(&id, subs)| {
+                // The rule holds only with some state final (and none in flight).
+                let last = subs.iter().find(|s| s.state.status.is_terminal())?;
+                Some((id, vec![update_of(&last.state)]))
             })
-            .filter(|(_, ups)| !ups.is_empty())
             .collect();
         out.sort_unstable_by_key(|m| m.0);
         out

@@ -202,11 +202,13 @@ impl Queue {
     }
 
     /// Takes new settings (the kind never changes); re-plans push deliveries when the
-    /// subscribers changed.
-    pub fn set_config(&mut self, config: QueueConfig) {
+    /// subscribers changed, and says whether they did.
+    pub fn set_config(&mut self, config: QueueConfig) -> bool {
+        let mut changed = false;
         if let Some(p) = &mut self.push
             && p.set_config(&config)
         {
+            changed = true;
             p.rebuild(
                 self.entries
                     .iter()
@@ -215,6 +217,7 @@ impl Queue {
             );
         }
         self.config = config;
+        changed
     }
 
     /// Plans push deliveries from scratch (after replay).

@@ -572,6 +572,8 @@ const NOT_DUE: u64 = u64::MAX;
 ///   subscriber: str16 | status: u8 | tries: u32 | status_code: u16 | at_ms: u64 |
 ///   latency_ms: u32 | due_ms: u64 (u64::MAX: none) | has_rid: u8 | rid: [u8;16] | msg: str16 } }
 pub fn put_push(buf: &mut Vec<u8>, queue: QueueNo, id: MessageId, flags: u8, ups: &[PushUpdate]) {
+    // What `get_push` takes back.
+    debug_assert!((1..=crate::limits::SUBSCRIBERS_MAX).contains(&ups.len()));
     buf.u32(queue.0);
     buf.u64(id.0);
     buf.u8(flags);

@@ -193,10 +193,17 @@ fn relocate_from(
             .as_ref()
             .map(|p| p.recorded(id.0))
             .unwrap_or_default();
-        if !restated.is_empty() {
+        // In records of at most SUBSCRIBERS_MAX updates (states of subscribers removed
+        // since are kept too, so there can be more).
+        for part in restated.chunks(crate::limits::SUBSCRIBERS_MAX) {
             st.scratch.clear();
-            let flags = record::push_flags(false, false);
-            record::put_push(&mut st.scratch, no, id, flags, &restated);
+            record::put_push(
+                &mut st.scratch,
+                no,
+                id,
+                record::push_flags(false, false),
+                part,
+            );
             let floors = st.floors();
             log.append(Kind::Push, &st.scratch, floors)?;
         }

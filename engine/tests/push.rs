@@ -474,8 +474,20 @@ async fn removing_the_subscriber_a_message_waited_for_finishes_it_durably() {
     // b goes: m2 was waiting for b alone; m1 still waits for c's acknowledgement.
     push_queue(&e, "m", QueueKind::Multicast, &["a", "c"]).await;
     assert_eq!(e.queue_info(&key("m")).await.unwrap().size, 1);
+    // Its statuses: the current subscribers first, then b, which never got it: `error`.
     let st = e.push_statuses(&key("m"), m[1]).await.unwrap();
-    assert!(st.iter().all(|s| s.status == PushStatus::Deleted), "{st:?}");
+    let got: Vec<_> = st
+        .iter()
+        .map(|s| (s.subscriber.as_str(), s.status))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a", PushStatus::Deleted),
+            ("c", PushStatus::Deleted),
+            ("b", PushStatus::Error)
+        ]
+    );
     // c goes too: m1 is finished.
     push_queue(&e, "m", QueueKind::Multicast, &["a"]).await;
     assert_eq!(e.queue_info(&key("m")).await.unwrap().size, 0);
@@ -515,4 +527,425 @@ async fn removing_the_subscriber_a_message_waited_for_finishes_it_durably() {
         push_queue(&e, "m", QueueKind::Multicast, &["a"]).await;
         e.close();
     }
+}
+
+fn try_open(dir: &std::path::Path, clock: &ManualClock) -> engine::Result<Engine> {
+    let mut config = engine::EngineConfig::new(dir);
+    config.segment_bytes = 1536 << 10;
+    config.body_bytes_max = 4096;
+    Engine::open_with(
+        config,
+        std::sync::Arc::new(engine::OsStorage::new(dir).unwrap()),
+        std::sync::Arc::new(clock.clone()),
+    )
+}
+
+fn unicast_failover(d: &PushDelivery, next: &str, now: u64) -> Vec<PushUpdate> {
+    let mine = outcome(d, PushStatus::Retrying, 500, now, None);
+    let carry = PushUpdate {
+        subscriber: next.to_string(),
+        status: PushStatus::Queued,
+        tries: 0,
+        status_code: 0,
+        at_ms: 0,
+        latency_ms: 0,
+        due_ms: Some(now),
+        reservation: None,
+        msg: String::new(),
+    };
+    vec![mine, carry]
+}
+
+/// Unicast: removing the subscriber that holds the message's only due delivery gives it
+/// to one that is left (the remaining one's `retrying` state had no due time).
+#[tokio::test]
+async fn unicast_removing_the_next_subscriber_hands_the_message_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "u", QueueKind::Unicast, &["a", "b"]).await;
+    post(&e, "u", &["x"]).await;
+    let d = claim_all(&e, T0).await.pop().unwrap();
+    let (me, next) = if d.subscriber == "a" {
+        ("a", "b")
+    } else {
+        ("b", "a")
+    };
+    assert!(
+        e.push_complete(&d, &unicast_failover(&d, next, T0))
+            .await
+            .unwrap()
+    );
+    // The next one goes.
+    push_queue(&e, "u", QueueKind::Unicast, &[me]).await;
+    let size = e.queue_info(&key("u")).await.unwrap().size;
+    let (ready, due) = e.push_ready(u64::MAX / 2);
+    assert!(
+        size == 0 || !ready.is_empty() || due.is_some(),
+        "message stranded: size {size}, nothing will ever be due"
+    );
+}
+
+/// States of subscribers removed earlier stay with a message, so there can be more than a
+/// Push record holds (64): the finishing record restates one state, and a relocation
+/// restates them in several records. Either way the log opens again.
+#[tokio::test]
+async fn more_removed_subscribers_than_a_record_holds_still_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    let s: Vec<String> = (0..63).map(|i| format!("s{i}")).collect();
+    let r: Vec<String> = (0..63).map(|i| format!("r{i}")).collect();
+    let mut first = vec!["t"];
+    first.extend(s.iter().map(String::as_str));
+    let mut second = vec!["t"];
+    second.extend(r.iter().map(String::as_str));
+    push_queue(&e, "m", QueueKind::Multicast, &first).await;
+    post(&e, "m", &["x"]).await;
+    for d in claim_all(&e, T0).await {
+        let up = if d.subscriber == "t" {
+            outcome(&d, PushStatus::Deleted, 200, T0, None)
+        } else {
+            outcome(&d, PushStatus::Retrying, 500, T0, Some(T0 + 600_000))
+        };
+        assert!(e.push_complete(&d, &[up]).await.unwrap());
+    }
+    // s* replaced by r*: the message now waits for r*, which fail once too.
+    push_queue(&e, "m", QueueKind::Multicast, &second).await;
+    let ds = claim_all(&e, T0).await;
+    assert_eq!(ds.len(), 63);
+    for d in ds {
+        let up = outcome(&d, PushStatus::Retrying, 500, T0, Some(T0 + 600_000));
+        assert!(e.push_complete(&d, &[up]).await.unwrap());
+    }
+    // Only t left: finished by one record (126 states are kept).
+    push_queue(&e, "m", QueueKind::Multicast, &["t"]).await;
+    assert_eq!(e.queue_info(&key("m")).await.unwrap().size, 0);
+    // Any record after it (here a post), then a restart by full replay.
+    post(&e, "m", &["after"]).await;
+    drop(e);
+    let _ = std::fs::remove_file(dir.path().join("index.idx"));
+    let reopened = try_open(dir.path(), &clock);
+    assert!(reopened.is_ok(), "{:?}", reopened.err());
+}
+
+/// Frames of a segment file: (offset, kind, payload range).
+fn frames(bytes: &[u8]) -> Vec<(usize, u8, std::ops::Range<usize>)> {
+    let mut out = Vec::new();
+    let mut off = 64;
+    while off + 12 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        out.push((off, bytes[off + 8], off + 12..off + 12 + len));
+        off += 12 + len;
+    }
+    out
+}
+
+fn last_started_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg") && common::is_started_segment(p))
+        .collect();
+    segs.sort();
+    segs.pop().unwrap()
+}
+
+/// A crash that keeps a subscriber change's QueueDef but not the Push records after it that
+/// finish what it leaves finished: the next open finishes them.
+#[tokio::test]
+async fn a_crash_between_the_def_and_its_finishing_record_is_mended_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "b"]).await;
+    post(&e, "m", &["x"]).await;
+    for d in claim_all(&e, T0).await {
+        let up = if d.subscriber == "a" {
+            outcome(&d, PushStatus::Deleted, 200, T0, None)
+        } else {
+            outcome(&d, PushStatus::Retrying, 500, T0, Some(T0 + 60_000))
+        };
+        assert!(e.push_complete(&d, &[up]).await.unwrap());
+    }
+    push_queue(&e, "m", QueueKind::Multicast, &["a"]).await;
+    assert_eq!(e.queue_info(&key("m")).await.unwrap().size, 0);
+    drop(e);
+    // Tear the last record (the finishing Push; the QueueDef before it survives).
+    let seg = last_started_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let fs = frames(&bytes);
+    let (_, kind, payload) = fs.last().unwrap().clone();
+    assert_eq!(kind, 12, "last record is the finishing Push");
+    assert_eq!(fs[fs.len() - 2].1, 1, "the QueueDef precedes it");
+    bytes[payload.start + 3] ^= 0xff;
+    std::fs::write(&seg, bytes).unwrap();
+    let e = reopen_by_replay(dir.path(), &clock);
+    let size = e.queue_info(&key("m")).await.unwrap().size;
+    let (ready, due) = e.push_ready(u64::MAX / 2);
+    assert!(
+        size == 0 || !ready.is_empty() || due.is_some(),
+        "message stranded after the crash: size {size}, nothing will ever be due"
+    );
+}
+
+/// A finished message's kept states come from the logged states alone: a full replay after
+/// the list changed keeps the same ones as the runtime and the restart index (the order of
+/// subscribers no longer listed may differ).
+#[tokio::test]
+async fn finished_statuses_survive_a_list_change_and_a_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "u", QueueKind::Unicast, &["a", "b"]).await;
+    let id = post(&e, "u", &["x"]).await[0];
+    let d = claim_all(&e, T0).await.pop().unwrap();
+    let (me, next) = if d.subscriber == "a" {
+        ("a", "b")
+    } else {
+        ("b", "a")
+    };
+    assert!(
+        e.push_complete(&d, &unicast_failover(&d, next, T0))
+            .await
+            .unwrap()
+    );
+    let d = claim_all(&e, T0).await.pop().unwrap();
+    assert_eq!(d.subscriber, next);
+    let ok = outcome(&d, PushStatus::Deleted, 200, T0, None);
+    assert!(e.push_complete(&d, &[ok]).await.unwrap());
+    assert_eq!(e.queue_info(&key("u")).await.unwrap().size, 0);
+    push_queue(&e, "u", QueueKind::Unicast, &[me]).await;
+    let sorted = |mut v: Vec<engine::PushSubState>| {
+        v.sort_by(|a, b| a.subscriber.cmp(&b.subscriber));
+        assert!(v.iter().all(|s| s.status.is_terminal()), "{v:?}");
+        format!("{v:?}")
+    };
+    let runtime = sorted(e.push_statuses(&key("u"), id).await.unwrap());
+    e.close();
+    let from_index = {
+        let e = open(dir.path(), &clock);
+        sorted(e.push_statuses(&key("u"), id).await.unwrap())
+    };
+    let e = reopen_by_replay(dir.path(), &clock);
+    let replayed = sorted(e.push_statuses(&key("u"), id).await.unwrap());
+    assert_eq!(from_index, runtime);
+    assert_eq!(replayed, runtime, "full replay");
+}
+
+/// Unicast: the subscriber holding a 202 goes; the other one gets the message.
+#[tokio::test]
+async fn unicast_removing_a_holding_subscriber_hands_the_message_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "u", QueueKind::Unicast, &["a", "b"]).await;
+    post(&e, "u", &["x"]).await;
+    let d = claim_all(&e, T0).await.pop().unwrap();
+    let other = if d.subscriber == "a" { "b" } else { "a" };
+    let hold = outcome(&d, PushStatus::Reserved, 202, T0, Some(T0 + 30_000));
+    assert!(e.push_complete(&d, &[hold]).await.unwrap());
+    push_queue(&e, "u", QueueKind::Unicast, &[other]).await;
+    let size = e.queue_info(&key("u")).await.unwrap().size;
+    let (ready, due) = e.push_ready(u64::MAX / 2);
+    assert!(
+        size == 0 || !ready.is_empty() || due.is_some(),
+        "message stranded: size {size}, nothing will ever be due"
+    );
+}
+
+async fn view(e: &Engine, queues: &[&str], ids: &[engine::MessageId], now: u64) -> String {
+    let mut out = String::new();
+    for q in queues {
+        out += &format!("{q}: size {}\n", e.queue_info(&key(q)).await.unwrap().size);
+        for id in ids {
+            if let Ok(st) = e.push_statuses(&key(q), *id).await {
+                let live = e
+                    .peek(&key(q), 100)
+                    .await
+                    .map(|v| v.iter().any(|m| m.id == *id))
+                    .unwrap_or(false);
+                let st: Vec<_> = st
+                    .iter()
+                    .map(|s| (s.subscriber.clone(), s.status, s.tries, s.due_ms))
+                    .collect();
+                out += &format!("{id} live {live} {st:?}\n");
+            }
+        }
+    }
+    let (ready, next) = e.push_ready(now);
+    let ready: Vec<_> = ready
+        .iter()
+        .map(|l| (l.key.name.clone(), l.subscriber.clone()))
+        .collect();
+    out += &format!("ready {ready:?} next {next:?}\n");
+    out
+}
+
+/// Runtime = index restart = full replay over many interleavings (no list change after a
+/// message finished, to leave the known kept-states difference aside).
+#[tokio::test]
+async fn interleavings_agree_between_runtime_index_and_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "b", "c"]).await;
+    push_queue(&e, "u", QueueKind::Unicast, &["x", "y"]).await;
+    let m = post(&e, "m", &["m0", "m1", "m2", "m3", "m4", "m5"]).await;
+    let u = post(&e, "u", &["u0", "u1"]).await;
+    let mut ids = m.clone();
+    ids.extend(u.iter().copied());
+    let mut held = Vec::new();
+    let mut late = Vec::new();
+    for d in claim_all(&e, T0).await {
+        let i = ids.iter().position(|id| *id == d.id).unwrap();
+        let up = match (i, d.subscriber.as_str()) {
+            (0, "a") | (1, "a") | (2, _) => outcome(&d, PushStatus::Deleted, 200, T0, None),
+            (0, "b") => outcome(&d, PushStatus::Retrying, 500, T0, Some(T0 + 60_000)),
+            (1, "b") => outcome(&d, PushStatus::Error, 500, T0, None),
+            (3, "c") => outcome(&d, PushStatus::Reserved, 202, T0, Some(T0 + 30_000)),
+            (0, "c") | (1, "c") | (4, "c") => {
+                late.push(d);
+                continue;
+            }
+            (6, s) => {
+                let next = if s == "x" { "y" } else { "x" };
+                assert!(
+                    e.push_complete(&d, &unicast_failover(&d, next, T0))
+                        .await
+                        .unwrap()
+                );
+                continue;
+            }
+            (7, _) => {
+                let up = outcome(&d, PushStatus::Reserved, 202, T0, Some(T0 + 30_000));
+                assert!(e.push_complete(&d, &[up.clone()]).await.unwrap());
+                held.push(d);
+                continue;
+            }
+            _ => outcome(&d, PushStatus::Retrying, 500, T0, Some(T0 + 90_000)),
+        };
+        if i == 3 && d.subscriber == "c" {
+            held.push(d.clone());
+        }
+        assert!(e.push_complete(&d, &[up]).await.unwrap());
+    }
+    // c goes while in flight on m0, m1, m4 and holding m3.
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "b"]).await;
+    // m1 (a deleted, b error) finished; m0 waits for b.
+    // c's late outcomes: m0 delivered to c (removed), m1 gone, m4 failed.
+    for d in &late {
+        let up = if d.id == m[4] {
+            outcome(d, PushStatus::Retrying, 500, T0, Some(T0 + 10_000))
+        } else {
+            outcome(d, PushStatus::Deleted, 200, T0, None)
+        };
+        let _ = e.push_complete(d, &[up]).await.unwrap();
+    }
+    // c comes back: m4 resumes at c; m3's hold by c is c's again.
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "b", "c"]).await;
+    // The hold on the unicast message is acknowledged; m5 is deleted by hand.
+    for d in &held {
+        if d.id == u[1] {
+            e.push_ack(&key("u"), d.id, &d.subscriber, d.reservation)
+                .await
+                .unwrap();
+        }
+    }
+    e.delete(&key("m"), m[5], None).await.unwrap();
+    let now = T0 + 100_000;
+    clock.set_ms(now);
+    let runtime = view(&e, &["m", "u"], &ids, now).await;
+    e.close();
+    let from_index = {
+        let e = open(dir.path(), &clock);
+        assert!(matches!(
+            e.recovery_report().index,
+            engine::IndexUse::Loaded { .. }
+        ));
+        view(&e, &["m", "u"], &ids, now).await
+    };
+    let e = reopen_by_replay(dir.path(), &clock);
+    let replayed = view(&e, &["m", "u"], &ids, now).await;
+    assert_eq!(from_index, runtime, "index");
+    assert_eq!(replayed, runtime, "replay");
+}
+
+/// Rewrites every Push record as a build before 2026-12-07 wrote it (bits 1-2 clear).
+fn strip_decisions(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if !(p.extension().is_some_and(|x| x == "seg") && common::is_started_segment(&p)) {
+            continue;
+        }
+        let seg = u32::from_str_radix(p.file_stem().unwrap().to_str().unwrap(), 16).unwrap();
+        let seed = seg.wrapping_mul(0x9E37_79B9) ^ 0x4652_4D51;
+        let mut bytes = std::fs::read(&p).unwrap();
+        for (off, kind, payload) in frames(&bytes) {
+            if kind != 12 {
+                continue;
+            }
+            bytes[payload.start + 12] &= 1;
+            let mut h = crc32fast::Hasher::new_with_initial(seed);
+            h.update(&bytes[off + 8..payload.end]);
+            let crc = h.finalize();
+            bytes[off + 4..off + 8].copy_from_slice(&crc.to_le_bytes());
+            n += 1;
+        }
+        std::fs::write(&p, bytes).unwrap();
+    }
+    n
+}
+
+/// Old logs: records without bit 1 replay by the rule over the latest list (as before).
+#[tokio::test]
+async fn old_records_replay_by_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "b"]).await;
+    let m = post(&e, "m", &["m0", "m1"]).await;
+    for d in claim_all(&e, T0).await {
+        let up = if d.id == m[0] || d.subscriber == "a" {
+            outcome(&d, PushStatus::Deleted, 200, T0, None)
+        } else {
+            outcome(&d, PushStatus::Retrying, 500, T0, Some(T0 + 60_000))
+        };
+        assert!(e.push_complete(&d, &[up]).await.unwrap());
+    }
+    let runtime = view(&e, &["m"], &m, T0).await;
+    drop(e);
+    assert!(strip_decisions(dir.path()) >= 4);
+    let e = reopen_by_replay(dir.path(), &clock);
+    assert_eq!(
+        view(&e, &["m"], &m, T0).await,
+        runtime,
+        "same list: same state"
+    );
+}
+
+/// Unicast: the subscriber goes while its attempt is in flight, then the attempt delivers:
+/// the message was delivered, so it is finished.
+#[tokio::test]
+async fn unicast_delivered_by_a_removed_subscriber_is_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "u", QueueKind::Unicast, &["a", "b"]).await;
+    post(&e, "u", &["x"]).await;
+    let d = claim_all(&e, T0).await.pop().unwrap();
+    let other = if d.subscriber == "a" { "b" } else { "a" };
+    push_queue(&e, "u", QueueKind::Unicast, &[other]).await;
+    let ok = outcome(&d, PushStatus::Deleted, 200, T0, None);
+    assert!(e.push_complete(&d, &[ok]).await.unwrap());
+    let size = e.queue_info(&key("u")).await.unwrap().size;
+    let (ready, due) = e.push_ready(u64::MAX / 2);
+    assert!(
+        size == 0 || !ready.is_empty() || due.is_some(),
+        "message stranded: size {size}, nothing will ever be due"
+    );
 }
