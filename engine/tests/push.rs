@@ -822,7 +822,7 @@ async fn interleavings_agree_between_runtime_index_and_replay() {
             }
             (7, _) => {
                 let up = outcome(&d, PushStatus::Reserved, 202, T0, Some(T0 + 30_000));
-                assert!(e.push_complete(&d, &[up.clone()]).await.unwrap());
+                assert!(e.push_complete(&d, &[up]).await.unwrap());
                 held.push(d);
                 continue;
             }
