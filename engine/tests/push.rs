@@ -529,6 +529,16 @@ async fn removing_the_subscriber_a_message_waited_for_finishes_it_durably() {
     }
 }
 
+/// The queue is empty, or something of it is due now or later: no message waits for ever.
+async fn assert_not_stranded(e: &Engine, queue: &str) {
+    let size = e.queue_info(&key(queue)).await.unwrap().size;
+    let (ready, due) = e.push_ready(u64::MAX / 2);
+    assert!(
+        size == 0 || !ready.is_empty() || due.is_some(),
+        "{queue}: message stranded, size {size} and nothing will ever be due"
+    );
+}
+
 fn try_open(dir: &std::path::Path, clock: &ManualClock) -> engine::Result<Engine> {
     let mut config = engine::EngineConfig::new(dir);
     config.segment_bytes = 1536 << 10;
@@ -578,12 +588,7 @@ async fn unicast_removing_the_next_subscriber_hands_the_message_on() {
     );
     // The next one goes.
     push_queue(&e, "u", QueueKind::Unicast, &[me]).await;
-    let size = e.queue_info(&key("u")).await.unwrap().size;
-    let (ready, due) = e.push_ready(u64::MAX / 2);
-    assert!(
-        size == 0 || !ready.is_empty() || due.is_some(),
-        "message stranded: size {size}, nothing will ever be due"
-    );
+    assert_not_stranded(&e, "u").await;
 }
 
 /// States of subscribers removed earlier stay with a message, so there can be more than a
@@ -684,12 +689,7 @@ async fn a_crash_between_the_def_and_its_finishing_record_is_mended_on_open() {
     bytes[payload.start + 3] ^= 0xff;
     std::fs::write(&seg, bytes).unwrap();
     let e = reopen_by_replay(dir.path(), &clock);
-    let size = e.queue_info(&key("m")).await.unwrap().size;
-    let (ready, due) = e.push_ready(u64::MAX / 2);
-    assert!(
-        size == 0 || !ready.is_empty() || due.is_some(),
-        "message stranded after the crash: size {size}, nothing will ever be due"
-    );
+    assert_not_stranded(&e, "m").await;
 }
 
 /// A finished message's kept states come from the logged states alone: a full replay after
@@ -749,12 +749,7 @@ async fn unicast_removing_a_holding_subscriber_hands_the_message_on() {
     let hold = outcome(&d, PushStatus::Reserved, 202, T0, Some(T0 + 30_000));
     assert!(e.push_complete(&d, &[hold]).await.unwrap());
     push_queue(&e, "u", QueueKind::Unicast, &[other]).await;
-    let size = e.queue_info(&key("u")).await.unwrap().size;
-    let (ready, due) = e.push_ready(u64::MAX / 2);
-    assert!(
-        size == 0 || !ready.is_empty() || due.is_some(),
-        "message stranded: size {size}, nothing will ever be due"
-    );
+    assert_not_stranded(&e, "u").await;
 }
 
 async fn view(e: &Engine, queues: &[&str], ids: &[engine::MessageId], now: u64) -> String {
@@ -942,10 +937,5 @@ async fn unicast_delivered_by_a_removed_subscriber_is_finished() {
     push_queue(&e, "u", QueueKind::Unicast, &[other]).await;
     let ok = outcome(&d, PushStatus::Deleted, 200, T0, None);
     assert!(e.push_complete(&d, &[ok]).await.unwrap());
-    let size = e.queue_info(&key("u")).await.unwrap().size;
-    let (ready, due) = e.push_ready(u64::MAX / 2);
-    assert!(
-        size == 0 || !ready.is_empty() || due.is_some(),
-        "message stranded: size {size}, nothing will ever be due"
-    );
+    assert_not_stranded(&e, "u").await;
 }
