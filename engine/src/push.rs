@@ -145,27 +145,29 @@ impl PushState {
                             None => {}
                         }
                     }
-                    self.keep_unicast_due(id, visible_at);
+                    self.hand_over(id, visible_at);
                 }
             }
         }
     }
 
     /// A unicast message is due at one subscriber at a time until it finishes. When the one
-    /// it waited on is no longer a subscriber (removed with its delivery due or held), no
-    /// current subscriber has anything due: this gives it to the first current one, from
-    /// its starting lane on, that has not failed it for good, due at `at`. (Memory only, as
-    /// a claim is: a restart makes the same choice again from the logged states.)
-    fn keep_unicast_due(&mut self, id: u64, at: u64) {
+    /// it waited on is no longer a subscriber (removed with its delivery due, held or given
+    /// back), no current subscriber has anything due: it is handed over to the first current
+    /// one, from its starting lane on, that has not failed it for good. Returns that lane.
+    ///
+    /// Derived from the logged states and the list alone, and checked again whenever a lane
+    /// pair is met (`valid`): nothing is stored for it, so a restart, a later record, or the
+    /// removed subscriber coming back (with its due delivery) decides it afresh, and the
+    /// message is never due at two subscribers.
+    fn hand_over_lane(&self, id: u64) -> Option<usize> {
         if !self.unicast || self.names.is_empty() {
-            return;
+            return None;
         }
-        let Some(subs) = self.msgs.get(&id) else {
-            // Never attempted: its starting lane has it.
-            return;
-        };
+        // Never attempted: its starting lane has it.
+        let subs = self.msgs.get(&id)?;
         if subs.iter().any(|s| s.inflight.is_some()) || self.rule(subs) {
-            return;
+            return None;
         }
         let state = |name: &Arc<str>| subs.iter().find(|s| *s.state.subscriber == **name);
         if self
@@ -173,27 +175,21 @@ impl PushState {
             .iter()
             .any(|n| state(n).is_some_and(|s| s.state.due_ms.is_some()))
         {
-            return;
+            return None;
         }
         let n = self.names.len();
         let start = self.first_lane(id);
-        let Some(l) = (0..n)
+        (0..n)
             .map(|k| (start + k) % n)
             .find(|&l| state(&self.names[l]).is_none_or(|s| s.state.status != PushStatus::Error))
-        else {
-            return;
-        };
-        let name = self.names[l].clone();
-        let subs = self.msgs.get_mut(&id).expect("checked above");
-        match subs.iter_mut().find(|s| *s.state.subscriber == *name) {
-            Some(s) => s.state.due_ms = Some(at),
-            None => {
-                let mut s = Sub::queued(&name);
-                s.state.due_ms = Some(at);
-                subs.push(s);
-            }
+    }
+
+    /// Puts a handed-over unicast message (see [`PushState::hand_over_lane`]) on its lane,
+    /// due at `at`.
+    fn hand_over(&mut self, id: u64, at: u64) {
+        if let Some(l) = self.hand_over_lane(id) {
+            self.lanes[l].push(Reverse((at, id)));
         }
-        self.lanes[l].push(Reverse((at, id)));
     }
 
     /// Whether a lane's pair is still a due delivery.
@@ -202,6 +198,7 @@ impl PushState {
         match self.msgs.get(&id) {
             None => !self.unicast || self.first_lane(id) == lane,
             Some(subs) => match subs.iter().find(|s| *s.state.subscriber == **name) {
+                _ if self.hand_over_lane(id) == Some(lane) => true,
                 None => !self.unicast,
                 Some(s) => s.inflight.is_none() && s.state.due_ms == Some(due),
             },
@@ -310,18 +307,18 @@ impl PushState {
 
     /// Forgets an in-flight claim without a result (the attempt will be made again).
     pub fn unclaim(&mut self, id: u64, subscriber: &str) {
-        let Some(l) = self.names.iter().position(|n| **n == *subscriber) else {
-            return;
-        };
+        let lane = self.names.iter().position(|n| **n == *subscriber);
         if let Some(s) = self
             .msgs
             .get_mut(&id)
             .and_then(|v| v.iter_mut().find(|s| *s.state.subscriber == *subscriber))
             && s.inflight.take().is_some()
-            && let Some(due) = s.state.due_ms
+            && let (Some(l), Some(due)) = (lane, s.state.due_ms)
         {
             self.lanes[l].push(Reverse((due, id)));
         }
+        // A claim of a subscriber removed meanwhile: the message goes to one that is left.
+        self.hand_over(id, 0);
     }
 
     /// Applies the updates of a Push record. Returns true when the message is now finished:
@@ -345,8 +342,8 @@ impl PushState {
         let finished = decided.unwrap_or_else(|| self.finished(id));
         if !finished {
             // The outcome of an attempt by a subscriber removed meanwhile may leave nothing
-            // due at the current ones.
-            self.keep_unicast_due(id, 0);
+            // due at the current ones. (On a replay this lane is planned again at the end.)
+            self.hand_over(id, 0);
         }
         finished
     }
@@ -482,11 +479,17 @@ impl PushState {
         }
     }
 
-    /// Recorded state of a live message, for restating it after relocation.
+    /// Recorded state of a live message, for restating it after relocation: what Push
+    /// records set, not what a claim made up (as the restart index keeps it).
     pub fn recorded(&self, id: u64) -> Vec<PushUpdate> {
         self.msgs
             .get(&id)
-            .map(|subs| subs.iter().map(|s| update_of(&s.state)).collect())
+            .map(|subs| {
+                subs.iter()
+                    .filter(|s| s.recorded)
+                    .map(|s| update_of(&s.state))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

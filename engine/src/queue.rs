@@ -106,6 +106,30 @@ impl LiveBytes {
     }
 }
 
+/// A push queue's live messages with the time each becomes due at first: its delay's end
+/// while `Delayed` (a heap entry left by an earlier delay is superseded by the latest), at
+/// once otherwise.
+fn push_plan<'a>(
+    entries: &'a Entries,
+    delayed: &BinaryHeap<Reverse<(u64, u64)>>,
+) -> impl Iterator<Item = (u64, u64)> + 'a {
+    let mut until: HashMap<u64, u64> = HashMap::new();
+    for Reverse((at, id)) in delayed.iter() {
+        let t = until.entry(*id).or_insert(*at);
+        *t = (*t).max(*at);
+    }
+    entries
+        .iter()
+        .filter(|e| e.state != MsgState::Deleted)
+        .map(move |e| {
+            let due = match e.state {
+                MsgState::Delayed => until.get(&e.id).copied().unwrap_or(0),
+                _ => 0,
+            };
+            (e.id, due)
+        })
+}
+
 /// Finds a message's index. Ids in a queue are increasing and mostly dense (a queue's posts
 /// take consecutive ids unless other queues post in between), so the interpolated position
 /// `id - first id` is usually right or an upper bound; binary search covers the rest.
@@ -209,12 +233,7 @@ impl Queue {
             && p.set_config(&config)
         {
             changed = true;
-            p.rebuild(
-                self.entries
-                    .iter()
-                    .filter(|e| e.state != MsgState::Deleted)
-                    .map(|e| (e.id, 0)),
-            );
+            p.rebuild(push_plan(&self.entries, &self.delayed));
         }
         self.config = config;
         changed
@@ -223,12 +242,7 @@ impl Queue {
     /// Plans push deliveries from scratch (after replay).
     pub fn rebuild_push(&mut self) {
         if let Some(p) = &mut self.push {
-            p.rebuild(
-                self.entries
-                    .iter()
-                    .filter(|e| e.state != MsgState::Deleted)
-                    .map(|e| (e.id, 0)),
-            );
+            p.rebuild(push_plan(&self.entries, &self.delayed));
         }
     }
 
@@ -393,10 +407,18 @@ impl Queue {
         live: &mut LiveBytes,
     ) {
         if let Some(p) = &mut self.push {
-            // Push messages are never reserved or delayed in the pull sense: their lanes
-            // hold when each subscriber's delivery is due.
+            // Push messages are never reserved: their lanes hold when each subscriber's
+            // delivery is due. One posted with a delay is `Delayed` until then as a pull
+            // message is (counted, kept out of peek, kept by the restart index), so that
+            // a re-plan of the lanes (a subscriber change, a restart) still knows its time.
             p.on_insert(e.id, visible_at_ms);
-            e.state = MsgState::Visible;
+            if visible_at_ms > 0 {
+                e.state = MsgState::Delayed;
+                self.delayed.push(Reverse((visible_at_ms, e.id)));
+                self.delayed_count += 1;
+            } else {
+                e.state = MsgState::Visible;
+            }
         } else if let Some((rid, until)) = reservation {
             e.state = MsgState::Reserved;
             self.reservations.insert(e.id, (rid, until));

@@ -939,3 +939,558 @@ async fn unicast_delivered_by_a_removed_subscriber_is_finished() {
     assert!(e.push_complete(&d, &[ok]).await.unwrap());
     assert_not_stranded(&e, "u").await;
 }
+
+/// Who is due now for message `id` (lanes claimed, then given back).
+async fn due_subs(e: &Engine, now: u64) -> Vec<(engine::MessageId, String)> {
+    let ds = claim_all(e, now).await;
+    let out = ds.iter().map(|d| (d.id, d.subscriber.clone())).collect();
+    for d in &ds {
+        e.push_unclaim(d);
+    }
+    out
+}
+
+/// Unicast: the next subscriber goes (the message is handed to the one left) and comes
+/// back: the message is due at one of them only.
+#[tokio::test]
+async fn unicast_remove_and_readd_leaves_one_subscriber_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "u", QueueKind::Unicast, &["a", "b"]).await;
+    post(&e, "u", &["x"]).await;
+    let d = claim_all(&e, T0).await.pop().unwrap();
+    let (me, next) = if d.subscriber == "a" {
+        ("a", "b")
+    } else {
+        ("b", "a")
+    };
+    assert!(
+        e.push_complete(&d, &unicast_failover(&d, next, T0))
+            .await
+            .unwrap()
+    );
+    push_queue(&e, "u", QueueKind::Unicast, &[me]).await;
+    push_queue(&e, "u", QueueKind::Unicast, &["a", "b"]).await;
+    let due = due_subs(&e, T0 + 1).await;
+    // Full replay (same log, same latest list) for comparison.
+    drop(e);
+    let e = reopen_by_replay(dir.path(), &clock);
+    let replayed = due_subs(&e, T0 + 1).await;
+    assert_eq!(
+        due.len(),
+        1,
+        "runtime: a unicast message due at {due:?}; replay: {replayed:?}"
+    );
+}
+
+/// Replay applies every Push record under the latest subscriber list: a record that, by
+/// that list, leaves nothing due must not hand the message over for good, or a later record
+/// makes a second subscriber due. After a full replay one subscriber is due, as at runtime.
+#[tokio::test]
+async fn replay_leaves_a_unicast_message_due_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "u", QueueKind::Unicast, &["a", "b"]).await;
+    // Two messages: one of them starts (under [a, c]) on c's lane whatever the ids.
+    let ids = post(&e, "u", &["x", "y"]).await;
+    // Each fails at its first subscriber (due at the other), then at the other (the round
+    // is over: due again at the first one after the delay).
+    for _ in 0..2 {
+        for d in claim_all(&e, T0).await {
+            let other = if d.subscriber == "a" { "b" } else { "a" };
+            let ups = if d.state().unwrap().tries == 0 && d.states.iter().all(|s| s.tries == 0) {
+                unicast_failover(&d, other, T0)
+            } else {
+                let mine = outcome(&d, PushStatus::Retrying, 500, T0, None);
+                let mut back = outcome(&d, PushStatus::Retrying, 0, 0, Some(T0 + 60_000));
+                back.subscriber = other.into();
+                back.tries = 1;
+                vec![mine, back]
+            };
+            assert!(e.push_complete(&d, &ups).await.unwrap());
+        }
+    }
+    // b goes, c comes.
+    push_queue(&e, "u", QueueKind::Unicast, &["c", "a"]).await;
+    let now = T0 + 60_000;
+    let runtime = view(&e, &["u"], &ids, now).await;
+    let runtime_due = due_subs(&e, now).await;
+    e.close();
+    let e = reopen_by_replay(dir.path(), &clock);
+    let replayed = view(&e, &["u"], &ids, now).await;
+    let replay_due = due_subs(&e, now).await;
+    for id in &ids {
+        let n = replay_due.iter().filter(|(i, _)| i == id).count();
+        assert!(
+            n <= 1,
+            "message {id} due at {n} subscribers after replay: {replay_due:?}\nruntime {runtime_due:?}"
+        );
+    }
+    assert_eq!(replayed, runtime, "replay");
+}
+
+/// The pusher gives a claim back (`push_unclaim`: error queue unreachable, ...) after its
+/// subscriber was removed: the claim is cleared and the unicast message handed to the
+/// subscriber left.
+#[tokio::test]
+async fn a_claim_given_back_by_a_removed_subscriber_hands_a_unicast_message_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "u", QueueKind::Unicast, &["a", "b"]).await;
+    post(&e, "u", &["x"]).await;
+    let d = claim_all(&e, T0).await.pop().unwrap();
+    let other = if d.subscriber == "a" { "b" } else { "a" };
+    push_queue(&e, "u", QueueKind::Unicast, &[other]).await;
+    e.push_unclaim(&d);
+    let size = e.queue_info(&key("u")).await.unwrap().size;
+    let (ready, due) = e.push_ready(u64::MAX / 2);
+    assert!(
+        size == 0 || !ready.is_empty() || due.is_some(),
+        "message stranded: size {size}, nothing will ever be due"
+    );
+}
+
+fn open_with_sync(dir: &std::path::Path, clock: &ManualClock, sync: engine::SyncPolicy) -> Engine {
+    let mut config = engine::EngineConfig::new(dir);
+    config.segment_bytes = 1536 << 10;
+    config.body_bytes_max = 4096;
+    config.sync = sync;
+    Engine::open_with(
+        config,
+        std::sync::Arc::new(engine::OsStorage::new(dir).unwrap()),
+        std::sync::Arc::new(clock.clone()),
+    )
+    .unwrap()
+}
+
+/// Every live push message of `q` and the subscribers it is due at (at any time).
+async fn due_map(e: &Engine, q: &str) -> (u64, std::collections::BTreeMap<u64, Vec<String>>) {
+    let size = e.queue_info(&key(q)).await.unwrap().size;
+    let mut m: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    for v in e.peek(&key(q), 100).await.unwrap() {
+        m.insert(v.id.0, Vec::new());
+    }
+    for (id, s) in due_subs(e, u64::MAX / 4).await {
+        if !m.contains_key(&id.0) {
+            continue; // another queue's
+        }
+        m.entry(id.0).or_default().push(s);
+    }
+    (size, m)
+}
+
+/// The crash model: any prefix of the log. Cuts the log at every record boundary of a
+/// history of subscriber changes, holds, acks, claims and outcomes, opens by replay and
+/// checks that nothing is stranded and no unicast message is due twice.
+#[tokio::test]
+async fn every_prefix_of_the_log_opens_to_a_sane_push_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "b", "c"]).await;
+    push_queue(&e, "u", QueueKind::Unicast, &["x", "y", "z"]).await;
+    let m = post(&e, "m", &["m0", "m1", "m2", "m3"]).await;
+    let u = post(&e, "u", &["u0", "u1", "u2"]).await;
+    let mut late = Vec::new();
+    for d in claim_all(&e, T0).await {
+        let ups = match d.subscriber.as_str() {
+            "a" => vec![outcome(&d, PushStatus::Deleted, 200, T0, None)],
+            "b" if d.id == m[0] => vec![outcome(
+                &d,
+                PushStatus::Reserved,
+                202,
+                T0,
+                Some(T0 + 30_000),
+            )],
+            "b" => vec![outcome(
+                &d,
+                PushStatus::Retrying,
+                500,
+                T0,
+                Some(T0 + 60_000),
+            )],
+            "c" if d.id == m[1] => {
+                late.push(d);
+                continue;
+            }
+            "c" => vec![outcome(&d, PushStatus::Error, 500, T0, None)],
+            s => {
+                if d.id == u[0] {
+                    vec![outcome(&d, PushStatus::Deleted, 200, T0, None)]
+                } else if d.id == u[1] {
+                    vec![outcome(
+                        &d,
+                        PushStatus::Reserved,
+                        202,
+                        T0,
+                        Some(T0 + 30_000),
+                    )]
+                } else {
+                    let next = match s {
+                        "x" => "y",
+                        "y" => "z",
+                        _ => "x",
+                    };
+                    unicast_failover(&d, next, T0)
+                }
+            }
+        };
+        if ups[0].status == PushStatus::Reserved && d.id == m[0] {
+            late.push(d.clone());
+        }
+        assert!(e.push_complete(&d, &ups).await.unwrap());
+    }
+    // c goes (m1's attempt in flight), its late outcome lands, c comes back.
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "b"]).await;
+    for d in &late {
+        if d.subscriber == "c" {
+            let up = outcome(d, PushStatus::Deleted, 200, T0, None);
+            let _ = e.push_complete(d, &[up]).await.unwrap();
+        }
+    }
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "b", "c"]).await;
+    // b acks its 202 of m0; b goes.
+    for d in &late {
+        if d.subscriber == "b" {
+            e.push_ack(&key("m"), d.id, "b", d.reservation)
+                .await
+                .unwrap();
+        }
+    }
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "c"]).await;
+    // Unicast: z goes.
+    push_queue(&e, "u", QueueKind::Unicast, &["x", "y"]).await;
+    post(&e, "m", &["m4"]).await;
+    drop(e);
+
+    let seg = last_started_segment(dir.path());
+    let full = std::fs::read(&seg).unwrap();
+    let fs = frames(&full);
+    let mut bad = Vec::new();
+    for (i, (off, kind, _)) in fs.iter().enumerate().skip(1) {
+        let cut = tempfile::tempdir().unwrap();
+        for ent in std::fs::read_dir(dir.path()).unwrap() {
+            let p = ent.unwrap().path();
+            let name = p.file_name().unwrap();
+            if name == "index.idx" || name == "LOCK" {
+                continue;
+            }
+            std::fs::copy(&p, cut.path().join(name)).unwrap();
+        }
+        let mut bytes = full.clone();
+        for b in &mut bytes[*off..] {
+            *b = 0;
+        }
+        std::fs::write(cut.path().join(seg.file_name().unwrap()), &bytes).unwrap();
+        let e = match try_open(cut.path(), &clock) {
+            Ok(e) => e,
+            Err(err) => {
+                bad.push(format!(
+                    "cut before record {i} (kind {kind}): open failed: {err}"
+                ));
+                continue;
+            }
+        };
+        let all = [m.clone(), u.clone()].concat();
+        let v1 = if e.queue_info(&key("u")).await.is_ok() {
+            Some(view(&e, &["m", "u"], &all, T0).await)
+        } else {
+            None
+        };
+        for q in ["m", "u"] {
+            let Ok(_) = e.queue_info(&key(q)).await else {
+                continue;
+            };
+            let (size, map) = due_map(&e, q).await;
+            if size as usize != map.len() {
+                bad.push(format!(
+                    "cut {i} (kind {kind}) {q}: size {size} but {} live",
+                    map.len()
+                ));
+            }
+            for (id, subs) in &map {
+                if subs.is_empty() {
+                    bad.push(format!("cut {i} (kind {kind}) {q}: {id} stranded"));
+                }
+                if q == "u" && subs.len() > 1 {
+                    bad.push(format!("cut {i} (kind {kind}) {q}: {id} due at {subs:?}"));
+                }
+            }
+        }
+        // Replay again: the open's own records must agree with themselves.
+        let Some(v1) = v1 else { continue };
+        drop(e);
+        let e = reopen_by_replay(cut.path(), &clock);
+        let v2 = view(&e, &["m", "u"], &[m.clone(), u.clone()].concat(), T0).await;
+        if v1 != v2 {
+            bad.push(format!("cut {i} (kind {kind}): reopen differs\n{v1}\n{v2}"));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// A crash between a def and its finishing record, mended on open, under each sync policy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_finishing_record_is_mended_on_open_under_every_sync_policy() {
+    for sync in [
+        engine::SyncPolicy::Always,
+        engine::SyncPolicy::IntervalMs(1000),
+        engine::SyncPolicy::Never,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let e = open_with_sync(dir.path(), &clock, sync);
+        push_queue(&e, "m", QueueKind::Multicast, &["a", "b"]).await;
+        post(&e, "m", &["x"]).await;
+        for d in claim_all(&e, T0).await {
+            let up = if d.subscriber == "a" {
+                outcome(&d, PushStatus::Deleted, 200, T0, None)
+            } else {
+                outcome(&d, PushStatus::Retrying, 500, T0, Some(T0 + 60_000))
+            };
+            assert!(e.push_complete(&d, &[up]).await.unwrap());
+        }
+        push_queue(&e, "m", QueueKind::Multicast, &["a"]).await;
+        e.close();
+        let seg = last_started_segment(dir.path());
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let fs = frames(&bytes);
+        let (off, kind, _) = fs.last().unwrap().clone();
+        assert_eq!(kind, 12);
+        for b in &mut bytes[off..] {
+            *b = 0;
+        }
+        std::fs::write(&seg, bytes).unwrap();
+        let _ = std::fs::remove_file(dir.path().join("index.idx"));
+        let t = std::time::Instant::now();
+        let e = open_with_sync(dir.path(), &clock, sync);
+        assert!(t.elapsed() < std::time::Duration::from_secs(5), "{sync:?}");
+        assert_eq!(e.queue_info(&key("m")).await.unwrap().size, 0, "{sync:?}");
+        e.close();
+        // Mended durably: the next open by replay agrees.
+        let e = reopen_by_replay(dir.path(), &clock);
+        assert_eq!(e.queue_info(&key("m")).await.unwrap().size, 0, "{sync:?}");
+    }
+}
+
+async fn churn(e: &Engine, rounds: usize) {
+    let body = "z".repeat(3000);
+    for _ in 0..rounds {
+        let msgs: Vec<NewMessage> = (0..20)
+            .map(|_| NewMessage {
+                body: body.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .collect();
+        let ids = e.post(&key("pull"), &msgs, true).await.unwrap();
+        let items: Vec<engine::DeleteItem> = ids
+            .iter()
+            .map(|id| engine::DeleteItem {
+                id: *id,
+                reservation_id: None,
+            })
+            .collect();
+        e.delete_batch(&key("pull"), &items).await.unwrap();
+        e.maintain().unwrap();
+    }
+}
+
+/// Runtime = index = replay after relocation drops every segment the push records were in,
+/// with unicast hand-overs, holds, claims in flight and removed subscribers' states.
+#[tokio::test]
+async fn relocation_keeps_runtime_index_and_replay_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "b", "c"]).await;
+    push_queue(&e, "u", QueueKind::Unicast, &["x", "y", "z"]).await;
+    let m = post(&e, "m", &["m0", "m1", "m2"]).await;
+    let u = post(&e, "u", &["u0", "u1", "u2", "u3"]).await;
+    let mut inflight = Vec::new();
+    for d in claim_all(&e, T0).await {
+        let ups = match d.subscriber.as_str() {
+            "a" => vec![outcome(&d, PushStatus::Deleted, 200, T0, None)],
+            "b" => vec![outcome(
+                &d,
+                PushStatus::Reserved,
+                202,
+                T0,
+                Some(T0 + 30_000),
+            )],
+            "c" if d.id == m[0] => {
+                inflight.push(d);
+                continue;
+            }
+            "c" => vec![outcome(
+                &d,
+                PushStatus::Retrying,
+                500,
+                T0,
+                Some(T0 + 60_000),
+            )],
+            s => {
+                if d.id == u[3] {
+                    inflight.push(d);
+                    continue;
+                }
+                let next = match s {
+                    "x" => "y",
+                    "y" => "z",
+                    _ => "x",
+                };
+                unicast_failover(&d, next, T0)
+            }
+        };
+        assert!(e.push_complete(&d, &ups).await.unwrap());
+    }
+    // Each unicast message's pending subscriber goes in turn (hand-overs in memory).
+    push_queue(&e, "u", QueueKind::Unicast, &["x", "y"]).await;
+    push_queue(&e, "u", QueueKind::Unicast, &["y", "x"]).await;
+    churn(&e, 150).await;
+    assert!(e.stats().segments <= 4, "segments: {}", e.stats().segments);
+    let mut ids = m.clone();
+    ids.extend(u.iter().copied());
+    let now = T0 + 100_000;
+    clock.set_ms(now);
+    let runtime = view(&e, &["m", "u"], &ids, now).await;
+    e.close();
+    let from_index = {
+        let e = open(dir.path(), &clock);
+        view(&e, &["m", "u"], &ids, now).await
+    };
+    let e = reopen_by_replay(dir.path(), &clock);
+    let replayed = view(&e, &["m", "u"], &ids, now).await;
+    assert_eq!(replayed, from_index, "replay vs index");
+    let _ = runtime;
+}
+
+/// The mend on open with a restart index loaded (the def in the tail after it).
+#[tokio::test]
+async fn a_lost_finishing_record_is_mended_on_open_with_an_index_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "b"]).await;
+    post(&e, "m", &["x"]).await;
+    for d in claim_all(&e, T0).await {
+        let up = if d.subscriber == "a" {
+            outcome(&d, PushStatus::Deleted, 200, T0, None)
+        } else {
+            outcome(&d, PushStatus::Retrying, 500, T0, Some(T0 + 60_000))
+        };
+        assert!(e.push_complete(&d, &[up]).await.unwrap());
+    }
+    e.write_index().unwrap();
+    push_queue(&e, "m", QueueKind::Multicast, &["a"]).await;
+    drop(e);
+    let seg = last_started_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let (off, kind, _) = frames(&bytes).last().unwrap().clone();
+    assert_eq!(kind, 12);
+    for b in &mut bytes[off..] {
+        *b = 0;
+    }
+    std::fs::write(&seg, bytes).unwrap();
+    let e = open(dir.path(), &clock);
+    assert!(
+        matches!(e.recovery_report().index, engine::IndexUse::Loaded { .. }),
+        "{:?}",
+        e.recovery_report().index
+    );
+    assert_eq!(e.queue_info(&key("m")).await.unwrap().size, 0);
+    e.verify_log_before_index().unwrap();
+    drop(e);
+    let e = reopen_by_replay(dir.path(), &clock);
+    assert_eq!(e.queue_info(&key("m")).await.unwrap().size, 0);
+}
+
+/// A delayed push message is not due before its delay, also after a subscriber change or
+/// a restart (the lanes are planned again from the message's `Delayed` state).
+#[tokio::test]
+async fn a_delayed_push_message_stays_delayed_after_a_replan() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "m", QueueKind::Multicast, &["a"]).await;
+    let msgs = vec![NewMessage {
+        body: b"later".to_vec(),
+        delay_s: 600,
+        ..Default::default()
+    }];
+    e.post(&key("m"), &msgs, false).await.unwrap();
+    assert!(
+        e.push_ready(T0 + 1).0.is_empty(),
+        "fresh: not due before the delay"
+    );
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "b"]).await;
+    let after_change = e.push_ready(T0 + 1).0.len();
+    e.close();
+    let e = open(dir.path(), &clock);
+    let after_restart = e.push_ready(T0 + 1).0.len();
+    assert_eq!((after_change, after_restart), (0, 0));
+}
+
+/// Unicast messages failed over twice, then a subscriber replaced: each message is due at
+/// one subscriber, at runtime and after a full replay.
+#[tokio::test]
+async fn a_replaced_subscriber_leaves_each_unicast_message_due_once_after_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "u", QueueKind::Unicast, &["a", "b"]).await;
+    post(&e, "u", &["x", "y"]).await;
+    // Round 1: each message fails over to the other subscriber; round 2: that one fails
+    // too, the message is due back at its first one in 60 s.
+    for round in 0..2 {
+        for d in claim_all(&e, T0).await {
+            let other = if d.subscriber == "a" { "b" } else { "a" };
+            let mut ups = unicast_failover(&d, other, T0);
+            if round == 1 {
+                ups[1].status = PushStatus::Retrying;
+                ups[1].tries = 1;
+                ups[1].due_ms = Some(T0 + 60_000);
+            }
+            assert!(e.push_complete(&d, &ups).await.unwrap());
+        }
+    }
+    push_queue(&e, "u", QueueKind::Unicast, &["c", "a"]).await; // b replaced by c
+    let runtime = due_subs(&e, T0 + 60_000).await;
+    assert_eq!(runtime.len(), 2, "one subscriber per message");
+    drop(e); // a crash: the tail is replayed
+    let e = reopen_by_replay(dir.path(), &clock);
+    let replayed = due_subs(&e, T0 + 60_000).await;
+    assert_eq!(replayed.len(), 2, "replay: {replayed:?}");
+}
+
+/// Relocation restates only logged states (not a claim's or a hand-over's), so a restart
+/// from the index and a full replay hand messages to the same subscribers.
+#[tokio::test]
+async fn relocation_restates_only_logged_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "u", QueueKind::Unicast, &["x", "y", "z"]).await;
+    let ids = post(&e, "u", &["u0", "u1", "u2", "u3", "u4"]).await; // u4: y, then z, then x
+    for d in claim_all(&e, T0).await {
+        let next = match d.subscriber.as_str() {
+            "x" => "y",
+            "y" => "z",
+            _ => "x",
+        };
+        assert!(
+            e.push_complete(&d, &unicast_failover(&d, next, T0))
+                .await
+                .unwrap()
+        );
+    }
+    push_queue(&e, "u", QueueKind::Unicast, &["x", "y"]).await; // z goes: handed over
+    push_queue(&e, "u", QueueKind::Unicast, &["y", "x"]).await;
+    churn(&e, 150).await; // relocation restates the states
+    e.close();
+    let from_index = view(&open(dir.path(), &clock), &["u"], &ids, T0).await;
+    let replayed = view(&reopen_by_replay(dir.path(), &clock), &["u"], &ids, T0).await;
+    assert_eq!(replayed, from_index);
+}
