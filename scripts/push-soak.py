@@ -175,6 +175,11 @@ class SubServer(http.server.ThreadingHTTPServer):
     request_queue_size = 256
     allow_reuse_address = True
 
+    def handle_error(self, request, client_address):
+        # a connection cut by a killed server (mid-request or idle): nothing to record
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
 
 class Soak:
     def __init__(self, a):
