@@ -44,7 +44,6 @@ Usage: scripts/push-soak.py --bin target/release/ferromq [--work DIR] [--minutes
 """
 import argparse
 import heapq
-import http.client
 import http.server
 import json
 import os
@@ -57,10 +56,14 @@ import sys
 import threading
 import time
 
-PID_ = "0123456789abcdef01234567"
-TOKEN = "pushsoak-project-token-012345"
-ADMIN = "pushsoak-admin-token-0123456789"
-HDR = {"Authorization": f"OAuth {TOKEN}", "Content-Type": "application/json"}
+# The HTTP client, credentials and helpers of oracle-soak.py (as backup-soak.py takes them).
+import importlib.util  # noqa: E402
+_spec = importlib.util.spec_from_file_location(
+    "soak", os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracle-soak.py"))
+soak = importlib.util.module_from_spec(_spec)
+sys.modules["soak"] = soak
+_spec.loader.exec_module(soak)  # noqa: E402
+from soak import ADMIN, HDR, PID_, TOKEN, Conn, Fail, Gone, log, qp  # noqa: E402,F401
 
 MCFIX, UNI, MCCHG, FILLER = "mcfix", "uni", "mcchg", "filler"
 PUSH_QUEUES = [MCFIX, UNI, MCCHG]
@@ -81,54 +84,6 @@ ACK_RACE_S = 1.0
 LAG_S = 1.0
 # After a removal was answered, an attempt claimed before it may still arrive this late.
 REMOVE_SLACK_S = 2.0
-
-
-def qp(q):
-    return f"/3/projects/{PID_}/queues/{q}"
-
-
-def log(*a):
-    print(time.strftime("%H:%M:%S"), *a, flush=True)
-
-
-class Gone(Exception):
-    """The server went away mid-request."""
-
-
-class Fail(Exception):
-    pass
-
-
-class Conn:
-    def __init__(self, port, timeout=60):
-        self.port = port
-        self.timeout = timeout
-        self.c = None
-
-    def req(self, method, path, body=None, hdr=HDR):
-        if self.c is None:
-            self.c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-        data = None if body is None else json.dumps(body).encode()
-        try:
-            self.c.request(method, path, body=data, headers=hdr)
-            r = self.c.getresponse()
-            raw = r.read()
-        except (OSError, http.client.HTTPException) as e:
-            self.close()
-            raise Gone(str(e))
-        try:
-            v = json.loads(raw) if raw else None
-        except ValueError:
-            v = raw
-        return r.status, v
-
-    def close(self):
-        if self.c is not None:
-            try:
-                self.c.close()
-            except Exception:
-                pass
-        self.c = None
 
 
 class SubHandler(http.server.BaseHTTPRequestHandler):
