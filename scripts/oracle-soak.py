@@ -842,8 +842,14 @@ def main():
     p.add_argument("--kill-on", default="time", choices=["time", "index", "spare"])
     p.add_argument("--max-run", type=float, default=6.0)
     a = p.parse_args()
+    run(Soak, a)
+
+
+def run(soak_class, a):
+    """Runs a soak built from the parsed arguments `a`, kills its server if it is still up
+    whatever happens, and exits with the soak's status."""
     log("seed", a.seed, vars(a))
-    s = Soak(a)
+    s = soak_class(a)
     try:
         rc = s.main()
     finally:

@@ -973,15 +973,7 @@ def main():
     if os.path.exists(os.path.join(a.work, "data")):
         sys.exit(f"{a.work}/data exists; pick another --work")
     os.makedirs(a.work, exist_ok=True)
-    log("seed", a.seed, vars(a))
-    s = Soak(a)
-    try:
-        rc = s.main()
-    finally:
-        if s.proc and s.proc.poll() is None:
-            os.kill(s.proc.pid, signal.SIGKILL)
-            s.proc.wait()
-    sys.exit(rc)
+    soak.run(Soak, a)
 
 
 if __name__ == "__main__":

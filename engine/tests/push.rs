@@ -284,25 +284,7 @@ async fn delivery_state_survives_relocation_and_segment_drops() {
     let up = outcome(&d, PushStatus::Retrying, 500, T0, Some(T0 + 1_000_000));
     assert!(e.push_complete(&d, &[up]).await.unwrap());
     // Churn through many segments with a pull queue so the first one must be reclaimed.
-    let body = "z".repeat(3000);
-    for _ in 0..150 {
-        let msgs: Vec<NewMessage> = (0..20)
-            .map(|_| NewMessage {
-                body: body.as_bytes().to_vec(),
-                ..Default::default()
-            })
-            .collect();
-        let ids = e.post(&key("pull"), &msgs, true).await.unwrap();
-        let items: Vec<engine::DeleteItem> = ids
-            .iter()
-            .map(|id| engine::DeleteItem {
-                id: *id,
-                reservation_id: None,
-            })
-            .collect();
-        e.delete_batch(&key("pull"), &items).await.unwrap();
-        e.maintain().unwrap();
-    }
+    churn(&e, 150).await;
     let report = e.maintain().unwrap();
     let _ = report;
     assert!(e.stats().segments <= 4, "segments: {}", e.stats().segments);
@@ -529,6 +511,25 @@ async fn removing_the_subscriber_a_message_waited_for_finishes_it_durably() {
     }
 }
 
+/// Unicast queue `u` of `a` and `b` with one message `x`, whose first attempt failed over
+/// to the other subscriber: returns (the one that failed, the one it is due at now).
+async fn unicast_failed_over(e: &Engine) -> (&'static str, &'static str) {
+    push_queue(e, "u", QueueKind::Unicast, &["a", "b"]).await;
+    post(e, "u", &["x"]).await;
+    let d = claim_all(e, T0).await.pop().unwrap();
+    let (me, next) = if d.subscriber == "a" {
+        ("a", "b")
+    } else {
+        ("b", "a")
+    };
+    assert!(
+        e.push_complete(&d, &unicast_failover(&d, next, T0))
+            .await
+            .unwrap()
+    );
+    (me, next)
+}
+
 /// The queue is empty, or something of it is due now or later: no message waits for ever.
 async fn assert_not_stranded(e: &Engine, queue: &str) {
     let size = e.queue_info(&key(queue)).await.unwrap().size;
@@ -573,19 +574,7 @@ async fn unicast_removing_the_next_subscriber_hands_the_message_on() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     let e = open(dir.path(), &clock);
-    push_queue(&e, "u", QueueKind::Unicast, &["a", "b"]).await;
-    post(&e, "u", &["x"]).await;
-    let d = claim_all(&e, T0).await.pop().unwrap();
-    let (me, next) = if d.subscriber == "a" {
-        ("a", "b")
-    } else {
-        ("b", "a")
-    };
-    assert!(
-        e.push_complete(&d, &unicast_failover(&d, next, T0))
-            .await
-            .unwrap()
-    );
+    let (me, _) = unicast_failed_over(&e).await;
     // The next one goes.
     push_queue(&e, "u", QueueKind::Unicast, &[me]).await;
     assert_not_stranded(&e, "u").await;
@@ -700,19 +689,8 @@ async fn finished_statuses_survive_a_list_change_and_a_replay() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     let e = open(dir.path(), &clock);
-    push_queue(&e, "u", QueueKind::Unicast, &["a", "b"]).await;
-    let id = post(&e, "u", &["x"]).await[0];
-    let d = claim_all(&e, T0).await.pop().unwrap();
-    let (me, next) = if d.subscriber == "a" {
-        ("a", "b")
-    } else {
-        ("b", "a")
-    };
-    assert!(
-        e.push_complete(&d, &unicast_failover(&d, next, T0))
-            .await
-            .unwrap()
-    );
+    let (me, next) = unicast_failed_over(&e).await;
+    let id = e.peek(&key("u"), 1).await.unwrap()[0].id;
     let d = claim_all(&e, T0).await.pop().unwrap();
     assert_eq!(d.subscriber, next);
     let ok = outcome(&d, PushStatus::Deleted, 200, T0, None);
@@ -957,19 +935,7 @@ async fn unicast_remove_and_readd_leaves_one_subscriber_due() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     let e = open(dir.path(), &clock);
-    push_queue(&e, "u", QueueKind::Unicast, &["a", "b"]).await;
-    post(&e, "u", &["x"]).await;
-    let d = claim_all(&e, T0).await.pop().unwrap();
-    let (me, next) = if d.subscriber == "a" {
-        ("a", "b")
-    } else {
-        ("b", "a")
-    };
-    assert!(
-        e.push_complete(&d, &unicast_failover(&d, next, T0))
-            .await
-            .unwrap()
-    );
+    let (me, _) = unicast_failed_over(&e).await;
     push_queue(&e, "u", QueueKind::Unicast, &[me]).await;
     push_queue(&e, "u", QueueKind::Unicast, &["a", "b"]).await;
     let due = due_subs(&e, T0 + 1).await;
@@ -1276,6 +1242,8 @@ async fn a_lost_finishing_record_is_mended_on_open_under_every_sync_policy() {
     }
 }
 
+/// Posts and deletes 20 × 3 KB messages of a pull queue `rounds` times, with maintenance
+/// after each: segments fill and are dropped, so live messages are relocated.
 async fn churn(e: &Engine, rounds: usize) {
     let body = "z".repeat(3000);
     for _ in 0..rounds {
