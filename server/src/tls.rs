@@ -10,15 +10,24 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ConfigError;
 
+/// `ring`'s provider, named in this one place. rustls 0.23.48 deprecates the function for
+/// lacking post-quantum key exchange (ring has none); the lockfile pins 0.23.46, and
+/// `ring` stays the binary's one provider (aws-lc-rs would add a C and CMake build), so
+/// a dependency update does not turn this into a build failure under `-D warnings`.
+#[allow(deprecated)]
+fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
 /// The process-wide provider: `ring`.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(ring_provider())
 }
 
 /// Makes `ring` the process default, so that any rustls user in the binary (e.g. an HTTP
 /// client) gets it without naming it. A second call is harmless.
 pub fn install_default_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = ring_provider().install_default();
 }
 
 fn invalid(key: &'static str, msg: String) -> ConfigError {

@@ -765,7 +765,7 @@ impl Tls {
     fn trusting(cert: &rustls::pki_types::CertificateDer<'static>) -> Tls {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.clone()).expect("add root");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = server::tls::provider();
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("protocol versions")
