@@ -154,7 +154,8 @@ impl PushState {
     /// A unicast message is due at one subscriber at a time until it finishes. When the one
     /// it waited on is no longer a subscriber (removed with its delivery due, held or given
     /// back), no current subscriber has anything due: it is handed over to the first current
-    /// one, from its starting lane on, that has not failed it for good. Returns that lane.
+    /// one, from its starting lane on, not tried yet, or else not failed for good. Returns
+    /// that lane.
     ///
     /// Derived from the logged states and the list alone, and checked again whenever a lane
     /// pair is met (`valid`): nothing is stored for it, so a restart, a later record, or the
@@ -179,9 +180,14 @@ impl PushState {
         }
         let n = self.names.len();
         let start = self.first_lane(id);
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&l| state(&self.names[l]).is_none_or(|s| s.state.status != PushStatus::Error))
+        let order = || (0..n).map(move |k| (start + k) % n);
+        // One not tried yet first (one that failed this round is not asked again at once),
+        // then any that has not failed for good.
+        let untried =
+            |l: &usize| state(&self.names[*l]).is_none_or(|s| s.state.status == PushStatus::Queued);
+        let not_failed =
+            |l: &usize| state(&self.names[*l]).is_none_or(|s| s.state.status != PushStatus::Error);
+        order().find(untried).or_else(|| order().find(not_failed))
     }
 
     /// Puts a handed-over unicast message (see [`PushState::hand_over_lane`]) on its lane,

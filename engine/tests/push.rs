@@ -1462,3 +1462,27 @@ async fn relocation_restates_only_logged_states() {
     let replayed = view(&reopen_by_replay(dir.path(), &clock), &["u"], &ids, T0).await;
     assert_eq!(replayed, from_index);
 }
+
+/// A hand-over prefers a subscriber not tried yet to the one that just failed.
+#[tokio::test]
+async fn a_hand_over_prefers_a_subscriber_not_tried_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "u", QueueKind::Unicast, &["a", "b", "c"]).await;
+    post(&e, "u", &["x"]).await;
+    let d = claim_all(&e, T0).await.pop().unwrap();
+    let names = ["a", "b", "c"];
+    let at = names.iter().position(|n| *n == d.subscriber).unwrap();
+    let (failed, next, untried) = (names[at], names[(at + 1) % 3], names[(at + 2) % 3]);
+    assert!(
+        e.push_complete(&d, &unicast_failover(&d, next, T0))
+            .await
+            .unwrap()
+    );
+    let left: Vec<&str> = names.iter().copied().filter(|n| *n != next).collect();
+    push_queue(&e, "u", QueueKind::Unicast, &left).await;
+    let due = due_subs(&e, T0 + 1).await;
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(due[0].1, untried, "not {failed}, which just failed");
+}
