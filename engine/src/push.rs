@@ -203,11 +203,14 @@ impl PushState {
         let name = &self.names[lane];
         match self.msgs.get(&id) {
             None => !self.unicast || self.first_lane(id) == lane,
-            Some(subs) => match subs.iter().find(|s| *s.state.subscriber == **name) {
-                _ if self.hand_over_lane(id) == Some(lane) => true,
-                None => !self.unicast,
-                Some(s) => s.inflight.is_none() && s.state.due_ms == Some(due),
-            },
+            Some(subs) => {
+                let own = match subs.iter().find(|s| *s.state.subscriber == **name) {
+                    None => !self.unicast,
+                    Some(s) => s.inflight.is_none() && s.state.due_ms == Some(due),
+                };
+                // The hand-over is worked out only for a pair that is not due on its own.
+                own || self.hand_over_lane(id) == Some(lane)
+            }
         }
     }
 
