@@ -65,10 +65,10 @@ pub fn tempdir() -> tempfile::TempDir {
 }
 
 /// `n` messages of `body` bytes each.
-pub fn messages(n: usize, body: usize) -> Vec<NewMessage> {
+pub fn messages(n: usize, body: usize) -> Vec<NewMessage<'static>> {
     (0..n)
         .map(|i| NewMessage {
-            body: vec![b'a' + (i % 26) as u8; body],
+            body: vec![b'a' + (i % 26) as u8; body].into(),
             delay_s: 0,
             meta: Vec::new(),
         })

@@ -44,13 +44,16 @@ pub const PUSH_ATTEMPTS_KEPT: usize = 8;
 pub const PUSH_DONE_KEPT: usize = 4096;
 pub const PUSH_DONE_KEPT_MS: u64 = 3_600_000;
 
+/// A post record's payload header: queue number and message count (see FORMAT.md).
+pub const POST_HEADER_BYTES: usize = 6;
 /// Fixed per-message overhead inside a post record (see FORMAT.md).
 pub const POST_ITEM_HEADER_BYTES: usize = 28;
 /// The largest record the engine ever writes, for a given body limit: a full post batch,
 /// or a relocation of one message (smaller), or a queue definition.
 pub const fn record_bytes_max(body_bytes_max: u32) -> usize {
-    let post = 6 + MESSAGES_PER_POST_MAX
-        * (POST_ITEM_HEADER_BYTES + body_bytes_max as usize + META_BYTES_MAX as usize);
+    let post = POST_HEADER_BYTES
+        + MESSAGES_PER_POST_MAX
+            * (POST_ITEM_HEADER_BYTES + body_bytes_max as usize + META_BYTES_MAX as usize);
     let def = 64
         + PROJECT_BYTES_MAX
         + QUEUE_NAME_BYTES_MAX * 2

@@ -1,5 +1,7 @@
 //! Public value types of the engine API.
 
+use std::borrow::Cow;
+
 use crate::ids::{MessageId, QueueKey, ReservationId};
 
 /// The three kinds of queue. The engine treats the push kinds alike; the server delivers.
@@ -77,10 +79,11 @@ impl Default for QueueConfig {
     }
 }
 
-/// A message to post.
+/// A message to post. The body may borrow from the request it came in (the server parses
+/// a batch without copying each body out of it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NewMessage {
-    pub body: Vec<u8>,
+pub struct NewMessage<'a> {
+    pub body: Cow<'a, [u8]>,
     pub delay_s: u32,
     /// Opaque per-message metadata (the server keeps push headers here).
     pub meta: Vec<u8>,

@@ -14,9 +14,9 @@ fn open(dir: &std::path::Path, clock: &ManualClock) -> Engine {
     open_sized(dir, clock, 2 << 20)
 }
 
-fn msg(body: &str) -> NewMessage {
+fn msg(body: &str) -> NewMessage<'_> {
     NewMessage {
-        body: body.as_bytes().to_vec(),
+        body: body.as_bytes().into(),
         ..Default::default()
     }
 }
@@ -597,7 +597,7 @@ async fn limits_are_enforced_with_typed_errors() {
     let clock = ManualClock::new(T0);
     let e = open(dir.path(), &clock);
     let big = NewMessage {
-        body: vec![b'x'; 4097],
+        body: vec![b'x'; 4097].into(),
         ..Default::default()
     };
     assert!(matches!(

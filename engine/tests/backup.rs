@@ -23,10 +23,12 @@ fn key(name: &str) -> QueueKey {
     QueueKey::new("p", name)
 }
 
-fn batch(tag: usize) -> Vec<NewMessage> {
+fn batch(tag: usize) -> Vec<NewMessage<'static>> {
     (0..100)
         .map(|i| NewMessage {
-            body: format!("{tag:06}-{i:03}-{}", "x".repeat(230)).into_bytes(),
+            body: format!("{tag:06}-{i:03}-{}", "x".repeat(230))
+                .into_bytes()
+                .into(),
             ..Default::default()
         })
         .collect()

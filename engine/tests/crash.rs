@@ -64,7 +64,7 @@ fn child(dir: &Path) {
                     i += 1;
                     let msgs: Vec<_> = (0..1 + (i % 3))
                         .map(|j| NewMessage {
-                            body: format!("w{w}-{i}-{j}").repeat(8).into_bytes(),
+                            body: format!("w{w}-{i}-{j}").repeat(8).into_bytes().into(),
                             ..Default::default()
                         })
                         .collect();

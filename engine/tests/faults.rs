@@ -89,21 +89,21 @@ async fn workload(e: &Engine, acked: &mut Acked) {
         let msgs: Vec<NewMessage> = if round % 4 == 3 {
             (0..100)
                 .map(|i| NewMessage {
-                    body: body(round, i, 4000),
+                    body: body(round, i, 4000).into(),
                     ..Default::default()
                 })
                 .collect()
         } else {
             (0..3)
                 .map(|i| NewMessage {
-                    body: body(round, i, 100),
+                    body: body(round, i, 100).into(),
                     ..Default::default()
                 })
                 .collect()
         };
         if let Some(ids) = acked.note(e.post(&key(), &msgs, true).await) {
             for (id, m) in ids.into_iter().zip(msgs) {
-                acked.posted.insert(id, m.body);
+                acked.posted.insert(id, m.body.into_owned());
             }
         }
         let opts = ReserveOptions {
@@ -217,7 +217,7 @@ fn run_fault(op: FaultOp, n: u64) -> bool {
                 .post(
                     &key(),
                     &[NewMessage {
-                        body: b"x".to_vec(),
+                        body: b"x".as_slice().into(),
                         ..Default::default()
                     }],
                     true,
@@ -295,7 +295,7 @@ fn a_failed_write_is_never_acknowledged() {
         let clock = ManualClock::new(T0);
         let e = open(&storage, &clock).expect("open");
         let msg = [NewMessage {
-            body: b"kept".to_vec(),
+            body: b"kept".as_slice().into(),
             ..Default::default()
         }];
         let kept = e.post(&key(), &msg, true).await.expect("post")[0];
@@ -303,7 +303,7 @@ fn a_failed_write_is_never_acknowledged() {
         assert!(wait_for_file(&storage, "0000000000000002.seg"));
         storage.fail_nth(FaultOp::Sync, 1);
         let lost = [NewMessage {
-            body: b"lost".to_vec(),
+            body: b"lost".as_slice().into(),
             ..Default::default()
         }];
         assert!(matches!(
@@ -360,7 +360,7 @@ fn retention_under_sync_never_syncs_what_it_rewrote_before_deleting_a_segment() 
         for i in 0..400 {
             let msgs: Vec<NewMessage> = (0..20)
                 .map(|_| NewMessage {
-                    body: vec![b'a' + (i % 26) as u8; 3000],
+                    body: vec![b'a' + (i % 26) as u8; 3000].into(),
                     delay_s: 0,
                     meta: Vec::new(),
                 })
@@ -425,7 +425,7 @@ fn write_back_is_started_as_segments_fill_on_the_writer_thread_only() {
             for i in 0..200 {
                 let msgs: Vec<NewMessage> = (0..16)
                     .map(|_| NewMessage {
-                        body: vec![b'a' + (i % 26) as u8; 4000],
+                        body: vec![b'a' + (i % 26) as u8; 4000].into(),
                         delay_s: 0,
                         meta: Vec::new(),
                     })
@@ -490,7 +490,7 @@ fn the_next_segment_is_named_ahead_and_the_roll_renames_nothing() {
         for i in 0..48 {
             let msgs: Vec<NewMessage> = (0..16)
                 .map(|j| NewMessage {
-                    body: body(i, j, 4000),
+                    body: body(i, j, 4000).into(),
                     ..Default::default()
                 })
                 .collect();
@@ -499,7 +499,7 @@ fn the_next_segment_is_named_ahead_and_the_roll_renames_nothing() {
                 .await
                 .expect("post across the roll");
             for (id, m) in ids.into_iter().zip(msgs) {
-                acked.posted.insert(id, m.body);
+                acked.posted.insert(id, m.body.into_owned());
             }
         }
         assert!(e.stats().segments >= 2, "rolled");
@@ -524,10 +524,10 @@ fn open_as(
     Engine::open_with(c, Arc::new(storage.clone()), Arc::new(ManualClock::new(T0)))
 }
 
-fn batch_of(i: usize) -> Vec<NewMessage> {
+fn batch_of(i: usize) -> Vec<NewMessage<'static>> {
     (0..16)
         .map(|j| NewMessage {
-            body: body(i, j, 4000),
+            body: body(i, j, 4000).into(),
             ..Default::default()
         })
         .collect()

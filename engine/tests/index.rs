@@ -53,10 +53,10 @@ fn key(name: &str) -> QueueKey {
     QueueKey::new("p", name)
 }
 
-fn msgs(n: usize, len: usize, delay_s: u32, tag: usize) -> Vec<NewMessage> {
+fn msgs(n: usize, len: usize, delay_s: u32, tag: usize) -> Vec<NewMessage<'static>> {
     (0..n)
         .map(|i| NewMessage {
-            body: vec![b'a' + ((tag + i) % 26) as u8; len],
+            body: vec![b'a' + ((tag + i) % 26) as u8; len].into(),
             delay_s,
             meta: Vec::new(),
         })

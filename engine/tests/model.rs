@@ -286,7 +286,7 @@ impl World {
             .collect()
     }
 
-    async fn post(&mut self, q: usize, msgs: Vec<NewMessage>, auto_create: bool) {
+    async fn post(&mut self, q: usize, msgs: Vec<NewMessage<'_>>, auto_create: bool) {
         let now = self.clock.now();
         let got = res(self.engine.post(&key(q), &msgs, auto_create).await);
         let mq = &mut self.queues[q];
@@ -308,7 +308,7 @@ impl World {
             };
             mq.msgs.push(MMsg {
                 id,
-                body: m.body,
+                body: m.body.into_owned(),
                 state,
                 count: 0,
                 last_rid: None,
@@ -331,7 +331,7 @@ impl World {
                 let msgs = msgs
                     .into_iter()
                     .map(|(len, delay_s)| NewMessage {
-                        body: self.body(len),
+                        body: self.body(len).into(),
                         delay_s,
                         meta: Vec::new(),
                     })
@@ -341,7 +341,7 @@ impl World {
             Op::PostBulk { q } => {
                 let msgs = (0..100)
                     .map(|_| NewMessage {
-                        body: self.body(4096),
+                        body: self.body(4096).into(),
                         ..Default::default()
                     })
                     .collect();

@@ -31,7 +31,7 @@ async fn post(e: &Engine, name: &str, bodies: &[&str]) -> Vec<engine::MessageId>
     let msgs: Vec<NewMessage> = bodies
         .iter()
         .map(|b| NewMessage {
-            body: b.as_bytes().to_vec(),
+            body: b.as_bytes().into(),
             ..Default::default()
         })
         .collect();
@@ -1246,7 +1246,7 @@ async fn churn(e: &Engine, rounds: usize) {
     for _ in 0..rounds {
         let msgs: Vec<NewMessage> = (0..20)
             .map(|_| NewMessage {
-                body: body.as_bytes().to_vec(),
+                body: body.as_bytes().into(),
                 ..Default::default()
             })
             .collect();
@@ -1371,7 +1371,7 @@ async fn a_delayed_push_message_stays_delayed_after_a_replan() {
     let e = open(dir.path(), &clock);
     push_queue(&e, "m", QueueKind::Multicast, &["a"]).await;
     let msgs = vec![NewMessage {
-        body: b"later".to_vec(),
+        body: b"later".as_slice().into(),
         delay_s: 600,
         ..Default::default()
     }];

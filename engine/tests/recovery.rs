@@ -61,7 +61,7 @@ fn write_posts(dir: &Path, n: usize, len: usize) -> Vec<MessageId> {
                 e.post(
                     &key(),
                     &[NewMessage {
-                        body,
+                        body: body.into(),
                         ..Default::default()
                     }],
                     true,
@@ -206,7 +206,7 @@ fn write_segments(dir: &Path, segments: usize) -> (Vec<MessageId>, Vec<String>) 
         while e.stats().segments < segments as u64 {
             let msgs: Vec<_> = (0..100)
                 .map(|i| NewMessage {
-                    body: vec![(n + i) as u8; 4000],
+                    body: vec![(n + i) as u8; 4000].into(),
                     ..Default::default()
                 })
                 .collect();

@@ -27,7 +27,7 @@ pub fn crossed(a: &Alert, before: u64, after: u64) -> bool {
 pub async fn post(
     st: &AppState,
     key: &QueueKey,
-    msgs: &[NewMessage],
+    msgs: &[NewMessage<'_>],
 ) -> engine::Result<Vec<MessageId>> {
     let ids = st.engine.post(key, msgs, true).await?;
     if let Some(after) = st.engine.size_if_extra(key) {
@@ -72,7 +72,7 @@ fn due(
     before: u64,
     after: u64,
     path: &[String],
-) -> Vec<(QueueKey, NewMessage)> {
+) -> Vec<(QueueKey, NewMessage<'static>)> {
     if before == after {
         return Vec::new();
     }
@@ -112,7 +112,7 @@ fn due(
             continue;
         }
         let msg = NewMessage {
-            body: body.to_string().into_bytes(),
+            body: body.to_string().into_bytes().into(),
             delay_s: 0,
             meta: crate::hops::set_in_meta(&[], &path),
         };
@@ -121,7 +121,7 @@ fn due(
     due
 }
 
-async fn post_all(st: &AppState, due: Vec<(QueueKey, NewMessage)>) {
+async fn post_all(st: &AppState, due: Vec<(QueueKey, NewMessage<'static>)>) {
     for (target, msg) in due {
         if let Err(e) = st.engine.post(&target, &[msg], true).await {
             tracing::warn!(queue = %target.name, error = %e, "could not post alert message");

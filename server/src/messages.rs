@@ -1,13 +1,16 @@
 //! Message endpoints: post, webhook, reserve, peek, get, delete (one, batch), clear, touch,
 //! release, push statuses.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use engine::{DeleteItem, MessageId, NewMessage, QueueKey, ReservationId, ReserveOptions};
 use serde::Deserialize;
+use serde::de::Visitor;
 use serde_json::{Value, json};
 
 use crate::auth::ProjectAuth;
@@ -81,7 +84,7 @@ fn parse_rid(s: Option<&str>, id: MessageId) -> Result<Option<ReservationId>, Ap
     }
 }
 
-async fn post_and_alert(st: &AppState, key: &QueueKey, msgs: &[NewMessage]) -> ApiResult {
+async fn post_and_alert(st: &AppState, key: &QueueKey, msgs: &[NewMessage<'_>]) -> ApiResult {
     let ids = crate::alerts::post(st, key, msgs).await?;
     let n = ids.len() as u64;
     Ok(with_messages(
@@ -107,33 +110,110 @@ fn post_reply(ids: &[MessageId]) -> Vec<u8> {
     out
 }
 
+/// A message of a post body. `B` is the type its `body` is read as: [`BodyText`] on the
+/// fast path, a `Value` on the slow one (see [`post`]).
 #[derive(Deserialize)]
-pub struct PostItem {
-    body: Option<Value>,
+pub struct PostItem<B> {
+    body: Option<B>,
     #[serde(default, deserialize_with = "lenient_i64")]
     delay: Option<i64>,
     #[serde(default)]
     push_headers: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Default, Deserialize)]
-pub struct PostBody {
-    #[serde(default)]
-    messages: Option<Vec<PostItem>>,
+#[derive(Deserialize)]
+pub struct PostBody<B> {
+    messages: Option<Vec<PostItem<B>>>,
+}
+
+/// A message body as posted, borrowed from the request unless it holds escapes. Anything
+/// but a JSON string fails the fast path (and is refused on the slow one).
+pub struct BodyText<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for BodyText<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BodyText<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<BodyText<'de>, E> {
+                Ok(BodyText(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<BodyText<'de>, E> {
+                Ok(BodyText(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<BodyText<'de>, E> {
+                Ok(BodyText(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A posted body's bytes, or `None` when it is not a JSON string.
+pub trait IntoBody<'a> {
+    fn into_body(self) -> Option<Cow<'a, [u8]>>;
+}
+
+impl<'a> IntoBody<'a> for BodyText<'a> {
+    fn into_body(self) -> Option<Cow<'a, [u8]>> {
+        Some(match self.0 {
+            Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+            Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+        })
+    }
+}
+
+impl IntoBody<'static> for Value {
+    fn into_body(self) -> Option<Cow<'static, [u8]>> {
+        match self {
+            Value::String(s) => Some(Cow::Owned(s.into_bytes())),
+            _ => None,
+        }
+    }
 }
 
 /// `POST /queues/{q}/messages`.
+///
+/// A batch's bodies are borrowed from the request on the fast path: 100 bodies of 100
+/// bytes parse in about half the time it takes through a `Value` each. A body the fast
+/// path refuses (a repeated key, say) is parsed again the way every JSON body is
+/// ([`parse_json`]), for the same result and error text as before.
 pub async fn post(
     State(st): State<AppState>,
     auth: ProjectAuth,
     Path((_, q)): QPath,
     ArrivedPath(path): ArrivedPath,
-    JsonBody(b): JsonBody<PostBody>,
+    RawBody(bytes): RawBody,
 ) -> ApiResult {
+    let msgs = post_messages(&bytes, &path)?;
     let key = key(&auth, q);
     if let Some(why) = crate::hops::refusal(&path, &st.server, &key) {
         return Err(ApiError::bad_request(why));
     }
+    post_and_alert(&st, &key, &msgs).await
+}
+
+/// The messages of a post body, checked; their bodies borrow from `bytes` where they can.
+fn post_messages<'a>(bytes: &'a [u8], path: &[String]) -> Result<Vec<NewMessage<'a>>, ApiError> {
+    let fast = if looks_like_object(bytes) {
+        serde_json::from_slice::<PostBody<BodyText>>(bytes).ok()
+    } else {
+        None
+    };
+    match fast {
+        Some(b) => new_messages(b, path),
+        None => new_messages(parse_json::<PostBody<Value>>(bytes)?, path),
+    }
+}
+
+/// The messages of a parsed post body, checked.
+fn new_messages<'a, B: IntoBody<'a>>(
+    b: PostBody<B>,
+    path: &[String],
+) -> Result<Vec<NewMessage<'a>>, ApiError> {
     let items = b.messages.unwrap_or_default();
     if items.is_empty() {
         return Err(ApiError::bad_request(
@@ -146,11 +226,10 @@ pub async fn post(
     let mut msgs = Vec::with_capacity(items.len());
     for it in items {
         let body = match it.body {
-            Some(Value::String(s)) => s.into_bytes(),
-            Some(Value::Null) | None => {
-                return Err(ApiError::bad_request("message body is required"));
-            }
-            Some(_) => return Err(ApiError::bad_request("message body must be a string")),
+            None => return Err(ApiError::bad_request("message body is required")),
+            Some(b) => b
+                .into_body()
+                .ok_or_else(|| ApiError::bad_request("message body must be a string"))?,
         };
         let delay = range("delay", it.delay, engine::limits::DELAY_S_MAX as i64)?.unwrap_or(0);
         let meta = match it.push_headers.filter(|h| !h.is_empty()) {
@@ -163,7 +242,7 @@ pub async fn post(
         let meta = if path.is_empty() {
             meta
         } else {
-            crate::hops::set_in_meta(&meta, &path)
+            crate::hops::set_in_meta(&meta, path)
         };
         msgs.push(NewMessage {
             body,
@@ -171,7 +250,7 @@ pub async fn post(
             meta,
         });
     }
-    post_and_alert(&st, &key, &msgs).await
+    Ok(msgs)
 }
 
 /// `POST /queues/{q}/webhook`: the raw body is the message; `X-Subscribers-*` headers
@@ -216,7 +295,7 @@ pub async fn webhook(
         &st,
         &key,
         &[NewMessage {
-            body: bytes.to_vec(),
+            body: bytes.as_ref().into(),
             delay_s: 0,
             meta,
         }],
@@ -828,6 +907,48 @@ async fn push_states(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_borrowing_post_parse_agrees_with_the_value_parse() {
+        let bodies = [
+            r#"{"messages":[{"body":"plain"},{"body":"t\tn\nq\"\\ \u00e9 \ud83d\ude00 /"}]}"#,
+            r#"{"messages":[{"body":"a","delay":"5"},{"body":"b","delay":7.0,"push_headers":{"X-A":"1"}}]}"#,
+            r#"{"messages":[{"body":"first","body":"second"}]}"#,
+            r#"{"messages":[{"body":"a"}],"messages":[{"body":"b"},{"body":"c"}]}"#,
+            r#" {"messages":[{"body":"x","extra":{"deep":[1,{"a":null}]}}],"other":1} "#,
+            r#"{"messages":[{"body":5}]}"#,
+            r#"{"messages":[{"body":{"a":"b"}}]}"#,
+            r#"{"messages":[{"body":null}]}"#,
+            r#"{"messages":[{"delay":1}]}"#,
+            r#"{"messages":[]}"#,
+            r#"{"messages":null}"#,
+            r#"{}"#,
+            r#"   "#,
+            r#"[{"body":"x"}]"#,
+            r#"{"messages":[{"body":"x"}]"#,
+            r#"{"messages":[{"body":"x","delay":-1}]}"#,
+            r#"{"messages":[{"body":"x","push_headers":{"Content-Type":"y"}}]}"#,
+            "{\"messages\":[{\"body\":\"raw\u{7f}\u{e9}\"}]}",
+        ];
+        let path = ["elsewhere#q".to_string()];
+        for raw in bodies {
+            for path in [&[][..], &path[..]] {
+                let slow = parse_json::<PostBody<Value>>(raw.as_bytes())
+                    .and_then(|b| new_messages(b, path));
+                let fast = post_messages(raw.as_bytes(), path);
+                match (fast, slow) {
+                    (Ok(f), Ok(s)) => assert_eq!(f, s, "{raw}"),
+                    (Err(f), Err(s)) => assert_eq!((f.status, f.msg), (s.status, s.msg), "{raw}"),
+                    (f, s) => panic!("{raw}: fast {f:?}, slow {s:?}"),
+                }
+            }
+        }
+        // A body without escapes is not copied out of the request.
+        let raw = br#"{"messages":[{"body":"kept in place"},{"body":"esc\n"}]}"#;
+        let m = post_messages(raw, &[]).unwrap();
+        assert!(matches!(m[0].body, Cow::Borrowed(_)));
+        assert_eq!(&m[1].body[..], b"esc\n");
+    }
 
     const ID: &str = "1000000000000000007";
     const RID: &str = "00112233445566778899aabbccddeeff";

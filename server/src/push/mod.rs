@@ -308,7 +308,7 @@ async fn post_error(
         return Ok(());
     }
     let msg = NewMessage {
-        body: error_report(d, push, failed, max),
+        body: error_report(d, push, failed, max).into(),
         meta: crate::hops::set_in_meta(&[], &path),
         ..Default::default()
     };
@@ -529,7 +529,7 @@ pub fn message_url(base: &str, key: &QueueKey, id: &str) -> String {
 async fn fan_out(ctx: &Ctx, d: &PushDelivery, u: &IronMqUrl) -> Outcome {
     let path = crate::hops::leaving(&d.meta, &ctx.st.server, &d.key);
     let msg = NewMessage {
-        body: d.body.clone(),
+        body: d.body.clone().into(),
         delay_s: 0,
         meta: crate::hops::set_in_meta(&d.meta, &path),
     };
