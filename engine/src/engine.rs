@@ -913,53 +913,41 @@ impl Engine {
             let expires_at_s = (now / 1000 + expiration_s).min(u32::MAX as u64) as u32;
             let first_id = st.next_id;
             st.next_id += messages.len() as u64;
-            let visible_at = |m: &NewMessage| {
-                if m.delay_s > 0 {
+            let buf = &mut st.scratch;
+            buf.clear();
+            buf.u32(no.0);
+            buf.u16(messages.len() as u16);
+            let mut body_ats = Vec::with_capacity(messages.len());
+            for (i, m) in messages.iter().enumerate() {
+                let visible_at = if m.delay_s > 0 {
                     now + m.delay_s as u64 * 1000
                 } else {
                     0
-                }
-            };
-            // Encoded straight into the log's buffer (see FORMAT.md, `Post`).
-            let len = limits::POST_HEADER_BYTES
-                + messages
-                    .iter()
-                    .map(|m| limits::POST_ITEM_HEADER_BYTES + m.body.len() + m.meta.len())
-                    .sum::<usize>();
-            let (start, end) = self
-                .inner
-                .log
-                .append_with(Kind::Post, len, st.floors(), |buf| {
-                    buf.u32(no.0);
-                    buf.u16(messages.len() as u16);
-                    for (i, m) in messages.iter().enumerate() {
-                        buf.u64(first_id + i as u64);
-                        buf.u64(visible_at(m));
-                        buf.u32(expires_at_s);
-                        buf.u32(m.body.len() as u32);
-                        buf.u32(m.meta.len() as u32);
-                        buf.extend_from_slice(&m.body);
-                        buf.extend_from_slice(&m.meta);
-                    }
-                })?;
+                };
+                buf.u64(first_id + i as u64);
+                buf.u64(visible_at);
+                buf.u32(expires_at_s);
+                buf.u32(m.body.len() as u32);
+                buf.u32(m.meta.len() as u32);
+                body_ats.push((buf.len(), visible_at));
+                buf.extend_from_slice(&m.body);
+                buf.extend_from_slice(&m.meta);
+            }
+            let (start, end) = st.append(&self.inner.log, Kind::Post)?;
             let q = st.queues.get_mut(&no).expect("registered queue");
             q.total_messages += messages.len() as u64;
-            let mut at =
-                start.offset() as usize + record::FRAME_HEADER_BYTES + limits::POST_HEADER_BYTES;
-            for (i, m) in messages.iter().enumerate() {
-                at += limits::POST_ITEM_HEADER_BYTES;
-                let visible_at = visible_at(m);
+            let base = start.offset() as usize + record::FRAME_HEADER_BYTES;
+            for (i, (m, (at, visible_at))) in messages.iter().zip(body_ats).enumerate() {
                 let e = Entry {
                     id: first_id + i as u64,
                     segment: start.segment().0,
-                    offset: at as u32,
+                    offset: (base + at) as u32,
                     body_len: m.body.len() as u32,
                     expires_at_s,
                     meta_len: m.meta.len() as u16,
                     reserved_count: 0,
                     state: MsgState::Visible,
                 };
-                at += m.body.len() + m.meta.len();
                 q.apply_insert(e, visible_at, None, &mut st.live);
             }
             let ids = (0..messages.len() as u64)

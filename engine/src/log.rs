@@ -304,23 +304,8 @@ impl Log {
         payload: &[u8],
         floors: (u64, u32),
     ) -> Result<(LogPos, LogPos)> {
-        self.append_with(kind, payload.len(), floors, |b| {
-            b.extend_from_slice(payload)
-        })
-    }
-
-    /// [`Log::append`] of a payload of `payload_len` bytes that `write` puts straight into
-    /// the pipe's buffer (a batch post is not copied twice). `write` runs under the pipe's
-    /// lock and must write exactly `payload_len` bytes.
-    pub(crate) fn append_with(
-        &self,
-        kind: Kind,
-        payload_len: usize,
-        floors: (u64, u32),
-        write: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<(LogPos, LogPos)> {
         self.check()?;
-        let frame_len = FRAME_HEADER_BYTES + payload_len;
+        let frame_len = FRAME_HEADER_BYTES + payload.len();
         assert!(
             frame_len <= self.record_bytes_max + FRAME_HEADER_BYTES,
             "record over the limit"
@@ -376,12 +361,7 @@ impl Log {
             chunk.offset as usize + chunk.buf.len(),
             end.offset() as usize
         );
-        let at = record::frame(&mut chunk.buf, seed, kind, write);
-        assert_eq!(
-            chunk.buf.len() - at,
-            frame_len,
-            "a record's payload is the length announced"
-        );
+        record::frame(&mut chunk.buf, seed, kind, |b| b.extend_from_slice(payload));
         pipe.bytes += frame_len;
         let start = end;
         pipe.last_frame = Some(start);
