@@ -1390,6 +1390,13 @@ impl Engine {
         Ok(report)
     }
 
+    /// While the disk is full: why no new log segment can be made. Posts that would need
+    /// one are refused ([`Error::StorageFull`]) until one is made (after deletes let
+    /// retention reuse an old segment's file, or space is freed).
+    pub fn storage_full(&self) -> Option<String> {
+        self.inner.log.no_space()
+    }
+
     pub(crate) fn index_tracker(&self) -> &crate::checkpoint::TrackerLock {
         &self.inner.index
     }

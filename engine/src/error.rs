@@ -73,6 +73,14 @@ pub enum Error {
     Failed(String),
     #[error("the storage engine is shutting down")]
     Closed,
+    /// No room for more messages: the log needs a new segment and none can be made for
+    /// want of space (the error says why). Nothing was stored; reads, reservations and
+    /// deletes go on, and posts resume once there is space again.
+    #[error(
+        "Insufficient storage: no room for a new log segment ({0}). Nothing was stored; \
+         posting resumes once messages are deleted or disk space is freed"
+    )]
+    StorageFull(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

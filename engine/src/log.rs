@@ -70,6 +70,13 @@ const WRITE_BACK_KICK_BYTES: u32 = 4 << 20;
 /// reserve + delete cycle: 27-31 ms with `discard`, 14 ms without).
 const RECYCLED_MAX: usize = 2;
 
+/// While no spare can be made for want of space, posts stop short of the active segment's
+/// last 1/this (8 MiB of a 64 MiB segment): that room is kept for the records that let
+/// consumers drain the queues (reservations, deletes), so that retention can drop old
+/// segments and the allocator reuse their files, which needs no new space. Posts resume
+/// as soon as a spare is made.
+const ROOM_KEPT_DIVISOR: u64 = 8;
+
 /// How long a roll waits for the allocator to finish the spare it is making before it
 /// makes one itself.
 const SPARE_HURRY_WAIT_MAX: Duration = Duration::from_secs(5);
@@ -157,6 +164,11 @@ pub(crate) struct Log {
     allocating: AtomicBool,
     /// The writer is waiting for the spare being made: stop pacing, finish it now.
     hurry: AtomicBool,
+    /// The allocator's last attempt failed for want of space (cleared by the next spare
+    /// it makes): posts keep off the active segment's last part ([`ROOM_KEPT_DIVISOR`]).
+    no_space: AtomicBool,
+    /// Why, while `no_space` is set.
+    no_space_why: Mutex<String>,
     /// Dropped segment files renamed to spare names, for the allocator to zero and use
     /// (at most [`RECYCLED_MAX`]).
     recycled: Mutex<Vec<String>>,
@@ -254,6 +266,8 @@ impl Log {
             spare_cv: Condvar::new(),
             spare_counter: AtomicU64::new(0),
             allocating: AtomicBool::new(false),
+            no_space: AtomicBool::new(false),
+            no_space_why: Mutex::new(String::new()),
             recycled: Mutex::new(Vec::new()),
             kick_due: AtomicBool::new(false),
             hurry: AtomicBool::new(false),
@@ -324,6 +338,13 @@ impl Log {
         // periodic check ([`WRITER_IDLE_CHECK`]).
         let wake_writer = !self.inline || !pipe.chunks.is_empty();
         let mut end = pipe.end;
+        if kind == Kind::Post
+            && end.offset() as u64 + frame_len as u64 + self.segment_bytes / ROOM_KEPT_DIVISOR
+                > self.segment_bytes
+            && self.no_space.load(Ordering::Acquire)
+        {
+            return Err(Error::StorageFull(self.no_space_why.lock().clone()));
+        }
         if end.offset() as u64 + frame_len as u64 > self.segment_bytes {
             // Roll: the next segment starts with its header.
             let next = SegmentId(end.segment().0 + 1);
@@ -850,6 +871,14 @@ impl Log {
                     segment::create_spare_paced(&*self.storage, n, self.segment_bytes, pace)
                 }
             };
+            match &made {
+                Ok(_) => self.no_space.store(false, Ordering::Release),
+                Err(e) if is_no_space(e) => {
+                    *self.no_space_why.lock() = e.to_string();
+                    self.no_space.store(true, Ordering::Release);
+                }
+                Err(_) => {}
+            }
             let failed = {
                 let mut slot = self.spare.lock();
                 let failed = match made {
@@ -1006,9 +1035,24 @@ impl Log {
         self.wake_all();
     }
 
+    /// Why no spare segment can be made, while that is for want of space.
+    pub(crate) fn no_space(&self) -> Option<String> {
+        self.no_space
+            .load(Ordering::Acquire)
+            .then(|| self.no_space_why.lock().clone())
+    }
+
     pub(crate) fn is_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }
+}
+
+/// Whether an I/O error says the file system is out of space (or over a quota).
+fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Empties `chunks`, keeping a few of their buffers in `free` for reuse.

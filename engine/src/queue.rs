@@ -104,6 +104,9 @@ impl LiveBytes {
     pub fn messages_in(&self, segment: SegmentId) -> u64 {
         self.per_segment.get(&segment.0).map_or(0, |s| s.0)
     }
+    pub fn bytes_in(&self, segment: SegmentId) -> u64 {
+        self.per_segment.get(&segment.0).map_or(0, |s| s.1)
+    }
 }
 
 /// A push queue's live messages with the time each becomes due at first: its delay's end

@@ -33,11 +33,24 @@ pub(crate) fn maintain(engine: &Engine) -> Result<MaintainReport> {
             break;
         }
         if st.live.messages_in(first) > 0 {
-            let segments = (active.0 - first.0 + 1) as u64;
-            let disk = segments * config.segment_bytes;
-            let allowed = 2 * st.live.total + 2 * config.segment_bytes;
-            if disk <= allowed || report.messages_relocated as usize >= RELOCATIONS_PER_CALL_MAX {
+            if report.messages_relocated as usize >= RELOCATIONS_PER_CALL_MAX {
                 break;
+            }
+            if log.no_space().is_some() {
+                // No new segment can be made: dropping this one is how the log gets one
+                // (its file is reused), but relocating writes at the tail, in the room kept
+                // for consumers. Only while the rest fits in half of that room.
+                let room = config.segment_bytes - log.end().offset() as u64;
+                if st.live.bytes_in(first).saturating_mul(2) > room {
+                    break;
+                }
+            } else {
+                let segments = (active.0 - first.0 + 1) as u64;
+                let disk = segments * config.segment_bytes;
+                let allowed = 2 * st.live.total + 2 * config.segment_bytes;
+                if disk <= allowed {
+                    break;
+                }
             }
             let now = clock.now_ms();
             report.messages_relocated += relocate_from(&mut st, log, first, now, storage)? as u64;

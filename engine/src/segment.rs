@@ -154,5 +154,10 @@ pub fn create_spare_paced(
     // No directory sync for the spare's name: a spare is only used under the segment
     // name it is renamed to, and that rename syncs the directory (one journal commit per
     // segment, not two). A spare lost in a crash held nothing.
-    zero_fill(storage, name, file, bytes, pace)
+    let made = zero_fill(storage, name.clone(), file, bytes, pace);
+    if made.is_err() {
+        // Not left behind (on a full disk the allocator tries again every 200 ms).
+        let _ = storage.remove(&name);
+    }
+    made
 }

@@ -45,6 +45,16 @@ struct Faults {
     fired: u64,
     /// The thread of each `start_write_back` call.
     write_back_threads: Vec<String>,
+    /// A full file system: no file may be created or grown (see [`SimStorage::set_full`]).
+    full: bool,
+}
+
+/// The error of a full file system.
+fn no_space() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::StorageFull,
+        "No space left on device (simulated)",
+    )
 }
 
 impl Faults {
@@ -125,7 +135,13 @@ impl StorageFile for SimFile {
         Ok(self.data.read().len() as u64)
     }
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.faults.lock().tick(FaultOp::Write)?;
+        {
+            let mut f = self.faults.lock();
+            f.tick(FaultOp::Write)?;
+            if f.full && offset + buf.len() as u64 > self.data.read().len() as u64 {
+                return Err(no_space());
+            }
+        }
         let mut st = self.state.lock();
         apply(&mut self.data.write(), offset, buf);
         st.pending.push((offset, buf.to_vec()));
@@ -155,6 +171,9 @@ impl StorageFile for SimFile {
         Ok(())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
+        if self.faults.lock().full && len > self.data.read().len() as u64 {
+            return Err(no_space());
+        }
         let mut st = self.state.lock();
         self.data.write().resize(len as usize, 0);
         st.durable.resize(len as usize, 0);
@@ -257,6 +276,13 @@ impl SimStorage {
     }
 
     /// Disarms every countdown.
+    /// Fills the file system (or frees it): while full, creating a file or writing past
+    /// a file's end fails with `StorageFull`; overwrites within a file still succeed, as
+    /// on a real disk where the blocks are allocated already.
+    pub fn set_full(&self, full: bool) {
+        self.faults.lock().full = full;
+    }
+
     pub fn clear_faults(&self) {
         let mut f = self.faults.lock();
         f.write = None;
@@ -366,7 +392,13 @@ impl Storage for SimStorage {
         Ok(f)
     }
     fn create(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
-        self.faults.lock().tick(FaultOp::Meta)?;
+        {
+            let mut f = self.faults.lock();
+            f.tick(FaultOp::Meta)?;
+            if f.full {
+                return Err(no_space());
+            }
+        }
         let mut files = self.files.lock();
         if files.contains_key(name) {
             return Err(io::Error::new(

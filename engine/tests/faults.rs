@@ -669,3 +669,122 @@ fn a_failed_open_removes_no_segment() {
         storage.file_names()
     );
 }
+
+/// A full disk: the log rolls into the spare made before, the allocator cannot make the
+/// next one, and posts are refused (`StorageFull`, nothing stored) before the active
+/// segment's last eighth, which stays for reservations and deletes. Once consumers have
+/// emptied the oldest segment, retention drops it and the allocator reuses its file (no
+/// new space): posts go on by themselves, past the next roll. Failed spares leave no file.
+#[test]
+fn a_full_disk_refuses_posts_keeps_consumers_going_and_recovers_by_itself() {
+    let storage = SimStorage::new();
+    let clock = ManualClock::new(T0);
+    let e = open(&storage, &clock).expect("open");
+    let batch = |tag: usize| -> Vec<NewMessage<'static>> {
+        (0..100)
+            .map(|i| NewMessage {
+                body: format!("{tag:05}-{i:03}-{}", "x".repeat(1000))
+                    .into_bytes()
+                    .into(),
+                ..Default::default()
+            })
+            .collect()
+    };
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let t = std::time::Instant::now();
+        while !f() {
+            assert!(t.elapsed().as_secs() < 10, "waited 10 s for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let spare_files = || {
+        storage
+            .file_names()
+            .into_iter()
+            .filter(|n| n.starts_with("spare-"))
+            .count()
+    };
+    rt().block_on(async {
+        let mut posted = 0usize;
+        let mut tag = 0;
+        // The spare for segment 2 is made (and named for it); then the disk fills up.
+        posted += e.post(&key(), &batch(tag), true).await.expect("post").len();
+        tag += 1;
+        wait_for("the first spare", &|| {
+            storage.file_names().iter().any(|n| n.ends_with("2.seg"))
+        });
+        storage.set_full(true);
+        while e.stats().segments < 2 {
+            posted += e.post(&key(), &batch(tag), true).await.expect("post").len();
+            tag += 1;
+        }
+        wait_for("the allocator to find the disk full", &|| {
+            e.storage_full().is_some()
+        });
+        let refused = loop {
+            match e.post(&key(), &batch(tag), true).await {
+                Ok(ids) => posted += ids.len(),
+                Err(err) => break err,
+            }
+            tag += 1;
+        };
+        assert!(matches!(refused, Error::StorageFull(_)), "{refused}");
+        assert_eq!(e.stats().segments, 2, "refused before the roll");
+        let size = e.queue_info_now(&key()).unwrap().size;
+        assert_eq!(size as usize, posted, "a refused post stores nothing");
+        assert!(e.post(&key(), &batch(tag), true).await.is_err());
+        assert_eq!(spare_files(), 0, "failed spares are removed");
+        // Consumers drain the queue in the room kept for them, all but the oldest message,
+        // which stays reserved (retention relocates it: it fits in the room).
+        let kept = e
+            .reserve(&key(), ReserveOptions::default())
+            .await
+            .expect("reserve");
+        assert_eq!(kept.len(), 1);
+        let mut consumed = 1;
+        loop {
+            let opts = ReserveOptions {
+                n: 100,
+                delete: true,
+                ..Default::default()
+            };
+            let got = e
+                .reserve(&key(), opts)
+                .await
+                .expect("reserve in the kept room");
+            if got.is_empty() {
+                break;
+            }
+            consumed += got.len();
+        }
+        assert_eq!(consumed, posted);
+        // Retention drops segment 1; its file becomes the next spare without new space.
+        let report = e.maintain().expect("maintain");
+        assert_eq!((report.segments_dropped, report.messages_relocated), (1, 1));
+        wait_for("a spare made from the dropped segment", &|| {
+            e.storage_full().is_none()
+        });
+        // Segment 2 is the only one left; posts roll into segment 3.
+        assert_eq!(e.stats().segments, 1);
+        let mut after = 0;
+        while e.stats().segments < 2 {
+            after += e
+                .post(&key(), &batch(tag), true)
+                .await
+                .expect("posts resume")
+                .len();
+            tag += 1;
+        }
+        assert!(after >= 100);
+        drop(e);
+        // Every acknowledged message survives: the one kept and those posted after.
+        storage.set_full(false);
+        let e = open(&storage, &clock).expect("reopen");
+        assert_eq!(e.queue_info_now(&key()).unwrap().size as usize, after + 1);
+        let got = e
+            .get(&key(), kept[0].id)
+            .await
+            .expect("the relocated message");
+        assert_eq!(got.body, kept[0].body);
+    });
+}

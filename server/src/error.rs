@@ -79,6 +79,14 @@ impl From<engine::Error> for ApiError {
                     ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
                 };
             }
+            // The contract's 500 for an unavailable dependency (the disk), with the reason
+            // shown: the client's request is fine, and may be sent again later.
+            E::StorageFull(why) => {
+                return ApiError {
+                    cause: Some(format!("no room for a new log segment: {why}")),
+                    ..ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                };
+            }
             E::Io { .. }
             | E::Corruption { .. }
             | E::Locked(_)
@@ -118,3 +126,22 @@ impl IntoResponse for ApiError {
 
 /// Handler result.
 pub type ApiResult = Result<Response, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_a_500_that_says_so() {
+        let e = ApiError::from(engine::Error::StorageFull("No space left on device".into()));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            e.msg.starts_with(
+                "Insufficient storage: no room for a new log segment (No space left on device)"
+            ),
+            "{}",
+            e.msg
+        );
+        assert!(e.cause.is_some(), "logged as a 5xx with its cause");
+    }
+}

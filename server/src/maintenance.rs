@@ -9,8 +9,20 @@ use engine::Engine;
 pub async fn run(engine: Engine) -> String {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut full = false;
     loop {
         tick.tick().await;
+        let now_full = engine.storage_full();
+        match &now_full {
+            Some(why) if !full => tracing::error!(
+                error = %why,
+                "no room for a new log segment: posts are refused near the end of the \
+                 current one until messages are deleted or disk space is freed"
+            ),
+            None if full => tracing::info!("room for new log segments again: posts resume"),
+            _ => {}
+        }
+        full = now_full.is_some();
         let e = engine.clone();
         let res = tokio::task::spawn_blocking(move || e.maintain()).await;
         match res {
