@@ -168,6 +168,8 @@ pub struct EngineStats {
     pub segments: u64,
     pub live_message_bytes: u64,
     pub queues: u64,
+    /// No new log segment can be made for want of space (see [`Engine::storage_full`]).
+    pub storage_full: bool,
     /// Messages since open: posted, handed out by reserve (with or without `delete`),
     /// deleted (by id, by reserve with `delete`, or by a clear), and dropped on expiry.
     pub messages_posted: u64,
@@ -1434,6 +1436,7 @@ impl Engine {
             segments: (log.end().segment().0 - st.first_segment.0 + 1) as u64,
             live_message_bytes: st.live.total,
             queues: st.queues.len() as u64,
+            storage_full: log.no_space().is_some(),
             messages_posted: c.posted.load(Ordering::Relaxed),
             messages_reserved: c.reserved.load(Ordering::Relaxed),
             messages_deleted: c.deleted.load(Ordering::Relaxed),

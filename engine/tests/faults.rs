@@ -729,6 +729,7 @@ fn a_full_disk_refuses_posts_keeps_consumers_going_and_recovers_by_itself() {
             tag += 1;
         };
         assert!(matches!(refused, Error::StorageFull(_)), "{refused}");
+        assert!(e.stats().storage_full);
         assert_eq!(e.stats().segments, 2, "refused before the roll");
         let size = e.queue_info_now(&key()).unwrap().size;
         assert_eq!(size as usize, posted, "a refused post stores nothing");
@@ -764,6 +765,7 @@ fn a_full_disk_refuses_posts_keeps_consumers_going_and_recovers_by_itself() {
         wait_for("a spare made from the dropped segment", &|| {
             e.storage_full().is_none()
         });
+        assert!(!e.stats().storage_full);
         // Segment 2 is the only one left; posts roll into segment 3.
         assert_eq!(e.stats().segments, 1);
         let mut after = 0;

@@ -242,6 +242,12 @@ impl Collector for EngineCollector {
             s.live_message_bytes as i64,
         )?;
         gauge(&mut enc, "ferromq_queues", "Queues", s.queues as i64)?;
+        gauge(
+            &mut enc,
+            "ferromq_storage_full",
+            "1 while no new log segment can be made for want of space (posts near the end of the current one are refused)",
+            s.storage_full as i64,
+        )?;
 
         let per_queue: [(&str, &str, QueueValue); 3] = [
             (
