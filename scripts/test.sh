@@ -17,6 +17,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (engine, server, benches as tests)"
 cargo test --workspace --locked
 
+step "a full disk: the real server on a small tmpfs (skipped where none can be mounted)"
+python3 scripts/disk-full.py --bin "${CARGO_TARGET_DIR:-target}/debug/ferromq" --optional
+
 step "official IronMQ clients against the real server"
 bash tests/run-clients.sh
 
