@@ -39,9 +39,14 @@ pub(crate) fn maintain(engine: &Engine) -> Result<MaintainReport> {
             if log.no_space().is_some() {
                 // No new segment can be made: dropping this one is how the log gets one
                 // (its file is reused), but relocating writes at the tail, in the room kept
-                // for consumers. Only while the rest fits in half of that room.
+                // for consumers. Only while the records (one per message: its state, body
+                // and metadata; a push message's delivery states besides, hence the margin)
+                // fit in a quarter of that room.
                 let room = config.segment_bytes - log.end().offset() as u64;
-                if st.live.bytes_in(first).saturating_mul(2) > room {
+                let per_message = (record::RELOCATE_HEADER_BYTES + FRAME_HEADER_BYTES) as u64;
+                let records = st.live.bytes_in(first)
+                    + st.live.messages_in(first).saturating_mul(per_message);
+                if records.saturating_mul(4) > room {
                     break;
                 }
             } else {
