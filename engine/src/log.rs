@@ -338,12 +338,8 @@ impl Log {
         // periodic check ([`WRITER_IDLE_CHECK`]).
         let wake_writer = !self.inline || !pipe.chunks.is_empty();
         let mut end = pipe.end;
-        if kind == Kind::Post
-            && end.offset() as u64 + frame_len as u64 + self.segment_bytes / ROOM_KEPT_DIVISOR
-                > self.segment_bytes
-            && self.no_space.load(Ordering::Acquire)
-        {
-            return Err(Error::StorageFull(self.no_space_why.lock().clone()));
+        if kind == Kind::Post {
+            self.post_room(end, frame_len)?;
         }
         if end.offset() as u64 + frame_len as u64 > self.segment_bytes {
             // Roll: the next segment starts with its header.
@@ -393,6 +389,28 @@ impl Log {
             self.work.notify_one();
         }
         Ok((start, new_end))
+    }
+
+    /// Refuses a post record of `frame_len` bytes at `end` while no spare can be made for
+    /// want of space and it would reach into the room kept for consumers
+    /// ([`ROOM_KEPT_DIVISOR`]).
+    fn post_room(&self, end: LogPos, frame_len: usize) -> Result<()> {
+        let kept = self.segment_bytes / ROOM_KEPT_DIVISOR;
+        if end.offset() as u64 + frame_len as u64 + kept > self.segment_bytes
+            && self.no_space.load(Ordering::Acquire)
+        {
+            return Err(Error::StorageFull(self.no_space_why.lock().clone()));
+        }
+        Ok(())
+    }
+
+    /// [`Log::post_room`] at the current end, for a post payload of `payload_len` bytes: for
+    /// a caller that would change state before appending (a post that creates its queue).
+    pub(crate) fn check_post_room(&self, payload_len: usize) -> Result<()> {
+        if !self.no_space.load(Ordering::Acquire) {
+            return Ok(()); // the usual case, without the pipe's lock
+        }
+        self.post_room(self.end(), FRAME_HEADER_BYTES + payload_len)
     }
 
     /// The position after the last appended record.

@@ -734,6 +734,15 @@ fn a_full_disk_refuses_posts_keeps_consumers_going_and_recovers_by_itself() {
         let size = e.queue_info_now(&key()).unwrap().size;
         assert_eq!(size as usize, posted, "a refused post stores nothing");
         assert!(e.post(&key(), &batch(tag), true).await.is_err());
+        let other = QueueKey::new("p", "made-by-a-refused-post");
+        assert!(matches!(
+            e.post(&other, &batch(tag), true).await,
+            Err(Error::StorageFull(_))
+        ));
+        assert!(
+            e.queue_info_now(&other).is_err(),
+            "no queue made for a refused post"
+        );
         assert_eq!(spare_files(), 0, "failed spares are removed");
         // Consumers drain the queue in the room kept for them, all but the oldest message,
         // which stays reserved (retention relocates it: it fits in the room).
