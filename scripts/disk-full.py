@@ -117,8 +117,10 @@ def main():
         s, info = call(a.port, "GET", "q")
         check(s == 200 and info["queue"]["size"] == acked,
               f"refused posts stored nothing: size {info.get('queue', {}).get('size')} vs {acked}")
+        # The allocator tries again every 200 ms: failed tries would pile up by now.
+        time.sleep(1)
         spares = [n for n in os.listdir(data) if n.startswith("spare-")]
-        check(not spares, f"no spare file left behind: {spares}")
+        check(len(spares) <= 1, f"no failed spare left behind (at most one being tried): {spares}")
         s, v = call(a.port, "POST", "q/reservations", {"n": 2})
         check(s == 200 and len(v["messages"]) == 2, "two of the oldest messages reserved and kept")
         kept = {m["id"] for m in v["messages"]}
@@ -146,8 +148,12 @@ def main():
             more += len(v["ids"])
         acked += more
         print(f"then {more} more messages posted", flush=True)
+        # Dropped segments waiting to be zeroed as spares are named `spare-2…` (at most 2);
+        # besides them, at most the one spare being made.
         spares = [n for n in os.listdir(data) if n.startswith("spare-")]
-        check(len(spares) <= 1, f"at most the spare being made: {spares}")
+        recycled = [n for n in spares if n.startswith("spare-2")]
+        check(len(recycled) <= 2 and len(spares) - len(recycled) <= 1,
+              f"no stray spare file, only the one being made and reused segments: {spares}")
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         server = start(binary, data, config, a.port, log)
