@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -66,10 +67,14 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--size-mb", type=int, default=200)
     ap.add_argument("--mount", default="/tmp/ferromq-full")
-    ap.add_argument("--port", type=int, default=18321)
+    ap.add_argument("--port", type=int, default=0, help="default: a free one")
     ap.add_argument("--optional", action="store_true",
                     help="skip (exit 0) where no tmpfs can be mounted")
     a = ap.parse_args()
+    if not a.port:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            a.port = sock.getsockname()[1]
     binary = os.path.abspath(a.bin)
     os.makedirs(a.mount, exist_ok=True)
     try:
