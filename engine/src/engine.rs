@@ -908,12 +908,13 @@ impl Engine {
             let st = &mut *guard;
             // Refused for want of space before a new queue is made for it (appends happen
             // under this lock, so the log's end stays where it is checked).
-            let len = limits::POST_HEADER_BYTES
-                + messages
-                    .iter()
-                    .map(|m| limits::POST_ITEM_HEADER_BYTES + m.body.len() + m.meta.len())
-                    .sum::<usize>();
-            self.inner.log.check_post_room(len)?;
+            self.inner.log.check_post_room(|| {
+                limits::POST_HEADER_BYTES
+                    + messages
+                        .iter()
+                        .map(|m| limits::POST_ITEM_HEADER_BYTES + m.body.len() + m.meta.len())
+                        .sum::<usize>()
+            })?;
             let no = if auto_create {
                 st.queue_or_create(&self.inner.log, key)?
             } else {

@@ -404,13 +404,14 @@ impl Log {
         Ok(())
     }
 
-    /// [`Log::post_room`] at the current end, for a post payload of `payload_len` bytes: for
-    /// a caller that would change state before appending (a post that creates its queue).
-    pub(crate) fn check_post_room(&self, payload_len: usize) -> Result<()> {
+    /// [`Log::post_room`] at the current end, for a post payload of `payload_len()` bytes:
+    /// for a caller that would change state before appending (a post that creates its
+    /// queue). In the usual case (space) neither the length nor the pipe's lock is needed.
+    pub(crate) fn check_post_room(&self, payload_len: impl FnOnce() -> usize) -> Result<()> {
         if !self.no_space.load(Ordering::Acquire) {
-            return Ok(()); // the usual case, without the pipe's lock
+            return Ok(());
         }
-        self.post_room(self.end(), FRAME_HEADER_BYTES + payload_len)
+        self.post_room(self.end(), FRAME_HEADER_BYTES + payload_len())
     }
 
     /// The position after the last appended record.
