@@ -8,7 +8,10 @@
 //! * `post`     — POST batches of `--batch` messages of `--body-bytes` bytes (default 100 × 100 B).
 //! * `post1`    — POST one message per request.
 //! * `cycle`    — half the connections post batches, half reserve `n=100` and DELETE the
-//!   reserved batch with ids and reservation ids; throughput = consumed messages/s.
+//!   reserved batch with ids and reservation ids; throughput = consumed messages/s. The
+//!   summary also gives the messages produced and the queue's size at the end (`backlog`):
+//!   closed-loop producers outrun the consumers and the queue grows; with `--rate` pacing
+//!   the producers, a backlog that stays small means the consumers kept up.
 //! * `longpoll` — all connections but `--producers` long-poll with `wait=30`; producers post
 //!   single messages carrying their send time (at `--rate`, default 200/s); reports the
 //!   wake latency (post sent → message received by a waiting consumer).
@@ -129,6 +132,11 @@ mod counters {
     pub struct Shared {
         pub requests: AtomicU64,
         pub messages: AtomicU64,
+        /// `cycle` and `push`: messages the producers posted (`messages` counts them when
+        /// consumed or delivered).
+        pub produced: AtomicU64,
+        /// `cycle`: the queue's size at the end (GET of the queue), if it could be read.
+        pub backlog: std::sync::Mutex<Option<u64>>,
         pub errors: AtomicU64,
         pub error_kinds: std::sync::Mutex<BTreeMap<String, u64>>,
         pub hists: std::sync::Mutex<BTreeMap<&'static str, Histogram<u64>>>,
@@ -143,6 +151,8 @@ mod counters {
             Shared {
                 requests: AtomicU64::new(0),
                 messages: AtomicU64::new(0),
+                produced: AtomicU64::new(0),
+                backlog: std::sync::Mutex::new(None),
                 errors: AtomicU64::new(0),
                 error_kinds: std::sync::Mutex::new(BTreeMap::new()),
                 hists: std::sync::Mutex::new(BTreeMap::new()),
@@ -644,6 +654,7 @@ async fn producer(
         path,
         any_2xx: ctx.raw_target.is_some(),
         count,
+        produced: 0,
     };
     paced_poster(ctx, post, interval, phase, move || body.clone()).await
 }
@@ -941,6 +952,39 @@ async fn ensure_queue(ctx: &Ctx) {
     }
 }
 
+/// `cycle`: reads the queue's size after the run (`GET .../queues/{queue}`), so the summary
+/// shows whether the consumers kept up with the producers. A failure is reported.
+async fn read_backlog(ctx: &Ctx) {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        queue: Size,
+    }
+    #[derive(serde::Deserialize)]
+    struct Size {
+        size: u64,
+    }
+    let path = ctx.messages_path.trim_end_matches("/messages").to_string();
+    let mut conn = Conn::new(ctx.target.clone());
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        conn.send(Method::GET, &path, Bytes::new()),
+    )
+    .await;
+    match r {
+        Ok(Ok((StatusCode::OK, b))) => match serde_json::from_slice::<Info>(&b) {
+            Ok(i) => {
+                if let Ok(mut v) = ctx.shared.backlog.lock() {
+                    *v = Some(i.queue.size);
+                }
+            }
+            Err(e) => eprintln!("queue info: {e}"),
+        },
+        Ok(Ok((st, b))) => eprintln!("queue info: HTTP {st}: {}", short(&b)),
+        Ok(Err(e)) => eprintln!("queue info: {e}"),
+        Err(_) => eprintln!("queue info: timed out"),
+    }
+}
+
 async fn run(ctx: Arc<Ctx>) -> Duration {
     let a = &ctx.args;
     if matches!(a.mode, Mode::Cycle | Mode::Longpoll) {
@@ -1028,6 +1072,9 @@ async fn run(ctx: Arc<Ctx>) -> Duration {
         let _ = tokio::time::timeout_at(hard.into(), t).await;
     }
     progress.abort();
+    if a.mode == Mode::Cycle {
+        read_backlog(&ctx).await;
+    }
     if let Some(h) = push_sub {
         h.abort();
     }
@@ -1137,15 +1184,20 @@ struct Post {
     any_2xx: bool,
     /// Messages counted per successful post (0: counted elsewhere, e.g. when consumed).
     count: u64,
+    /// Messages counted as produced per successful post (`cycle`, `push`).
+    produced: u64,
 }
 
 impl Post {
+    /// Posts of `--batch` messages counted as produced, not as messages (those count
+    /// when consumed or delivered).
     fn uncounted(ctx: &Ctx) -> Post {
         Post {
             target: ctx.target.clone(),
             path: ctx.messages_path.clone(),
             any_2xx: false,
             count: 0,
+            produced: ctx.args.batch as u64,
         }
     }
 }
@@ -1184,6 +1236,9 @@ async fn paced_poster(
             {
                 ctx.record(&mut hist, from);
                 ctx.shared.messages.fetch_add(post.count, Ordering::Relaxed);
+                ctx.shared
+                    .produced
+                    .fetch_add(post.produced, Ordering::Relaxed);
             }
             Ok((st, b)) => ctx.shared.error(format!("post: HTTP {st}: {}", short(&b))),
             Err(e) => {
@@ -1240,6 +1295,15 @@ fn summary(ctx: &Ctx, wall: Duration) {
         r as f64 / secs,
         m as f64 / secs
     );
+    if matches!(a.mode, Mode::Cycle | Mode::Push) {
+        let p = ctx.shared.produced.load(Ordering::Relaxed);
+        let backlog = ctx.shared.backlog.lock().ok().and_then(|b| *b);
+        println!(
+            "produced={p} produced/s={:.0}{}",
+            p as f64 / secs,
+            backlog.map_or(String::new(), |b| format!(" backlog={b}"))
+        );
+    }
     if let Ok(h) = ctx.shared.hists.lock() {
         for (name, h) in h.iter() {
             if h.is_empty() {
