@@ -129,6 +129,10 @@ struct Inner {
     recovery: RecoveryReport,
     /// The restart index on disk; locked for the whole of a write.
     index: crate::checkpoint::TrackerLock,
+    /// Some queue has had settings with extras since the open (set under the state lock,
+    /// never cleared): until then [`Engine::size_if_extra`], asked after every post and
+    /// delete, answers without taking the lock.
+    any_extra: AtomicBool,
 }
 
 #[derive(Default)]
@@ -557,8 +561,14 @@ impl Engine {
             recovered.tail,
             recovered.regions,
         );
+        let any_extra = recovered
+            .state
+            .queues
+            .values()
+            .any(|q| !q.config.extra.is_empty());
         let engine = Engine {
             inner: Arc::new(Inner {
+                any_extra: AtomicBool::new(any_extra),
                 state: Mutex::new(recovered.state),
                 log,
                 clock,
@@ -710,6 +720,10 @@ impl Engine {
                 Err(e) => return Ok(Err(e)),
             };
             check_config(&config)?;
+            if !config.extra.is_empty() {
+                // Before the settings are in place, so no check that could see them skips.
+                self.inner.any_extra.store(true, Ordering::Release);
+            }
             if let Some(cur) = &current
                 && cur.kind.is_push() != config.kind.is_push()
             {
@@ -808,6 +822,9 @@ impl Engine {
     /// (waiting for durability here would cost every request a second group commit).
     /// `None` for a queue without extras, or none at all.
     pub fn size_if_extra(&self, key: &QueueKey) -> Option<u64> {
+        if !self.inner.any_extra.load(Ordering::Acquire) {
+            return None;
+        }
         let st = self.inner.state.lock();
         let q = &st.queues[&st.queue_no(key).ok()?];
         (!q.config.extra.is_empty()).then(|| q.size())
@@ -816,6 +833,9 @@ impl Engine {
     /// For a queue with a dead-letter queue that exists and carries extras: that queue and
     /// its size now (to check its alerts around a reserve, which may move messages there).
     pub fn dead_letter_size(&self, key: &QueueKey) -> Option<(QueueKey, u64)> {
+        if !self.inner.any_extra.load(Ordering::Acquire) {
+            return None;
+        }
         let st = self.inner.state.lock();
         let q = &st.queues[&st.queue_no(key).ok()?];
         let dl = q.config.dead_letter.as_ref()?;

@@ -232,6 +232,56 @@ async fn dead_letter_moves_on_reserve_after_max_reservations() {
     e.check_invariants();
 }
 
+#[tokio::test]
+async fn sizes_for_alert_checks_are_given_for_queues_with_extras_only_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    e.post(&key("plain"), &[msg("a")], true).await.unwrap();
+    e.post(&key("dlq"), &[msg("b"), msg("c")], true)
+        .await
+        .unwrap();
+    assert_eq!(e.size_if_extra(&key("plain")), None);
+    assert_eq!(e.size_if_extra(&key("missing")), None);
+    e.upsert_queue(&key("dlq"), false, |c| -> Result<_, ()> {
+        Ok(QueueConfig {
+            extra: b"{\"alerts\":[]}".to_vec(),
+            ..c.cloned().unwrap_or_default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    e.upsert_queue(&key("plain"), false, |c| -> Result<_, ()> {
+        Ok(QueueConfig {
+            dead_letter: Some(DeadLetter {
+                queue: "dlq".into(),
+                max_reservations: 3,
+            }),
+            ..c.cloned().unwrap_or_default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let check = |e: &Engine| {
+        assert_eq!(e.size_if_extra(&key("dlq")), Some(2));
+        assert_eq!(e.size_if_extra(&key("plain")), None);
+        assert_eq!(e.dead_letter_size(&key("plain")), Some((key("dlq"), 2)));
+        assert_eq!(e.dead_letter_size(&key("dlq")), None);
+    };
+    check(&e);
+    drop(e);
+    let e = open(dir.path(), &clock);
+    check(&e);
+    // Written to the restart index on close, then loaded from it.
+    e.close();
+    e.write_index().unwrap();
+    drop(e);
+    let e = open(dir.path(), &clock);
+    check(&e);
+}
+
 /// Appends, to the log in `dir` of a closed engine, a QueueDef record (FORMAT.md, kind 1)
 /// that links queue `number` (`name` of project p, default settings) to the dead-letter
 /// queue `dlq` without any check: what a build that did not refuse such links could have
