@@ -991,7 +991,8 @@ mod tests {
             crate::auth::Credentials::bootstrap(&engine, Some("adm-token"), None, None)
                 .await
                 .expect("credentials");
-        let state = crate::state::AppState::new(engine.clone(), creds, Duration::from_secs(60));
+        let state =
+            crate::state::AppState::new(engine.clone(), creds, Duration::from_secs(60), None);
         let router = crate::router::build(state);
         let not_ready = || async {
             let req = Request::get("/ready").body(Body::empty()).expect("request");

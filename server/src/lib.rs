@@ -161,12 +161,12 @@ pub async fn run(
         print_generated(g, &host, addr.port(), scheme);
     }
     declared::apply(&engine, &config.queues).await?;
-    let mut state = AppState::new(
+    let state = AppState::new(
         engine.clone(),
         creds,
         Duration::from_secs(config.stats_interval),
+        config.metrics_token.as_deref().map(auth::hash_token),
     );
-    state.metrics_token = config.metrics_token.as_deref().map(auth::hash_token);
     let ready = state.ready.clone();
     // The pusher stops when shutdown begins, and has the grace period to finish attempts.
     let push_stop = Arc::new(tokio::sync::Notify::new());

@@ -12,9 +12,21 @@ use crate::auth::Credentials;
 use crate::metrics::Metrics;
 use crate::stats::Stats;
 
-/// Cheap to clone.
+/// Cheap to clone: one reference count, however many parts there are (every request
+/// clones it on its way through the router and drops it at the end).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Parts>);
+
+impl std::ops::Deref for AppState {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Parts {
     pub engine: Engine,
     pub creds: Arc<Credentials>,
     /// When each alert (by id) last fired, for `snooze`.
@@ -40,11 +52,17 @@ pub const SCRAPES_MAX: usize = 2;
 
 impl AppState {
     /// The state of a server about to serve: fresh stats and metrics, not ready yet.
-    pub fn new(engine: Engine, creds: Credentials, stats_interval: Duration) -> AppState {
+    /// `metrics_token`: SHA-256 of the token `GET /metrics` requires, if any.
+    pub fn new(
+        engine: Engine,
+        creds: Credentials,
+        stats_interval: Duration,
+        metrics_token: Option<[u8; 32]>,
+    ) -> AppState {
         // New at every start: a copy of the data dir (a restored backup) is another server,
         // and a message on its way across a restart makes at most one more trip.
         let server = crate::auth::random_hex(8).into();
-        AppState {
+        AppState(Arc::new(Parts {
             metrics: Arc::new(Metrics::new(engine.clone())),
             engine,
             creds: Arc::new(creds),
@@ -54,7 +72,7 @@ impl AppState {
             backups: Arc::new(tokio::sync::Semaphore::new(crate::admin::BACKUPS_MAX)),
             scrapes: Arc::new(tokio::sync::Semaphore::new(SCRAPES_MAX)),
             server,
-            metrics_token: None,
-        }
+            metrics_token,
+        }))
     }
 }

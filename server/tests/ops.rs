@@ -665,7 +665,7 @@ async fn ready_is_503_until_the_state_says_ready() {
     let (creds, _) = server::auth::Credentials::bootstrap(&engine, Some(ADMIN), None, None)
         .await
         .expect("credentials");
-    let state = server::state::AppState::new(engine.clone(), creds, Duration::from_secs(60));
+    let state = server::state::AppState::new(engine.clone(), creds, Duration::from_secs(60), None);
     let ready = state.ready.clone();
     let router = server::router::build(state);
     let get = |path: &str| {
