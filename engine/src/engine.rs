@@ -260,11 +260,17 @@ impl RidGen {
         }
     }
 
+    /// A fresh random id, never [`ReservationId::NEVER_ISSUED`].
     pub(crate) fn next(&mut self) -> ReservationId {
         use rand::RngCore;
-        let mut out = [0u8; 16];
-        self.rng.fill_bytes(&mut out);
-        ReservationId(out)
+        loop {
+            let mut out = [0u8; 16];
+            self.rng.fill_bytes(&mut out);
+            let rid = ReservationId(out);
+            if rid != ReservationId::NEVER_ISSUED {
+                return rid;
+            }
+        }
     }
 }
 

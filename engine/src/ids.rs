@@ -38,6 +38,11 @@ impl fmt::Display for MessageId {
 pub struct ReservationId(pub [u8; 16]);
 
 impl ReservationId {
+    /// The one value the engine never issues (all zeros). It stands for a reservation id
+    /// a client sent malformed: such an id matches no reservation, and checking it as one
+    /// keeps the order of answers (missing queue, then missing message, then 403).
+    pub const NEVER_ISSUED: ReservationId = ReservationId([0; 16]);
+
     pub fn parse(s: &str) -> Option<ReservationId> {
         let s = s.as_bytes();
         if s.len() != 32 {

@@ -495,6 +495,17 @@ pub struct ProjectAuth {
 /// An authenticated admin.
 pub struct AdminAuth;
 
+/// Whether the request carries a token at all (valid or not).
+pub struct TokenPresented(pub bool);
+
+impl<S: Sync> FromRequestParts<S> for TokenPresented {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(TokenPresented(presented_token(parts).is_some()))
+    }
+}
+
 fn authenticate(parts: &Parts, st: &AppState) -> Result<Arc<TokenRecord>, ApiError> {
     let token = presented_token(parts).ok_or_else(ApiError::unauthorized)?;
     st.creds.lookup(&token).ok_or_else(ApiError::unauthorized)

@@ -75,12 +75,13 @@ fn parse_id(s: &str) -> Result<MessageId, ApiError> {
 }
 
 /// A reservation id; `""` is absent; a malformed one can never match (403).
-fn parse_rid(s: Option<&str>, id: MessageId) -> Result<Option<ReservationId>, ApiError> {
+/// A reservation id from a request; `""` is absent. A malformed one matches no reservation:
+/// it becomes [`ReservationId::NEVER_ISSUED`], so the engine still answers 404 for a missing
+/// queue or message before the 403 a wrong reservation gets.
+fn parse_rid(s: Option<&str>) -> Option<ReservationId> {
     match s {
-        None | Some("") => Ok(None),
-        Some(r) => ReservationId::parse(r)
-            .map(Some)
-            .ok_or_else(|| engine::Error::ReservationMismatch(id).into()),
+        None | Some("") => None,
+        Some(r) => Some(ReservationId::parse(r).unwrap_or(ReservationId::NEVER_ISSUED)),
     }
 }
 
@@ -523,6 +524,7 @@ impl axum::extract::FromRequest<AppState> for DeleteJson {
 pub async fn delete(
     State(st): State<AppState>,
     auth: Result<ProjectAuth, ApiError>,
+    token: crate::auth::TokenPresented,
     Path((pid, q, id)): MPath,
     DeleteJson(b): DeleteJson,
 ) -> ApiResult {
@@ -533,7 +535,7 @@ pub async fn delete(
                 let ack_key = QueueKey::new(a.project.clone(), q.clone());
                 let push = is_push_queue(&st, &ack_key);
                 if push {
-                    let rid = parse_rid(b.reservation_id.as_deref(), id)?.ok_or_else(|| {
+                    let rid = parse_rid(b.reservation_id.as_deref()).ok_or_else(|| {
                         ApiError::bad_request(
                             "reservation_id is required to acknowledge a push delivery",
                         )
@@ -543,17 +545,21 @@ pub async fn delete(
                 }
                 // A pull queue: `subscriber_name` is ignored, an ordinary delete follows.
             }
-            Err(_) => {
+            Err(auth_error) => {
                 // Without a token only a valid acknowledgement passes, and every other
                 // answer is the same 403 (a missing queue, a pull queue, a missing message,
-                // a wrong reservation): the answer tells nothing about what exists.
-                let refused = || ApiError::from(engine::Error::ReservationMismatch(id));
+                // a wrong reservation): the answer tells nothing about what exists. A token
+                // that is no token at all gets its 401 instead.
+                let refused = || {
+                    if token.0 && auth_error.status == StatusCode::UNAUTHORIZED {
+                        ApiError::unauthorized()
+                    } else {
+                        ApiError::from(engine::Error::ReservationMismatch(id))
+                    }
+                };
                 let project = crate::extract::decode_path(&pid).map_err(|_| refused())?;
                 let ack_key = QueueKey::new(project, q);
-                let rid = parse_rid(b.reservation_id.as_deref(), id)
-                    .ok()
-                    .flatten()
-                    .ok_or_else(refused)?;
+                let rid = parse_rid(b.reservation_id.as_deref()).ok_or_else(refused)?;
                 let push = is_push_queue(&st, &ack_key);
                 if !push {
                     return Err(refused());
@@ -567,7 +573,7 @@ pub async fn delete(
         }
     }
     let auth = auth?;
-    let rid = parse_rid(b.reservation_id.as_deref(), id)?;
+    let rid = parse_rid(b.reservation_id.as_deref());
     let key = key(&auth, q);
     st.engine.delete(&key, id, rid).await?;
     if let Some(after) = st.engine.size_if_extra(&key) {
@@ -769,7 +775,7 @@ fn delete_item(id: &str, rid: Option<&str>) -> Result<DeleteItem, ApiError> {
     let id = parse_id(id)?;
     Ok(DeleteItem {
         id,
-        reservation_id: parse_rid(rid, id)?,
+        reservation_id: parse_rid(rid),
     })
 }
 
@@ -793,8 +799,8 @@ pub struct TouchBody {
     delay: Option<i64>,
 }
 
-fn required_rid(s: Option<String>, id: MessageId) -> Result<ReservationId, ApiError> {
-    parse_rid(s.as_deref(), id)?.ok_or_else(|| ApiError::bad_request("reservation_id is required"))
+fn required_rid(s: Option<String>) -> Result<ReservationId, ApiError> {
+    parse_rid(s.as_deref()).ok_or_else(|| ApiError::bad_request("reservation_id is required"))
 }
 
 /// `POST /queues/{q}/messages/{id}/touch`.
@@ -805,7 +811,7 @@ pub async fn touch(
     JsonBody(b): JsonBody<TouchBody>,
 ) -> ApiResult {
     let id = parse_id(&id)?;
-    let rid = required_rid(b.reservation_id, id)?;
+    let rid = required_rid(b.reservation_id)?;
     let timeout = range("timeout", b.timeout, engine::limits::TIMEOUT_S_MAX as i64)?.unwrap_or(0);
     let (new, _) = st.engine.touch(&key(&auth, q), id, rid, timeout).await?;
     Ok(ok(
@@ -821,7 +827,7 @@ pub async fn release(
     JsonBody(b): JsonBody<TouchBody>,
 ) -> ApiResult {
     let id = parse_id(&id)?;
-    let rid = required_rid(b.reservation_id, id)?;
+    let rid = required_rid(b.reservation_id)?;
     let delay = range("delay", b.delay, engine::limits::DELAY_S_MAX as i64)?.unwrap_or(0);
     st.engine.release(&key(&auth, q), id, rid, delay).await?;
     Ok(ok_msg("Released"))
@@ -1109,15 +1115,18 @@ mod tests {
             bad(&format!(r#"{{"ids":[{}]}}"#, many.join(","))),
             (400, "at most 100 ids per request".into())
         );
-        // A malformed id is not found; a malformed reservation id can never match.
+        // A malformed id is not found.
         assert_eq!(bad(r#"{"ids":[{"id":"abc"}]}"#).0, 404);
-        assert_eq!(
-            bad(&format!(
-                r#"{{"ids":[{{"id":"{ID}","reservation_id":"zz"}}]}}"#
-            ))
-            .0,
-            403
-        );
+    }
+
+    #[test]
+    fn a_malformed_reservation_id_is_one_that_matches_nothing() {
+        let Ok(Some(b)) = delete_many_items(
+            format!(r#"{{"ids":[{{"id":"{ID}","reservation_id":"zz"}}]}}"#).as_bytes(),
+        ) else {
+            panic!("parsed");
+        };
+        assert_eq!(b.items[0].reservation_id, Some(ReservationId::NEVER_ISSUED));
     }
 
     /// Results in a comparable form: ids and reservation ids, or status and `msg`.

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::wire::{call, call_with, parse_response, post_msgs};
+use common::wire::{call, call_as, call_with, parse_response, post_msgs};
 use common::{ADMIN, PID, Server, Start, TOKEN, json_of, qp};
 use serde_json::{Value, json};
 
@@ -1048,4 +1048,96 @@ fn client_quirks_dead_letter_creation_and_expiry_behind_a_reservation() {
         json!({}),
     );
     assert_eq!(s, 404);
+}
+
+/// A reservation id that is not 32 hex digits matches no reservation, but what is missing
+/// is said first: 404 for the queue, then for the message, and only then the 403 of a wrong
+/// reservation. A token that is no token gets 401 even where a push acknowledgement would
+/// pass without one.
+#[test]
+fn malformed_reservation_ids_are_wrong_reservations_checked_after_what_is_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start(dir.path());
+    let p = srv.port;
+    let ids = post_msgs(p, "rq", &["a", "b"]);
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("{}/reservations", qp("rq")),
+        json!({"n": 1}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let reserved = v["messages"][0]["id"].as_str().expect("id").to_string();
+    assert_eq!(reserved, ids[0]);
+    let missing_id = "1000000000000000001";
+    for bad in ["abc", "def456", "x", &"g".repeat(32)] {
+        let rid = json!({ "reservation_id": bad });
+        for (method, suffix) in [("POST", "/release"), ("POST", "/touch"), ("DELETE", "")] {
+            let on = |q: &str, id: &str| {
+                call(
+                    p,
+                    method,
+                    &format!("{}/messages/{id}{suffix}", qp(q)),
+                    rid.clone(),
+                )
+            };
+            let (s, v) = on("no-such-queue", &ids[0]);
+            assert_eq!(
+                (s, v["msg"].as_str()),
+                (404, Some("Queue not found")),
+                "{bad} {method}{suffix}"
+            );
+            let (s, v) = on("rq", missing_id);
+            assert_eq!(
+                (s, v["msg"].as_str()),
+                (404, Some("Message not found")),
+                "{bad} {method}{suffix}"
+            );
+            let (s, v) = on("rq", &reserved);
+            assert_eq!(s, 403, "{bad} {method}{suffix}: {v}");
+            assert!(
+                v["msg"]
+                    .as_str()
+                    .expect("msg")
+                    .contains("Reservation timed out"),
+                "{v}"
+            );
+        }
+        let (s, v) = call(
+            p,
+            "DELETE",
+            &format!("{}/messages", qp("no-such-queue")),
+            json!({"ids": [{"id": ids[1], "reservation_id": bad}]}),
+        );
+        assert_eq!(
+            (s, v["msg"].as_str()),
+            (404, Some("Queue not found")),
+            "{v}"
+        );
+        let (s, v) = call(
+            p,
+            "DELETE",
+            &format!("{}/messages", qp("rq")),
+            json!({"ids": [{"id": reserved, "reservation_id": bad}]}),
+        );
+        assert_eq!(s, 403, "{v}");
+    }
+    // Nothing above changed anything.
+    let (_, v) = call(p, "GET", &qp("rq"), Value::Null);
+    assert_eq!(v["queue"]["size"], 2, "{v}");
+
+    // A push acknowledgement passes without a token; one that fails is a 403 without a
+    // token and a 401 with a token that is none.
+    let path = format!("{}/messages/{}", qp("rq"), ids[1]);
+    let ack = json!({"reservation_id": "0".repeat(32), "subscriber_name": "s"});
+    let (s, _) = call_as(p, "DELETE", &path, None, ack.clone());
+    assert_eq!(s, 403);
+    let (s, v) = call_as(p, "DELETE", &path, Some("not-a-token"), ack);
+    assert_eq!(
+        (s, v["msg"].as_str()),
+        (401, Some("Invalid or missing token")),
+        "{v}"
+    );
+    let (_, v) = call(p, "GET", &qp("rq"), Value::Null);
+    assert_eq!(v["queue"]["size"], 2, "{v}");
 }
