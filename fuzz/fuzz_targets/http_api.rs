@@ -57,7 +57,7 @@ fn new_world() -> World {
                 server::auth::Credentials::bootstrap(&engine, Some(ADMIN), Some(PID), Some(TOKEN))
                     .await
                     .expect("credentials");
-            let state = server::state::AppState::new(engine, creds, Duration::from_secs(60));
+            let state = server::state::AppState::new(engine, creds, Duration::from_secs(60), None);
             server::router::build(state)
         });
         World { rt, app, served: 0 }

@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
         let key = QueueKey::new("p", "q");
         let msgs: Vec<NewMessage> = (0..6)
             .map(|i| NewMessage {
-                body: vec![b'a'; 10 + i],
+                body: vec![b'a'; 10 + i].into(),
                 delay_s: (i % 2) as u32 * 30,
                 meta: Vec::new(),
             })
