@@ -349,6 +349,9 @@ impl State {
 
     /// Appends the payload in `scratch` as one record.
     fn append(&mut self, log: &Log, kind: Kind) -> Result<(LogPos, LogPos)> {
+        if kind == Kind::Post {
+            log.note_oldest_live(|| self.live.messages_in(self.first_segment));
+        }
         let floors = self.floors();
         log.append(kind, &self.scratch, floors)
     }
@@ -934,6 +937,9 @@ impl Engine {
             let st = &mut *guard;
             // Refused for want of space before a new queue is made for it (appends happen
             // under this lock, so the log's end stays where it is checked).
+            self.inner
+                .log
+                .note_oldest_live(|| st.live.messages_in(st.first_segment));
             self.inner.log.check_post_room(|| {
                 limits::POST_HEADER_BYTES
                     + messages
@@ -1423,7 +1429,12 @@ impl Engine {
     /// [`Engine::write_index`]); the report says if it did.
     pub fn maintain(&self) -> Result<MaintainReport> {
         let mut report = crate::retention::maintain(self)?;
-        report.index = self.maintain_index()?;
+        report.index = match self.maintain_index() {
+            // The index is a cache: on a full disk it is not written (the full disk is
+            // reported on its own, `storage_full`), and retention's report stands.
+            Err(Error::Io { source, .. }) if crate::log::is_no_space(&source) => None,
+            r => r?,
+        };
         Ok(report)
     }
 

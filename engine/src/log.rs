@@ -71,11 +71,19 @@ const WRITE_BACK_KICK_BYTES: u32 = 4 << 20;
 const RECYCLED_MAX: usize = 2;
 
 /// While no spare can be made for want of space, posts stop short of the active segment's
-/// last 1/this (8 MiB of a 64 MiB segment): that room is kept for the records that let
-/// consumers drain the queues (reservations, deletes), so that retention can drop old
-/// segments and the allocator reuse their files, which needs no new space. Posts resume
+/// last 1/this (8 MiB of a 64 MiB segment), or of the room draining the oldest segment
+/// takes if that is more ([`DRAIN_BYTES_PER_MESSAGE`]): that room is kept for the records
+/// that let consumers drain the queues (reservations, deletes), so that retention can drop
+/// old segments and the allocator reuse their files, which needs no new space. Posts resume
 /// as soon as a spare is made.
 const ROOM_KEPT_DIVISOR: u64 = 8;
+
+/// Log bytes counted for consuming one message, to size the room kept on a full disk: a
+/// reservation (32 B a message in a Reserve record) and a delete (8 B), with each record's
+/// header shared by a batch of 100 about 40 B; counted at 64 B for smaller batches, touches
+/// and releases. With messages of 100 B (about 140 B in the log), draining a segment takes
+/// about 30 % of a segment: more than the [`ROOM_KEPT_DIVISOR`] floor.
+pub(crate) const DRAIN_BYTES_PER_MESSAGE: u64 = 64;
 
 /// How long a roll waits for the allocator to finish the spare it is making before it
 /// makes one itself.
@@ -169,6 +177,10 @@ pub(crate) struct Log {
     no_space: AtomicBool,
     /// Why, while `no_space` is set.
     no_space_why: Mutex<String>,
+    /// While `no_space` is set: the log bytes consumers need to drain the oldest segment
+    /// (its live messages × [`DRAIN_BYTES_PER_MESSAGE`]), noted by the engine before
+    /// each post.
+    drain_room: AtomicU64,
     /// Dropped segment files renamed to spare names, for the allocator to zero and use
     /// (at most [`RECYCLED_MAX`]).
     recycled: Mutex<Vec<String>>,
@@ -268,6 +280,7 @@ impl Log {
             allocating: AtomicBool::new(false),
             no_space: AtomicBool::new(false),
             no_space_why: Mutex::new(String::new()),
+            drain_room: AtomicU64::new(0),
             recycled: Mutex::new(Vec::new()),
             kick_due: AtomicBool::new(false),
             hurry: AtomicBool::new(false),
@@ -393,15 +406,28 @@ impl Log {
 
     /// Refuses a post record of `frame_len` bytes at `end` while no spare can be made for
     /// want of space and it would reach into the room kept for consumers
-    /// ([`ROOM_KEPT_DIVISOR`]).
+    /// ([`ROOM_KEPT_DIVISOR`], or the room draining the oldest segment takes).
     fn post_room(&self, end: LogPos, frame_len: usize) -> Result<()> {
-        let kept = self.segment_bytes / ROOM_KEPT_DIVISOR;
-        if end.offset() as u64 + frame_len as u64 + kept > self.segment_bytes
+        let kept =
+            (self.segment_bytes / ROOM_KEPT_DIVISOR).max(self.drain_room.load(Ordering::Acquire));
+        if (end.offset() as u64 + frame_len as u64).saturating_add(kept) > self.segment_bytes
             && self.no_space.load(Ordering::Acquire)
         {
             return Err(Error::StorageFull(self.no_space_why.lock().clone()));
         }
         Ok(())
+    }
+
+    /// While no spare can be made for want of space: notes that the oldest segment holds
+    /// `live_messages()` messages, which sizes the room kept for consumers. Called before
+    /// every post record, under the state lock; does nothing in the usual case (space).
+    pub(crate) fn note_oldest_live(&self, live_messages: impl FnOnce() -> u64) {
+        if self.no_space.load(Ordering::Acquire) {
+            self.drain_room.store(
+                live_messages().saturating_mul(DRAIN_BYTES_PER_MESSAGE),
+                Ordering::Release,
+            );
+        }
     }
 
     /// [`Log::post_room`] at the current end, for a post payload of `payload_len()` bytes:
@@ -1067,7 +1093,7 @@ impl Log {
 }
 
 /// Whether an I/O error says the file system is out of space (or over a quota).
-fn is_no_space(e: &std::io::Error) -> bool {
+pub(crate) fn is_no_space(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded

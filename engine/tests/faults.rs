@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use engine::testing::{FaultOp, SimStorage};
 use engine::{
-    Engine, EngineConfig, Error, ManualClock, MessageId, NewMessage, QueueKey, ReserveOptions,
+    DeleteItem, Engine, EngineConfig, Error, ManualClock, MessageId, NewMessage, QueueKey,
+    ReserveOptions,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -797,5 +798,109 @@ fn a_full_disk_refuses_posts_keeps_consumers_going_and_recovers_by_itself() {
             .await
             .expect("the relocated message");
         assert_eq!(got.body, kept[0].body);
+    });
+}
+
+/// With messages of 100 B, draining a segment takes about 30 % of a segment in reservations
+/// and deletes: more than the fixed eighth kept before. The room kept for consumers is
+/// sized by the oldest segment's live messages, so consumers that reserve and delete in
+/// batches drain it, retention drops it, and posts resume, all on a full disk.
+#[test]
+fn a_full_disk_keeps_the_room_draining_the_oldest_segment_of_small_messages_takes() {
+    let storage = SimStorage::new();
+    let clock = ManualClock::new(T0);
+    let e = open(&storage, &clock).expect("open");
+    let batch = |tag: usize| -> Vec<NewMessage<'static>> {
+        (0..100)
+            .map(|i| NewMessage {
+                body: format!("{tag:05}-{i:03}-{}", "x".repeat(90))
+                    .into_bytes()
+                    .into(),
+                ..Default::default()
+            })
+            .collect()
+    };
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let t = std::time::Instant::now();
+        while !f() {
+            assert!(t.elapsed().as_secs() < 10, "waited 10 s for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    rt().block_on(async {
+        let mut posted = 0usize;
+        let mut tag = 0;
+        posted += e.post(&key(), &batch(tag), true).await.expect("post").len();
+        tag += 1;
+        wait_for("the first spare", &|| {
+            storage.file_names().iter().any(|n| n.ends_with("2.seg"))
+        });
+        storage.set_full(true);
+        while e.stats().segments < 2 {
+            posted += e.post(&key(), &batch(tag), true).await.expect("post").len();
+            tag += 1;
+        }
+        wait_for("the allocator to find the disk full", &|| {
+            e.storage_full().is_some()
+        });
+        let refused = loop {
+            match e.post(&key(), &batch(tag), true).await {
+                Ok(ids) => posted += ids.len(),
+                Err(err) => break err,
+            }
+            tag += 1;
+        };
+        assert!(matches!(refused, Error::StorageFull(_)), "{refused}");
+        assert_eq!(e.stats().segments, 2, "refused before the roll");
+        // Consumers reserve 100 at a time and delete what they got, as clients do; the
+        // server's maintenance runs between their calls.
+        let mut consumed = 0usize;
+        loop {
+            let got = e
+                .reserve(
+                    &key(),
+                    ReserveOptions {
+                        n: 100,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("reserve in the kept room");
+            assert!(!got.is_empty(), "the queue drained but no segment went");
+            let items: Vec<DeleteItem> = got
+                .iter()
+                .map(|m| DeleteItem {
+                    id: m.id,
+                    reservation_id: m.reservation_id,
+                })
+                .collect();
+            e.delete_batch(&key(), &items)
+                .await
+                .expect("delete in the kept room");
+            consumed += got.len();
+            if e.maintain().expect("maintain").segments_dropped > 0 {
+                break;
+            }
+        }
+        assert!(consumed < posted, "{consumed} of {posted}");
+        wait_for("a spare made from the dropped segment", &|| {
+            e.storage_full().is_none()
+        });
+        let mut after = 0;
+        while e.stats().segments < 2 {
+            after += e
+                .post(&key(), &batch(tag), true)
+                .await
+                .expect("posts resume")
+                .len();
+            tag += 1;
+        }
+        drop(e);
+        storage.set_full(false);
+        let e = open(&storage, &clock).expect("reopen");
+        assert_eq!(
+            e.queue_info_now(&key()).unwrap().size as usize,
+            posted - consumed + after
+        );
     });
 }
