@@ -154,7 +154,12 @@ pub fn create_spare_paced(
     // No directory sync for the spare's name: a spare is only used under the segment
     // name it is renamed to, and that rename syncs the directory (one journal commit per
     // segment, not two). A spare lost in a crash held nothing.
-    let made = zero_fill(storage, name.clone(), file, bytes, pace);
+    // The blocks are reserved first: on a disk without the room, the allocator finds out
+    // right after a roll, while the new active segment still has all its room for the
+    // consumers' records (see `Log::post_room`), not partway through the paced zero-fill.
+    let made = file
+        .allocate(bytes)
+        .and_then(|()| zero_fill(storage, name.clone(), file, bytes, pace));
     if made.is_err() {
         // Not left behind (on a full disk the allocator tries again every 200 ms).
         let _ = storage.remove(&name);

@@ -58,6 +58,13 @@ pub trait StorageFile: Send + Sync {
     }
     /// Grows or shrinks the file. Never called on a file that is mapped.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Reserves the blocks of `0..len` at once (`fallocate`), so that a file system without
+    /// the room says so before anything is written rather than partway through. A hint:
+    /// where the file system cannot, it does nothing (the writes that follow allocate).
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let _ = len;
+        Ok(())
+    }
     /// A read-only view of the whole file at its current length.
     fn map(&self) -> io::Result<Arc<dyn Region>>;
 }
@@ -269,6 +276,31 @@ impl StorageFile for OsFile {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let Ok(n) = i64::try_from(len) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "length too large",
+            ));
+        };
+        #[expect(
+            unsafe_code,
+            reason = "fallocate on a descriptor we own; no memory is involved"
+        )]
+        // SAFETY: the descriptor is open for the duration of the call, which only reads it
+        // and the integers; no memory is passed.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, n) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // A file system without fallocate: the zero-fill allocates as it writes.
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+            _ => Err(e),
+        }
     }
     fn map(&self) -> io::Result<Arc<dyn Region>> {
         if self.len()? == 0 {

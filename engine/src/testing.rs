@@ -170,6 +170,14 @@ impl StorageFile for SimFile {
             .push(thread.name().unwrap_or("?").to_string());
         Ok(())
     }
+    /// As `fallocate`: the file grows to `len` (zeros), and later writes inside it need no
+    /// new space, even on a full file system.
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        if len <= self.data.read().len() as u64 {
+            return Ok(());
+        }
+        self.set_len(len)
+    }
     fn set_len(&self, len: u64) -> io::Result<()> {
         if self.faults.lock().full && len > self.data.read().len() as u64 {
             return Err(no_space());
