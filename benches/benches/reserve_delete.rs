@@ -35,13 +35,7 @@ const OPTS: ReserveOptions = ReserveOptions {
 async fn cycle(engine: &Engine, key: &QueueKey) {
     let got = engine.reserve(key, OPTS).await.expect("reserve");
     assert_eq!(got.len(), BATCH, "queue ran dry");
-    let items: Vec<DeleteItem> = got
-        .iter()
-        .map(|m| DeleteItem {
-            id: m.id,
-            reservation_id: m.reservation_id,
-        })
-        .collect();
+    let items: Vec<DeleteItem> = got.iter().map(DeleteItem::of).collect();
     engine.delete_batch(key, &items).await.expect("delete");
 }
 

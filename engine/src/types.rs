@@ -158,6 +158,16 @@ pub struct DeleteItem {
     pub reservation_id: Option<ReservationId>,
 }
 
+impl DeleteItem {
+    /// The delete of a message just reserved: its id and its reservation.
+    pub fn of(m: &ReservedMessage) -> DeleteItem {
+        DeleteItem {
+            id: m.id,
+            reservation_id: m.reservation_id,
+        }
+    }
+}
+
 /// Where a message stands with one push subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

@@ -671,6 +671,80 @@ fn a_failed_open_removes_no_segment() {
     );
 }
 
+/// A batch of 100 messages of `body_bytes` (plus a tag that makes each one unique).
+fn tagged_batch(tag: usize, body_bytes: usize) -> Vec<NewMessage<'static>> {
+    (0..100)
+        .map(|i| NewMessage {
+            body: format!("{tag:05}-{i:03}-{}", "x".repeat(body_bytes))
+                .into_bytes()
+                .into(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Polls `f` every 5 ms until it holds; fails the test after 10 s.
+fn wait_for(what: &str, f: &dyn Fn() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed().as_secs() < 10, "waited 10 s for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Fills the disk as it happens for real: the spare for segment 2 is made (and named for
+/// it), then the disk fills up, posts roll into segment 2, the allocator finds no room for
+/// the next spare, and posts go on until one is refused. Returns the messages acknowledged
+/// and the next batch tag.
+async fn post_until_the_full_disk_refuses(
+    e: &Engine,
+    storage: &SimStorage,
+    body_bytes: usize,
+) -> (usize, usize) {
+    let mut posted = 0usize;
+    let mut tag = 0;
+    let batch = |tag| tagged_batch(tag, body_bytes);
+    posted += e.post(&key(), &batch(tag), true).await.expect("post").len();
+    tag += 1;
+    wait_for("the first spare", &|| {
+        storage.file_names().iter().any(|n| n.ends_with("2.seg"))
+    });
+    storage.set_full(true);
+    while e.stats().segments < 2 {
+        posted += e.post(&key(), &batch(tag), true).await.expect("post").len();
+        tag += 1;
+    }
+    wait_for("the allocator to find the disk full", &|| {
+        e.storage_full().is_some()
+    });
+    let refused = loop {
+        match e.post(&key(), &batch(tag), true).await {
+            Ok(ids) => posted += ids.len(),
+            Err(err) => break err,
+        }
+        tag += 1;
+    };
+    assert!(matches!(refused, Error::StorageFull(_)), "{refused}");
+    assert!(e.stats().storage_full);
+    assert_eq!(e.stats().segments, 2, "refused before the roll");
+    (posted, tag)
+}
+
+/// After a full disk: posts resume (each must succeed) until the log has two segments
+/// again, batches tagged from `tag` on. Returns the messages acknowledged.
+async fn post_until_a_second_segment(e: &Engine, body_bytes: usize, mut tag: usize) -> usize {
+    let mut after = 0;
+    while e.stats().segments < 2 {
+        after += e
+            .post(&key(), &tagged_batch(tag, body_bytes), true)
+            .await
+            .expect("posts resume")
+            .len();
+        tag += 1;
+    }
+    after
+}
+
 /// A full disk: the log rolls into the spare made before, the allocator cannot make the
 /// next one, and posts are refused (`StorageFull`, nothing stored) before the active
 /// segment's last eighth, which stays for reservations and deletes. Once consumers have
@@ -681,23 +755,7 @@ fn a_full_disk_refuses_posts_keeps_consumers_going_and_recovers_by_itself() {
     let storage = SimStorage::new();
     let clock = ManualClock::new(T0);
     let e = open(&storage, &clock).expect("open");
-    let batch = |tag: usize| -> Vec<NewMessage<'static>> {
-        (0..100)
-            .map(|i| NewMessage {
-                body: format!("{tag:05}-{i:03}-{}", "x".repeat(1000))
-                    .into_bytes()
-                    .into(),
-                ..Default::default()
-            })
-            .collect()
-    };
-    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
-        let t = std::time::Instant::now();
-        while !f() {
-            assert!(t.elapsed().as_secs() < 10, "waited 10 s for {what}");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    };
+    let batch = |tag| tagged_batch(tag, 1000);
     let spare_files = || {
         storage
             .file_names()
@@ -706,32 +764,7 @@ fn a_full_disk_refuses_posts_keeps_consumers_going_and_recovers_by_itself() {
             .count()
     };
     rt().block_on(async {
-        let mut posted = 0usize;
-        let mut tag = 0;
-        // The spare for segment 2 is made (and named for it); then the disk fills up.
-        posted += e.post(&key(), &batch(tag), true).await.expect("post").len();
-        tag += 1;
-        wait_for("the first spare", &|| {
-            storage.file_names().iter().any(|n| n.ends_with("2.seg"))
-        });
-        storage.set_full(true);
-        while e.stats().segments < 2 {
-            posted += e.post(&key(), &batch(tag), true).await.expect("post").len();
-            tag += 1;
-        }
-        wait_for("the allocator to find the disk full", &|| {
-            e.storage_full().is_some()
-        });
-        let refused = loop {
-            match e.post(&key(), &batch(tag), true).await {
-                Ok(ids) => posted += ids.len(),
-                Err(err) => break err,
-            }
-            tag += 1;
-        };
-        assert!(matches!(refused, Error::StorageFull(_)), "{refused}");
-        assert!(e.stats().storage_full);
-        assert_eq!(e.stats().segments, 2, "refused before the roll");
+        let (posted, tag) = post_until_the_full_disk_refuses(&e, &storage, 1000).await;
         let size = e.queue_info_now(&key()).unwrap().size;
         assert_eq!(size as usize, posted, "a refused post stores nothing");
         assert!(e.post(&key(), &batch(tag), true).await.is_err());
@@ -778,15 +811,7 @@ fn a_full_disk_refuses_posts_keeps_consumers_going_and_recovers_by_itself() {
         assert!(!e.stats().storage_full);
         // Segment 2 is the only one left; posts roll into segment 3.
         assert_eq!(e.stats().segments, 1);
-        let mut after = 0;
-        while e.stats().segments < 2 {
-            after += e
-                .post(&key(), &batch(tag), true)
-                .await
-                .expect("posts resume")
-                .len();
-            tag += 1;
-        }
+        let after = post_until_a_second_segment(&e, 1000, tag).await;
         assert!(after >= 100);
         drop(e);
         // Every acknowledged message survives: the one kept and those posted after.
@@ -810,48 +835,8 @@ fn a_full_disk_keeps_the_room_draining_the_oldest_segment_of_small_messages_take
     let storage = SimStorage::new();
     let clock = ManualClock::new(T0);
     let e = open(&storage, &clock).expect("open");
-    let batch = |tag: usize| -> Vec<NewMessage<'static>> {
-        (0..100)
-            .map(|i| NewMessage {
-                body: format!("{tag:05}-{i:03}-{}", "x".repeat(90))
-                    .into_bytes()
-                    .into(),
-                ..Default::default()
-            })
-            .collect()
-    };
-    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
-        let t = std::time::Instant::now();
-        while !f() {
-            assert!(t.elapsed().as_secs() < 10, "waited 10 s for {what}");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    };
     rt().block_on(async {
-        let mut posted = 0usize;
-        let mut tag = 0;
-        posted += e.post(&key(), &batch(tag), true).await.expect("post").len();
-        tag += 1;
-        wait_for("the first spare", &|| {
-            storage.file_names().iter().any(|n| n.ends_with("2.seg"))
-        });
-        storage.set_full(true);
-        while e.stats().segments < 2 {
-            posted += e.post(&key(), &batch(tag), true).await.expect("post").len();
-            tag += 1;
-        }
-        wait_for("the allocator to find the disk full", &|| {
-            e.storage_full().is_some()
-        });
-        let refused = loop {
-            match e.post(&key(), &batch(tag), true).await {
-                Ok(ids) => posted += ids.len(),
-                Err(err) => break err,
-            }
-            tag += 1;
-        };
-        assert!(matches!(refused, Error::StorageFull(_)), "{refused}");
-        assert_eq!(e.stats().segments, 2, "refused before the roll");
+        let (posted, tag) = post_until_the_full_disk_refuses(&e, &storage, 90).await;
         // Consumers reserve 100 at a time and delete what they got, as clients do; the
         // server's maintenance runs between their calls.
         let mut consumed = 0usize;
@@ -867,13 +852,7 @@ fn a_full_disk_keeps_the_room_draining_the_oldest_segment_of_small_messages_take
                 .await
                 .expect("reserve in the kept room");
             assert!(!got.is_empty(), "the queue drained but no segment went");
-            let items: Vec<DeleteItem> = got
-                .iter()
-                .map(|m| DeleteItem {
-                    id: m.id,
-                    reservation_id: m.reservation_id,
-                })
-                .collect();
+            let items: Vec<DeleteItem> = got.iter().map(DeleteItem::of).collect();
             e.delete_batch(&key(), &items)
                 .await
                 .expect("delete in the kept room");
@@ -886,15 +865,7 @@ fn a_full_disk_keeps_the_room_draining_the_oldest_segment_of_small_messages_take
         wait_for("a spare made from the dropped segment", &|| {
             e.storage_full().is_none()
         });
-        let mut after = 0;
-        while e.stats().segments < 2 {
-            after += e
-                .post(&key(), &batch(tag), true)
-                .await
-                .expect("posts resume")
-                .len();
-            tag += 1;
-        }
+        let after = post_until_a_second_segment(&e, 90, tag).await;
         drop(e);
         storage.set_full(false);
         let e = open(&storage, &clock).expect("reopen");
