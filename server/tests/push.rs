@@ -306,16 +306,21 @@ async fn multicast_delivers_with_headers_holds_202_until_acked_and_signs() {
         "not delivered to every subscriber yet"
     );
 
-    // A wrong reservation id is refused; the right one, without a token, acknowledges.
+    // A wrong reservation id is refused (403, or 401 with a token that is none); the right
+    // one, without a token, acknowledges.
     let c = reqwest::Client::new();
     let ack_url = header(&a, "iron-subscriber-message-url").to_string();
+    let wrong = json!({"reservation_id": "0".repeat(32), "subscriber_name": "acc"});
+    let r = c.delete(&ack_url).json(&wrong).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
     let r = c
         .delete(&ack_url)
-        .json(&json!({"reservation_id": "0".repeat(32), "subscriber_name": "acc"}))
+        .header("Authorization", "OAuth not-a-token")
+        .json(&wrong)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(r.status().as_u16(), 401);
     let r = c
         .delete(&ack_url)
         .json(&json!({"id": id, "reservation_id": header(&a, "iron-reservation-id"), "subscriber_name": "acc"}))
