@@ -74,7 +74,6 @@ fn parse_id(s: &str) -> Result<MessageId, ApiError> {
     MessageId::parse(s).ok_or_else(|| ApiError::not_found("Message not found"))
 }
 
-/// A reservation id; `""` is absent; a malformed one can never match (403).
 /// A reservation id from a request; `""` is absent. A malformed one matches no reservation:
 /// it becomes [`ReservationId::NEVER_ISSUED`], so the engine still answers 404 for a missing
 /// queue or message before the 403 a wrong reservation gets.
