@@ -581,9 +581,17 @@ pub fn apply(current: Option<&QueueConfig>, spec: QueueSpec) -> Result<QueueConf
     }
     if let Some(dl) = spec.dead_letter {
         // `queue_name: ""` removes the setting; no `queue_name` keeps the configured one
-        // (so `max_reservations` can be changed alone) and is an error when there is none.
+        // (so `max_reservations` can be changed alone). Either is an error where none is
+        // configured (contract §9: the name must not be empty unless one is configured).
         let name = match dl.queue_name {
-            Some(n) if n.is_empty() => None,
+            Some(n) if n.is_empty() => match &c.dead_letter {
+                Some(_) => None,
+                None => {
+                    return Err(ApiError::bad_request(
+                        "dead_letter queue_name must not be empty",
+                    ));
+                }
+            },
             Some(n) => {
                 check_target_queue("dead_letter queue_name", &n)?;
                 Some(n)
@@ -786,9 +794,19 @@ mod tests {
             .dead_letter
             .expect("kept");
         assert_eq!((d.queue.as_str(), d.max_reservations), ("dlq", 7));
-        // ...and is an error where none is configured.
+        // ...and is an error where none is configured, as is an empty name.
         let none = apply(None, spec_from_body(json!({})).expect("spec")).expect("apply");
         let max = spec_from_body(json!({"dead_letter": {"max_reservations": 7}})).expect("spec");
         assert!(apply(Some(&none), max).is_err());
+        for q in [None, Some(&none)] {
+            let empty =
+                spec_from_body(json!({"dead_letter": {"queue_name": "", "max_reservations": 1}}))
+                    .expect("spec");
+            let e = apply(q, empty).err().expect("refused");
+            assert_eq!(
+                (e.status.as_u16(), e.msg.as_str()),
+                (400, "dead_letter queue_name must not be empty")
+            );
+        }
     }
 }
