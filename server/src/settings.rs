@@ -802,7 +802,7 @@ mod tests {
             let empty =
                 spec_from_body(json!({"dead_letter": {"queue_name": "", "max_reservations": 1}}))
                     .expect("spec");
-            let e = apply(q, empty).err().expect("refused");
+            let e = apply(q, empty).expect_err("refused");
             assert_eq!(
                 (e.status.as_u16(), e.msg.as_str()),
                 (400, "dead_letter queue_name must not be empty")
