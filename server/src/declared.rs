@@ -3,9 +3,11 @@
 //! A declaration is an object with `project`, `name` and any of the settings a
 //! `PUT /3/projects/{pid}/queues/{name}` body takes (`type`, `message_timeout`,
 //! `message_expiration`, `push`, `dead_letter`, `alerts`). The settings go through the API's
-//! own parser and rules (`settings::spec_from_body` and `settings::apply`), so a
-//! declaration is valid exactly when the same PUT would be. Settings a declaration leaves
-//! out keep their current value on an existing queue, as with PUT.
+//! own parser and rules (`settings::spec_from_body` and `settings::apply_declared`), so a
+//! declaration is valid exactly when the same PUT would be, but for one thing: a declaration
+//! states what the queue is, so `dead_letter.queue_name: ""` there means "none" even where
+//! there is none (a PUT may use it only to remove one). Settings a declaration leaves out
+//! keep their current value on an existing queue, as with PUT.
 
 use std::collections::HashMap;
 
@@ -101,7 +103,7 @@ pub fn parse(queues: &[Value]) -> Result<Vec<Declared>, ConfigError> {
             .as_ref()
             .and_then(|d| d.queue_name.clone())
             .filter(|n| !n.is_empty());
-        settings::apply(None, spec).map_err(|e| at(index, None, e.msg))?;
+        settings::apply_declared(None, spec).map_err(|e| at(index, None, e.msg))?;
         links.push(link);
         out.push(Declared { index, key, body });
     }
@@ -161,7 +163,8 @@ pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError>
         }
         let current = engine.queue_info_now(&key).ok().map(|i| i.config);
         let spec = settings::spec_from_body(body.clone()).map_err(|e| at(index, None, e.msg))?;
-        let config = settings::apply(current.as_ref(), spec).map_err(|e| at(index, None, e.msg))?;
+        let config =
+            settings::apply_declared(current.as_ref(), spec).map_err(|e| at(index, None, e.msg))?;
         let forwards = settings::forward_links(&key, &config);
         let link = config.dead_letter.map(|dl| dl.queue);
         planned.push(Planned {
@@ -222,7 +225,7 @@ pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError>
             .upsert_queue_linked(
                 &p.key,
                 true,
-                |cur| settings::apply(cur, spec),
+                |cur| settings::apply_declared(cur, spec),
                 &settings::forward_links,
             )
             .await

@@ -445,6 +445,24 @@ pub fn alerts_from(specs: Vec<AlertSpec>, existing: &[Alert]) -> Result<Vec<Aler
 }
 
 /// Applies a create/update spec to the current settings (`None` = new queue).
+/// [`apply`] for a queue declared in the configuration file, which states what the queue
+/// is rather than what to change: there `dead_letter.queue_name: ""` declares "no
+/// dead-letter queue" whether or not the queue has one now (a request may use it only to
+/// remove one).
+pub fn apply_declared(
+    current: Option<&QueueConfig>,
+    mut spec: QueueSpec,
+) -> Result<QueueConfig, ApiError> {
+    let unset = spec
+        .dead_letter
+        .as_ref()
+        .is_some_and(|d| d.queue_name.as_deref() == Some(""));
+    if unset && current.is_none_or(|c| c.dead_letter.is_none()) {
+        spec.dead_letter = None;
+    }
+    apply(current, spec)
+}
+
 pub fn apply(current: Option<&QueueConfig>, spec: QueueSpec) -> Result<QueueConfig, ApiError> {
     let mut c = current.cloned().unwrap_or_default();
     let mut extra = current.map(Extra::of).unwrap_or_default();
