@@ -24,6 +24,9 @@ cargo check --manifest-path fuzz/Cargo.toml --bins --locked \
 
 step "a full disk: the real server on a small tmpfs (skipped where none can be mounted)"
 python3 scripts/disk-full.py --bin "${CARGO_TARGET_DIR:-target}/debug/ferromq" --optional
+# Small messages, consumed by reserve + delete: their records weigh more (the kept room).
+python3 scripts/disk-full.py --bin "${CARGO_TARGET_DIR:-target}/debug/ferromq" --optional \
+    --body-bytes 100 --consume reserve-delete
 
 step "official IronMQ clients against the real server"
 bash tests/run-clients.sh
