@@ -408,11 +408,13 @@ impl Log {
     /// want of space and it would reach into the room kept for consumers
     /// ([`ROOM_KEPT_DIVISOR`], or the room draining the oldest segment takes).
     fn post_room(&self, end: LogPos, frame_len: usize) -> Result<()> {
+        // Every post append asks: the usual answer (space) costs one load.
+        if !self.no_space.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let kept =
             (self.segment_bytes / ROOM_KEPT_DIVISOR).max(self.drain_room.load(Ordering::Acquire));
-        if (end.offset() as u64 + frame_len as u64).saturating_add(kept) > self.segment_bytes
-            && self.no_space.load(Ordering::Acquire)
-        {
+        if (end.offset() as u64 + frame_len as u64).saturating_add(kept) > self.segment_bytes {
             return Err(Error::StorageFull(self.no_space_why.lock().clone()));
         }
         Ok(())
