@@ -174,6 +174,9 @@ pub struct EngineStats {
     pub queues: u64,
     /// No new log segment can be made for want of space (see [`Engine::storage_full`]).
     pub storage_full: bool,
+    /// A reserve segment is held: one more spare, kept back for consumers' records on a
+    /// full disk (see `FORMAT.md`, "Full disk").
+    pub reserve_segment: bool,
     /// Messages since open: posted, handed out by reserve (with or without `delete`),
     /// deleted (by id, by reserve with `delete`, or by a clear), and dropped on expiry.
     pub messages_posted: u64,
@@ -1483,6 +1486,7 @@ impl Engine {
             live_message_bytes: st.live.total,
             queues: st.queues.len() as u64,
             storage_full: log.no_space().is_some(),
+            reserve_segment: log.reserve_held(),
             messages_posted: c.posted.load(Ordering::Relaxed),
             messages_reserved: c.reserved.load(Ordering::Relaxed),
             messages_deleted: c.deleted.load(Ordering::Relaxed),

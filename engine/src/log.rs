@@ -51,6 +51,12 @@ pub const FSYNC_BUCKET_BOUNDS_S: [f64; 12] = [
 /// [`Log::pace_spare`]): a 64 MiB spare is ready within 2 s. A rate, not a time: a 2 GiB
 /// segment's zeros within 2 s would be 1 GB/s of writes in front of the log's syncs.
 const SPARE_FILL_FLOOR_BYTES_PER_S: f64 = 32.0 * 1024.0 * 1024.0;
+/// The reserve's zero-fill (see [`SpareSlot::reserve`]) goes at this fraction of
+/// [`SPARE_FILL_FLOOR_BYTES_PER_S`], whatever the fill: nothing waits for it (its blocks
+/// are reserved at once), and a start makes it right after the next segment's spare,
+/// under whatever load the start meets. If a roll takes the next segment's spare
+/// meanwhile, this file becomes the next one and goes at that one's pace.
+const RESERVE_FILL_SLOWDOWN: f64 = 4.0;
 /// The spare's zero-fill keeps this far ahead of the active segment's fill (in 1/4ths:
 /// done when the active segment is 4/5 full). Its zeros cost the device as many bytes as
 /// the log itself; at 2× (done at half full) they came in bursts three times the log's
@@ -214,6 +220,12 @@ struct SpareSlot {
     /// `head` ([`Log::name_ahead`]) once `head`'s header is durable, so that the roll
     /// needs neither a rename nor a directory sync while commits wait.
     ready: Option<Spare>,
+    /// One more spare, made after `ready` and kept back for a full disk: a roll takes it
+    /// only when no other spare can be made for want of space. Consumers' records then
+    /// have a whole segment more than the room kept in the active one
+    /// ([`ROOM_KEPT_DIVISOR`]): with tiny messages (10 B), the reservations and deletes
+    /// that drain a segment take more than a segment of their own.
+    reserve: Option<Spare>,
     /// The segment the writer writes, or is rolling to (set when it takes a spare).
     head: SegmentId,
     /// Whether `head`'s header is durable. Until it is, no file may take the next name:
@@ -270,6 +282,7 @@ impl Log {
             regions: RwLock::new(regions),
             spare: Mutex::new(SpareSlot {
                 ready: None,
+                reserve: None,
                 head: tail.segment,
                 // Recovery syncs the tail segment (`recovery::finish`).
                 head_synced: true,
@@ -825,20 +838,57 @@ impl Log {
                 return Ok(s);
             }
         }
+        // The disk is full: the reserve, while there is one (the allocator makes another
+        // once retention frees the room, before posts resume).
+        if self.no_space.load(Ordering::Acquire)
+            && let Some(reserve) = self.take_reserve()
+        {
+            return Ok(reserve);
+        }
         // The allocator fell behind: make one here.
         let n = self.spare_counter.fetch_add(1, Ordering::Relaxed) | (1 << 62);
-        let out = segment::create_spare(&*self.storage, n, self.segment_bytes)
-            .map_err(|e| Error::io("preallocate", self.path("spare"), e))?;
-        self.spare_cv.notify_all();
-        Ok(out)
+        match segment::create_spare(&*self.storage, n, self.segment_bytes) {
+            Ok(out) => {
+                self.spare_cv.notify_all();
+                Ok(out)
+            }
+            Err(e) if is_no_space(&e) => {
+                self.note_no_space(&e);
+                self.take_reserve()
+                    .ok_or_else(|| Error::io("preallocate", self.path("spare"), e))
+            }
+            Err(e) => Err(Error::io("preallocate", self.path("spare"), e)),
+        }
+    }
+
+    /// The reserve spare ([`SpareSlot::reserve`]), if one is held.
+    fn take_reserve(&self) -> Option<Spare> {
+        let reserve = self.spare.lock().reserve.take();
+        if reserve.is_some() {
+            self.spare_cv.notify_all();
+        }
+        reserve
+    }
+
+    /// Whether a reserve spare is held ([`SpareSlot::reserve`]).
+    pub(crate) fn reserve_held(&self) -> bool {
+        self.spare.lock().reserve.is_some()
+    }
+
+    /// A spare could not be made for want of space: posts keep off the room kept for
+    /// consumers ([`Log::post_room`]) until one is.
+    fn note_no_space(&self, e: &std::io::Error) {
+        *self.no_space_why.lock() = e.to_string();
+        self.no_space.store(true, Ordering::Release);
     }
 
     /// Decides, before each step of a spare's zero-fill, whether to go on now (true), or
     /// sleeps a little first; false once the log is stopping. The spare is due when the
     /// active segment is 4/5 full ([`SPARE_LEAD_QUARTERS`]), and in any case at
     /// [`SPARE_FILL_FLOOR_BYTES_PER_S`]: writing its zeros no faster than that keeps them
-    /// from crowding out the log's own syncs.
-    fn pace_spare(&self, started: Instant, done: u64) -> bool {
+    /// from crowding out the log's own syncs. A spare begun as the reserve (`for_reserve`)
+    /// goes slower while the next segment's spare is ready ([`RESERVE_FILL_SLOWDOWN`]).
+    fn pace_spare(&self, started: Instant, done: u64, for_reserve: bool) -> bool {
         let bytes = self.segment_bytes;
         if bytes <= 4 * crate::storage::STEP_BYTES {
             return !self.is_stopping();
@@ -851,16 +901,23 @@ impl Log {
             if self.is_stopping() {
                 return false;
             }
-            let fill = self.durable().offset() as u64;
-            let by_fill = bytes.min(fill.saturating_mul(SPARE_LEAD_QUARTERS) / 4);
+            let slow = for_reserve && self.spare.lock().ready.is_some();
+            let (rate, by_fill) = if slow {
+                (SPARE_FILL_FLOOR_BYTES_PER_S / RESERVE_FILL_SLOWDOWN, 0)
+            } else {
+                let fill = self.durable().offset() as u64;
+                (
+                    SPARE_FILL_FLOOR_BYTES_PER_S,
+                    bytes.min(fill.saturating_mul(SPARE_LEAD_QUARTERS) / 4),
+                )
+            };
             let elapsed = started.elapsed();
-            let by_time =
-                (SPARE_FILL_FLOOR_BYTES_PER_S * elapsed.as_secs_f64()).min(bytes as f64) as u64;
+            let by_time = (rate * elapsed.as_secs_f64()).min(bytes as f64) as u64;
             if done < by_fill.max(by_time) {
                 return true;
             }
             // When the time allowance catches up with `done`, at the latest.
-            let due = Duration::from_secs_f64(done as f64 / SPARE_FILL_FLOOR_BYTES_PER_S);
+            let due = Duration::from_secs_f64(done as f64 / rate);
             let nap = due
                 .saturating_sub(elapsed)
                 .clamp(Duration::from_millis(1), Duration::from_millis(10));
@@ -878,7 +935,8 @@ impl Log {
 
     fn allocator_loop(self: Arc<Self>) {
         loop {
-            {
+            // Whether this spare is begun as the reserve (the next segment's is ready).
+            let for_reserve = {
                 let mut slot = self.spare.lock();
                 loop {
                     if self.is_stopping() {
@@ -886,6 +944,8 @@ impl Log {
                     }
                     match &slot.ready {
                         None => break,
+                        // The next segment's file is ready: then the reserve.
+                        Some(ready) if named_ahead(ready) && slot.reserve.is_none() => break,
                         Some(ready) if !slot.head_synced || named_ahead(ready) => {
                             self.spare_cv.wait(&mut slot);
                             continue;
@@ -904,9 +964,10 @@ impl Log {
                     }
                 }
                 self.allocating.store(true, Ordering::Release);
-            }
+                slot.ready.is_some()
+            };
             let started = Instant::now();
-            let pace = &mut |done| self.pace_spare(started, done);
+            let pace = &mut |done| self.pace_spare(started, done, for_reserve);
             let recycled = self.recycled.lock().pop();
             let made = match recycled.map(|name| {
                 segment::refill_spare_paced(&*self.storage, name, self.segment_bytes, pace)
@@ -918,28 +979,33 @@ impl Log {
                     segment::create_spare_paced(&*self.storage, n, self.segment_bytes, pace)
                 }
             };
-            match &made {
-                Ok(_) => self.no_space.store(false, Ordering::Release),
-                Err(e) if is_no_space(e) => {
-                    *self.no_space_why.lock() = e.to_string();
-                    self.no_space.store(true, Ordering::Release);
-                }
-                Err(_) => {}
-            }
             let failed = {
                 let mut slot = self.spare.lock();
                 let failed = match made {
-                    Ok(Some(s)) if slot.ready.is_none() => {
-                        // Named at the top of the loop, if `head`'s header is durable.
-                        slot.ready = Some(s);
-                        false
-                    }
                     Ok(Some(s)) => {
-                        let _ = self.storage.remove(&s.0);
+                        if slot.ready.is_none() {
+                            // Named at the top of the loop, if `head`'s header is durable.
+                            slot.ready = Some(s);
+                        } else if slot.reserve.is_none() {
+                            slot.reserve = Some(s);
+                        } else {
+                            let _ = self.storage.remove(&s.0);
+                        }
+                        // Posts resume once the reserve is back too: after a full disk,
+                        // the first file retention frees becomes the next segment's, the
+                        // second the reserve.
+                        if slot.reserve.is_some() {
+                            self.no_space.store(false, Ordering::Release);
+                        }
                         false
                     }
                     Ok(None) => false,
-                    Err(_) => true,
+                    Err(e) => {
+                        if is_no_space(&e) {
+                            self.note_no_space(&e);
+                        }
+                        true
+                    }
                 };
                 self.allocating.store(false, Ordering::Release);
                 self.hurry.store(false, Ordering::Release);

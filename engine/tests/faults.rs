@@ -693,9 +693,9 @@ fn wait_for(what: &str, f: &dyn Fn() -> bool) {
 }
 
 /// Fills the disk as it happens for real: the spare for segment 2 is made (and named for
-/// it), then the disk fills up, posts roll into segment 2, the allocator finds no room for
-/// the next spare, and posts go on until one is refused. Returns the messages acknowledged
-/// and the next batch tag.
+/// it) and the reserve after it, then the disk fills up, posts roll into segment 2, the
+/// allocator finds no room for the next spare, and posts go on until one is refused.
+/// Returns the messages acknowledged and the next batch tag.
 async fn post_until_the_full_disk_refuses(
     e: &Engine,
     storage: &SimStorage,
@@ -709,6 +709,7 @@ async fn post_until_the_full_disk_refuses(
     wait_for("the first spare", &|| {
         storage.file_names().iter().any(|n| n.ends_with("2.seg"))
     });
+    wait_for("the reserve", &|| e.stats().reserve_segment);
     storage.set_full(true);
     while e.stats().segments < 2 {
         posted += e.post(&key(), &batch(tag), true).await.expect("post").len();
@@ -777,7 +778,12 @@ fn a_full_disk_refuses_posts_keeps_consumers_going_and_recovers_by_itself() {
             e.queue_info_now(&other).is_err(),
             "no queue made for a refused post"
         );
-        assert_eq!(spare_files(), 0, "failed spares are removed");
+        assert_eq!(
+            spare_files(),
+            1,
+            "failed spares are removed; the reserve stays"
+        );
+        assert!(e.stats().reserve_segment);
         // Consumers drain the queue in the room kept for them, all but the oldest message,
         // which stays reserved (retention relocates it: it fits in the room).
         let kept = e
@@ -823,6 +829,64 @@ fn a_full_disk_refuses_posts_keeps_consumers_going_and_recovers_by_itself() {
             .await
             .expect("the relocated message");
         assert_eq!(got.body, kept[0].body);
+    });
+}
+
+/// With messages of 10 B, the reservations and deletes that drain a segment take more than
+/// a segment of their own: no room kept in the active segment is enough. Posts stop at once
+/// (the room kept is the whole segment), consumers fill the active segment and roll into
+/// the reserve, and once retention has dropped two segments (one file for the next
+/// segment, one for a new reserve) posts resume, all on a full disk.
+#[test]
+fn a_full_disk_with_tiny_messages_drains_into_the_reserve_segment() {
+    let storage = SimStorage::new();
+    let clock = ManualClock::new(T0);
+    let e = open(&storage, &clock).expect("open");
+    rt().block_on(async {
+        let (posted, tag) = post_until_the_full_disk_refuses(&e, &storage, 0).await;
+        let mut consumed = 0usize;
+        let mut rolled_into_the_reserve = false;
+        while e.storage_full().is_some() {
+            let got = e
+                .reserve(
+                    &key(),
+                    ReserveOptions {
+                        n: 100,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("reserve on the full disk");
+            if got.is_empty() {
+                // All consumed: the allocator makes its spares at its own pace.
+                wait_for("posts to resume", &|| e.storage_full().is_none());
+                break;
+            }
+            let items: Vec<DeleteItem> = got.iter().map(DeleteItem::of).collect();
+            e.delete_batch(&key(), &items)
+                .await
+                .expect("delete on the full disk");
+            consumed += got.len();
+            rolled_into_the_reserve |= !e.stats().reserve_segment;
+            e.maintain().expect("maintain");
+        }
+        assert!(
+            rolled_into_the_reserve,
+            "the drain never needed the reserve"
+        );
+        assert!(
+            e.stats().reserve_segment,
+            "posts resume with a reserve again"
+        );
+        assert!(consumed <= posted, "{consumed} of {posted}");
+        let after = post_until_a_second_segment(&e, 0, tag).await;
+        drop(e);
+        storage.set_full(false);
+        let e = open(&storage, &clock).expect("reopen");
+        assert_eq!(
+            e.queue_info_now(&key()).unwrap().size as usize,
+            posted - consumed + after
+        );
     });
 }
 

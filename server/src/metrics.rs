@@ -248,6 +248,12 @@ impl Collector for EngineCollector {
             "1 while no new log segment can be made for want of space (posts near the end of the current one are refused)",
             s.storage_full as i64,
         )?;
+        gauge(
+            &mut enc,
+            "ferromq_reserve_segment",
+            "1 while the reserve segment is held (a spare kept back for consumers on a full disk)",
+            s.reserve_segment as i64,
+        )?;
 
         let per_queue: [(&str, &str, QueueValue); 3] = [
             (
