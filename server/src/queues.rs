@@ -169,17 +169,13 @@ async fn edit_subscribers(
                     }
                     Edit::Replace => push.subscribers = settings::subscribers_from(specs)?,
                     Edit::Remove => {
-                        // By name; an entry with only a url removes the subscribers at it.
-                        let (mut names, mut urls) = (Vec::new(), Vec::new());
-                        for s in specs {
-                            match (s.name.filter(|n| !n.is_empty()), s.url) {
-                                (Some(n), _) => names.push(n),
-                                (None, Some(u)) => urls.push(u),
-                                (None, None) => {}
-                            }
-                        }
-                        push.subscribers
-                            .retain(|s| !names.contains(&s.name) && !urls.contains(&s.url));
+                        // By name only: clients send whole subscriber objects.
+                        let names = specs
+                            .into_iter()
+                            .map(|s| s.name.filter(|n| !n.is_empty()))
+                            .collect::<Option<Vec<String>>>()
+                            .ok_or_else(|| ApiError::bad_request("subscriber name is required"))?;
+                        push.subscribers.retain(|s| !names.contains(&s.name));
                     }
                 }
                 if push.subscribers.is_empty() {

@@ -132,8 +132,25 @@ pub struct SubscriberSpec {
     pub name: Option<String>,
     #[serde(default)]
     pub url: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "headers_or_php_empty")]
     pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// A subscriber's `headers`: an object of strings, or `[]` for none, which is what the PHP
+/// client sends for an empty one (`json_encode(array())`), in a queue's settings and to the
+/// subscriber endpoints alike.
+fn headers_or_php_empty<'de, D>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) if a.is_empty() => Ok(Some(BTreeMap::new())),
+        Some(v) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(|_| D::Error::custom("subscriber headers must be an object of strings")),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,29 +238,16 @@ pub fn spec_from_body(v: Value) -> Result<QueueSpec, ApiError> {
 
 /// PHP's `json_encode(array())` is `[]`, which the PHP client sends for empty options:
 /// where an object is expected, an empty array means nothing given (`"push": []`,
-/// `"dead_letter": []`) or no entries (a subscriber's `"headers": []`); `{"queue": []}` is
-/// handled by the caller.
+/// `"dead_letter": []`); `{"queue": []}` is handled by the caller, a subscriber's
+/// `"headers": []` by [`SubscriberSpec`].
 fn php_empty_objects(spec: &mut Value) {
-    fn empty(v: Option<&Value>) -> bool {
-        v.and_then(Value::as_array).is_some_and(|a| a.is_empty())
-    }
     if let Some(m) = spec.as_object_mut() {
         for key in ["push", "dead_letter"] {
-            if empty(m.get(key)) {
-                m.remove(key);
-            }
-        }
-    }
-    if let Some(subs) = spec
-        .get_mut("push")
-        .and_then(|p| p.get_mut("subscribers"))
-        .and_then(Value::as_array_mut)
-    {
-        for s in subs {
-            if let Some(h) = s.get_mut("headers")
-                && empty(Some(h))
+            if m.get(key)
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.is_empty())
             {
-                *h = Value::Object(Map::new());
+                m.remove(key);
             }
         }
     }
@@ -257,27 +261,6 @@ fn parse_kind(s: &str) -> Result<QueueKind, ApiError> {
         _ => Err(ApiError::bad_request(format!(
             "type must be pull, multicast or unicast, not {s:?}"
         ))),
-    }
-}
-
-/// The name of a subscriber given without one: its URL without what may be a secret (a
-/// password or token in the userinfo, the query string), since names are shown, logged and
-/// sent as `Iron-Subscriber-Name`.
-fn name_from_url(url: &str) -> String {
-    let url = url.split(['?', '#']).next().unwrap_or(url);
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        // `ironmq://project:token@…`: the project id stays, the token goes.
-        Some((userinfo, host)) if scheme.eq_ignore_ascii_case("ironmq") => {
-            let project = userinfo.split_once(':').map_or(userinfo, |(p, _)| p);
-            format!("{scheme}://{project}@{host}{path}")
-        }
-        // Any other userinfo may be a key of its own: all of it goes.
-        Some((_, host)) => format!("{scheme}://{host}{path}"),
-        None => url.to_string(),
     }
 }
 
@@ -303,10 +286,12 @@ pub fn subscribers_from(specs: Vec<SubscriberSpec>) -> Result<Vec<Subscriber>, A
                 "subscriber url {url:?} must be http://, https:// or ironmq://"
             )));
         }
+        // Required in v3 (v2 subscribers had none): the name is what acknowledgements,
+        // statuses and the subscriber endpoints go by.
         let name = s
             .name
             .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| name_from_url(&url));
+            .ok_or_else(|| ApiError::bad_request("subscriber name is required"))?;
         if name.len() > engine::limits::SUBSCRIBER_NAME_BYTES_MAX {
             return Err(ApiError::bad_request(
                 "subscriber name must be at most 255 bytes",
@@ -748,20 +733,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_subscriber_named_after_its_url_leaves_out_secrets() {
-        for (url, name) in [
-            ("ironmq://p1:tok@/q", "ironmq://p1@/q"),
-            (
-                "ironmq://p1:tok@mq.example:8080/q",
-                "ironmq://p1@mq.example:8080/q",
-            ),
-            ("http://u:pw@h/x?oauth=t", "http://h/x"),
-            ("http://APIKEY@h/x#frag", "http://h/x"),
-            ("https://h/x", "https://h/x"),
-            ("ironmq:///q", "ironmq:///q"),
+    fn a_subscriber_needs_a_name_and_may_have_php_empty_headers() {
+        for sub in [
+            json!({"url": "http://x"}),
+            json!({"name": "", "url": "http://x"}),
         ] {
-            assert_eq!(name_from_url(url), name, "{url}");
+            let spec = spec_from_body(json!({"push": {"subscribers": [sub]}})).expect("spec");
+            let err = apply(None, spec).expect_err("refused");
+            assert_eq!(
+                (err.status.as_u16(), err.msg.as_str()),
+                (400, "subscriber name is required")
+            );
         }
+        let spec = spec_from_body(
+            json!({"push": {"subscribers": [{"name": "a", "url": "http://x", "headers": []}]}}),
+        )
+        .expect("spec");
+        let c = apply(None, spec).expect("apply");
+        assert!(
+            Extra::of(&c).push.expect("push").subscribers[0]
+                .headers
+                .is_empty()
+        );
+        let bad: Result<SubscriberSpec, _> =
+            serde_json::from_value(json!({"name": "a", "url": "http://x", "headers": [1]}));
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -433,7 +433,7 @@ fn declared_queues_are_created_then_updated_and_a_type_change_stops_the_start() 
     // Changing a declared queue's type is refused like the API refuses it.
     write(
         json!([{ "project": PID, "name": "orders", "type": "unicast",
-        "push": { "subscribers": [{ "url": "http://127.0.0.1:9/" }] } }]),
+        "push": { "subscribers": [{ "name": "s", "url": "http://127.0.0.1:9/" }] } }]),
     );
     let text = Start::new(dir.path())
         .args(&["--config", &cfg_arg])

@@ -866,7 +866,10 @@ async fn push_links_that_would_close_a_cycle_are_refused() {
             "self",
             push(json!([{"name": "me", "url": "ironmq:///self"}]), ""),
         ),
-        ("self2", push(json!([{"url": ok_url}]), "self2")),
+        (
+            "self2",
+            push(json!([{"name": "s", "url": ok_url}]), "self2"),
+        ),
     ];
     for (q, body) in cases {
         let (s, v) = srv.call("PUT", q, body).await;
@@ -881,11 +884,15 @@ async fn push_links_that_would_close_a_cycle_are_refused() {
     // a -> b (fan-out), then b -> a (error queue) would close a cycle; b -> c does not,
     // and neither does c fanning out to a (a chain, not a loop).
     let (s, v) = srv
-        .call("PUT", "a", push(json!([{"url": "ironmq:///b"}]), ""))
+        .call(
+            "PUT",
+            "a",
+            push(json!([{"name": "s", "url": "ironmq:///b"}]), ""),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = srv
-        .call("PUT", "b", push(json!([{"url": ok_url}]), "a"))
+        .call("PUT", "b", push(json!([{"name": "s", "url": ok_url}]), "a"))
         .await;
     assert_eq!(s, 400, "{v}");
     assert!(
@@ -893,11 +900,15 @@ async fn push_links_that_would_close_a_cycle_are_refused() {
         "the cycle is named: {v}"
     );
     let (s, v) = srv
-        .call("PUT", "b", push(json!([{"url": ok_url}]), "c"))
+        .call("PUT", "b", push(json!([{"name": "s", "url": ok_url}]), "c"))
         .await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = srv
-        .call("PUT", "c", push(json!([{"url": "ironmq:///d"}]), ""))
+        .call(
+            "PUT",
+            "c",
+            push(json!([{"name": "s", "url": "ironmq:///d"}]), ""),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     // Adding a subscriber to c that leads back into a -> b -> c closes one.
@@ -920,7 +931,11 @@ async fn push_links_that_would_close_a_cycle_are_refused() {
     );
     // An alert into a push queue that delivers back into the alerting queue loops too.
     let (s, v) = srv
-        .call("PUT", "back", push(json!([{"url": "ironmq:///src"}]), ""))
+        .call(
+            "PUT",
+            "back",
+            push(json!([{"name": "s", "url": "ironmq:///src"}]), ""),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(srv.call("PUT", "src", json!({})).await.0, 200);
@@ -945,15 +960,15 @@ async fn push_links_that_would_close_a_cycle_are_refused() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    // A removal naming only a url removes the subscribers at that url.
+    // Removal goes by name: an entry without one is refused, and changes nothing.
     let (s, v) = srv
         .call(
             "POST",
             "c/subscribers",
-            json!({"subscribers": [{"name": "two", "url": ok_url}]}),
+            json!({"subscribers": [{"name": "two", "url": ok_url, "headers": []}]}),
         )
         .await;
-    assert_eq!(s, 200, "{v}");
+    assert_eq!(s, 200, "PHP's empty headers: {v}");
     let (s, v) = srv
         .call(
             "DELETE",
@@ -961,13 +976,39 @@ async fn push_links_that_would_close_a_cycle_are_refused() {
             json!({"subscribers": [{"url": ok_url}]}),
         )
         .await;
+    assert_eq!(
+        (s, v["msg"].as_str()),
+        (400, Some("subscriber name is required"))
+    );
+    let (s, v) = srv
+        .call(
+            "DELETE",
+            "c/subscribers",
+            json!({"subscribers": [{"name": "two", "url": "http://elsewhere/"}]}),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     let (_, info) = srv.call("GET", "c", json!({})).await;
     assert_eq!(
         info["queue"]["push"]["subscribers"],
-        json!([{"name": "ironmq:///d", "url": "ironmq:///d"}]),
+        json!([{"name": "s", "url": "ironmq:///d"}]),
         "{info}"
     );
+    // Adding or replacing needs names too (v3; v2 subscribers had none).
+    for method in ["POST", "PUT"] {
+        let (s, v) = srv
+            .call(
+                method,
+                "c/subscribers",
+                json!({"subscribers": [{"url": ok_url}]}),
+            )
+            .await;
+        assert_eq!(
+            (s, v["msg"].as_str()),
+            (400, Some("subscriber name is required")),
+            "{method}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
