@@ -46,6 +46,16 @@ def call(port, method, path, body=None):
         return e.code, json.loads(e.read() or b"{}")
 
 
+def metric(port, name):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                 headers={"Authorization": "OAuth diskfulladmin0001"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
+
+
 def start(binary, data, config, port, log):
     env = dict(os.environ, FERROMQ_ADMIN_TOKEN="diskfulladmin0001", FERROMQ_PROJECT_ID=PROJECT,
                FERROMQ_TOKEN=TOKEN, FERROMQ_LOG_LEVEL="info")
@@ -174,6 +184,8 @@ def main():
                 time.sleep(0.5)
         check(resumed is not None,
               f"posts resume by themselves (after {resumed} tries, {consumed} consumed)")
+        check(metric(a.port, "ferromq_reserve_segment") == 1,
+              "posts resumed with the reserve segment held")
         more = 0
         for _ in range(200):
             s, v = call(a.port, "POST", "q/messages", batch)
@@ -183,11 +195,12 @@ def main():
         acked += more
         print(f"then {more} more messages posted", flush=True)
         # Dropped segments waiting to be zeroed as spares are named `spare-2…` (at most 2);
-        # besides them, at most the one spare being made.
+        # besides them, the reserve (made from one of those, or new) and at most the one
+        # spare being made.
         spares = [n for n in os.listdir(data) if n.startswith("spare-")]
         recycled = [n for n in spares if n.startswith("spare-2")]
-        check(len(recycled) <= 2 and len(spares) - len(recycled) <= 1,
-              f"no stray spare file, only the one being made and reused segments: {spares}")
+        check(len(recycled) <= 3 and len(spares) <= 4,
+              f"no stray spare file, only the reserve, the one being made and reused segments: {spares}")
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         server = start(binary, data, config, a.port, log)

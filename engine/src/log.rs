@@ -183,6 +183,10 @@ pub(crate) struct Log {
     no_space: AtomicBool,
     /// Why, while `no_space` is set.
     no_space_why: Mutex<String>,
+    /// The segment posts were appended to when `no_space` was set: posts may go on there
+    /// (short of the room kept), never in a later one, which consumers' records rolled
+    /// into: that one, and the reserve, are theirs until `no_space` clears.
+    full_segment: AtomicU64,
     /// While `no_space` is set: the log bytes consumers need to drain the oldest segment
     /// (its live messages × [`DRAIN_BYTES_PER_MESSAGE`]), noted by the engine before
     /// each post.
@@ -293,6 +297,7 @@ impl Log {
             allocating: AtomicBool::new(false),
             no_space: AtomicBool::new(false),
             no_space_why: Mutex::new(String::new()),
+            full_segment: AtomicU64::new(u64::MAX),
             drain_room: AtomicU64::new(0),
             recycled: Mutex::new(Vec::new()),
             kick_due: AtomicBool::new(false),
@@ -419,7 +424,8 @@ impl Log {
 
     /// Refuses a post record of `frame_len` bytes at `end` while no spare can be made for
     /// want of space and it would reach into the room kept for consumers
-    /// ([`ROOM_KEPT_DIVISOR`], or the room draining the oldest segment takes).
+    /// ([`ROOM_KEPT_DIVISOR`], or the room draining the oldest segment takes), or land in
+    /// a segment after the one posts were in when the disk filled (`full_segment`).
     fn post_room(&self, end: LogPos, frame_len: usize) -> Result<()> {
         // Every post append asks: the usual answer (space) costs one load.
         if !self.no_space.load(Ordering::Acquire) {
@@ -427,7 +433,9 @@ impl Log {
         }
         let kept =
             (self.segment_bytes / ROOM_KEPT_DIVISOR).max(self.drain_room.load(Ordering::Acquire));
-        if (end.offset() as u64 + frame_len as u64).saturating_add(kept) > self.segment_bytes {
+        if end.segment().0 as u64 > self.full_segment.load(Ordering::Acquire)
+            || (end.offset() as u64 + frame_len as u64).saturating_add(kept) > self.segment_bytes
+        {
             return Err(Error::StorageFull(self.no_space_why.lock().clone()));
         }
         Ok(())
@@ -879,6 +887,10 @@ impl Log {
     /// consumers ([`Log::post_room`]) until one is.
     fn note_no_space(&self, e: &std::io::Error) {
         *self.no_space_why.lock() = e.to_string();
+        if !self.no_space.load(Ordering::Acquire) {
+            self.full_segment
+                .store(self.end().segment().0 as u64, Ordering::Release);
+        }
         self.no_space.store(true, Ordering::Release);
     }
 
