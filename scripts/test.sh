@@ -27,6 +27,9 @@ python3 scripts/disk-full.py --bin "${CARGO_TARGET_DIR:-target}/debug/ferromq" -
 # Small messages, consumed by reserve + delete: their records weigh more (the kept room).
 python3 scripts/disk-full.py --bin "${CARGO_TARGET_DIR:-target}/debug/ferromq" --optional \
     --body-bytes 100 --consume reserve-delete
+# Tiny messages: draining a segment of them takes a segment of records (the reserve).
+python3 scripts/disk-full.py --bin "${CARGO_TARGET_DIR:-target}/debug/ferromq" --optional \
+    --body-bytes 10 --consume reserve-delete --size-mb 100
 
 step "official IronMQ clients against the real server"
 bash tests/run-clients.sh
