@@ -178,8 +178,9 @@ pub(crate) struct Log {
     allocating: AtomicBool,
     /// The writer is waiting for the spare being made: stop pacing, finish it now.
     hurry: AtomicBool,
-    /// The allocator's last attempt failed for want of space (cleared by the next spare
-    /// it makes): posts keep off the active segment's last part ([`ROOM_KEPT_DIVISOR`]).
+    /// A spare could not be made for want of space (cleared once the allocator holds both
+    /// the next segment's spare and the reserve again): posts keep off the active
+    /// segment's last part ([`ROOM_KEPT_DIVISOR`]) and out of later segments.
     no_space: AtomicBool,
     /// Why, while `no_space` is set.
     no_space_why: Mutex<String>,
@@ -821,7 +822,8 @@ impl Log {
     }
 
     /// The file for segment `to`, which the writer is rolling to: the allocator's, named
-    /// `to`'s file name already (or under a spare name if it was not), else a new spare.
+    /// `to`'s file name already (or under a spare name if it was not), else the reserve
+    /// on a full disk, else a new spare.
     fn take_spare(&self, to: SegmentId) -> Result<Spare> {
         {
             let mut slot = self.spare.lock();
@@ -884,7 +886,7 @@ impl Log {
     }
 
     /// A spare could not be made for want of space: posts keep off the room kept for
-    /// consumers ([`Log::post_room`]) until one is.
+    /// consumers ([`Log::post_room`]) until the allocator holds two again.
     fn note_no_space(&self, e: &std::io::Error) {
         *self.no_space_why.lock() = e.to_string();
         if !self.no_space.load(Ordering::Acquire) {
