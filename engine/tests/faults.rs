@@ -746,6 +746,36 @@ async fn post_until_a_second_segment(e: &Engine, body_bytes: usize, mut tag: usi
     after
 }
 
+/// One consumer's turn as clients take it: reserve 100, then delete them by id. Returns how
+/// many it consumed (0 once the queue is empty).
+async fn reserve_and_delete_100(e: &Engine) -> usize {
+    let got = e
+        .reserve(
+            &key(),
+            ReserveOptions {
+                n: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("reserve on the full disk");
+    let items: Vec<DeleteItem> = got.iter().map(DeleteItem::of).collect();
+    if !items.is_empty() {
+        e.delete_batch(&key(), &items)
+            .await
+            .expect("delete on the full disk");
+    }
+    items.len()
+}
+
+/// Reopens the engine on a disk no longer full: the queue holds `size` messages.
+fn reopen_holding(storage: &SimStorage, clock: &ManualClock, size: usize) -> Engine {
+    storage.set_full(false);
+    let e = open(storage, clock).expect("reopen");
+    assert_eq!(e.queue_info_now(&key()).unwrap().size as usize, size);
+    e
+}
+
 /// A full disk: the log rolls into the spare made before, the allocator cannot make the
 /// next one, and posts are refused (`StorageFull`, nothing stored) before the active
 /// segment's last eighth, which stays for reservations and deletes. Once consumers have
@@ -821,9 +851,7 @@ fn a_full_disk_refuses_posts_keeps_consumers_going_and_recovers_by_itself() {
         assert!(after >= 100);
         drop(e);
         // Every acknowledged message survives: the one kept and those posted after.
-        storage.set_full(false);
-        let e = open(&storage, &clock).expect("reopen");
-        assert_eq!(e.queue_info_now(&key()).unwrap().size as usize, after + 1);
+        let e = reopen_holding(&storage, &clock, after + 1);
         let got = e
             .get(&key(), kept[0].id)
             .await
@@ -847,26 +875,13 @@ fn a_full_disk_with_tiny_messages_drains_into_the_reserve_segment() {
         let mut consumed = 0usize;
         let mut rolled_into_the_reserve = false;
         while e.storage_full().is_some() {
-            let got = e
-                .reserve(
-                    &key(),
-                    ReserveOptions {
-                        n: 100,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .expect("reserve on the full disk");
-            if got.is_empty() {
+            let got = reserve_and_delete_100(&e).await;
+            if got == 0 {
                 // All consumed: the allocator makes its spares at its own pace.
                 wait_for("posts to resume", &|| e.storage_full().is_none());
                 break;
             }
-            let items: Vec<DeleteItem> = got.iter().map(DeleteItem::of).collect();
-            e.delete_batch(&key(), &items)
-                .await
-                .expect("delete on the full disk");
-            consumed += got.len();
+            consumed += got;
             if !rolled_into_the_reserve && !e.stats().reserve_segment {
                 rolled_into_the_reserve = true;
                 // The reserve is the consumers': no post lands there, however empty.
@@ -888,12 +903,7 @@ fn a_full_disk_with_tiny_messages_drains_into_the_reserve_segment() {
         assert!(consumed <= posted, "{consumed} of {posted}");
         let after = post_until_a_second_segment(&e, 0, tag).await;
         drop(e);
-        storage.set_full(false);
-        let e = open(&storage, &clock).expect("reopen");
-        assert_eq!(
-            e.queue_info_now(&key()).unwrap().size as usize,
-            posted - consumed + after
-        );
+        reopen_holding(&storage, &clock, posted - consumed + after);
     });
 }
 
@@ -912,22 +922,9 @@ fn a_full_disk_keeps_the_room_draining_the_oldest_segment_of_small_messages_take
         // server's maintenance runs between their calls.
         let mut consumed = 0usize;
         loop {
-            let got = e
-                .reserve(
-                    &key(),
-                    ReserveOptions {
-                        n: 100,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .expect("reserve in the kept room");
-            assert!(!got.is_empty(), "the queue drained but no segment went");
-            let items: Vec<DeleteItem> = got.iter().map(DeleteItem::of).collect();
-            e.delete_batch(&key(), &items)
-                .await
-                .expect("delete in the kept room");
-            consumed += got.len();
+            let got = reserve_and_delete_100(&e).await;
+            assert!(got > 0, "the queue drained but no segment went");
+            consumed += got;
             if e.maintain().expect("maintain").segments_dropped > 0 {
                 break;
             }
@@ -938,11 +935,6 @@ fn a_full_disk_keeps_the_room_draining_the_oldest_segment_of_small_messages_take
         });
         let after = post_until_a_second_segment(&e, 90, tag).await;
         drop(e);
-        storage.set_full(false);
-        let e = open(&storage, &clock).expect("reopen");
-        assert_eq!(
-            e.queue_info_now(&key()).unwrap().size as usize,
-            posted - consumed + after
-        );
+        reopen_holding(&storage, &clock, posted - consumed + after);
     });
 }
