@@ -116,7 +116,7 @@ impl Default for ServerConfig {
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("configuration: {0}")]
+    #[error("configuration: {}", without_profile(.0))]
     Load(Box<figment::Error>),
     #[error("configuration key `{key}`: {msg}")]
     Invalid { key: &'static str, msg: String },
@@ -126,6 +126,12 @@ pub enum ConfigError {
     /// A key built at run time, e.g. `queues[2].colour`.
     #[error("configuration key `{key}`: {msg}")]
     InvalidAt { key: String, msg: String },
+}
+
+/// figment names a file's keys after its profile (`for key "default.colour"`); there is
+/// one profile here, so the key is given as the file spells it.
+fn without_profile(e: &figment::Error) -> String {
+    e.to_string().replace("for key \"default.", "for key \"")
 }
 
 const ENV_KEYS: &[&str] = &[
@@ -422,6 +428,16 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_key_in_the_file_is_named_as_the_file_spells_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, r#"{"colour": 1}"#).unwrap();
+        let msg = ServerConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(msg.contains(r#"for key "colour""#), "{msg}");
+        assert!(!msg.contains("default."), "{msg}");
+    }
 
     #[test]
     fn the_default_push_base_url_is_a_url_for_every_listen_address() {

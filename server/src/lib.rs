@@ -152,10 +152,12 @@ pub async fn run(
     }
     let addr = listener.local_addr()?;
     if let Some(g) = &generated {
-        let host = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            addr.ip().to_string()
+        // Clients put `host` between `scheme://` and `:port`: an IPv6 address goes in
+        // brackets there.
+        let host = match addr.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         print_generated(g, &host, addr.port(), scheme);

@@ -152,12 +152,32 @@ pub fn directive(level: &str) -> &str {
     }
 }
 
+/// The crates whose log lines a directive for the target `ferromq` (the binary's name)
+/// covers: the server's lines come from its library crate and the engine.
+const FERROMQ_TARGETS: [&str; 3] = ["ferromq", "server", "engine"];
+
+/// A filter directive with each `ferromq[=LEVEL]` part given for every crate of the server
+/// ([`FERROMQ_TARGETS`]): as written, it would match `main.rs` only and hide the rest.
+fn expand_ferromq_target(d: &str) -> String {
+    d.split(',')
+        .map(|part| {
+            let (target, rest) = part.split_at(part.find('=').unwrap_or(part.len()));
+            if target.trim() == "ferromq" {
+                FERROMQ_TARGETS.map(|t| format!("{t}{rest}")).join(",")
+            } else {
+                part.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Installs the global subscriber writing logfmt to stderr at `level`
 /// (`debug|info|warn|error`, the logfmt spellings, or a tracing filter directive).
 pub fn init(level: &str) -> Result<(), String> {
     // A bare word that is not a level would parse as a filter on a target of that name,
     // which matches nothing: a typo such as `warning` would silence every line.
-    let d = directive(level);
+    let d = &expand_ferromq_target(directive(level));
     let plain = !d.contains(['=', ',', '[']);
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
     if plain && !LEVELS.contains(&d.to_ascii_lowercase().as_str()) {
@@ -178,7 +198,17 @@ pub fn init(level: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{directive, line, write_value};
+    use super::{directive, expand_ferromq_target, line, write_value};
+
+    #[test]
+    fn the_binarys_name_as_a_target_covers_the_whole_server() {
+        assert_eq!(
+            expand_ferromq_target("info,ferromq=debug"),
+            "info,ferromq=debug,server=debug,engine=debug"
+        );
+        assert_eq!(expand_ferromq_target("ferromq"), "ferromq,server,engine");
+        assert_eq!(expand_ferromq_target("warn,hyper=info"), "warn,hyper=info");
+    }
 
     #[test]
     fn a_line_made_by_hand_is_formatted_like_the_subscribers() {
