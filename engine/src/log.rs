@@ -219,6 +219,13 @@ fn named_ahead((name, _): &Spare) -> bool {
     SegmentId::from_file_name(name).is_some()
 }
 
+/// The time allowance of one spare's zero-fill ([`Log::pace_spare`]): bytes it may have
+/// written by `last`.
+struct SparePace {
+    last: Instant,
+    allowed: f64,
+}
+
 /// The allocator's hand-over to the writer (under `Log::spare`).
 struct SpareSlot {
     /// The next segment's file, once made. The allocator names it for the segment after
@@ -902,7 +909,10 @@ impl Log {
     /// [`SPARE_FILL_FLOOR_BYTES_PER_S`]: writing its zeros no faster than that keeps them
     /// from crowding out the log's own syncs. A spare begun as the reserve (`for_reserve`)
     /// goes slower while the next segment's spare is ready ([`RESERVE_FILL_SLOWDOWN`]).
-    fn pace_spare(&self, started: Instant, done: u64, for_reserve: bool) -> bool {
+    /// The time allowance accrues at the rate of each moment (`pace`), so a reserve that
+    /// becomes the next segment's spare speeds up without a burst of the zeros its slower
+    /// rate held back.
+    fn pace_spare(&self, pace: &mut SparePace, done: u64, for_reserve: bool) -> bool {
         let bytes = self.segment_bytes;
         if bytes <= 4 * crate::storage::STEP_BYTES {
             return !self.is_stopping();
@@ -925,15 +935,15 @@ impl Log {
                     bytes.min(fill.saturating_mul(SPARE_LEAD_QUARTERS) / 4),
                 )
             };
-            let elapsed = started.elapsed();
-            let by_time = (rate * elapsed.as_secs_f64()).min(bytes as f64) as u64;
-            if done < by_fill.max(by_time) {
+            let now = Instant::now();
+            pace.allowed =
+                (pace.allowed + rate * (now - pace.last).as_secs_f64()).min(bytes as f64);
+            pace.last = now;
+            if done < by_fill.max(pace.allowed as u64) {
                 return true;
             }
             // When the time allowance catches up with `done`, at the latest.
-            let due = Duration::from_secs_f64(done as f64 / rate);
-            let nap = due
-                .saturating_sub(elapsed)
+            let nap = Duration::from_secs_f64((done as f64 - pace.allowed) / rate)
                 .clamp(Duration::from_millis(1), Duration::from_millis(10));
             std::thread::sleep(nap);
         }
@@ -980,8 +990,11 @@ impl Log {
                 self.allocating.store(true, Ordering::Release);
                 slot.ready.is_some()
             };
-            let started = Instant::now();
-            let pace = &mut |done| self.pace_spare(started, done, for_reserve);
+            let mut allowance = SparePace {
+                last: Instant::now(),
+                allowed: 0.0,
+            };
+            let pace = &mut |done| self.pace_spare(&mut allowance, done, for_reserve);
             let recycled = self.recycled.lock().pop();
             let made = match recycled.map(|name| {
                 segment::refill_spare_paced(&*self.storage, name, self.segment_bytes, pace)
