@@ -758,15 +758,26 @@ def test_alerts(mq):
         optional("§10 add_alerts echoes alert", len(al) == 1 and al[0].get("trigger") == 5, r)
     except Exception as e:  # noqa: BLE001
         optional("§10 add_alerts", False, _describe_exc(e))
+    alert_ids = []
     try:
         r = q.update_alerts(dict(alert, trigger=7))
         al = r.get("alerts") or []
+        alert_ids = [a.get("id") for a in al]
         optional("§10 update_alerts (PUT queue) echoes alert", any(a.get("trigger") == 7 for a in al), r)
     except Exception as e:  # noqa: BLE001
         optional("§10 update_alerts", False, _describe_exc(e))
+    # The legacy DELETE /alerts with the old client's wrapped body: an unknown id is 404,
+    # the queue's own alert goes.
     try:
-        r = q.remove_alerts({"id": "000000000000000000000000"})
-        optional("§10 remove_alerts (legacy DELETE /alerts)", True, r)
+        q.remove_alerts({"id": "000000000000000000000000"})
+        optional("§10 remove_alerts of an unknown id -> 404", False, "no error")
+    except Exception as e:  # noqa: BLE001
+        optional("§10 remove_alerts of an unknown id -> 404", "404" in str(e), _describe_exc(e))
+    try:
+        r = q.remove_alerts(*[{"id": i} for i in alert_ids])
+        left = q.info().get("alerts") or []
+        optional("§10 remove_alerts (legacy DELETE /alerts, body {'queue':{'alerts':[...]}}) removes it",
+                 bool(alert_ids) and left == [], (r, left))
     except Exception as e:  # noqa: BLE001
         optional("§10 remove_alerts (legacy DELETE /alerts, body {'queue':{'alerts':[...]}})", False, _describe_exc(e))
     try:
