@@ -1448,6 +1448,12 @@ impl Engine {
         self.inner.log.no_space()
     }
 
+    /// Whether the reserve segment is held: a spare segment file kept back for consumers'
+    /// records on a full disk (see `FORMAT.md`, "Full disk").
+    pub fn reserve_segment_held(&self) -> bool {
+        self.inner.log.reserve_held()
+    }
+
     pub(crate) fn index_tracker(&self) -> &crate::checkpoint::TrackerLock {
         &self.inner.index
     }
@@ -1486,7 +1492,7 @@ impl Engine {
             live_message_bytes: st.live.total,
             queues: st.queues.len() as u64,
             storage_full: log.no_space().is_some(),
-            reserve_segment: log.reserve_held(),
+            reserve_segment: self.reserve_segment_held(),
             messages_posted: c.posted.load(Ordering::Relaxed),
             messages_reserved: c.reserved.load(Ordering::Relaxed),
             messages_deleted: c.deleted.load(Ordering::Relaxed),

@@ -10,6 +10,7 @@ pub async fn run(engine: Engine) -> String {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut full = false;
+    let mut reserve = false;
     loop {
         tick.tick().await;
         let now_full = engine.storage_full();
@@ -23,6 +24,14 @@ pub async fn run(engine: Engine) -> String {
             _ => {}
         }
         full = now_full.is_some();
+        let now_reserve = engine.reserve_segment_held();
+        if reserve && !now_reserve && full {
+            tracing::warn!(
+                "the log rolled into the reserve segment: consumers' records have one segment \
+                 left; delete messages (or free disk space) so that old segments can go"
+            );
+        }
+        reserve = now_reserve;
         let e = engine.clone();
         let res = tokio::task::spawn_blocking(move || e.maintain()).await;
         match res {
