@@ -1044,3 +1044,126 @@ fn a_large_body_on_a_get_is_drained_and_the_whole_answer_arrives() {
         }
     }
 }
+
+// ---- the first start ----
+
+/// `ferromq serve` on `data` at `listen` without any configured credentials, its stdout
+/// piped, until `done(what it printed so far)` holds (at most 60 s). Returns what it
+/// printed and the process, still running.
+fn serve_printing(
+    data: &std::path::Path,
+    listen: &str,
+    done: &dyn Fn(&str) -> bool,
+) -> (String, std::process::Child) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferromq"))
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--listen", listen])
+        .env_remove("FERROMQ_PROJECT_ID")
+        .env_remove("FERROMQ_TOKEN")
+        .env_remove("FERROMQ_ADMIN_TOKEN")
+        .env("FERROMQ_SYNC", "never")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ferromq");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(&text) && Instant::now() < deadline {
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    // Whatever was written before `done` held and is still in the pipe.
+    while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    (text, child)
+}
+
+/// The `iron.json` object a first start prints.
+fn printed_iron_json(text: &str) -> Value {
+    let start = text.find("iron.json:\n").expect("an iron.json block") + "iron.json:\n".len();
+    let end = start + text[start..].find("\n}").expect("its end") + 2;
+    serde_json::from_str(&text[start..end]).expect("iron.json parses")
+}
+
+#[test]
+fn a_first_start_without_credentials_prints_them_once_with_a_working_iron_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = common::free_port();
+    let iron_printed = |t: &str| t.contains("\n}");
+    let (text, mut child) = serve_printing(&data, &format!("127.0.0.1:{port}"), &iron_printed);
+    let iron = printed_iron_json(&text);
+    assert_eq!(
+        (&iron["host"], &iron["port"], &iron["scheme"]),
+        (&json!("127.0.0.1"), &json!(port), &json!("http")),
+        "{text}"
+    );
+    let (project, token) = (
+        iron["project_id"].as_str().expect("project_id"),
+        iron["token"].as_str().expect("token"),
+    );
+    let admin = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("admin token:"))
+        .expect("the admin token line")
+        .trim()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !common::health(port) {
+        assert!(Instant::now() < deadline, "no health");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    // What it printed works: the project token posts, the admin token reads the stats.
+    let path = format!("/3/projects/{project}/queues/first/messages");
+    let (s, v) = call_as(
+        port,
+        "POST",
+        &path,
+        Some(token),
+        json!({"messages": [{"body": "hi"}]}),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        call_as(port, "GET", "/3/stats", Some(&admin), Value::Null).0,
+        200
+    );
+    assert_eq!(
+        call_as(port, "GET", "/3/stats", Some(token), Value::Null).0,
+        401
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    // The next start prints nothing: the credentials exist.
+    let (again, mut child) = serve_printing(&data, &format!("127.0.0.1:{port}"), &|_| {
+        common::health(port)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!again.contains("first start"), "{again}");
+    assert!(!again.contains(token), "{again}");
+    // An IPv6 listen address goes into `iron.json` in brackets, as URLs need it.
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let v6 = dir.path().join("data-v6");
+        let port = std::net::TcpListener::bind("[::1]:0")
+            .and_then(|l| l.local_addr())
+            .expect("an IPv6 port")
+            .port();
+        let (text, mut child) = serve_printing(&v6, &format!("[::1]:{port}"), &iron_printed);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(printed_iron_json(&text)["host"], "[::1]", "{text}");
+    }
+}
