@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::ids::{LogPos, SegmentId};
 use crate::limits::PENDING_BYTES_MAX;
 use crate::record::{self, FRAME_HEADER_BYTES, Kind};
-use crate::segment::{self, HEADER_BYTES, SegmentHeader};
+use crate::segment::{self, HEADER_BYTES, SegmentHeader, Spare};
 use crate::storage::{Region, Storage, StorageFile};
 
 /// When an append is acknowledged.
@@ -51,9 +51,10 @@ pub const FSYNC_BUCKET_BOUNDS_S: [f64; 12] = [
 /// [`Log::pace_spare`]): a 64 MiB spare is ready within 2 s. A rate, not a time: a 2 GiB
 /// segment's zeros within 2 s would be 1 GB/s of writes in front of the log's syncs.
 const SPARE_FILL_FLOOR_BYTES_PER_S: f64 = 32.0 * 1024.0 * 1024.0;
-/// The reserve's zero-fill (see [`SpareSlot::reserve`]) goes at this fraction of
-/// [`SPARE_FILL_FLOOR_BYTES_PER_S`], whatever the fill: nothing waits for it (its blocks
-/// are reserved at once), and a start makes it right after the next segment's spare,
+/// The zero-fill of a reserve that gets one (see [`SpareSlot::reserve`]: a dropped
+/// segment's file, or a new file where the file system cannot reserve blocks) goes at this
+/// fraction of [`SPARE_FILL_FLOOR_BYTES_PER_S`], whatever the fill: nothing waits for it
+/// (its blocks are there), and a start makes it right after the next segment's spare,
 /// under whatever load the start meets. If a roll takes the next segment's spare
 /// meanwhile, this file becomes the next one and goes at that one's pace.
 const RESERVE_FILL_SLOWDOWN: f64 = 4.0;
@@ -211,9 +212,6 @@ pub(crate) struct Log {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// A zero-filled, synced file ready to become a segment: its name and the open file.
-type Spare = (String, Arc<dyn StorageFile>);
-
 /// Whether a spare was named ahead for a segment ([`Log::name_ahead`]).
 fn named_ahead((name, _): &Spare) -> bool {
     SegmentId::from_file_name(name).is_some()
@@ -236,7 +234,9 @@ struct SpareSlot {
     /// only when no other spare can be made for want of space. Consumers' records then
     /// have a whole segment more than the room kept in the active one
     /// ([`ROOM_KEPT_DIVISOR`]): with tiny messages (10 B), the reservations and deletes
-    /// that drain a segment take more than a segment of their own.
+    /// that drain a segment take more than a segment of their own. A new reserve only has
+    /// its blocks reserved where the file system can (`fallocate`; it reads as zeros), so
+    /// it costs no writes: its first use commits the allocation with each sync.
     reserve: Option<Spare>,
     /// The segment the writer writes, or is rolling to (set when it takes a spare).
     head: SegmentId,
@@ -996,21 +996,29 @@ impl Log {
             };
             let pace = &mut |done| self.pace_spare(&mut allowance, done, for_reserve);
             let recycled = self.recycled.lock().pop();
+            // Whether it is zero-filled: a new reserve is only given its blocks where the
+            // file system can (`segment::create_reserve_paced`).
             let made = match recycled.map(|name| {
                 segment::refill_spare_paced(&*self.storage, name, self.segment_bytes, pace)
             }) {
-                Some(Ok(made)) => Ok(made),
+                Some(Ok(made)) => Ok(made.map(|s| (s, true))),
                 // Not reusable (another size, or it failed): a new file, as without one.
                 None | Some(Err(_)) => {
                     let n = self.spare_counter.fetch_add(1, Ordering::Relaxed);
-                    segment::create_spare_paced(&*self.storage, n, self.segment_bytes, pace)
+                    let bytes = self.segment_bytes;
+                    if for_reserve {
+                        segment::create_reserve_paced(&*self.storage, n, bytes, pace)
+                    } else {
+                        segment::create_spare_paced(&*self.storage, n, bytes, pace)
+                            .map(|m| m.map(|s| (s, true)))
+                    }
                 }
             };
             let failed = {
                 let mut slot = self.spare.lock();
                 let failed = match made {
-                    Ok(Some(s)) => {
-                        if slot.ready.is_none() {
+                    Ok(Some((s, zeroed))) => {
+                        if slot.ready.is_none() && zeroed {
                             // Named at the top of the loop, if `head`'s header is durable.
                             slot.ready = Some(s);
                         } else if slot.reserve.is_none() {

@@ -71,6 +71,10 @@ impl SegmentHeader {
     }
 }
 
+/// A file ready to become a segment, its name and the open file: zero-filled and synced,
+/// but for a new reserve where the file system reserves blocks ([`create_reserve_paced`]).
+pub type Spare = (String, Arc<dyn StorageFile>);
+
 /// The name of spare number `n`.
 pub fn spare_name(n: u64) -> String {
     format!("{SPARE_PREFIX}{n:016x}.tmp")
@@ -85,7 +89,7 @@ pub fn refill_spare_paced(
     name: String,
     bytes: u64,
     pace: &mut dyn FnMut(u64) -> bool,
-) -> std::io::Result<Option<(String, Arc<dyn StorageFile>)>> {
+) -> std::io::Result<Option<Spare>> {
     let made = storage.open(&name).and_then(|file| {
         let len = file.len()?;
         if len != bytes {
@@ -111,7 +115,7 @@ fn zero_fill(
     file: Arc<dyn StorageFile>,
     bytes: u64,
     pace: &mut dyn FnMut(u64) -> bool,
-) -> std::io::Result<Option<(String, Arc<dyn StorageFile>)>> {
+) -> std::io::Result<Option<Spare>> {
     if !write_zeros_stepped(&*file, bytes, pace)? {
         drop(file);
         let _ = storage.remove(&name);
@@ -146,7 +150,33 @@ pub fn create_spare_paced(
     n: u64,
     bytes: u64,
     pace: &mut dyn FnMut(u64) -> bool,
-) -> std::io::Result<Option<(String, Arc<dyn StorageFile>)>> {
+) -> std::io::Result<Option<Spare>> {
+    Ok(create_paced(storage, n, bytes, pace, true)?.map(|(spare, _)| spare))
+}
+
+/// A spare kept back for a full disk (the log's reserve): where the file system reserves
+/// its blocks (`fallocate`), that is all it gets, no zeros written (it reads as zeros, and
+/// the syncs of its first use commit the allocation as they go: slower, on a path taken
+/// only when the disk is full). Elsewhere it is zero-filled as in [`create_spare_paced`].
+/// The flag says whether it was zero-filled.
+pub fn create_reserve_paced(
+    storage: &dyn Storage,
+    n: u64,
+    bytes: u64,
+    pace: &mut dyn FnMut(u64) -> bool,
+) -> std::io::Result<Option<(Spare, bool)>> {
+    create_paced(storage, n, bytes, pace, false)
+}
+
+/// [`create_spare_paced`], and without the zeros where the blocks were reserved and
+/// `zeros` is false; the flag says whether the file was zero-filled.
+fn create_paced(
+    storage: &dyn Storage,
+    n: u64,
+    bytes: u64,
+    pace: &mut dyn FnMut(u64) -> bool,
+    zeros: bool,
+) -> std::io::Result<Option<(Spare, bool)>> {
     let name = spare_name(n);
     // A leftover of a crashed run may have the same name.
     let _ = storage.remove(&name);
@@ -157,9 +187,12 @@ pub fn create_spare_paced(
     // The blocks are reserved first: on a disk without the room, the allocator finds out
     // right after a roll, while the new active segment still has all its room for the
     // consumers' records (see `Log::post_room`), not partway through the paced zero-fill.
-    let made = file
-        .allocate(bytes)
-        .and_then(|()| zero_fill(storage, name.clone(), file, bytes, pace));
+    let made = file.allocate(bytes).and_then(|reserved| {
+        if reserved && !zeros {
+            return Ok(Some(((name.clone(), file), false)));
+        }
+        Ok(zero_fill(storage, name.clone(), file, bytes, pace)?.map(|spare| (spare, true)))
+    });
     if made.is_err() {
         // Not left behind (on a full disk the allocator tries again every 200 ms).
         let _ = storage.remove(&name);

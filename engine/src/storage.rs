@@ -59,11 +59,12 @@ pub trait StorageFile: Send + Sync {
     /// Grows or shrinks the file. Never called on a file that is mapped.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Reserves the blocks of `0..len` at once (`fallocate`), so that a file system without
-    /// the room says so before anything is written rather than partway through. A hint:
-    /// where the file system cannot, it does nothing (the writes that follow allocate).
-    fn allocate(&self, len: u64) -> io::Result<()> {
+    /// the room says so before anything is written rather than partway through; the file
+    /// reads as zeros there. Whether it did: where the file system cannot, it does nothing
+    /// and answers false (the writes that follow allocate).
+    fn allocate(&self, len: u64) -> io::Result<bool> {
         let _ = len;
-        Ok(())
+        Ok(false)
     }
     /// A read-only view of the whole file at its current length.
     fn map(&self) -> io::Result<Arc<dyn Region>>;
@@ -277,7 +278,7 @@ impl StorageFile for OsFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
     }
-    fn allocate(&self, len: u64) -> io::Result<()> {
+    fn allocate(&self, len: u64) -> io::Result<bool> {
         use std::os::fd::AsRawFd;
         let Ok(n) = i64::try_from(len) else {
             return Err(io::Error::new(
@@ -293,12 +294,12 @@ impl StorageFile for OsFile {
         // and the integers; no memory is passed.
         let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, n) };
         if rc == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             // A file system without fallocate: the zero-fill allocates as it writes.
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(false),
             _ => Err(e),
         }
     }

@@ -172,11 +172,11 @@ impl StorageFile for SimFile {
     }
     /// As `fallocate`: the file grows to `len` (zeros), and later writes inside it need no
     /// new space, even on a full file system.
-    fn allocate(&self, len: u64) -> io::Result<()> {
-        if len <= self.data.read().len() as u64 {
-            return Ok(());
+    fn allocate(&self, len: u64) -> io::Result<bool> {
+        if len > self.data.read().len() as u64 {
+            self.set_len(len)?;
         }
-        self.set_len(len)
+        Ok(true)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         if self.faults.lock().full && len > self.data.read().len() as u64 {
