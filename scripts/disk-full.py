@@ -8,7 +8,7 @@ that posts resume by themselves, with no stray spare files left in the data dire
 Finally restarts the server and checks that every acknowledged message is there.
 
 Usage: scripts/disk-full.py --bin target/release/ferromq [--size-mb 200] [--mount /tmp/ferromq-full]
-       [--body-bytes 1000] [--consume pop|reserve-delete] [--optional]
+       [--body-bytes 1000] [--consume pop|reserve-delete] [--kill] [--optional]
 (`--body-bytes 100 --consume reserve-delete`: small messages, whose consumers' records take
 about 30 % of what the messages took; the test suite runs this too, about 35 s.)
 The test suite runs it with --optional: where no tmpfs can be mounted (not root, or a
@@ -85,6 +85,8 @@ def main():
     ap.add_argument("--consume", choices=["pop", "reserve-delete"], default="pop",
                     help="pop: reserve with delete:true; reserve-delete: reserve 100, then "
                          "delete them by id and reservation id")
+    ap.add_argument("--kill", action="store_true",
+                    help="restart after a SIGKILL instead of a SIGTERM")
     ap.add_argument("--optional", action="store_true",
                     help="skip (exit 0) where no tmpfs can be mounted")
     a = ap.parse_args()
@@ -201,7 +203,8 @@ def main():
         recycled = [n for n in spares if n.startswith("spare-2")]
         check(len(recycled) <= 3 and len(spares) <= 4,
               f"no stray spare file, only the reserve, the one being made and reused segments: {spares}")
-        server.send_signal(signal.SIGTERM)
+        # With --kill the restart follows a SIGKILL: recovery on the full disk's files.
+        server.send_signal(signal.SIGKILL if a.kill else signal.SIGTERM)
         server.wait(timeout=30)
         server = start(binary, data, config, a.port, log)
         s, info = call(a.port, "GET", "q")

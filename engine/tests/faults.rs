@@ -889,6 +889,15 @@ fn a_full_disk_with_tiny_messages_drains_into_the_reserve_segment() {
                     e.post(&key(), &tagged_batch(tag, 0), true).await,
                     Err(Error::StorageFull(_))
                 ));
+                // A crash now, with the reserve (blocks reserved, no zeros written) as the
+                // active segment, loses nothing acknowledged.
+                for image in [storage.crash_image(7), storage.durable_image()] {
+                    let crashed = open(&image, &clock).expect("open after a crash");
+                    assert_eq!(
+                        crashed.queue_info_now(&key()).unwrap().size as usize,
+                        posted - consumed
+                    );
+                }
             }
             e.maintain().expect("maintain");
         }
