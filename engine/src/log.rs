@@ -776,7 +776,9 @@ impl Log {
                         .map_err(|e| Error::io("rename", self.path(&name), e))?;
                 }
                 // Under `Always`, synced with the rest of this commit: the file's blocks were
-                // all written and synced as zeros, so that sync commits no metadata.
+                // all written and synced as zeros, so that sync commits no metadata (but for
+                // a reserve only `fallocate`d: its syncs commit the allocation as they go,
+                // which fdatasync does for whatever a read of the data needs).
                 spare
                     .write_at(0, &chunk.buf)
                     .map_err(|e| Error::io("write", self.path(&name), e))?;
