@@ -194,7 +194,7 @@ impl Engine {
         let st = state.lock();
         let no = *st.by_key.get(key).ok_or(Error::QueueNotFound)?;
         let q = &st.queues[&no];
-        let p = q.push.as_ref().ok_or(Error::WrongQueueType(
+        let p = q.push.as_ref().ok_or(Error::NotForQueueType(
             "acknowledgements are for push queues",
         ))?;
         if q.get(id).is_none() {
@@ -254,7 +254,7 @@ impl Engine {
             let p = q
                 .push
                 .as_ref()
-                .ok_or(Error::WrongQueueType("push statuses are for push queues"))?;
+                .ok_or(Error::NotForQueueType("push statuses are for push queues"))?;
             if q.get(id).is_some() {
                 p.states(id.0)
             } else {

@@ -1089,7 +1089,7 @@ impl Engine {
         let st = &mut *guard;
         let no = st.queue_no(key)?;
         if st.queues[&no].config.kind.is_push() {
-            return Err(Error::WrongQueueType(
+            return Err(Error::NotForQueueType(
                 "messages on a push queue cannot be reserved",
             ));
         }

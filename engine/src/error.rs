@@ -42,9 +42,13 @@ pub enum Error {
     /// it forever): the queue names along it, from the queue being configured back to it.
     #[error("{}", push_cycle_msg(.0))]
     PushCycle(Vec<String>),
-    /// Pull operations on a push queue, or the reverse.
+    /// A change of a queue's type, which is fixed when the queue is made.
     #[error("{0}")]
     WrongQueueType(&'static str),
+    /// Pull operations on a push queue, or push operations on a pull queue: a request
+    /// the queue's type does not take (not a change of it).
+    #[error("{0}")]
+    NotForQueueType(&'static str),
     #[error("I/O error during {op} on {path}: {source}")]
     Io {
         op: &'static str,

@@ -269,7 +269,7 @@ async fn subscriber_changes_replan_pending_deliveries_and_unclaim_gives_back() {
     assert!(matches!(
         e.reserve(&key("c"), engine::ReserveOptions::default())
             .await,
-        Err(Error::WrongQueueType(_))
+        Err(Error::NotForQueueType(_))
     ));
 }
 

@@ -71,6 +71,7 @@ impl From<engine::Error> for ApiError {
             E::MetaTooLarge { .. }
             | E::LimitExceeded { .. }
             | E::Invalid(_)
+            | E::NotForQueueType(_)
             | E::DeadLetterCycle(_)
             | E::PushCycle(_) => StatusCode::BAD_REQUEST,
             E::Closed => {

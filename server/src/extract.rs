@@ -1,6 +1,6 @@
 //! Request input: a lenient JSON body extractor (missing body = `{}`, any Content-Type,
 //! rejections are 400 `{"msg"}`, oversize is 413), query-string parsing, path decoding and
-//! lenient number fields.
+//! typed number and boolean fields.
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Request};
@@ -123,8 +123,11 @@ pub fn query_get<'a>(params: &'a [(String, String)], names: &[&str]) -> Option<&
         .map(|(_, v)| v.as_str())
 }
 
-/// An integer field that also accepts numeric strings, integral floats and null.
-pub fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+/// An integer field: a JSON number with no fraction (`60` or `60.0`, JSON having one
+/// number type). `null` and `""` are unset (contract §15.6: clients send `""` for fields
+/// they leave empty). Anything else, a numeric string such as `"60"` included, is a
+/// wrong type: 400, as the original server answered.
+pub fn int_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum N {
@@ -138,36 +141,36 @@ pub fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Er
         None => None,
         Some(N::I(i)) => Some(i),
         Some(N::F(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(f as i64),
-        Some(N::F(_)) => return Err(serde::de::Error::custom("expected an integer")),
-        Some(N::S(s)) if s.trim().is_empty() => None,
-        Some(N::S(s)) => Some(
-            s.trim()
-                .parse()
-                .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an integer")))?,
-        ),
-        Some(N::Other(_)) => return Err(serde::de::Error::custom("expected an integer")),
+        Some(N::S(s)) if s.is_empty() => None,
+        Some(N::S(s)) => {
+            return Err(serde::de::Error::custom(format!(
+                "expected an integer, found the string {s:?}"
+            )));
+        }
+        Some(N::F(_) | N::Other(_)) => {
+            return Err(serde::de::Error::custom("expected an integer"));
+        }
     })
 }
 
-/// A boolean field that also accepts "true"/"false" strings and 0/1.
-pub fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+/// A boolean field: `true` or `false`; `null` and `""` are unset. Numbers and strings
+/// such as `1` or `"true"` are a wrong type: 400.
+pub fn bool_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum B {
         Flag(bool),
-        I(i64),
         S(String),
+        Other(serde::de::IgnoredAny),
     }
     let v: Option<B> = Option::deserialize(d)?;
     Ok(match v {
         None => None,
         Some(B::Flag(b)) => Some(b),
-        Some(B::I(i)) => Some(i != 0),
-        Some(B::S(s)) => match s.as_str() {
-            "true" | "1" => Some(true),
-            "false" | "0" | "" => Some(false),
-            _ => return Err(serde::de::Error::custom("expected a boolean")),
-        },
+        Some(B::S(s)) if s.is_empty() => None,
+        Some(B::S(_) | B::Other(_)) => {
+            return Err(serde::de::Error::custom("expected true or false"));
+        }
     })
 }
 

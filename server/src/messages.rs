@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::auth::ProjectAuth;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{
-    JsonBody, RawBody, lenient_bool, lenient_i64, looks_like_object, parse_json, query_get,
+    JsonBody, RawBody, bool_field, int_field, looks_like_object, parse_json, query_get,
     query_params, range, read_body,
 };
 use crate::hops::ArrivedPath;
@@ -115,7 +115,7 @@ fn post_reply(ids: &[MessageId]) -> Vec<u8> {
 #[derive(Deserialize)]
 pub struct PostItem<B> {
     body: Option<B>,
-    #[serde(default, deserialize_with = "lenient_i64")]
+    #[serde(default, deserialize_with = "int_field")]
     delay: Option<i64>,
     #[serde(default)]
     push_headers: Option<BTreeMap<String, String>>,
@@ -307,13 +307,13 @@ pub async fn webhook(
 pub struct ReserveBody {
     /// `N`, `Timeout`, `Wait`, `Delete`: Go field names, sent by iron_go3's
     /// `GetNWithTimeout` (a malformed tag) and matched by the Go server case-insensitively.
-    #[serde(default, alias = "N", deserialize_with = "lenient_i64")]
+    #[serde(default, alias = "N", deserialize_with = "int_field")]
     n: Option<i64>,
-    #[serde(default, alias = "Timeout", deserialize_with = "lenient_i64")]
+    #[serde(default, alias = "Timeout", deserialize_with = "int_field")]
     timeout: Option<i64>,
-    #[serde(default, alias = "Wait", deserialize_with = "lenient_i64")]
+    #[serde(default, alias = "Wait", deserialize_with = "int_field")]
     wait: Option<i64>,
-    #[serde(default, alias = "Delete", deserialize_with = "lenient_bool")]
+    #[serde(default, alias = "Delete", deserialize_with = "bool_field")]
     delete: Option<bool>,
 }
 
@@ -618,12 +618,23 @@ async fn acknowledge_many(
     subscribers: Vec<Option<String>>,
 ) -> ApiResult {
     let n = items.len() as u64;
-    // Each message once: a second entry for one would fail after the first took effect.
-    let mut ids: Vec<u64> = items.iter().map(|it| it.id.0).collect();
-    ids.sort_unstable();
-    if ids.windows(2).any(|w| w[0] == w[1]) {
+    // A message once per subscriber (a multicast message held by two subscribers is two
+    // deliveries, acknowledged apart), and not also deleted: a second entry for one
+    // delivery, or a delete beside an acknowledgement, would fail after the first took
+    // effect. Sorted, a plain delete (`None`) comes first among a message's entries.
+    let mut seen: Vec<(u64, Option<&str>)> = items
+        .iter()
+        .zip(&subscribers)
+        .map(|(it, sub)| (it.id.0, sub.as_deref()))
+        .collect();
+    seen.sort_unstable();
+    if seen
+        .windows(2)
+        .any(|w| w[0].0 == w[1].0 && (w[0].1.is_none() || w[0].1 == w[1].1))
+    {
         return Err(ApiError::bad_request(
-            "a message may appear only once in a batch that acknowledges deliveries",
+            "a batch may acknowledge a message once for each subscriber, and may not also \
+             delete it",
         ));
     }
     let mut acks = Vec::new();
@@ -792,9 +803,9 @@ fn check_ids_count(n: usize) -> Result<(), ApiError> {
 pub struct TouchBody {
     #[serde(default)]
     reservation_id: Option<String>,
-    #[serde(default, deserialize_with = "lenient_i64")]
+    #[serde(default, deserialize_with = "int_field")]
     timeout: Option<i64>,
-    #[serde(default, deserialize_with = "lenient_i64")]
+    #[serde(default, deserialize_with = "int_field")]
     delay: Option<i64>,
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
-use crate::extract::lenient_i64;
+use crate::extract::int_field;
 
 /// A push subscriber.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -157,15 +157,15 @@ where
 pub struct PushSpec {
     #[serde(default)]
     pub subscribers: Option<Vec<SubscriberSpec>>,
-    #[serde(default, deserialize_with = "lenient_i64")]
+    #[serde(default, deserialize_with = "int_field")]
     pub retries: Option<i64>,
-    #[serde(default, deserialize_with = "lenient_i64")]
+    #[serde(default, deserialize_with = "int_field")]
     pub retries_delay: Option<i64>,
     #[serde(default)]
     pub error_queue: Option<String>,
     #[serde(default)]
     pub retries_backoff: Option<String>,
-    #[serde(default, deserialize_with = "lenient_i64")]
+    #[serde(default, deserialize_with = "int_field")]
     pub retries_delay_max: Option<i64>,
     /// One secret, or a list of up to two (rotation); `""` or `[]` removes signing.
     #[serde(default)]
@@ -176,7 +176,7 @@ pub struct PushSpec {
 pub struct DeadLetterSpec {
     #[serde(default)]
     pub queue_name: Option<String>,
-    #[serde(default, deserialize_with = "lenient_i64")]
+    #[serde(default, deserialize_with = "int_field")]
     pub max_reservations: Option<i64>,
 }
 
@@ -186,22 +186,22 @@ pub struct AlertSpec {
     pub id: Option<String>,
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
-    #[serde(default, deserialize_with = "lenient_i64")]
+    #[serde(default, deserialize_with = "int_field")]
     pub trigger: Option<i64>,
     #[serde(default)]
     pub queue: Option<String>,
     #[serde(default)]
     pub direction: Option<String>,
-    #[serde(default, deserialize_with = "lenient_i64")]
+    #[serde(default, deserialize_with = "int_field")]
     pub snooze: Option<i64>,
 }
 
 /// The settings of a create/update body (`{"queue": {...}}`, or the fields at top level).
 #[derive(Debug, Default, Deserialize)]
 pub struct QueueSpec {
-    #[serde(default, deserialize_with = "lenient_i64")]
+    #[serde(default, deserialize_with = "int_field")]
     pub message_timeout: Option<i64>,
-    #[serde(default, deserialize_with = "lenient_i64")]
+    #[serde(default, deserialize_with = "int_field")]
     pub message_expiration: Option<i64>,
     #[serde(default, rename = "type")]
     pub kind: Option<String>,

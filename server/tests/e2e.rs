@@ -138,13 +138,18 @@ fn full_api() {
         (s, &v["msg"]),
         (400, &json!("Push queues must have at least one subscriber"))
     );
-    let (s, _) = call(
+    // A request the queue's type does not take: 400 (the docs keep 403 for stale
+    // reservations and type changes).
+    let (s, v) = call(
         p,
         "POST",
         &format!("{}/reservations", qp("push1")),
         json!({}),
     );
-    assert_eq!(s, 403);
+    assert_eq!(
+        (s, &v["msg"]),
+        (400, &json!("messages on a push queue cannot be reserved"))
+    );
     for n in ["l1", "l2", "l3", "m1"] {
         assert_eq!(call(p, "PUT", &qp(n), Value::Null).0, 200);
     }
@@ -1140,4 +1145,97 @@ fn malformed_reservation_ids_are_wrong_reservations_checked_after_what_is_missin
     );
     let (_, v) = call(p, "GET", &qp("rq"), Value::Null);
     assert_eq!(v["queue"]["size"], 2, "{v}");
+}
+
+/// JSON fields of the wrong type are 400 and change nothing (contract §11.1: "wrong
+/// types"); `null` and `""` are unset (§15.6), and a number written with a zero fraction
+/// is that number (JSON has one number type).
+#[test]
+fn wrong_json_types_are_400_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start(dir.path());
+    let p = srv.port;
+    let (s, _) = call(
+        p,
+        "PUT",
+        &qp("typed"),
+        json!({"queue": {"message_timeout": 90}}),
+    );
+    assert_eq!(s, 200);
+    post_msgs(p, "typed", &["a"]);
+
+    for (method, path, body) in [
+        (
+            "PATCH",
+            qp("typed"),
+            json!({"queue": {"message_timeout": "60"}}),
+        ),
+        (
+            "PATCH",
+            qp("typed"),
+            json!({"queue": {"message_expiration": true}}),
+        ),
+        (
+            "PUT",
+            qp("typed2"),
+            json!({"queue": {"message_timeout": "60"}}),
+        ),
+        (
+            "POST",
+            format!("{}/messages", qp("typed")),
+            json!({"messages": [{"body": "b", "delay": "5"}]}),
+        ),
+        (
+            "POST",
+            format!("{}/reservations", qp("typed")),
+            json!({"n": "1"}),
+        ),
+        (
+            "POST",
+            format!("{}/reservations", qp("typed")),
+            json!({"delete": 1}),
+        ),
+        (
+            "POST",
+            format!("{}/reservations", qp("typed")),
+            json!({"delete": "true"}),
+        ),
+        (
+            "POST",
+            format!("{}/reservations", qp("typed")),
+            json!({"n": 1.5}),
+        ),
+    ] {
+        let (s, v) = call(p, method, &path, body.clone());
+        assert_eq!(s, 400, "{method} {path} {body}: {v}");
+        assert!(
+            v["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Invalid JSON")),
+            "{v}"
+        );
+    }
+    // Nothing changed: the queue's settings, its one message (still unreserved), and no
+    // queue made by the refused PUT.
+    let (_, v) = call(p, "GET", &qp("typed"), json!({}));
+    assert_eq!(
+        (
+            v["queue"]["message_timeout"].as_u64(),
+            v["queue"]["size"].as_u64()
+        ),
+        (Some(90), Some(1)),
+        "{v}"
+    );
+    let (s, _) = call(p, "GET", &qp("typed2"), json!({}));
+    assert_eq!(s, 404);
+
+    // Unset and integral forms are taken.
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("{}/reservations", qp("typed")),
+        json!({"n": 1.0, "timeout": "", "wait": null, "delete": ""}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert!(v["messages"][0]["reservation_id"].is_string(), "{v}");
 }

@@ -1011,6 +1011,53 @@ async fn push_links_that_would_close_a_cycle_are_refused() {
     }
 }
 
+/// On a multicast queue each subscriber holds its own delivery of a message: one batch
+/// may acknowledge both, but not one delivery twice, nor delete the message beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_acknowledges_one_message_for_each_of_its_subscribers() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path()).await;
+    let (url_a, a) = subscriber(Mode::Accept).await;
+    let (url_b, b) = subscriber(Mode::Accept).await;
+    let (s, v) = srv
+        .call(
+            "PUT",
+            "both",
+            json!({"queue": {"type": "multicast", "push": {"subscribers": [
+                {"name": "a", "url": url_a}, {"name": "b", "url": url_b}],
+                "retries_delay": 60}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let id = srv.post("both", &["m"]).await.remove(0);
+    let ha = wait_hits(&a, 1, 10).await.remove(0);
+    let hb = wait_hits(&b, 1, 10).await.remove(0);
+    srv.wait_statuses("both", &id, &["reserved", "reserved"], 5)
+        .await;
+    let entry = |h: &Hit, sub: &str| json!({"id": id, "reservation_id": header(h, "iron-reservation-id"), "subscriber_name": sub});
+    for bad in [
+        json!({"ids": [entry(&ha, "a"), entry(&ha, "a")]}),
+        json!({"ids": [entry(&ha, "a"), {"id": id}]}),
+    ] {
+        let (s, v) = srv.call("DELETE", "both/messages", bad.clone()).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
+    let statuses = srv.statuses("both", &id).await;
+    assert!(
+        statuses.iter().all(|st| st["status"] == "reserved"),
+        "{statuses:?}"
+    );
+    let (s, v) = srv
+        .call(
+            "DELETE",
+            "both/messages",
+            json!({"ids": [entry(&ha, "a"), entry(&hb, "b")]}),
+        )
+        .await;
+    assert_eq!((s, v["msg"].as_str()), (200, Some("Deleted")), "{v}");
+    srv.wait_statuses("both", &id, &["deleted"], 5).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgements_in_a_batch_delete_and_subscriber_name_on_pull_queues() {
     let dir = tempfile::tempdir().unwrap();

@@ -33,8 +33,10 @@ impl IronMqUrl {
             .decode_utf8()
             .map_err(|_| bad("the queue name is not UTF-8"))?
             .into_owned();
-        if queue.is_empty() || queue.contains('/') || queue.len() > 255 {
-            return Err(bad("the queue name must be 1 to 255 bytes without '/'"));
+        // Everything after the authority's '/' is the name, decoded: `a%2Fb` (or `a/b`) is
+        // the queue `a/b`, which `PUT …/queues/a%2Fb` makes.
+        if queue.is_empty() || queue.len() > 255 {
+            return Err(bad("the queue name must be 1 to 255 bytes"));
         }
         if authority.is_empty() {
             return Ok(IronMqUrl {
@@ -104,6 +106,10 @@ mod tests {
             (same.credentials, same.host, same.queue.as_str()),
             (None, None, "fan out")
         );
+        // A name with a '/' (a queue `PUT …/queues/a%2Fb` made), encoded or not.
+        for url in ["ironmq:///a%2Fb", "ironmq:///a/b"] {
+            assert_eq!(IronMqUrl::parse(url).unwrap().queue, "a/b", "{url}");
+        }
         let local = IronMqUrl::parse("ironmq://p1:t1@/q").unwrap();
         assert_eq!(local.credentials, Some(("p1".into(), "t1".into())));
         assert_eq!(local.host, None);
