@@ -96,6 +96,14 @@ pub(crate) const DRAIN_BYTES_PER_MESSAGE: u64 = 64;
 /// makes one itself.
 const SPARE_HURRY_WAIT_MAX: Duration = Duration::from_secs(5);
 
+/// The log's writes end on a multiple of this (a page), with zeros after the records:
+/// what the file holds there already. A spare's zeros go past the page cache
+/// ([`crate::storage::write_zeros_stepped`]), and a write that covered only part of a page
+/// not in the cache would first read that page from the disk, on the writer thread,
+/// while commits wait. Each write's last page is cached by that write, so the next
+/// write's first page is too.
+const WRITE_END_ALIGN: u64 = 4096;
+
 /// Buckets of [`FSYNC_BUCKET_BOUNDS_S`] plus the overflow bucket.
 pub(crate) const FSYNC_BUCKETS: usize = FSYNC_BUCKET_BOUNDS_S.len() + 1;
 
@@ -754,7 +762,7 @@ impl Log {
             written,
             kicked,
         } = io;
-        for chunk in chunks.iter() {
+        for chunk in chunks.iter_mut() {
             if chunk.segment != *segment {
                 debug_assert_eq!(chunk.segment.0, segment.0 + 1);
                 debug_assert_eq!(chunk.offset, 0);
@@ -779,8 +787,7 @@ impl Log {
                 // all written and synced as zeros, so that sync commits no metadata (but for
                 // a reserve only `fallocate`d: its syncs commit the allocation as they go,
                 // which fdatasync does for whatever a read of the data needs).
-                spare
-                    .write_at(0, &chunk.buf)
+                self.write_to_page_end(&*spare, 0, &mut chunk.buf)
                     .map_err(|e| Error::io("write", self.path(&name), e))?;
                 if self.policy != SyncPolicy::Always {
                     // The next sync may be far off (or never): the header is made durable
@@ -802,11 +809,29 @@ impl Log {
                 *kicked = 0;
                 continue;
             }
-            file.write_at(chunk.offset as u64, &chunk.buf)
+            self.write_to_page_end(&**file, chunk.offset, &mut chunk.buf)
                 .map_err(|e| Error::io("write", self.path(&segment.file_name()), e))?;
             *written = chunk.offset + chunk.buf.len() as u32;
         }
         Ok(())
+    }
+
+    /// Writes `buf` at `offset` of a segment, and zeros after it up to the next
+    /// [`WRITE_END_ALIGN`] boundary (or the segment's end). `buf` is as it was after.
+    fn write_to_page_end(
+        &self,
+        file: &dyn StorageFile,
+        offset: u32,
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        let len = buf.len();
+        let end = offset as u64 + len as u64;
+        let pad = ((WRITE_END_ALIGN - end % WRITE_END_ALIGN) % WRITE_END_ALIGN)
+            .min(self.segment_bytes.saturating_sub(end));
+        buf.resize(len + pad as usize, 0);
+        let written = file.write_at(offset as u64, buf);
+        buf.truncate(len);
+        written
     }
 
     /// Whether [`Log::kick_write_back`] has work.
@@ -1246,6 +1271,33 @@ mod tests {
             HashMap::new(),
         );
         (storage, log)
+    }
+
+    #[test]
+    fn every_write_of_the_log_ends_on_a_page_boundary_with_zeros_after_the_records() {
+        // `Never`: nothing is synced, so every write stays listed.
+        let (storage, log) = start(SyncPolicy::Never);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut ends = Vec::new();
+        for i in 0..50usize {
+            let payload = vec![b'x'; 1 + i * 97 % 3000];
+            let (_, end) = log.append(Kind::Meta, &payload, (0, 0)).expect("append");
+            rt.block_on(log.wait_durable(end)).expect("written");
+            ends.push(end);
+        }
+        let name = SegmentId(1).file_name();
+        let spans = storage.unsynced_write_spans(&name);
+        assert!(!spans.is_empty());
+        for (start, end) in &spans {
+            assert!(end % WRITE_END_ALIGN == 0 && end > start, "{start}..{end}");
+        }
+        let bytes = storage.contents(&name).expect("segment");
+        let last = ends.last().expect("an end").offset() as usize;
+        let page_end = last.next_multiple_of(WRITE_END_ALIGN as usize);
+        assert!(bytes[last..page_end].iter().all(|&b| b == 0));
+        log.shutdown();
     }
 
     #[test]

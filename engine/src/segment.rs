@@ -137,8 +137,9 @@ pub fn create_spare(
         .ok_or_else(|| std::io::Error::other("spare creation was called off"))
 }
 
-/// [`create_spare`] in steps of [`crate::storage::STEP_BYTES`], each written and written back to the
-/// device on its own ([`write_zeros_stepped`]), then one fdatasync for the whole file.
+/// [`create_spare`] in steps of [`crate::storage::STEP_BYTES`], each on the device before the
+/// next (past the page cache where it can: [`write_zeros_stepped`]), then one fdatasync for
+/// the whole file.
 /// Before each step `pace` is called with the bytes done so far; it may sleep to spread
 /// the work out, and returns false to call the whole thing off (the partial file is
 /// removed and `Ok(None)` returned).

@@ -336,6 +336,17 @@ impl SimStorage {
         );
     }
 
+    /// Where each write to `name` not yet synced begins and ends, in order.
+    pub fn unsynced_write_spans(&self, name: &str) -> Vec<(u64, u64)> {
+        self.files.lock().get(name).map_or_else(Vec::new, |f| {
+            let st = f.state.lock();
+            st.pending
+                .iter()
+                .map(|(off, bytes)| (*off, *off + bytes.len() as u64))
+                .collect()
+        })
+    }
+
     /// Bytes written but not yet synced, over all files.
     pub fn unsynced_writes(&self) -> usize {
         self.files
