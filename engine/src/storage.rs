@@ -386,7 +386,9 @@ impl StorageFile for OsFile {
             Ok(()) => Ok(true),
             // The file system takes the open but not the write (or not this alignment):
             // the caller writes these zeros through the cache.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
