@@ -107,11 +107,11 @@ fn step_of_zeros() -> &'static [u8] {
 /// log's syncs wait behind it for tens to hundreds of milliseconds.
 ///
 /// Each step goes past the page cache where the file system allows
-/// ([`StorageFile::write_zeros_direct`]): copying 64 MiB of zeros into cached pages, and
-/// writing them back, was the spare allocator's CPU (8 % of the server's samples in
-/// batch posts at 9,000 req/s), and the pages were never read. The log's writes then land
-/// in pages that are not cached; it writes whole pages so as not to read them first
-/// (`WRITE_END_ALIGN` in `log.rs`). Elsewhere, and for a last part shorter
+/// ([`StorageFile::write_zeros_direct`]): no 64 MiB of zeros copied into cached pages and
+/// written back beside the log's syncs (the p99 of batch posts at 9,000 req/s was lower so
+/// in 17 of 22 alternated runs). The log's writes then land in pages that are not cached
+/// (the writer allocates them, as the allocator did); it writes whole pages so as not to
+/// read them first (`WRITE_END_ALIGN` in `log.rs`). Elsewhere, and for a last part shorter
 /// than [`DIRECT_ALIGN`], a step is written through the cache and written back on its
 /// own ([`StorageFile::write_back`]).
 ///
