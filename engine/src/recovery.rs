@@ -954,12 +954,20 @@ fn replay(
 }
 
 /// The first offset at or after `from` where a valid frame starts, if any.
+///
+/// Every plausible frame header in the bytes is a candidate, and what follows a torn frame
+/// can be message bodies, which a client chose: bodies made of plausible headers that each
+/// claim a long length would make a candidate-by-candidate checksum cost their count times
+/// that length (hours for a few MiB). So a candidate's checksum comes from the checksums of
+/// the bytes' prefixes ([`Prefixes`]): two short hashes and one combine each, whatever its
+/// length. The prefixes are hashed once, at the first candidate (zeros are skipped without).
 pub(crate) fn find_valid_frame(
     bytes: &[u8],
     from: usize,
     seed: u32,
     len_max: usize,
 ) -> Option<usize> {
+    let mut prefixes: Option<Prefixes<'_>> = None;
     let mut i = from;
     while i + FRAME_HEADER_BYTES <= bytes.len() {
         // Skip zeros quickly: a frame's length field is non-zero, so a frame can only start
@@ -968,19 +976,82 @@ pub(crate) fn find_valid_frame(
         let p = i + nz;
         let lo = p.saturating_sub(3).max(i);
         for start in lo..=p {
-            if start + FRAME_HEADER_BYTES <= bytes.len()
-                && record::plausible_frame_start(&bytes[start..], len_max)
-                && matches!(
-                    record::check_frame(&bytes[start..], seed, len_max),
-                    FrameCheck::Valid { .. }
-                )
+            if start + FRAME_HEADER_BYTES > bytes.len()
+                || !record::plausible_frame_start(&bytes[start..], len_max)
             {
+                continue;
+            }
+            // As `record::check_frame`: the whole frame in the bytes, and its checksum,
+            // over kind, version, flags and payload, from the segment's seed.
+            let len = u32::from_le_bytes([
+                bytes[start],
+                bytes[start + 1],
+                bytes[start + 2],
+                bytes[start + 3],
+            ]) as usize;
+            let end = start + FRAME_HEADER_BYTES + len;
+            if end > bytes.len() {
+                continue;
+            }
+            let stored = u32::from_le_bytes([
+                bytes[start + 4],
+                bytes[start + 5],
+                bytes[start + 6],
+                bytes[start + 7],
+            ]);
+            let prefixes = prefixes.get_or_insert_with(|| Prefixes::new(bytes, from));
+            if prefixes.seeded_crc(seed, start + 8, end) == stored {
                 return Some(start);
             }
         }
         i = p + 1;
     }
     None
+}
+
+/// CRC-32 of any span of `bytes[base..]`, from the CRCs of its prefixes at every
+/// [`Prefixes::STRIDE`] bytes.
+struct Prefixes<'a> {
+    bytes: &'a [u8],
+    base: usize,
+    /// `marks[k]`: the CRC-32 of `bytes[base..base + k * STRIDE]`.
+    marks: Vec<u32>,
+}
+
+impl<'a> Prefixes<'a> {
+    const STRIDE: usize = 4096;
+
+    fn new(bytes: &'a [u8], base: usize) -> Prefixes<'a> {
+        let mut marks = Vec::with_capacity((bytes.len() - base) / Self::STRIDE + 1);
+        marks.push(0);
+        let mut h = crc32fast::Hasher::new();
+        for chunk in bytes[base..].chunks_exact(Self::STRIDE) {
+            h.update(chunk);
+            marks.push(h.clone().finalize());
+        }
+        Prefixes { bytes, base, marks }
+    }
+
+    /// The CRC-32 of `bytes[base..x]`.
+    fn at(&self, x: usize) -> u32 {
+        let k = (x - self.base) / Self::STRIDE;
+        let mut h = crc32fast::Hasher::new_with_initial(self.marks[k]);
+        h.update(&self.bytes[self.base + k * Self::STRIDE..x]);
+        h.finalize()
+    }
+
+    /// What hashing `bytes[a..b]` from `seed` gives (`Hasher::new_with_initial(seed)`, as
+    /// `record::check_frame` does). A CRC continued over `n` more bytes is the old one
+    /// shifted by `n` bytes, XOR the CRC of those bytes, and the shift is linear: so it is
+    /// `crc(base..b) ^ shift(seed ^ crc(base..a), b - a)`, which `combine` computes.
+    fn seeded_crc(&self, seed: u32, a: usize, b: usize) -> u32 {
+        let mut h = crc32fast::Hasher::new_with_initial(seed ^ self.at(a));
+        h.combine(&crc32fast::Hasher::new_with_initial_len(
+            self.at(b),
+            (b - a) as u64,
+        ));
+        h.finalize()
+    }
 }
 
 /// Checks every frame of the log before `until` (the position a loaded restart index
@@ -1030,4 +1101,81 @@ pub(crate) fn verify_before(
         }
     }
     Ok(frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// `find_valid_frame` as it was: every candidate hashed in full by `check_frame`.
+    fn find_valid_frame_by_hashing(
+        bytes: &[u8],
+        from: usize,
+        seed: u32,
+        len_max: usize,
+    ) -> Option<usize> {
+        (from..bytes.len()).find(|&start| {
+            record::plausible_frame_start(&bytes[start..], len_max)
+                && matches!(
+                    record::check_frame(&bytes[start..], seed, len_max),
+                    FrameCheck::Valid { .. }
+                )
+        })
+    }
+
+    fn frame_of(seed: u32, payload: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        record::frame(&mut b, seed, Kind::Clear, |p| p.extend_from_slice(payload));
+        b
+    }
+
+    proptest! {
+        #[test]
+        fn finds_what_hashing_each_candidate_finds(
+            noise in proptest::collection::vec(any::<u8>(), 0..20_000),
+            zeros in 0usize..9_000,
+            plants in proptest::collection::vec((0usize..30_000, 1usize..5_000, any::<bool>(), any::<bool>()), 0..4),
+            from in 0usize..30_000,
+            seed in any::<u32>(),
+        ) {
+            // Noise, a run of zeros, then more noise; frames planted over it, some valid
+            // for `seed`, some for another seed, some cut short by the end.
+            let mut bytes = noise.clone();
+            bytes.extend(std::iter::repeat_n(0u8, zeros));
+            bytes.extend(noise.iter().rev());
+            for (at, len, right_seed, cut) in plants {
+                let f = frame_of(if right_seed { seed } else { seed ^ 1 }, &vec![7u8; len]);
+                let at = at.min(bytes.len());
+                let keep = if cut { f.len() / 2 } else { f.len() };
+                let end = (at + keep).min(bytes.len());
+                bytes[at..end].copy_from_slice(&f[..end - at]);
+            }
+            // Bytes that claim a frame of each length the noise happens to hold.
+            let from = from.min(bytes.len());
+            for len_max in [64, 4096, 1 << 20] {
+                prop_assert_eq!(
+                    find_valid_frame(&bytes, from, seed, len_max),
+                    find_valid_frame_by_hashing(&bytes, from, seed, len_max)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_of_long_frame_claims_are_searched_without_hashing_each_claim() {
+        // 2 MiB of plausible headers, each claiming a 1 MiB frame: 175,000 candidates, which
+        // hashed one by one are 175 GB of CRC. Then one real frame.
+        let seed = record::crc_seed(9);
+        let mut claim = [0u8; FRAME_HEADER_BYTES];
+        claim[..4].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        claim[8] = Kind::Clear as u8;
+        claim[9] = record::RECORD_VERSION;
+        let mut bytes: Vec<u8> = claim.iter().copied().cycle().take(2 << 20).collect();
+        let real = bytes.len();
+        bytes.extend(frame_of(seed, b"real"));
+        bytes.extend([0u8; 100]);
+        assert_eq!(find_valid_frame(&bytes, 0, seed, 1 << 21), Some(real));
+        assert_eq!(find_valid_frame(&bytes, real + 1, seed, 1 << 21), None);
+    }
 }
