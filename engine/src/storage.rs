@@ -109,7 +109,7 @@ fn step_of_zeros() -> &'static [u8] {
 /// Each step goes past the page cache where the file system allows
 /// ([`StorageFile::write_zeros_direct`]): no 64 MiB of zeros copied into cached pages and
 /// written back beside the log's syncs (with it, the p99 of batch posts at 9,000 req/s was
-/// lower in 17 of 22 alternated pairs). The log's writes then land in pages that are not cached
+/// lower in 19 of 25 alternated pairs). The log's writes then land in pages that are not cached
 /// (the writer allocates them, as the allocator did); it writes whole pages so as not to
 /// read them first (`WRITE_END_ALIGN` in `log.rs`). Elsewhere, and for a last part shorter
 /// than [`DIRECT_ALIGN`], a step is written through the cache and written back on its
