@@ -41,7 +41,15 @@ nginx_check() {
       --warmup 2 2>/dev/null | grep -o 'p99=[0-9.]*')
   peak=$("$LOAD" post --raw-url http://127.0.0.1:8088/post --duration 6 --warmup 1 \
       2>/dev/null | grep -o 'requests/s=[0-9]*')
+  local pid
+  pid=$(cat /tmp/ng/nginx.pid 2>/dev/null)
   "$NGINX" -c "$CONF" -s stop 2>/dev/null
+  # Gone before the next run (a master that lingers would hold the port and the cores).
+  for _ in $(seq 30); do
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && ! grep -q zombie "/proc/$pid/status" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null
   echo "nginx ($1): $p99 ms at $RATE req/s, peak $peak"
 }
 
