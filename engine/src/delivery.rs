@@ -61,7 +61,7 @@ impl Engine {
         now_ms: u64,
         max: usize,
     ) -> Result<Vec<PushDelivery>> {
-        let (claimed, config) = {
+        let (claimed, held, config) = {
             let (state, ..) = self.parts();
             let mut guard = state.lock();
             let st = &mut *guard;
@@ -89,7 +89,9 @@ impl Engine {
                 let e = *q.get(MessageId(id)).expect("lane_top checked the message");
                 claimed.push((Pending::of(&e, None), rid, states));
             }
-            (claimed, Arc::new(q.config.clone()))
+            // Handled with a failed read below, which gives the claims back.
+            let held = self.hold(claimed.iter().map(|(p, _, _)| p));
+            (claimed, held, Arc::new(q.config.clone()))
         };
         if claimed.is_empty() {
             return Ok(Vec::new());
@@ -108,7 +110,10 @@ impl Engine {
             .map(|(p, rid, states)| (p, (rid, states)))
             .unzip();
         let ids: Vec<u64> = pendings.iter().map(|p| p.id.0).collect();
-        let read = match settled.and_then(|()| self.read_bodies(pendings)) {
+        let read = match settled
+            .and(held)
+            .and_then(|held| self.read_bodies(pendings, &held))
+        {
             Ok(r) => r,
             Err(e) => {
                 let (state, ..) = self.parts();

@@ -188,6 +188,9 @@ pub struct EngineStats {
 /// A message with its body and metadata, read after the durability wait.
 pub(crate) type ReadMessage = (Pending, Vec<u8>, Vec<u8>);
 
+/// The mappings a read holds from the moment its locations were gathered ([`Engine::hold`]).
+pub(crate) struct Held(Vec<(SegmentId, Arc<dyn crate::storage::Region>)>);
+
 /// A message location gathered under the lock, read after the durability wait.
 pub(crate) struct Pending {
     pub id: MessageId,
@@ -656,23 +659,41 @@ impl Engine {
         self.inner.log.wait_durable(end).await
     }
 
-    pub(crate) fn read_bodies(&self, pending: Vec<Pending>) -> Result<Vec<ReadMessage>> {
-        let mut out = Vec::with_capacity(pending.len());
-        // Messages read together mostly sit in one segment: look its mapping up once.
-        let mut mapped: Option<(SegmentId, Arc<dyn crate::storage::Region>)> = None;
+    /// The mappings of the segments `pending` reads from. Taken with the state lock held,
+    /// where the locations were: during the durability wait before the read, retention may
+    /// relocate those messages and drop their segments, and a mapping held here stays
+    /// readable (a dropped segment that is still mapped is deleted, never reused).
+    pub(crate) fn hold<'p>(&self, pending: impl IntoIterator<Item = &'p Pending>) -> Result<Held> {
+        let mut held: Vec<(SegmentId, Arc<dyn crate::storage::Region>)> = Vec::new();
         for p in pending {
-            let region = match &mapped {
-                Some((seg, r)) if *seg == p.segment => r,
-                _ => {
-                    let r = self.inner.log.region(p.segment).ok_or_else(|| {
-                        Error::Failed(format!(
-                            "segment {} holding message {} is not mapped",
-                            p.segment.0, p.id
-                        ))
-                    })?;
-                    &mapped.insert((p.segment, r)).1
-                }
-            };
+            // Messages read together mostly sit in one or two segments.
+            if held.iter().any(|(s, _)| *s == p.segment) {
+                continue;
+            }
+            let r = self.inner.log.region(p.segment).ok_or_else(|| {
+                Error::Failed(format!(
+                    "segment {} holding message {} is not mapped",
+                    p.segment.0, p.id
+                ))
+            })?;
+            held.push((p.segment, r));
+        }
+        Ok(Held(held))
+    }
+
+    pub(crate) fn read_bodies(
+        &self,
+        pending: Vec<Pending>,
+        held: &Held,
+    ) -> Result<Vec<ReadMessage>> {
+        let mut out = Vec::with_capacity(pending.len());
+        for p in pending {
+            let region = &held
+                .0
+                .iter()
+                .find(|(s, _)| *s == p.segment)
+                .expect("every segment read was held")
+                .1;
             // The metadata follows the body: one bounds-checked view, two exact copies.
             let (body_len, meta_len) = (p.body_len as usize, p.meta_len as usize);
             let (mut body, mut meta) = (Vec::new(), Vec::new());
@@ -1036,7 +1057,7 @@ impl Engine {
             tokio::pin!(drain);
             drain.as_mut().enable();
             let draining = self.inner.draining.load(Ordering::Acquire);
-            let (picked, end, waiters, next_due) = self.reserve_now(key, &opts)?;
+            let (picked, held, end, waiters, next_due) = self.reserve_now(key, &opts)?;
             if !picked.is_empty() && !opts.delete {
                 // New reservations are new timers: a long poll asleep on this queue set its
                 // wake-up from the timers there were, so one of them is woken to look again
@@ -1046,7 +1067,7 @@ impl Engine {
             if !picked.is_empty() || draining || tokio::time::Instant::now() >= deadline {
                 self.inner.log.wait_durable(end).await?;
                 return Ok(self
-                    .read_bodies(picked)?
+                    .read_bodies(picked, &held)?
                     .into_iter()
                     .map(|(p, body, meta)| ReservedMessage {
                         id: p.id,
@@ -1082,7 +1103,13 @@ impl Engine {
         &self,
         key: &QueueKey,
         opts: &ReserveOptions,
-    ) -> Result<(Vec<Pending>, LogPos, Arc<tokio::sync::Notify>, Option<u64>)> {
+    ) -> Result<(
+        Vec<Pending>,
+        Held,
+        LogPos,
+        Arc<tokio::sync::Notify>,
+        Option<u64>,
+    )> {
         let now = self.now_ms();
         let now_s = (now / 1000) as u32;
         let mut guard = self.inner.state.lock();
@@ -1167,31 +1194,39 @@ impl Engine {
             st.dead_letter(&self.inner.log, no, e, now)?;
             end = self.inner.log.end();
         }
+        let held = self.hold(&picked)?;
         let q = &st.queues[&no];
-        Ok((picked, end, q.waiters.clone(), q.next_due_ms()))
+        Ok((picked, held, end, q.waiters.clone(), q.next_due_ms()))
     }
 
     /// Visible messages from the head, without reserving them.
     pub async fn peek(&self, key: &QueueKey, n: usize) -> Result<Vec<MessageView>> {
         check_n(n)?;
-        let pending: Vec<Pending> = {
+        let (pending, held) = {
             let mut st = self.inner.state.lock();
             let no = st.queue_no(key)?;
             let now = self.now_ms();
             let q = st.queues.get_mut(&no).expect("registered queue");
             q.tick(now);
-            q.peek(n, (now / 1000) as u32)
+            let pending: Vec<Pending> = q
+                .peek(n, (now / 1000) as u32)
                 .iter()
                 .map(|e| Pending::of(e, None))
-                .collect()
+                .collect();
+            let held = self.hold(&pending)?;
+            (pending, held)
         };
         self.settle().await?;
-        Ok(self.read_bodies(pending)?.into_iter().map(view).collect())
+        Ok(self
+            .read_bodies(pending, &held)?
+            .into_iter()
+            .map(view)
+            .collect())
     }
 
     /// One message by id, reserved or not.
     pub async fn get(&self, key: &QueueKey, id: MessageId) -> Result<MessageView> {
-        let pending = {
+        let (pending, held) = {
             let mut st = self.inner.state.lock();
             let no = st.queue_no(key)?;
             let now = self.now_ms();
@@ -1201,7 +1236,7 @@ impl Engine {
             if q.expire_if_due(id, (now / 1000) as u32, &mut st.live) {
                 Counters::add(&self.inner.counters.expired, 1);
             }
-            match q.get(id) {
+            let pending = match q.get(id) {
                 Some(e) => Pending::of(e, q.reservation(id)),
                 // A delivered push message stays readable for a while.
                 None => q
@@ -1211,10 +1246,12 @@ impl Engine {
                     .filter(|d| self.inner.log.region(SegmentId(d.entry.segment)).is_some())
                     .map(|d| Pending::of(&d.entry, None))
                     .ok_or(Error::MessageNotFound)?,
-            }
+            };
+            let held = self.hold([&pending])?;
+            (pending, held)
         };
         self.settle().await?;
-        let mut v = self.read_bodies(vec![pending])?;
+        let mut v = self.read_bodies(vec![pending], &held)?;
         Ok(view(v.pop().expect("one message read")))
     }
 
