@@ -96,13 +96,13 @@ pub(crate) const DRAIN_BYTES_PER_MESSAGE: u64 = 64;
 /// makes one itself.
 const SPARE_HURRY_WAIT_MAX: Duration = Duration::from_secs(5);
 
-/// The log's writes end on a multiple of this (a page), with zeros after the records:
-/// what the file holds there already. A spare's zeros go past the page cache
-/// ([`crate::storage::write_zeros_stepped`]), and a write that covered only part of a page
-/// not in the cache would first read that page from the disk, on the writer thread,
-/// while commits wait. Each write's last page is cached by that write, so the next
-/// write's first page is too.
-const WRITE_END_ALIGN: u64 = 4096;
+/// The log's writes end on a multiple of this (a page, the alignment of the spare's
+/// direct zero-fill), with zeros after the records: what the file holds there already. A
+/// spare's zeros go past the page cache ([`crate::storage::write_zeros_stepped`]), and a
+/// write that covered only part of a page not in the cache would first read that page from
+/// the disk, on the writer thread, while commits wait. Each write's last page is cached by
+/// that write, so the next write's first page is too.
+const WRITE_END_ALIGN: u64 = crate::storage::DIRECT_ALIGN;
 
 /// Buckets of [`FSYNC_BUCKET_BOUNDS_S`] plus the overflow bucket.
 pub(crate) const FSYNC_BUCKETS: usize = FSYNC_BUCKET_BOUNDS_S.len() + 1;
@@ -826,7 +826,7 @@ impl Log {
     ) -> std::io::Result<()> {
         let len = buf.len();
         let end = offset as u64 + len as u64;
-        let pad = ((WRITE_END_ALIGN - end % WRITE_END_ALIGN) % WRITE_END_ALIGN)
+        let pad = (end.next_multiple_of(WRITE_END_ALIGN) - end)
             .min(self.segment_bytes.saturating_sub(end));
         buf.resize(len + pad as usize, 0);
         let written = file.write_at(offset as u64, buf);
