@@ -261,7 +261,7 @@ impl Engine {
                 .as_ref()
                 .ok_or(Error::NotForQueueType("push statuses are for push queues"))?;
             if q.get(id).is_some() {
-                p.states(id.0)
+                p.shown_states(id.0)
             } else {
                 p.done(id.0)
                     .map(|d| d.subs.clone())

@@ -260,6 +260,25 @@ impl PushState {
             .collect()
     }
 
+    /// What a client is shown for a live message: [`PushState::states`], with each
+    /// delivery whose attempt is in flight `reserved` (contract §7.2: a failed delivery is
+    /// `retrying`, "or `reserved` while in flight"). Only what is shown: the recorded state
+    /// stands, and a crash makes the attempt due again, `queued` or `retrying` as before.
+    pub fn shown_states(&self, id: u64) -> Vec<PushSubState> {
+        let mut states = self.states(id);
+        let subs = self.msgs.get(&id);
+        for s in &mut states {
+            let inflight = subs.is_some_and(|v| {
+                v.iter()
+                    .any(|x| x.inflight.is_some() && x.state.subscriber == s.subscriber)
+            });
+            if inflight && !s.status.is_terminal() {
+                s.status = PushStatus::Reserved;
+            }
+        }
+        states
+    }
+
     /// The states a finished message keeps: those of every subscriber tried, current or
     /// not, the current ones first in list order, then the others by name. One never tried
     /// is left out (no attempt will ever be made), and one still `retrying` or `reserved`

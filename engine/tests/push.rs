@@ -94,6 +94,15 @@ async fn multicast_claims_each_subscriber_once_and_finishes_when_all_are_final()
     assert_eq!(ds.len(), 4, "two messages x two subscribers");
     assert!(claim_all(&e, T0).await.is_empty(), "claims are exclusive");
     assert_eq!(ds[0].body, b"one");
+    // While the attempts are in flight, clients see them `reserved`; the pusher still gets
+    // the recorded state to decide from.
+    let st = e.push_statuses(&key("m"), ids[0]).await.unwrap();
+    assert!(
+        st.iter()
+            .all(|s| s.status == PushStatus::Reserved && s.tries == 0),
+        "{st:?}"
+    );
+    assert_eq!(ds[0].state().unwrap().status, PushStatus::Queued);
 
     // a delivers both; b fails the first and delivers the second.
     for d in &ds {

@@ -730,6 +730,13 @@ async fn sigterm_lets_a_delivery_in_flight_finish_and_record_its_outcome() {
     .await;
     let id = srv.post("graceful", &["in flight"]).await.remove(0);
     wait_hits(&sub, 1, 10).await;
+    // The attempt in flight shows as `reserved` (contract §7.2), with no try counted yet.
+    let st = srv.statuses("graceful", &id).await;
+    assert_eq!(
+        (st[0]["status"].as_str(), st[0]["tries"].as_u64()),
+        (Some("reserved"), Some(0)),
+        "{st:?}"
+    );
     // The subscriber is still answering: stop the server now.
     srv.sigterm();
     let status = tokio::task::block_in_place(|| srv.wait_exit(Duration::from_secs(10)));
