@@ -1,8 +1,8 @@
 #!/bin/bash
 # One sitting of the HTTP targets (issue 3), every mode alternated between the server
-# binaries given, with nginx's fixed 200 measured by the same tool before and after (how
-# quiet the host is). Prints one line per run and ends by itself (about 5 minutes for two
-# binaries).
+# binaries given, with nginx's fixed 200 and the server's HTTP stack with nothing behind it
+# (`ferromq-floor`) measured by the same tool before and after (how quiet the host is).
+# Prints one line per run and ends by itself (about 5 minutes for two binaries).
 #
 # Usage: benches/sitting.sh BIN [BIN...]
 #   LOAD   the load tool (default target/release/ferromq-load)
@@ -53,6 +53,21 @@ nginx_check() {
   echo "nginx ($1): $p99 ms at $RATE req/s, peak $peak"
 }
 
+# The server's own HTTP stack with nothing behind it (`ferromq-floor`, built beside the load
+# tool): the part of the p99 that no change to the engine or the handlers can remove.
+floor_check() {
+  local bin p99 pid
+  bin=$(dirname "$LOAD")/ferromq-floor
+  [ -x "$bin" ] || { echo "floor: $bin not built, skipped"; return; }
+  "$bin" --listen 127.0.0.1:8089 2>/dev/null &
+  pid=$!
+  sleep 0.3
+  p99=$("$LOAD" post --raw-url http://127.0.0.1:8089/post --duration 6 --rate "$RATE" \
+      --warmup 2 2>/dev/null | grep -o 'p99=[0-9.]*')
+  kill "$pid"; wait "$pid" 2>/dev/null
+  echo "hyper floor ($1): $p99 ms at $RATE req/s"
+}
+
 # The figures of one ab.sh line: requests/s, msgs/s, latency, backlog, CPU.
 short() {
   sed -E 's/ n=[0-9]+//g; s/requests=[0-9]+ //; s/messages=[0-9]+ //; s/errors=0 //;
@@ -61,6 +76,7 @@ short() {
 
 date -u +"sitting starts %H:%M:%S UTC"
 nginx_check before
+floor_check before
 # shellcheck disable=SC2046
 {
   benches/ab.sh post 8 $(alternated "$ROUNDS" "$@")
@@ -69,4 +85,5 @@ nginx_check before
   EXTRA="--rate $RATE --warmup 2" benches/ab.sh post 10 $(alternated $((ROUNDS + 1)) "$@")
 } 2>&1 | short
 nginx_check after
+floor_check after
 date -u +"sitting ends %H:%M:%S UTC"
