@@ -48,8 +48,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let v: serde_json::Value = if trimmed {
         serde_json::Value::Object(Default::default())
     } else {
-        serde_json::from_slice(bytes)
-            .map_err(|e| ApiError::bad_request(format!("Invalid JSON: {e}")))?
+        match serde_json::from_slice(bytes) {
+            Ok(v) => v,
+            // A string cut in the middle of a UTF-16 pair (what JavaScript's and Python's
+            // encoders write for half an emoji) is valid JSON that Rust strings cannot hold:
+            // each lone half becomes U+FFFD, as Go's decoder (IronMQ's) makes it.
+            Err(e) => match replace_lone_surrogates(bytes) {
+                Some(fixed) => serde_json::from_slice(&fixed),
+                None => Err(e),
+            }
+            .map_err(|e| ApiError::bad_request(format!("Invalid JSON: {e}")))?,
+        }
     };
     if !v.is_object() {
         return Err(ApiError::bad_request(
@@ -57,6 +66,48 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("Invalid JSON: {e}")))
+}
+
+/// `bytes` with every `\u` escape of a lone UTF-16 surrogate (a high half not followed by
+/// an escaped low half, or a low half on its own) written as `\ufffd`; `None` when there is
+/// none. Only escapes inside strings are looked at; what is not JSON is left for the parser
+/// to refuse.
+fn replace_lone_surrogates(bytes: &[u8]) -> Option<Vec<u8>> {
+    /// The code unit of the `\uXXXX` escape at `i`, if there is one.
+    fn unit_at(bytes: &[u8], i: usize) -> Option<u16> {
+        let esc = bytes.get(i..i + 6)?;
+        if &esc[..2] != b"\\u" {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&esc[2..]).ok()?, 16).ok()
+    }
+    let high = |u: u16| (0xD800..0xDC00).contains(&u);
+    let low = |u: u16| (0xDC00..0xE000).contains(&u);
+    let mut out: Option<Vec<u8>> = None;
+    let (mut i, mut copied, mut in_string) = (0, 0, false);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                in_string = !in_string;
+                i += 1;
+            }
+            b'\\' if in_string => match unit_at(bytes, i) {
+                Some(u) if high(u) && unit_at(bytes, i + 6).is_some_and(low) => i += 12,
+                Some(u) if high(u) || low(u) => {
+                    let o = out.get_or_insert_with(|| Vec::with_capacity(bytes.len()));
+                    o.extend_from_slice(&bytes[copied..i]);
+                    o.extend_from_slice(b"\\ufffd");
+                    i += 6;
+                    copied = i;
+                }
+                _ => i += 2,
+            },
+            _ => i += 1,
+        }
+    }
+    let mut out = out?;
+    out.extend_from_slice(&bytes[copied..]);
+    Some(out)
 }
 
 /// A JSON body of type `T`.
@@ -196,5 +247,30 @@ mod tests {
         assert_eq!(query_get(&q, &["previous", "prev"]), None);
         assert_eq!(query_get(&q, &["per_page"]), Some("3"));
         assert_eq!(decode_path("a+b%20c").ok().as_deref(), Some("a+b c"));
+    }
+
+    #[test]
+    fn lone_surrogates_become_replacement_characters_and_pairs_stay() {
+        let body = |raw: &str| {
+            parse_json::<serde_json::Value>(raw.as_bytes())
+                .map(|v| v["b"].as_str().unwrap_or_default().to_string())
+                .map_err(|e| e.msg)
+        };
+        // Half an emoji, as JavaScript's JSON.stringify and Python's json.dumps write it.
+        assert_eq!(body(r#"{"b":"cut: \ud83d"}"#).unwrap(), "cut: \u{fffd}");
+        assert_eq!(
+            body(r#"{"b":"\uDE00 low first"}"#).unwrap(),
+            "\u{fffd} low first"
+        );
+        assert_eq!(body(r#"{"b":"\ud83d\ud83d\ude00"}"#).unwrap(), "\u{fffd}😀");
+        // A whole pair, escaped or not, is kept; an escaped backslash before `ud83d` is text.
+        assert_eq!(body(r#"{"b":"\ud83d\ude00 ok"}"#).unwrap(), "😀 ok");
+        assert_eq!(body(r#"{"b":"\\ud83d"}"#).unwrap(), "\\ud83d");
+        // Keys are strings too; outside strings nothing is touched, and bad JSON stays bad.
+        let v = parse_json::<serde_json::Value>(br#"{"k\ud800":1}"#).unwrap();
+        assert_eq!(v["k\u{fffd}"], 1);
+        assert!(body(r#"{"b":"\ud83d"#).is_err());
+        assert!(body(r#"{"b":"\ud83"}"#).is_err());
+        assert_eq!(replace_lone_surrogates(br#"{"b":"plain \n"}"#), None);
     }
 }

@@ -955,6 +955,28 @@ fn client_quirks_dead_letter_creation_and_expiry_behind_a_reservation() {
     );
     assert_eq!(s, 200, "{v}");
 
+    // JavaScript and Python write half an emoji (a string cut between the halves of a UTF-16
+    // pair) as a lone `\ud83d` escape: valid JSON, stored as U+FFFD as Go's decoder makes it.
+    let (s, v) = call_with(
+        p,
+        "POST",
+        &format!("{}/messages", qp("cut")),
+        Some(TOKEN),
+        "",
+        r#"{"messages":[{"body":"cut: \ud83d"},{"body":"\ud83d\ude00"}]}"#,
+    );
+    assert_eq!(s, 201, "{v}");
+    let bodies: Vec<Value> = v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| {
+            let path = format!("{}/messages/{}", qp("cut"), id.as_str().unwrap());
+            call(p, "GET", &path, Value::Null).1["message"]["body"].clone()
+        })
+        .collect();
+    assert_eq!(bodies, [json!("cut: \u{fffd}"), json!("😀")]);
+
     // Ruby's `Queue#add_alerts` sends PATCH to `/alerts`, its alerts wrapped in `queue`.
     let (s, v) = call(
         p,

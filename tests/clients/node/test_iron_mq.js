@@ -212,6 +212,15 @@ async function testMessages(mq) {
   const g = await ok('msg_get()', (cb) => q.msg_get(id2, cb));
   eq('§5.4 msg_get', g && [g.id, g.body, g.reserved_count], [id2, 'm2', 0]);
 
+  // A string cut between the halves of a UTF-16 pair: JSON.stringify writes a lone `\ud83d`,
+  // which the server stores as U+FFFD (as Go's decoder did) instead of refusing the post.
+  const cut = mq.queue(qn('cut'));
+  const cid = await ok('post(half an emoji)', (cb) => cut.post('emoji cut: ' + '\u{1F600}'.slice(0, 1), cb));
+  if (isMsgId(cid)) {
+    const cm = await ok('msg_get(half an emoji)', (cb) => cut.msg_get(cid, cb));
+    eq('§5.1 a lone surrogate is stored as U+FFFD', cm && cm.body, 'emoji cut: \ufffd');
+  }
+
   // reserve
   const r1 = await ok('reserve({})', (cb) => q.reserve({}, cb));
   if (!r1) return;
