@@ -450,6 +450,10 @@ struct Pending {
     /// Where the request body comes back if the router leaves some of it unread; `None`
     /// for a request without a body.
     unread: Option<UnreadSlot>,
+    /// The client waits for `100 Continue` before it sends the body: a body left unread is
+    /// not drained (that would ask for the upload), and the connection closes after the
+    /// answer, which says so.
+    expects_continue: bool,
 }
 
 /// Prepares a request for the router: the size limit on the body, the method override, and
@@ -471,6 +475,7 @@ fn route(
         method: parts.method.clone(),
         target: logged_target(parts.uri.path(), parts.uri.query()),
         unread: None,
+        expects_continue: false,
     };
     let declared = parts
         .headers
@@ -493,12 +498,12 @@ fn route(
     }
     let body = http_body_util::Limited::new(IdleTimeoutBody::new(body, rules.idle_max), limit);
     // A client waiting for `100 Continue` has not sent its body: nothing to drain, and
-    // reading it would ask for the upload.
-    let expects_continue = parts
+    // reading it would ask for the upload (see `Pending::expects_continue`).
+    pending.expects_continue = parts
         .headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let body = if expects_continue || http_body::Body::is_end_stream(&body) {
+    let body = if http_body::Body::is_end_stream(&body) {
         Body::new(body)
     } else {
         let slot = UnreadSlot::default();
@@ -535,6 +540,14 @@ fn handle(
         };
         match pending.unread.take().and_then(|slot| slot.lock().take()) {
             None => Either::Left(std::future::ready(finish(resp, pending, request_log))),
+            Some(_) if pending.expects_continue => {
+                // hyper closes a connection whose body was never asked for: say so
+                // (RFC 9110 §10.1.1), so that the client does not send its next request on it.
+                let mut resp = resp;
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                Either::Left(std::future::ready(finish(resp, pending, request_log)))
+            }
             Some(body) => Either::Right(Box::pin(async move {
                 let resp = drain(body, resp).await;
                 finish(resp, pending, request_log)
@@ -1005,6 +1018,7 @@ mod tests {
             method: Method::GET,
             target: "/ready".into(),
             unread: None,
+            expects_continue: false,
         };
         let resp = not_ready().await;
         let text = logged("info", || {

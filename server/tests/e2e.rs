@@ -635,6 +635,11 @@ fn full_api() {
 fn request_on(s: &mut TcpStream, path: &str) -> Option<String> {
     let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
     s.write_all(req.as_bytes()).ok()?;
+    response_on(s)
+}
+
+/// Reads one complete response (head and `Content-Length` body) from `s`.
+fn response_on(s: &mut TcpStream) -> Option<String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -658,6 +663,56 @@ fn request_on(s: &mut TcpStream, path: &str) -> Option<String> {
             }
         }
     }
+}
+
+#[test]
+fn expect_100_continue_gets_the_body_or_an_answer_that_says_the_connection_closes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = start(dir.path());
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let body = r#"{"messages":[{"body":"after 100"}]}"#;
+    let path = format!("{}/messages", qp("cont"));
+    let head = |auth: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+    };
+    // With a token (.NET sends every POST so): 100 Continue, the body, then 201 on a
+    // connection that stays open.
+    let auth = format!("Authorization: OAuth {TOKEN}\r\n");
+    s.write_all(head(&auth).as_bytes()).expect("write");
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).expect("read");
+    let interim = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{interim}"
+    );
+    s.write_all(body.as_bytes()).expect("write");
+    let resp = response_on(&mut s).expect("answer");
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    assert!(
+        !resp.to_ascii_lowercase().contains("connection: close"),
+        "{resp}"
+    );
+    // Refused before the body is asked for: the answer says that the connection closes
+    // (RFC 9110 §10.1.1), and it does.
+    s.write_all(head("").as_bytes()).expect("write");
+    let resp = response_on(&mut s).expect("answer");
+    assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("connection: close\r\n"),
+        "{resp}"
+    );
+    assert!(resp.contains(r#""msg""#), "{resp}");
+    let mut rest = Vec::new();
+    let after = s.read_to_end(&mut rest).map(|_| rest.len()).unwrap_or(0);
+    assert_eq!(after, 0, "closed after the answer");
+    let (_, v) = call(srv.port, "GET", &qp("cont"), Value::Null);
+    assert_eq!(v["queue"]["size"], 1, "{v}");
 }
 
 #[test]
