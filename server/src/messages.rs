@@ -434,10 +434,13 @@ pub async fn peek(
     let n = match query_get(&params, &["n"]) {
         None => 1,
         Some(v) => {
-            let n = v
-                .trim()
-                .parse::<i64>()
-                .map_err(|_| ApiError::bad_request("n must be an integer"))?;
+            let n = match v.trim().parse::<i64>() {
+                Ok(n) => n,
+                // Out of range, not malformed: the range check below says so.
+                Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => i64::MAX,
+                Err(e) if *e.kind() == std::num::IntErrorKind::NegOverflow => i64::MIN,
+                Err(_) => return Err(ApiError::bad_request("n must be an integer")),
+            };
             range(
                 "n",
                 Some(n),

@@ -21,6 +21,9 @@ pub async fn list(State(st): State<AppState>, auth: ProjectAuth, uri: Uri) -> Ap
         Some(v) => match v.trim().parse::<i64>() {
             Ok(n) if n <= 0 => 30,
             Ok(n) => n.min(100) as usize,
+            // An integer too large for 64 bits is over 100 all the same.
+            Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => 100,
+            Err(e) if *e.kind() == std::num::IntErrorKind::NegOverflow => 30,
             Err(_) => return Err(ApiError::bad_request("per_page must be an integer")),
         },
     };

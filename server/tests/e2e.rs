@@ -167,6 +167,23 @@ fn full_api() {
         Value::Null,
     );
     assert_eq!(v, json!({"queues": [{"name": "l3"}]}));
+    // A per_page past 64 bits is over 100 like any other (capped), not malformed; a peek's
+    // `n` that large is out of range, and says so.
+    let (s, v) = call(
+        p,
+        "GET",
+        &format!("/3/projects/{PID}/queues?per_page=1000000000000000000000&prefix=l"),
+        Value::Null,
+    );
+    assert_eq!((s, v["queues"].as_array().map(Vec::len)), (200, Some(3)));
+    let (s, v) = call(
+        p,
+        "GET",
+        &format!("{}/messages?n=1000000000000000000000", qp("l1")),
+        Value::Null,
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(!v["msg"].as_str().unwrap().contains("integer"), "{v}");
     let (s, v) = call(p, "DELETE", &qp("l3"), Value::Null);
     assert_eq!((s, &v["msg"]), (200, &json!("Deleted")));
     assert_eq!(call(p, "GET", &qp("l3"), Value::Null).0, 404);
