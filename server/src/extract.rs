@@ -166,6 +166,32 @@ pub fn query_params(q: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The integer query parameter `name`, if given. One past 64 bits is out of range rather
+/// than malformed: it comes back as `i64::MAX` (or `MIN`) for the caller's range check.
+pub fn query_int(params: &[(String, String)], name: &str) -> Result<Option<i64>, ApiError> {
+    let Some(v) = query_get(params, &[name]) else {
+        return Ok(None);
+    };
+    match v.trim().parse::<i64>() {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(Some(i64::MAX)),
+        Err(e) if *e.kind() == std::num::IntErrorKind::NegOverflow => Ok(Some(i64::MIN)),
+        Err(_) => Err(ApiError::bad_request(format!("{name} must be an integer"))),
+    }
+}
+
+/// The boolean query parameter `name` (`true` or `false`, any case), if given.
+pub fn query_bool(params: &[(String, String)], name: &str) -> Result<Option<bool>, ApiError> {
+    match query_get(params, &[name]).map(str::trim) {
+        None => Ok(None),
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some(true)),
+        Some(v) if v.eq_ignore_ascii_case("false") => Ok(Some(false)),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{name} must be true or false"
+        ))),
+    }
+}
+
 /// The first non-empty value of any of `names`.
 pub fn query_get<'a>(params: &'a [(String, String)], names: &[&str]) -> Option<&'a str> {
     params

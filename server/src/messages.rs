@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::auth::ProjectAuth;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{
-    JsonBody, RawBody, bool_field, int_field, looks_like_object, parse_json, query_get,
+    JsonBody, RawBody, bool_field, int_field, looks_like_object, parse_json, query_bool, query_int,
     query_params, range, read_body,
 };
 use crate::hops::ArrivedPath;
@@ -331,8 +331,18 @@ pub async fn reserve(
     State(st): State<AppState>,
     auth: ProjectAuth,
     Path((_, q)): QPath,
-    JsonBody(b): JsonBody<ReserveBody>,
+    uri: Uri,
+    JsonBody(mut b): JsonBody<ReserveBody>,
 ) -> ApiResult {
+    // The .NET client sends `wait` in the query string (and `n` and `timeout` in the body):
+    // each option may come either way, the body's winning when both give it.
+    if uri.query().is_some() {
+        let params = query_params(uri.query());
+        b.n = b.n.or(query_int(&params, "n")?);
+        b.timeout = b.timeout.or(query_int(&params, "timeout")?);
+        b.wait = b.wait.or(query_int(&params, "wait")?);
+        b.delete = b.delete.or(query_bool(&params, "delete")?);
+    }
     let n = range("n", b.n, engine::limits::MESSAGES_PER_RESERVE_MAX as i64)?.unwrap_or(1) as usize;
     let timeout_s = range("timeout", b.timeout, engine::limits::TIMEOUT_S_MAX as i64)?.unwrap_or(0);
     let wait = match b.wait {
@@ -431,24 +441,8 @@ pub async fn peek(
     uri: Uri,
 ) -> ApiResult {
     let params = query_params(uri.query());
-    let n = match query_get(&params, &["n"]) {
-        None => 1,
-        Some(v) => {
-            let n = match v.trim().parse::<i64>() {
-                Ok(n) => n,
-                // Out of range, not malformed: the range check below says so.
-                Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => i64::MAX,
-                Err(e) if *e.kind() == std::num::IntErrorKind::NegOverflow => i64::MIN,
-                Err(_) => return Err(ApiError::bad_request("n must be an integer")),
-            };
-            range(
-                "n",
-                Some(n),
-                engine::limits::MESSAGES_PER_RESERVE_MAX as i64,
-            )?
-            .unwrap_or(1) as usize
-        }
-    };
+    let n = query_int(&params, "n")?;
+    let n = range("n", n, engine::limits::MESSAGES_PER_RESERVE_MAX as i64)?.unwrap_or(1) as usize;
     let got = st.engine.peek(&key(&auth, q), n).await?;
     let msgs: Vec<Value> = got.into_iter().map(message_json).collect();
     Ok(ok(json!({ "messages": msgs })))

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::auth::ProjectAuth;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonBody, query_get, query_params};
+use crate::extract::{JsonBody, query_get, query_int, query_params};
 use crate::response::{ok, ok_msg};
 use crate::settings::{self, AlertSpec, Extra, SubscriberSpec};
 use crate::state::AppState;
@@ -16,16 +16,10 @@ use crate::state::AppState;
 /// `GET /queues?per_page&previous|prev&prefix` (page ignored).
 pub async fn list(State(st): State<AppState>, auth: ProjectAuth, uri: Uri) -> ApiResult {
     let params = query_params(uri.query());
-    let per_page = match query_get(&params, &["per_page"]) {
+    let per_page = match query_int(&params, "per_page")? {
         None => 30,
-        Some(v) => match v.trim().parse::<i64>() {
-            Ok(n) if n <= 0 => 30,
-            Ok(n) => n.min(100) as usize,
-            // An integer too large for 64 bits is over 100 all the same.
-            Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => 100,
-            Err(e) if *e.kind() == std::num::IntErrorKind::NegOverflow => 30,
-            Err(_) => return Err(ApiError::bad_request("per_page must be an integer")),
-        },
+        Some(n) if n <= 0 => 30,
+        Some(n) => n.min(100) as usize,
     };
     let prefix = query_get(&params, &["prefix"]).unwrap_or("");
     let previous = query_get(&params, &["previous", "prev"]);

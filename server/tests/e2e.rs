@@ -1097,6 +1097,25 @@ fn client_quirks_dead_letter_creation_and_expiry_behind_a_reservation() {
     let (_, v) = call(p, "GET", &qp("go"), Value::Null);
     assert_eq!(v["queue"]["size"], 2, "only the named message went: {v}");
 
+    // .NET sends a reserve's `wait` in the query string, `n` and `timeout` in the body: the
+    // options are read from either, the body winning where both give one.
+    assert_eq!(call(p, "PUT", &qp("net"), Value::Null).0, 200);
+    let path = format!("{}/reservations?wait=1&n=5", qp("net"));
+    let t0 = Instant::now();
+    let (s, v) = call(p, "POST", &path, json!({"n": 1}));
+    assert_eq!((s, &v["messages"]), (200, &json!([])), "{v}");
+    assert!(t0.elapsed() >= Duration::from_millis(900), "it waited");
+    post_msgs(p, "net", &["a", "b", "c"]);
+    let (_, v) = call(p, "POST", &path, json!({"n": 1}));
+    assert_eq!(v["messages"].as_array().map(Vec::len), Some(1), "{v}");
+    let (_, v) = call(p, "POST", &path, Value::Null);
+    assert_eq!(v["messages"].as_array().map(Vec::len), Some(2), "{v}");
+    for bad in ["wait=x", "wait=31", "delete=1"] {
+        let path = format!("{}/reservations?{bad}", qp("net"));
+        let (s, v) = call(p, "POST", &path, Value::Null);
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
+
     // A dead-letter queue exists as soon as it is configured (dlq doc: auto-created with
     // default pull settings), so its consumers can start first.
     let (s, v) = call(
