@@ -1051,8 +1051,7 @@ mod future_sizes {
     use hyper::body::Incoming;
 
     use crate::auth::ProjectAuth;
-    use crate::extract::JsonBody;
-    use crate::messages::ReserveBody;
+    use crate::messages::ReserveOptionsOf;
     use crate::state::AppState;
 
     /// The size of the future `f` returns, without calling it.
@@ -1082,7 +1081,7 @@ mod future_sizes {
             State<AppState>,
             ProjectAuth,
             Path<(String, String)>,
-            JsonBody<ReserveBody>,
+            ReserveOptionsOf,
         );
         let reserve = ret(|x: ReserveArgs| crate::messages::reserve(x.0, x.1, x.2, x.3));
         eprintln!("serve_connection {conn} B, handle {handle} B, reserve {reserve} B");

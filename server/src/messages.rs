@@ -317,6 +317,27 @@ pub struct ReserveBody {
     delete: Option<bool>,
 }
 
+/// A reserve's options: the JSON body, and what it leaves out from the query string (the
+/// .NET client sends `wait` there, `n` and `timeout` in the body). An extractor, so that
+/// the long poll's future holds only the options, not the request's URI.
+pub struct ReserveOptionsOf(pub ReserveBody);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for ReserveOptionsOf {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, st: &S) -> Result<Self, ApiError> {
+        let params = req.uri().query().map(|q| query_params(Some(q)));
+        let JsonBody(mut b) = JsonBody::<ReserveBody>::from_request(req, st).await?;
+        if let Some(params) = params {
+            b.n = b.n.or(query_int(&params, "n")?);
+            b.timeout = b.timeout.or(query_int(&params, "timeout")?);
+            b.wait = b.wait.or(query_int(&params, "wait")?);
+            b.delete = b.delete.or(query_bool(&params, "delete")?);
+        }
+        Ok(ReserveOptionsOf(b))
+    }
+}
+
 /// A message as peek and get show it.
 fn message_json(m: engine::MessageView) -> Value {
     json!({ "id": m.id.to_string(), "body": body_string(m.body), "reserved_count": m.reserved_count })
@@ -331,18 +352,8 @@ pub async fn reserve(
     State(st): State<AppState>,
     auth: ProjectAuth,
     Path((_, q)): QPath,
-    uri: Uri,
-    JsonBody(mut b): JsonBody<ReserveBody>,
+    ReserveOptionsOf(b): ReserveOptionsOf,
 ) -> ApiResult {
-    // The .NET client sends `wait` in the query string (and `n` and `timeout` in the body):
-    // each option may come either way, the body's winning when both give it.
-    if uri.query().is_some() {
-        let params = query_params(uri.query());
-        b.n = b.n.or(query_int(&params, "n")?);
-        b.timeout = b.timeout.or(query_int(&params, "timeout")?);
-        b.wait = b.wait.or(query_int(&params, "wait")?);
-        b.delete = b.delete.or(query_bool(&params, "delete")?);
-    }
     let n = range("n", b.n, engine::limits::MESSAGES_PER_RESERVE_MAX as i64)?.unwrap_or(1) as usize;
     let timeout_s = range("timeout", b.timeout, engine::limits::TIMEOUT_S_MAX as i64)?.unwrap_or(0);
     let wait = match b.wait {
