@@ -28,7 +28,7 @@ for BIN in "$@"; do
   { time "$LOAD" "$MODE" --url http://127.0.0.1:$PORT --duration "$DUR" ${EXTRA:-} \
       > "$D/out" 2>/dev/null; } 2> "$D/time"
   T1=$(awk '{print $14 + $15}' /proc/$P/stat)
-  R=$(grep -E "requests/s|produced|latency|stall" "$D/out" | tr '\n' ' ')
+  R=$(grep -E "requests/s|produced|latency|stall|^error x" "$D/out" | tr "\n" " ")
   N=$(grep -o "^requests=[0-9]*" "$D/out" | cut -d= -f2)
   TICK=$(getconf CLK_TCK)
   CPU=$(awk -v t0="$T0" -v t1="$T1" -v n="${N:-0}" -v tick="$TICK" -v f="$D/time" 'BEGIN {

@@ -110,10 +110,7 @@ impl Engine {
             .map(|(p, rid, states)| (p, (rid, states)))
             .unzip();
         let ids: Vec<u64> = pendings.iter().map(|p| p.id.0).collect();
-        let read = match settled
-            .and(held)
-            .and_then(|held| self.read_bodies(pendings, &held))
-        {
+        let read = match settled.and_then(|()| self.read_bodies(pendings, &held)) {
             Ok(r) => r,
             Err(e) => {
                 let (state, ..) = self.parts();

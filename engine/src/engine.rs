@@ -663,37 +663,50 @@ impl Engine {
     /// where the locations were: during the durability wait before the read, retention may
     /// relocate those messages and drop their segments, and a mapping held here stays
     /// readable (a dropped segment that is still mapped is deleted, never reused).
-    pub(crate) fn hold<'p>(&self, pending: impl IntoIterator<Item = &'p Pending>) -> Result<Held> {
+    ///
+    /// A segment the log has rolled to but the writer has not written yet has no mapping:
+    /// the roll names the segment as it appends, and the writer maps it when it writes the
+    /// roll (a post into it, or a relocation after it, takes locations there). Nothing in
+    /// it is durable yet, and retention cannot drop the newest segment: the read, after the
+    /// durability wait, finds it mapped ([`Engine::read_bodies`]).
+    pub(crate) fn hold<'p>(&self, pending: impl IntoIterator<Item = &'p Pending>) -> Held {
         let mut held: Vec<(SegmentId, Arc<dyn crate::storage::Region>)> = Vec::new();
         for p in pending {
             // Messages read together mostly sit in one or two segments.
             if held.iter().any(|(s, _)| *s == p.segment) {
                 continue;
             }
-            let r = self.inner.log.region(p.segment).ok_or_else(|| {
-                Error::Failed(format!(
-                    "segment {} holding message {} is not mapped",
-                    p.segment.0, p.id
-                ))
-            })?;
-            held.push((p.segment, r));
+            if let Some(r) = self.inner.log.region(p.segment) {
+                held.push((p.segment, r));
+            }
         }
-        Ok(Held(held))
+        Held(held)
     }
 
+    /// Reads the bodies at `pending`, once durable, from the mappings `held` took (or, for a
+    /// segment that was not mapped yet then, from the log's mapping now).
     pub(crate) fn read_bodies(
         &self,
         pending: Vec<Pending>,
         held: &Held,
     ) -> Result<Vec<ReadMessage>> {
         let mut out = Vec::with_capacity(pending.len());
+        let mut late: Vec<(SegmentId, Arc<dyn crate::storage::Region>)> = Vec::new();
         for p in pending {
-            let region = &held
-                .0
-                .iter()
-                .find(|(s, _)| *s == p.segment)
-                .expect("every segment read was held")
-                .1;
+            let found = held.0.iter().chain(&late).find(|(s, _)| *s == p.segment);
+            let region = match found {
+                Some((_, r)) => r.clone(),
+                None => {
+                    let r = self.inner.log.region(p.segment).ok_or_else(|| {
+                        Error::Failed(format!(
+                            "segment {} holding message {} is not mapped",
+                            p.segment.0, p.id
+                        ))
+                    })?;
+                    late.push((p.segment, r.clone()));
+                    r
+                }
+            };
             // The metadata follows the body: one bounds-checked view, two exact copies.
             let (body_len, meta_len) = (p.body_len as usize, p.meta_len as usize);
             let (mut body, mut meta) = (Vec::new(), Vec::new());
@@ -1194,7 +1207,7 @@ impl Engine {
             st.dead_letter(&self.inner.log, no, e, now)?;
             end = self.inner.log.end();
         }
-        let held = self.hold(&picked)?;
+        let held = self.hold(&picked);
         let q = &st.queues[&no];
         Ok((picked, held, end, q.waiters.clone(), q.next_due_ms()))
     }
@@ -1213,7 +1226,7 @@ impl Engine {
                 .iter()
                 .map(|e| Pending::of(e, None))
                 .collect();
-            let held = self.hold(&pending)?;
+            let held = self.hold(&pending);
             (pending, held)
         };
         self.settle().await?;
@@ -1247,7 +1260,7 @@ impl Engine {
                     .map(|d| Pending::of(&d.entry, None))
                     .ok_or(Error::MessageNotFound)?,
             };
-            let held = self.hold([&pending])?;
+            let held = self.hold([&pending]);
             (pending, held)
         };
         self.settle().await?;

@@ -47,6 +47,8 @@ struct Faults {
     write_back_threads: Vec<String>,
     /// A full file system: no file may be created or grown (see [`SimStorage::set_full`]).
     full: bool,
+    /// How long each sync takes (see [`SimStorage::set_sync_delay`]).
+    sync_delay: std::time::Duration,
 }
 
 /// The error of a full file system.
@@ -154,7 +156,14 @@ impl StorageFile for SimFile {
         Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {
-        self.faults.lock().tick(FaultOp::Sync)?;
+        let delay = {
+            let mut f = self.faults.lock();
+            f.tick(FaultOp::Sync)?;
+            f.sync_delay
+        };
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let mut st = self.state.lock();
         let pending = std::mem::take(&mut st.pending);
         for (off, bytes) in pending {
@@ -289,6 +298,11 @@ impl SimStorage {
     /// on a real disk where the blocks are allocated already.
     pub fn set_full(&self, full: bool) {
         self.faults.lock().full = full;
+    }
+
+    /// Makes every sync take `delay` (a slow disk): what happens while one is under way.
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        self.faults.lock().sync_delay = delay;
     }
 
     pub fn clear_faults(&self) {

@@ -801,3 +801,54 @@ async fn message_counters_count_posts_reserves_deletes_clears_and_expiry() {
         (6, 3, 4, 2)
     );
 }
+
+/// A roll names the new segment as it is appended; the writer maps the segment only when
+/// it writes the roll, after syncing the segment it seals. A long poll woken by the post
+/// that rolled takes locations in a segment with no mapping yet: it must wait for the roll
+/// like any read, not fail (the session-13 build answered it with an error, after logging
+/// the reservation). A slow disk (every sync 20 ms) holds that window open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_woken_by_the_post_that_rolls_the_log_reads_it() {
+    use engine::testing::SimStorage;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let storage = SimStorage::new();
+    let clock = ManualClock::new(T0);
+    let mut config = EngineConfig::new("/sim");
+    config.segment_bytes = 1536 << 10;
+    config.body_bytes_max = 4096;
+    let e = Engine::open_with(config, Arc::new(storage.clone()), Arc::new(clock.clone()));
+    let e = Arc::new(e.unwrap());
+    let q = key("roll");
+    e.upsert_queue::<()>(&q, true, |_| Ok(QueueConfig::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    storage.set_sync_delay(Duration::from_millis(20));
+    let segments = || {
+        let names = storage.file_names();
+        names.iter().filter(|n| n.ends_with(".seg")).count()
+    };
+    let (first, body) = (segments(), "x".repeat(4000));
+    let batch: Vec<NewMessage> = (0..100).map(|_| msg(&body)).collect();
+    for round in 0..12 {
+        let waiter = {
+            let (e, q) = (e.clone(), q.clone());
+            let opts = ReserveOptions {
+                n: 100,
+                wait_ms: 5000,
+                ..Default::default()
+            };
+            tokio::spawn(async move { e.reserve(&q, opts).await })
+        };
+        // Asleep on the queue before the post wakes it.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let ids = e.post(&q, &batch, false).await.unwrap();
+        let got = waiter.await.unwrap();
+        let got = got.unwrap_or_else(|err| panic!("round {round}: {err}"));
+        assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+        let items: Vec<DeleteItem> = got.iter().map(DeleteItem::of).collect();
+        e.delete_batch(&q, &items).await.unwrap();
+    }
+    assert!(segments() >= first + 2, "the log rolled during the rounds");
+}
