@@ -182,6 +182,13 @@ impl ServerConfig {
                     msg: format!("file {} does not exist", f.display()),
                 });
             }
+            // figment reads a path that is not a file (a directory) as no file at all.
+            if !f.is_file() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    msg: format!("{} is not a file", f.display()),
+                });
+            }
             fig = fig.merge(Json::file(f));
         }
         let env_keys = [ENV_KEYS, OPS_ENV_KEYS].concat();

@@ -87,9 +87,25 @@ async fn shutdown_signal() {
     };
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
+    // SIGHUP (a closed terminal, `systemctl reload`) would end the process at once, without
+    // the graceful shutdown. The configuration is read at start only: say so and go on.
+    #[cfg(unix)]
+    let hup = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            while s.recv().await.is_some() {
+                tracing::warn!(
+                    "SIGHUP ignored: the configuration is read at start only (restart to change it; SIGTERM stops gracefully)"
+                );
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    #[cfg(not(unix))]
+    let hup = std::future::pending::<()>();
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+        _ = hup => {}
     }
     tracing::info!("shutdown requested");
 }

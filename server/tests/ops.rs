@@ -277,10 +277,15 @@ fn every_log_line_is_logfmt_with_a_request_line_per_call_and_no_token() {
     post(p, "log%20me", 2);
     let (s, _) = call(p, "GET", &qp("nope"), Value::Null);
     assert_eq!(s, 404);
+    // SIGHUP (a closed terminal, `systemctl reload`) is logged and ignored.
+    srv.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(common::health(p), "still serving after SIGHUP");
     srv.sigterm();
     assert!(srv.wait_exit(Duration::from_secs(10)).success());
 
     let text = srv.log_text();
+    assert!(text.contains("lvl=warn msg=\"SIGHUP ignored"), "{text}");
     assert!(!text.contains(TOKEN) && !text.contains(ADMIN), "{text}");
     let lines = log_lines(&text);
     let requests: Vec<&HashMap<String, String>> =
@@ -337,8 +342,11 @@ fn configuration_errors_stop_the_start_naming_the_key() {
         "q3.json",
         json!({ "queues": [{ "project": "ffffffffffffffffffffffff", "name": "q" }] }),
     );
+    // A directory would be read as no file at all, dropping every setting it was meant for.
+    let a_dir = dir.path().to_string_lossy().into_owned();
     let cases: Vec<(Env, Vec<&str>, &str)> = vec![
         (vec![], vec!["--config", &unknown], "colour"),
+        (vec![], vec!["--config", &a_dir], "is not a file"),
         // A typo must not silence the log: refused, not taken as a filter directive.
         (
             vec![("FERROMQ_LOG_LEVEL", "warning")],

@@ -78,17 +78,34 @@ pub fn backup(server: &ServerArgs, output: &Path) -> anyhow::Result<()> {
         );
     }
     let c = AdminClient::new(server, None)?;
-    let resp = c.send(Method::GET, "/3/admin/backup", None)?;
-    let pb = progress_bar(resp.content_length());
-    pb.set_message("backup");
     let partial = partial_path(output);
-    // 0600: a backup holds every message and the credentials' records.
-    let mut file = OpenOptions::new()
+    // 0600: a backup holds every message and the credentials' records. Made before the
+    // request, so that a leftover file does not start a stream on the server for nothing.
+    let mut file = match OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&partial)
-        .with_context(|| format!("creating {}", partial.display()))?;
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+            "{} exists: a backup to {} is running, or one was interrupted (then remove it \
+             and run again)",
+            partial.display(),
+            output.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("creating {}", partial.display())),
+    };
+    let resp = match c.send(Method::GET, "/3/admin/backup", None) {
+        Ok(r) => r,
+        Err(e) => {
+            drop(file);
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    let pb = progress_bar(resp.content_length());
+    pb.set_message("backup");
     let outcome = (|| -> anyhow::Result<backup::BackupHeader> {
         let mut tee = Tee {
             inner: resp,

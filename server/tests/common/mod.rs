@@ -257,11 +257,16 @@ impl Server {
     }
 
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`TERM`, `HUP`, …) to the server.
+    pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
-        assert!(ok.success(), "kill -TERM");
+        assert!(ok.success(), "kill -{name}");
     }
 
     /// SIGKILL, and waits for the process to be gone.
