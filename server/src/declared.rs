@@ -150,11 +150,59 @@ fn check_cycles(out: &[Declared], links: &[Option<String>]) -> Result<(), Config
 /// a cycle on the way: each after the declared queues it links to (so the chains from it
 /// are already the final ones, and those have no cycle; see [`application_order`]).
 pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError> {
+    let planned = plan(engine, queues, None)?;
+    for i in application_order(&planned) {
+        let p = &planned[i];
+        let spec =
+            settings::spec_from_body(p.body.clone()).map_err(|e| at(p.index, None, e.msg))?;
+        let info = engine
+            .upsert_queue_linked(
+                &p.key,
+                true,
+                |cur| settings::apply_declared(cur, spec),
+                &settings::forward_links,
+            )
+            .await
+            .map_err(|e| at(p.index, None, e.to_string()))?
+            .map_err(|e| at(p.index, None, e.msg))?;
+        crate::queues::create_dead_letter_queue(engine, &info)
+            .await
+            .map_err(|e| at(p.index, None, e.to_string()))?;
+        tracing::info!(
+            project = %p.key.project,
+            queue = %p.key.name,
+            action = if p.existed { "updated" } else { "created" },
+            "declared queue"
+        );
+    }
+    Ok(())
+}
+
+/// Checks the declarations against the store (see [`apply`]) without writing anything;
+/// `bootstrapping` is a project the start is about to create. Run before a first start
+/// creates (and prints, once) its credentials, so that a declaration that cannot be applied
+/// stops the start before anything is made.
+pub fn check(
+    engine: &Engine,
+    queues: &[Value],
+    bootstrapping: Option<&str>,
+) -> Result<(), ConfigError> {
+    plan(engine, queues, bootstrapping).map(drop)
+}
+
+/// The declarations, checked, in the order they are written in.
+fn plan(
+    engine: &Engine,
+    queues: &[Value],
+    bootstrapping: Option<&str>,
+) -> Result<Vec<Planned>, ConfigError> {
     let declared = parse(queues)?;
     let mut planned = Vec::with_capacity(declared.len());
     for d in declared {
         let Declared { index, key, body } = d;
-        if engine.meta(&format!("project/{}", key.project)).is_none() {
+        if engine.meta(&format!("project/{}", key.project)).is_none()
+            && bootstrapping != Some(key.project.as_str())
+        {
             return Err(at(
                 index,
                 Some("project"),
@@ -217,31 +265,7 @@ pub async fn apply(engine: &Engine, queues: &[Value]) -> Result<(), ConfigError>
             return Err(at(p.index, None, cycle));
         }
     }
-    for i in application_order(&planned) {
-        let p = &planned[i];
-        let spec =
-            settings::spec_from_body(p.body.clone()).map_err(|e| at(p.index, None, e.msg))?;
-        let info = engine
-            .upsert_queue_linked(
-                &p.key,
-                true,
-                |cur| settings::apply_declared(cur, spec),
-                &settings::forward_links,
-            )
-            .await
-            .map_err(|e| at(p.index, None, e.to_string()))?
-            .map_err(|e| at(p.index, None, e.msg))?;
-        crate::queues::create_dead_letter_queue(engine, &info)
-            .await
-            .map_err(|e| at(p.index, None, e.to_string()))?;
-        tracing::info!(
-            project = %p.key.project,
-            queue = %p.key.name,
-            action = if p.existed { "updated" } else { "created" },
-            "declared queue"
-        );
-    }
-    Ok(())
+    Ok(planned)
 }
 
 /// A declaration about to be applied, with the dead-letter queue it will leave its queue

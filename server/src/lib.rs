@@ -137,6 +137,9 @@ pub async fn run(
             "the log is damaged before its tail; the server stops"
         ),
     });
+    // Declared queues that cannot be applied stop the start before a first start creates its
+    // credentials (printed only once: a start that failed after it would lose them).
+    declared::check(&engine, &config.queues, config.project_id.as_deref())?;
     let (creds, generated) = Credentials::bootstrap(
         &engine,
         config.admin_token.as_deref(),

@@ -385,12 +385,31 @@ fn configuration_errors_stop_the_start_naming_the_key() {
         ),
     ];
     for (env, args, key) in cases {
-        let text = Start::new(dir.path()).envs(&env).args(&args).refused();
+        let refused = Start::new(dir.path())
+            .envs(&env)
+            .args(&args)
+            .refused_on(common::free_port());
+        let text = refused.stderr;
         assert!(
             text.contains(key),
             "{env:?} {args:?}: want {key} in\n{text}"
         );
+        // No credentials were made (a first start prints them once; the declared queue of
+        // a missing project used to fail only after that).
+        assert!(
+            !refused.stdout.contains("first start"),
+            "{env:?} {args:?}: {}",
+            refused.stdout
+        );
     }
+    let (printed, mut child) = serve_printing(
+        &dir.path().join("data"),
+        &format!("127.0.0.1:{}", common::free_port()),
+        &|t| t.contains("iron.json"),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(printed.contains("first start"), "{printed}");
 }
 
 #[test]
