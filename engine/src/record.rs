@@ -88,6 +88,13 @@ pub enum FrameCheck {
     Bad(CorruptionKind),
 }
 
+/// The payload length and the stored checksum of the frame header at the start of `bytes`
+/// (at least [`FRAME_HEADER_BYTES`] long).
+pub(crate) fn header_len_crc(bytes: &[u8]) -> (u32, u32) {
+    let le = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    (le(0), le(4))
+}
+
 /// Checks the frame at the start of `bytes` (which runs to the end of the segment).
 pub fn check_frame(bytes: &[u8], seed: u32, len_max: usize) -> FrameCheck {
     if bytes.len() < FRAME_HEADER_BYTES {
@@ -101,8 +108,7 @@ pub fn check_frame(bytes: &[u8], seed: u32, len_max: usize) -> FrameCheck {
     if header.iter().all(|&b| b == 0) {
         return FrameCheck::End;
     }
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let (len, crc) = header_len_crc(header);
     if len == 0 || len as usize > len_max || FRAME_HEADER_BYTES + len as usize > bytes.len() {
         return FrameCheck::Bad(CorruptionKind::RecordLength(len));
     }
@@ -128,7 +134,7 @@ pub fn plausible_frame_start(bytes: &[u8], len_max: usize) -> bool {
     if bytes.len() < FRAME_HEADER_BYTES {
         return false;
     }
-    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let len = header_len_crc(bytes).0 as usize;
     len != 0
         && len <= len_max
         && Kind::from_byte(bytes[8]).is_some()

@@ -983,22 +983,11 @@ pub(crate) fn find_valid_frame(
             }
             // As `record::check_frame`: the whole frame in the bytes, and its checksum,
             // over kind, version, flags and payload, from the segment's seed.
-            let len = u32::from_le_bytes([
-                bytes[start],
-                bytes[start + 1],
-                bytes[start + 2],
-                bytes[start + 3],
-            ]) as usize;
-            let end = start + FRAME_HEADER_BYTES + len;
+            let (len, stored) = record::header_len_crc(&bytes[start..]);
+            let end = start + FRAME_HEADER_BYTES + len as usize;
             if end > bytes.len() {
                 continue;
             }
-            let stored = u32::from_le_bytes([
-                bytes[start + 4],
-                bytes[start + 5],
-                bytes[start + 6],
-                bytes[start + 7],
-            ]);
             let prefixes = prefixes.get_or_insert_with(|| Prefixes::new(bytes, from));
             if prefixes.seeded_crc(seed, start + 8, end) == stored {
                 return Some(start);
