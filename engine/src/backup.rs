@@ -73,15 +73,16 @@ impl std::fmt::Display for BackupPart {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
-    #[error("I/O error during {op} on {path}: {source}")]
+    /// The OS error is in the message, not the `source()` (see [`Error::Io`]).
+    #[error("I/O error during {op} on {path}: {cause}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: io::Error,
+        cause: io::Error,
     },
     /// Reading or writing the backup stream itself failed (network, output file).
     #[error("backup stream: {0}")]
-    Stream(#[source] io::Error),
+    Stream(io::Error),
     #[error("not a ferromq backup file (bad magic)")]
     BadMagic,
     #[error("unsupported backup format version {0}")]
@@ -114,7 +115,7 @@ pub enum BackupError {
 
 fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> BackupError {
     let path = path.into();
-    move |source| BackupError::Io { op, path, source }
+    move |cause| BackupError::Io { op, path, cause }
 }
 
 /// The backup file header.

@@ -1485,7 +1485,7 @@ impl Engine {
         report.index = match self.maintain_index() {
             // The index is a cache: on a full disk it is not written (the full disk is
             // reported on its own, `storage_full`), and retention's report stands.
-            Err(Error::Io { source, .. }) if crate::log::is_no_space(&source) => None,
+            Err(Error::Io { cause, .. }) if crate::log::is_no_space(&cause) => None,
             r => r?,
         };
         Ok(report)

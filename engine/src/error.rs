@@ -49,11 +49,13 @@ pub enum Error {
     /// the queue's type does not take (not a change of it).
     #[error("{0}")]
     NotForQueueType(&'static str),
-    #[error("I/O error during {op} on {path}: {source}")]
+    /// The OS error is in the message, and so deliberately not the error's `source()`: a
+    /// report that prints the chain (anyhow's `{:#}`) would say it twice.
+    #[error("I/O error during {op} on {path}: {cause}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error(
         "corrupt log: {kind} in {path} at byte offset {offset}; the data before it is intact. \
@@ -159,7 +161,7 @@ impl Error {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

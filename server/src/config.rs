@@ -163,6 +163,87 @@ const OPS_ENV_KEYS: &[&str] = &[
     "tls_key",
 ];
 
+/// A set `request_bytes_max` leaves at least this much room over `body_bytes_max`: the
+/// JSON around one message's body (`{"messages":[{"body":…,"delay":…}]}`) and then some.
+const REQUEST_BYTES_OVER_BODY: u64 = 1024;
+
+/// The other `FERROMQ_*` variables something in this project reads: the credentials and
+/// declared queues (`load`), the client subcommands' server and CA certificate, and the
+/// settings of the project's own tests, benchmarks and fuzzing (which may be exported in
+/// the shell that starts a server).
+const OTHER_ENV: &[&str] = &[
+    "FERROMQ_QUEUES",
+    "FERROMQ_ADMIN_TOKEN",
+    "FERROMQ_PROJECT_ID",
+    "FERROMQ_TOKEN",
+    "FERROMQ_METRICS_TOKEN",
+    "FERROMQ_URL",
+    "FERROMQ_CACERT",
+    "FERROMQ_BIN",
+    "FERROMQ_CRASH_ROUNDS",
+    "FERROMQ_BENCH_TMP",
+    "FERROMQ_BENCH_RECOVER_N",
+    "FERROMQ_BENCH_SEGMENT_BYTES",
+    "FERROMQ_FUZZ_CASES",
+];
+
+/// Every `FERROMQ_*` variable something reads.
+fn known_env() -> Vec<String> {
+    ENV_KEYS
+        .iter()
+        .chain(OPS_ENV_KEYS)
+        .map(|k| format!("FERROMQ_{}", k.to_ascii_uppercase()))
+        .chain(OTHER_ENV.iter().map(|v| v.to_string()))
+        .collect()
+}
+
+/// Of the variable names `names`, those that start with `FERROMQ_` but that nothing reads
+/// (a misspelling such as `FERROMQ_SYNC_POLICY` would otherwise leave its key at the
+/// default without a word), each with the known name closest to it, if one is close.
+pub fn unknown_env(names: impl IntoIterator<Item = String>) -> Vec<(String, Option<String>)> {
+    let known = known_env();
+    let mut unknown: Vec<_> = names
+        .into_iter()
+        .filter(|n| n.starts_with("FERROMQ_") && !known.contains(n))
+        .map(|n| {
+            let near = nearest_env(&n, &known);
+            (n, near)
+        })
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+/// The known variable an unknown `FERROMQ_*` name most likely meant: one a word longer or
+/// shorter (`FERROMQ_SYNC_POLICY`), or a few letters off (`FERROMQ_DATADIR`); a host or
+/// port means `listen`.
+fn nearest_env(name: &str, known: &[String]) -> Option<String> {
+    let suffix = &name["FERROMQ_".len()..];
+    if ["HOST", "PORT", "ADDR", "ADDRESS", "BIND"].contains(&suffix) {
+        return Some("FERROMQ_LISTEN".to_string());
+    }
+    known
+        .iter()
+        .map(|k| {
+            let ks = &k["FERROMQ_".len()..];
+            let a_word_apart = |long: &str, short: &str| {
+                long.strip_prefix(short)
+                    .is_some_and(|rest| rest.starts_with('_'))
+            };
+            let score = if a_word_apart(suffix, ks) || a_word_apart(ks, suffix) {
+                0.9
+            } else {
+                strsim::normalized_damerau_levenshtein(suffix, ks)
+            };
+            (score, k)
+        })
+        .filter(|(score, _)| *score >= 0.6)
+        // The best score, the first of equals (`FERROMQ_LOG`: `log_level` before
+        // `log_requests_level`).
+        .min_by(|a, b| b.0.total_cmp(&a.0))
+        .map(|(_, k)| k.clone())
+}
+
 /// Longest stats interval, seconds (one day).
 const STATS_INTERVAL_S_MAX: u64 = 86_400;
 /// Configured tokens shorter than this are logged as a warning at start. (Generated ones
@@ -227,8 +308,27 @@ impl ServerConfig {
         };
         self.sync_policy()?;
         self.recovery_mode()?;
-        if self.listen.parse::<std::net::SocketAddr>().is_err() && !self.listen.contains(':') {
-            return bad("listen", "must be HOST:PORT");
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            // HOST may be a name (`localhost:8080`), resolved when binding.
+            match self.listen.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() => {
+                    if port.parse::<u16>().is_err() {
+                        return bad("listen", "the port must be a number from 0 to 65535");
+                    }
+                }
+                _ => return bad("listen", "must be HOST:PORT"),
+            }
+        }
+        let one_message = self.body_bytes_max as u64 + REQUEST_BYTES_OVER_BODY;
+        if self.request_bytes_max != 0 && self.request_bytes_max < one_message {
+            return Err(ConfigError::Invalid {
+                key: "request_bytes_max",
+                msg: format!(
+                    "must be 0 (automatic) or at least {one_message}: body_bytes_max plus \
+                     {REQUEST_BYTES_OVER_BODY}, so that a post of one message of the largest \
+                     size fits in a request"
+                ),
+            });
         }
         if self.header_bytes_max < 8192 {
             return bad("header_bytes_max", "must be at least 8192");
@@ -386,7 +486,8 @@ impl ServerConfig {
         }
     }
 
-    /// The effective request body limit.
+    /// The effective request body limit (see `validate`: a set one is at least
+    /// `body_bytes_max`).
     pub fn request_limit(&self) -> usize {
         if self.request_bytes_max > 0 {
             self.request_bytes_max as usize
@@ -514,6 +615,75 @@ mod tests {
             assert_eq!(invalid_key(&c).as_deref(), Some("body_bytes_max"), "{b}");
         }
         assert_eq!(invalid_key(&ServerConfig::default()), None);
+    }
+
+    #[test]
+    fn unknown_ferromq_variables_are_found_with_the_name_meant() {
+        let names = [
+            "FERROMQ_SYNC",
+            "FERROMQ_SYNC_POLICY",
+            "FERROMQ_LISTN",
+            "FERROMQ_TOKEN",
+            "FERROMQ_QUEUES",
+            "FERROMQ_BENCH_TMP",
+            "FERROMQ_TLS_CERT",
+            "FERROMQ_COLOUR_SCHEME_OF_THE_DAY",
+            "FERROMQ_DATADIR",
+            "FERROMQ_PORT",
+            "FERROMQ_LOG",
+            "PATH",
+            "ferromq_sync",
+        ]
+        .map(String::from);
+        let pair = |a: &str, b: Option<&str>| (a.to_string(), b.map(String::from));
+        assert_eq!(
+            unknown_env(names),
+            vec![
+                pair("FERROMQ_COLOUR_SCHEME_OF_THE_DAY", None),
+                pair("FERROMQ_DATADIR", Some("FERROMQ_DATA_DIR")),
+                pair("FERROMQ_LISTN", Some("FERROMQ_LISTEN")),
+                pair("FERROMQ_LOG", Some("FERROMQ_LOG_LEVEL")),
+                pair("FERROMQ_PORT", Some("FERROMQ_LISTEN")),
+                pair("FERROMQ_SYNC_POLICY", Some("FERROMQ_SYNC")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_listen_port_out_of_range_and_a_request_limit_below_one_message_are_named() {
+        for listen in [
+            "127.0.0.1:70000",
+            "localhost:http",
+            "127.0.0.1:",
+            ":8080",
+            "8080",
+        ] {
+            let c = ServerConfig {
+                listen: listen.into(),
+                ..ServerConfig::default()
+            };
+            assert_eq!(invalid_key(&c).as_deref(), Some("listen"), "{listen}");
+        }
+        for listen in ["localhost:8080", "[::1]:0", "0.0.0.0:65535"] {
+            let c = ServerConfig {
+                listen: listen.into(),
+                ..ServerConfig::default()
+            };
+            assert_eq!(invalid_key(&c), None, "{listen}");
+        }
+        let d = ServerConfig::default();
+        let with = |n| ServerConfig {
+            request_bytes_max: n,
+            ..ServerConfig::default()
+        };
+        let least = d.body_bytes_max as u64 + REQUEST_BYTES_OVER_BODY;
+        assert_eq!(
+            invalid_key(&with(least - 1)).as_deref(),
+            Some("request_bytes_max")
+        );
+        assert_eq!(invalid_key(&with(1)).as_deref(), Some("request_bytes_max"));
+        assert_eq!(invalid_key(&with(least)), None);
+        assert_eq!(invalid_key(&with(0)), None);
     }
 
     #[test]

@@ -103,6 +103,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    for (var, near) in
+        config::unknown_env(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))
+    {
+        match near {
+            Some(near) => tracing::warn!(
+                var,
+                "environment variable {var} is not a ferromq setting and is ignored (did you mean {near}?)"
+            ),
+            None => tracing::warn!(
+                var,
+                "environment variable {var} is not a ferromq setting and is ignored"
+            ),
+        }
+    }
     for key in config.short_tokens() {
         tracing::warn!(
             key,

@@ -72,7 +72,28 @@ enum Command {
     },
 }
 
+/// Resolves at the first SIGINT or SIGTERM. Later ones are logged: the graceful shutdown
+/// already under way is bounded by `shutdown_grace_ms`, and a second signal does not cut
+/// it short (what is acknowledged is on disk either way; what is in flight gets its answer).
+/// SIGHUP is logged and ignored throughout.
 async fn shutdown_signal() {
+    #[cfg(unix)]
+    tokio::spawn(ignore_hangups());
+    stop_signal().await;
+    tracing::info!(target: "server", "shutdown requested");
+    tokio::spawn(async {
+        loop {
+            stop_signal().await;
+            tracing::warn!(
+                target: "server",
+                "shutdown already under way: in-flight requests are finishing (up to shutdown_grace_ms), then the engine closes"
+            );
+        }
+    });
+}
+
+/// The next SIGINT or SIGTERM.
+async fn stop_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -87,27 +108,24 @@ async fn shutdown_signal() {
     };
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
-    // SIGHUP (a closed terminal, `systemctl reload`) would end the process at once, without
-    // the graceful shutdown. The configuration is read at start only: say so and go on.
-    #[cfg(unix)]
-    let hup = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            while s.recv().await.is_some() {
-                tracing::warn!(
-                    "SIGHUP ignored: the configuration is read at start only (restart to change it; SIGTERM stops gracefully)"
-                );
-            }
-        }
-        std::future::pending::<()>().await
-    };
-    #[cfg(not(unix))]
-    let hup = std::future::pending::<()>();
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
-        _ = hup => {}
     }
-    tracing::info!("shutdown requested");
+}
+
+/// SIGHUP (a closed terminal, `systemctl reload`) would end the process at once, without
+/// the graceful shutdown. The configuration is read at start only: say so and go on.
+#[cfg(unix)]
+async fn ignore_hangups() {
+    if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        while s.recv().await.is_some() {
+            tracing::warn!(
+                target: "server",
+                "SIGHUP ignored: the configuration is read at start only (restart to change it; SIGTERM stops gracefully)"
+            );
+        }
+    }
 }
 
 /// A start that failed exits with this; a usage error (clap) with 2.
@@ -224,8 +242,8 @@ fn serve(data_dir: Option<PathBuf>, listen: Option<String>, config: Option<PathB
             // Startup and recovery problems, and an engine failure, end here; the line is
             // printed even when `log_level` filters errors out.
             let error = format!("{e:#}");
-            if tracing::enabled!(tracing::Level::ERROR) {
-                tracing::error!(crit = true, error, "{STOPPED}");
+            if tracing::enabled!(target: "server", tracing::Level::ERROR) {
+                tracing::error!(target: "server", crit = true, error, "{STOPPED}");
             } else {
                 crit_line(&error);
             }

@@ -264,7 +264,14 @@ fn stats_count_requests_and_messages_exactly_for_an_admin_token_only() {
 #[test]
 fn every_log_line_is_logfmt_with_a_request_line_per_call_and_no_token() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut srv = start(dir.path(), &[("FERROMQ_LOG_REQUESTS_LEVEL", "info")]);
+    // A misspelled setting (the key is `sync`) would leave its key at the default unsaid.
+    let mut srv = start(
+        dir.path(),
+        &[
+            ("FERROMQ_LOG_REQUESTS_LEVEL", "info"),
+            ("FERROMQ_SYNC_POLICY", "never"),
+        ],
+    );
     let p = srv.port;
     let (s, _) = call_as(
         p,
@@ -286,6 +293,22 @@ fn every_log_line_is_logfmt_with_a_request_line_per_call_and_no_token() {
 
     let text = srv.log_text();
     assert!(text.contains("lvl=warn msg=\"SIGHUP ignored"), "{text}");
+    let lines = log_lines(&text);
+    let misspelled = lines
+        .iter()
+        .find(|l| l.get("var").is_some_and(|v| v == "FERROMQ_SYNC_POLICY"))
+        .unwrap_or_else(|| panic!("no line on FERROMQ_SYNC_POLICY in\n{text}"));
+    assert_eq!(misspelled["lvl"], "warn");
+    assert!(
+        misspelled["msg"].contains("did you mean FERROMQ_SYNC?"),
+        "{misspelled:?}"
+    );
+    // The test's own variables (and the known ones) are not warned about.
+    assert_eq!(
+        lines.iter().filter(|l| l.contains_key("var")).count(),
+        1,
+        "{text}"
+    );
     assert!(!text.contains(TOKEN) && !text.contains(ADMIN), "{text}");
     let lines = log_lines(&text);
     let requests: Vec<&HashMap<String, String>> =
@@ -782,6 +805,44 @@ fn sigterm_answers_long_polls_at_once_exits_zero_and_restarts_without_repair() {
     assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
+#[test]
+fn a_second_sigterm_during_the_grace_period_is_logged_and_the_grace_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut srv = start(dir.path(), &[("FERROMQ_SHUTDOWN_GRACE_MS", "1500")]);
+    let p = srv.port;
+    // A request in flight: its headers are in, its body will not come. The graceful
+    // shutdown waits for it, up to the grace period.
+    let mut slow = TcpStream::connect(("127.0.0.1", p)).expect("connect");
+    let head = format!(
+        "POST {}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: OAuth {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"messages\"",
+        qp("slow")
+    );
+    slow.write_all(head.as_bytes()).expect("send the head");
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    srv.sigterm();
+    std::thread::sleep(Duration::from_millis(400));
+    srv.sigterm();
+    let st = srv.wait_exit(Duration::from_secs(10));
+    let took = t.elapsed();
+    assert!(st.success(), "{st}\n{}", srv.log_text());
+    // The second signal did not cut the grace short; the grace bounded the wait.
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    let text = srv.log_text();
+    let lines = log_lines(&text);
+    let again = lines
+        .iter()
+        .find(|l| l["msg"].starts_with("shutdown already under way"))
+        .unwrap_or_else(|| panic!("no line for the second signal in\n{text}"));
+    assert_eq!(again["lvl"], "warn");
+    assert!(
+        lines.iter().any(|l| l["msg"] == "stopped cleanly"),
+        "{text}"
+    );
+}
+
 // ---- HTTPS ----
 
 struct Tls {
@@ -961,6 +1022,13 @@ fn a_failed_start_prints_only_logfmt_with_one_crit_line_naming_the_cause() {
         .data_dir(&blocked)
         .refused_on(common::free_port());
     assert_failed_start(&r, 1, &[&blocked.display().to_string()], "data dir");
+    // The OS's reason once, not once per link of the error chain.
+    assert_eq!(
+        r.stderr.matches("Not a directory").count(),
+        1,
+        "{}",
+        r.stderr
+    );
 
     // The port is taken.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

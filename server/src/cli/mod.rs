@@ -120,6 +120,14 @@ impl AdminClient {
 
 /// Renders rows as a plain text table with a header line.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    // A queue or project name may hold any character: control characters (a newline, an
+    // escape sequence) are shown escaped, so that a row stays one line and the terminal
+    // draws only text.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -146,6 +154,22 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `s` with its control characters escaped (`\n`, `\u{1b}`).
+fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// A JSON field as table text: strings bare, null as `-`.
 pub fn cell(v: &serde_json::Value) -> String {
     match v {
@@ -153,5 +177,29 @@ pub fn cell(v: &serde_json::Value) -> String {
         serde_json::Value::String(s) if s.is_empty() => "-".into(),
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+
+    #[test]
+    fn a_table_row_stays_one_line_whatever_its_names_hold() {
+        let rows = vec![
+            vec!["p1".to_string(), "line\nbreak".to_string(), "3".to_string()],
+            vec![
+                "p2".to_string(),
+                "esc\u{1b}[31m".to_string(),
+                "4".to_string(),
+            ],
+        ];
+        let t = table(&["PROJECT", "QUEUE", "SIZE"], &rows);
+        assert_eq!(
+            t,
+            "PROJECT  QUEUE          SIZE\n\
+             p1       line\\nbreak    3\n\
+             p2       esc\\u{1b}[31m  4\n"
+        );
     }
 }
