@@ -808,14 +808,15 @@ impl Queue {
         live.add(e);
     }
 
-    /// The visible-at time of a delayed message (scans the delay heap; for relocation only).
-    pub fn delayed_until(&self, id: u64) -> u64 {
-        self.delayed
-            .iter()
-            .filter(|Reverse((_, i))| *i == id)
-            .map(|Reverse((t, _))| *t)
-            .max()
-            .unwrap_or(0)
+    /// The visible-at time of every delayed message, by id (the latest of a message's heap
+    /// entries; one walk over the delay heap, for relocation only).
+    pub fn delayed_times(&self) -> HashMap<u64, u64> {
+        let mut times: HashMap<u64, u64> = HashMap::with_capacity(self.delayed.len());
+        for Reverse((t, id)) in &self.delayed {
+            let at = times.entry(*id).or_default();
+            *at = (*at).max(*t);
+        }
+        times
     }
 
     #[cfg(any(test, feature = "testing"))]

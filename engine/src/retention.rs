@@ -9,12 +9,17 @@
 //!   whole message state) — but only while the log holds more than twice the live data plus
 //!   two segments, which bounds the extra writes to the garbage being reclaimed.
 
+use std::collections::{HashMap, HashSet};
+
+use parking_lot::MutexGuard;
+
 use crate::engine::{Engine, MaintainReport};
 use crate::error::{Error, Result};
-use crate::ids::{MessageId, QueueNo, SegmentId};
+use crate::ids::{MessageId, QueueKey, QueueNo, SegmentId};
 use crate::queue::MsgState;
 use crate::record::{self, FRAME_HEADER_BYTES, FrameCheck, Kind, RelocateItem};
 use crate::segment::HEADER_BYTES;
+use crate::storage::Region;
 
 /// Segments dropped per call at most.
 const SEGMENTS_PER_CALL_MAX: usize = 4;
@@ -97,8 +102,15 @@ pub(crate) fn maintain(engine: &Engine) -> Result<MaintainReport> {
 }
 
 /// Copies the live messages of `segment` to the tail. Returns how many moved.
+///
+/// The state lock is held by the caller, but for the walk over the segment's records (a
+/// sealed segment never changes, and up to 64 MiB of mapped pages can take long to read:
+/// on the VM of `benches/README.md` a page idle for a second costs 5 µs, and one not in
+/// the page cache a read from the disk). Whatever changed meanwhile is seen after: the
+/// segment is still the oldest (only retention drops segments, and it runs once at a
+/// time; a second run finds it gone and stops), and every message is looked up again.
 fn relocate_from(
-    st: &mut crate::engine::State,
+    st: &mut MutexGuard<'_, crate::engine::State>,
     log: &crate::log::Log,
     segment: SegmentId,
     now_ms: u64,
@@ -108,7 +120,99 @@ fn relocate_from(
         .region(segment)
         .ok_or_else(|| Error::Failed(format!("segment {} is not mapped", segment.0)))?;
     let path = storage.root().join(segment.file_name());
-    // Which (queue, id) pairs live in this segment, found by walking its records.
+    let found = MutexGuard::unlocked(st, || segment_messages(&*region, segment, &path))?;
+    if st.first_segment != segment {
+        return Ok(0);
+    }
+    // Messages dead-lettered into another queue keep their place: those not live in the
+    // queue they were posted to are looked for in other queues, but only while the
+    // segment still holds live messages once the rest are moved, and in the queues named
+    // as dead-letter queues first (every queue last: a dead-letter setting changed since).
+    let mut elsewhere = Vec::new();
+    let mut moved = 0;
+    let mut delays = Delays::default();
+    for (no, id) in found {
+        if moved >= RELOCATIONS_PER_CALL_MAX || st.live.messages_in(segment) == 0 {
+            return Ok(moved);
+        }
+        let located = st
+            .queues
+            .get(&no)
+            .and_then(|q| q.get(id).copied())
+            .filter(|e| e.segment == segment.0);
+        match located {
+            Some(e) => {
+                relocate_one(
+                    st,
+                    log,
+                    segment,
+                    &*region,
+                    &path,
+                    no,
+                    e,
+                    now_ms,
+                    &mut delays,
+                )?;
+                moved += 1;
+            }
+            None => elsewhere.push(id),
+        }
+    }
+    let dead_letter_queues: HashSet<QueueNo> = st
+        .queues
+        .values()
+        .filter_map(|q| {
+            let dl = q.config.dead_letter.as_ref()?;
+            st.by_key
+                .get(&QueueKey::new(&q.key.project, &dl.queue))
+                .copied()
+        })
+        .collect();
+    for pass in [Some(&dead_letter_queues), None] {
+        let mut rest = Vec::new();
+        for id in std::mem::take(&mut elsewhere) {
+            if moved >= RELOCATIONS_PER_CALL_MAX || st.live.messages_in(segment) == 0 {
+                return Ok(moved);
+            }
+            let located = st
+                .queues
+                .values()
+                .filter(|q| pass.is_none_or(|only| only.contains(&q.no)))
+                .find_map(|q| {
+                    q.get(id)
+                        .filter(|e| e.segment == segment.0)
+                        .map(|e| (q.no, *e))
+                });
+            match located {
+                Some((no, e)) => {
+                    relocate_one(
+                        st,
+                        log,
+                        segment,
+                        &*region,
+                        &path,
+                        no,
+                        e,
+                        now_ms,
+                        &mut delays,
+                    )?;
+                    moved += 1;
+                }
+                None => rest.push(id),
+            }
+        }
+        elsewhere = rest;
+    }
+    Ok(moved)
+}
+
+/// The (queue, id) pairs of the messages posted or relocated into `segment`, found by
+/// walking its records.
+fn segment_messages(
+    region: &dyn Region,
+    segment: SegmentId,
+    path: &std::path::Path,
+) -> Result<Vec<(QueueNo, MessageId)>> {
     let mut found: Vec<(QueueNo, MessageId)> = Vec::new();
     let seed = record::crc_seed(segment.0);
     let mut walk = Ok(());
@@ -134,98 +238,105 @@ fn relocate_from(
                 off += FRAME_HEADER_BYTES + len;
             }
         })
-        .map_err(|e| Error::io("read", &path, e))?;
+        .map_err(|e| Error::io("read", path, e))?;
     walk.map_err(|kind| Error::Corruption {
-        path: path.clone(),
+        path: path.to_path_buf(),
         offset: 0,
         kind,
     })?;
-    // Messages dead-lettered into another queue keep their place: find them by id too.
-    let mut moved = 0;
-    for (no, id) in found {
-        if moved >= RELOCATIONS_PER_CALL_MAX {
-            break;
-        }
-        let located = st
-            .queues
-            .get(&no)
-            .and_then(|q| q.get(id).copied())
-            .filter(|e| e.segment == segment.0);
-        let (no, e) = match located {
-            Some(e) => (no, e),
-            None => match st.queues.values().find_map(|q| {
-                q.get(id)
-                    .filter(|e| e.segment == segment.0)
-                    .map(|e| (q.no, *e))
-            }) {
-                Some(x) => x,
-                None => continue,
-            },
-        };
-        let q = &st.queues[&no];
-        let mut body = vec![0u8; e.body_len as usize + e.meta_len as usize];
-        region
-            .read(e.offset as usize, &mut body)
-            .map_err(|err| Error::io("read", &path, err))?;
-        let reservation = if e.state == MsgState::Reserved {
-            q.reservation(id)
-        } else {
-            None
-        };
-        let visible_at_ms = if e.state == MsgState::Delayed {
-            q.delayed_until(e.id).max(now_ms)
-        } else {
-            0
-        };
-        let item = RelocateItem {
-            queue: no,
+    Ok(found)
+}
+
+/// The visible-at times of delayed messages, per queue, taken from its delay heap once per
+/// [`relocate_from`] (a look into the heap per message made relocating `n` delayed
+/// messages cost `n` times the heap).
+#[derive(Default)]
+struct Delays(HashMap<QueueNo, HashMap<u64, u64>>);
+
+impl Delays {
+    fn until(&mut self, q: &crate::queue::Queue, id: MessageId) -> u64 {
+        let times = self.0.entry(q.no).or_insert_with(|| q.delayed_times());
+        times.get(&id.0).copied().unwrap_or(0)
+    }
+}
+
+/// Copies message `e` of queue `no`, in `segment`, to the tail.
+#[allow(clippy::too_many_arguments)]
+fn relocate_one(
+    st: &mut crate::engine::State,
+    log: &crate::log::Log,
+    segment: SegmentId,
+    region: &dyn Region,
+    path: &std::path::Path,
+    no: QueueNo,
+    e: crate::queue::Entry,
+    now_ms: u64,
+    delays: &mut Delays,
+) -> Result<()> {
+    let id = MessageId(e.id);
+    debug_assert_eq!(e.segment, segment.0);
+    let q = &st.queues[&no];
+    let mut body = vec![0u8; e.body_len as usize + e.meta_len as usize];
+    region
+        .read(e.offset as usize, &mut body)
+        .map_err(|err| Error::io("read", path, err))?;
+    let reservation = if e.state == MsgState::Reserved {
+        q.reservation(id)
+    } else {
+        None
+    };
+    let visible_at_ms = if e.state == MsgState::Delayed {
+        delays.until(q, id).max(now_ms)
+    } else {
+        0
+    };
+    let item = RelocateItem {
+        queue: no,
+        id,
+        reserved_count: e.reserved_count as u32,
+        expires_at_s: e.expires_at_s,
+        visible_at_ms,
+        reservation,
+        body_at: record::RELOCATE_HEADER_BYTES,
+        body_len: e.body_len,
+        meta_len: e.meta_len as u32,
+    };
+    let buf = &mut st.scratch;
+    buf.clear();
+    record::put_relocate(
+        buf,
+        &item,
+        &body[..e.body_len as usize],
+        &body[e.body_len as usize..],
+    );
+    let floors = st.floors();
+    let (start, _) = log.append(Kind::Relocate, &st.scratch, floors)?;
+    let mut new = e;
+    new.segment = start.segment().0;
+    new.offset = start.offset() + (FRAME_HEADER_BYTES + record::RELOCATE_HEADER_BYTES) as u32;
+    let st = &mut *st;
+    let q = st.queues.get_mut(&no).expect("queue found above");
+    q.relocate(id, new.segment, new.offset, &mut st.live);
+    // A push message's delivery state follows it (its records are in the segments about
+    // to go).
+    let restated = q
+        .push
+        .as_ref()
+        .map(|p| p.recorded(id.0))
+        .unwrap_or_default();
+    // In records of at most SUBSCRIBERS_MAX updates (states of subscribers removed
+    // since are kept too, so there can be more).
+    for part in restated.chunks(crate::limits::SUBSCRIBERS_MAX) {
+        st.scratch.clear();
+        record::put_push(
+            &mut st.scratch,
+            no,
             id,
-            reserved_count: e.reserved_count as u32,
-            expires_at_s: e.expires_at_s,
-            visible_at_ms,
-            reservation,
-            body_at: record::RELOCATE_HEADER_BYTES,
-            body_len: e.body_len,
-            meta_len: e.meta_len as u32,
-        };
-        let buf = &mut st.scratch;
-        buf.clear();
-        record::put_relocate(
-            buf,
-            &item,
-            &body[..e.body_len as usize],
-            &body[e.body_len as usize..],
+            record::push_flags(false, false),
+            part,
         );
         let floors = st.floors();
-        let (start, _) = log.append(Kind::Relocate, &st.scratch, floors)?;
-        let mut new = e;
-        new.segment = start.segment().0;
-        new.offset = start.offset() + (FRAME_HEADER_BYTES + record::RELOCATE_HEADER_BYTES) as u32;
-        let st = &mut *st;
-        let q = st.queues.get_mut(&no).expect("queue found above");
-        q.relocate(id, new.segment, new.offset, &mut st.live);
-        // A push message's delivery state follows it (its records are in the segments about
-        // to go).
-        let restated = q
-            .push
-            .as_ref()
-            .map(|p| p.recorded(id.0))
-            .unwrap_or_default();
-        // In records of at most SUBSCRIBERS_MAX updates (states of subscribers removed
-        // since are kept too, so there can be more).
-        for part in restated.chunks(crate::limits::SUBSCRIBERS_MAX) {
-            st.scratch.clear();
-            record::put_push(
-                &mut st.scratch,
-                no,
-                id,
-                record::push_flags(false, false),
-                part,
-            );
-            let floors = st.floors();
-            log.append(Kind::Push, &st.scratch, floors)?;
-        }
-        moved += 1;
+        log.append(Kind::Push, &st.scratch, floors)?;
     }
-    Ok(moved)
+    Ok(())
 }

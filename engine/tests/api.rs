@@ -721,6 +721,100 @@ async fn segments_roll_and_space_is_reclaimed_under_post_delete() {
     e.check_invariants();
 }
 
+/// Retention moves every kind of live message out of the oldest segments: one still in
+/// the queue it was posted to, delayed ones (their delays kept), and dead-lettered ones,
+/// which live in another queue than the one their post names, including one whose source
+/// queue names another dead-letter queue since.
+#[tokio::test]
+async fn retention_relocates_delayed_and_dead_lettered_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    let dead_letter_to = |to: &'static str| {
+        move |_: Option<&QueueConfig>| -> Result<_, ()> {
+            Ok(QueueConfig {
+                dead_letter: Some(DeadLetter {
+                    queue: to.into(),
+                    max_reservations: 1,
+                }),
+                ..QueueConfig::default()
+            })
+        }
+    };
+    e.upsert_queue(&key("src"), true, dead_letter_to("dlq"))
+        .await
+        .unwrap()
+        .unwrap();
+    e.upsert_queue(&key("old"), true, dead_letter_to("was-dlq"))
+        .await
+        .unwrap()
+        .unwrap();
+    let keeper = e.post(&key("keep"), &[msg("keeper")], true).await.unwrap()[0];
+    let delayed: Vec<NewMessage<'_>> = (0..50)
+        .map(|_| NewMessage {
+            delay_s: 3_600,
+            ..msg("later")
+        })
+        .collect();
+    e.post(&key("later"), &delayed, true).await.unwrap();
+    let poison = e.post(&key("src"), &[msg("poison")], true).await.unwrap()[0];
+    let stale = e.post(&key("old"), &[msg("stale")], true).await.unwrap()[0];
+    for q in ["src", "old"] {
+        let m = e.reserve(&key(q), reserve(1)).await.unwrap().remove(0);
+        e.release(&key(q), m.id, m.reservation_id.unwrap(), 0)
+            .await
+            .unwrap();
+        assert!(e.reserve(&key(q), reserve(1)).await.unwrap().is_empty());
+    }
+    // "was-dlq" is no dead-letter queue any more: its message is found all the same.
+    e.upsert_queue(&key("old"), false, |_| Ok::<_, ()>(QueueConfig::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    let body = "x".repeat(1000);
+    let mut relocated = 0;
+    for _ in 0..100 {
+        let batch: Vec<_> = (0..50).map(|_| msg(&body)).collect();
+        e.post(&key("q"), &batch, true).await.unwrap();
+        let opts = ReserveOptions {
+            delete: true,
+            ..reserve(50)
+        };
+        assert_eq!(e.reserve(&key("q"), opts).await.unwrap().len(), 50);
+        relocated += e.maintain().unwrap().messages_relocated;
+    }
+    assert!(relocated >= 53, "{relocated} relocated");
+    e.sync().await.unwrap();
+    let segs = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".seg")
+        })
+        .count();
+    assert!(segs <= 4, "{segs} segments left for ~0 live data");
+    drop(e);
+    let e = open(dir.path(), &clock);
+    assert_eq!(e.get(&key("keep"), keeper).await.unwrap().body, b"keeper");
+    assert_eq!(e.get(&key("dlq"), poison).await.unwrap().body, b"poison");
+    assert_eq!(e.get(&key("was-dlq"), stale).await.unwrap().body, b"stale");
+    assert!(
+        e.reserve(&key("later"), reserve(100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    clock.advance_ms(3_600_000);
+    assert_eq!(
+        e.reserve(&key("later"), reserve(100)).await.unwrap().len(),
+        50
+    );
+    e.check_invariants();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_waiting_answers_long_polls_at_once_and_writes_still_work() {
     let dir = tempfile::tempdir().unwrap();
