@@ -130,7 +130,14 @@ fn relocate_from(
     // as dead-letter queues first (every queue last: a dead-letter setting changed since).
     let mut elsewhere = Vec::new();
     let mut moved = 0;
-    let mut delays = Delays::default();
+    let mut mover = Mover {
+        log,
+        segment,
+        region: &*region,
+        path: &path,
+        now_ms,
+        delays: Delays::default(),
+    };
     for (no, id) in found {
         if moved >= RELOCATIONS_PER_CALL_MAX || st.live.messages_in(segment) == 0 {
             return Ok(moved);
@@ -142,17 +149,7 @@ fn relocate_from(
             .filter(|e| e.segment == segment.0);
         match located {
             Some(e) => {
-                relocate_one(
-                    st,
-                    log,
-                    segment,
-                    &*region,
-                    &path,
-                    no,
-                    e,
-                    now_ms,
-                    &mut delays,
-                )?;
+                mover.relocate(st, no, e)?;
                 moved += 1;
             }
             None => elsewhere.push(id),
@@ -185,17 +182,7 @@ fn relocate_from(
                 });
             match located {
                 Some((no, e)) => {
-                    relocate_one(
-                        st,
-                        log,
-                        segment,
-                        &*region,
-                        &path,
-                        no,
-                        e,
-                        now_ms,
-                        &mut delays,
-                    )?;
+                    mover.relocate(st, no, e)?;
                     moved += 1;
                 }
                 None => rest.push(id),
@@ -260,83 +247,90 @@ impl Delays {
     }
 }
 
-/// Copies message `e` of queue `no`, in `segment`, to the tail.
-#[allow(clippy::too_many_arguments)]
-fn relocate_one(
-    st: &mut crate::engine::State,
-    log: &crate::log::Log,
+/// What [`relocate_from`] copies messages of one segment with.
+struct Mover<'a> {
+    log: &'a crate::log::Log,
     segment: SegmentId,
-    region: &dyn Region,
-    path: &std::path::Path,
-    no: QueueNo,
-    e: crate::queue::Entry,
+    region: &'a dyn Region,
+    path: &'a std::path::Path,
     now_ms: u64,
-    delays: &mut Delays,
-) -> Result<()> {
-    let id = MessageId(e.id);
-    debug_assert_eq!(e.segment, segment.0);
-    let q = &st.queues[&no];
-    let mut body = vec![0u8; e.body_len as usize + e.meta_len as usize];
-    region
-        .read(e.offset as usize, &mut body)
-        .map_err(|err| Error::io("read", path, err))?;
-    let reservation = if e.state == MsgState::Reserved {
-        q.reservation(id)
-    } else {
-        None
-    };
-    let visible_at_ms = if e.state == MsgState::Delayed {
-        delays.until(q, id).max(now_ms)
-    } else {
-        0
-    };
-    let item = RelocateItem {
-        queue: no,
-        id,
-        reserved_count: e.reserved_count as u32,
-        expires_at_s: e.expires_at_s,
-        visible_at_ms,
-        reservation,
-        body_at: record::RELOCATE_HEADER_BYTES,
-        body_len: e.body_len,
-        meta_len: e.meta_len as u32,
-    };
-    let buf = &mut st.scratch;
-    buf.clear();
-    record::put_relocate(
-        buf,
-        &item,
-        &body[..e.body_len as usize],
-        &body[e.body_len as usize..],
-    );
-    let floors = st.floors();
-    let (start, _) = log.append(Kind::Relocate, &st.scratch, floors)?;
-    let mut new = e;
-    new.segment = start.segment().0;
-    new.offset = start.offset() + (FRAME_HEADER_BYTES + record::RELOCATE_HEADER_BYTES) as u32;
-    let st = &mut *st;
-    let q = st.queues.get_mut(&no).expect("queue found above");
-    q.relocate(id, new.segment, new.offset, &mut st.live);
-    // A push message's delivery state follows it (its records are in the segments about
-    // to go).
-    let restated = q
-        .push
-        .as_ref()
-        .map(|p| p.recorded(id.0))
-        .unwrap_or_default();
-    // In records of at most SUBSCRIBERS_MAX updates (states of subscribers removed
-    // since are kept too, so there can be more).
-    for part in restated.chunks(crate::limits::SUBSCRIBERS_MAX) {
-        st.scratch.clear();
-        record::put_push(
-            &mut st.scratch,
-            no,
+    delays: Delays,
+}
+
+impl Mover<'_> {
+    /// Copies message `e` of queue `no`, in the segment, to the tail.
+    fn relocate(
+        &mut self,
+        st: &mut crate::engine::State,
+        no: QueueNo,
+        e: crate::queue::Entry,
+    ) -> Result<()> {
+        let (log, segment, region, path) = (self.log, self.segment, self.region, self.path);
+        let id = MessageId(e.id);
+        debug_assert_eq!(e.segment, segment.0);
+        let q = &st.queues[&no];
+        let mut body = vec![0u8; e.body_len as usize + e.meta_len as usize];
+        region
+            .read(e.offset as usize, &mut body)
+            .map_err(|err| Error::io("read", path, err))?;
+        let reservation = if e.state == MsgState::Reserved {
+            q.reservation(id)
+        } else {
+            None
+        };
+        let visible_at_ms = if e.state == MsgState::Delayed {
+            self.delays.until(q, id).max(self.now_ms)
+        } else {
+            0
+        };
+        let item = RelocateItem {
+            queue: no,
             id,
-            record::push_flags(false, false),
-            part,
+            reserved_count: e.reserved_count as u32,
+            expires_at_s: e.expires_at_s,
+            visible_at_ms,
+            reservation,
+            body_at: record::RELOCATE_HEADER_BYTES,
+            body_len: e.body_len,
+            meta_len: e.meta_len as u32,
+        };
+        let buf = &mut st.scratch;
+        buf.clear();
+        record::put_relocate(
+            buf,
+            &item,
+            &body[..e.body_len as usize],
+            &body[e.body_len as usize..],
         );
         let floors = st.floors();
-        log.append(Kind::Push, &st.scratch, floors)?;
+        let (start, _) = log.append(Kind::Relocate, &st.scratch, floors)?;
+        let mut new = e;
+        new.segment = start.segment().0;
+        new.offset = start.offset() + (FRAME_HEADER_BYTES + record::RELOCATE_HEADER_BYTES) as u32;
+        let st = &mut *st;
+        let q = st.queues.get_mut(&no).expect("queue found above");
+        q.relocate(id, new.segment, new.offset, &mut st.live);
+        // A push message's delivery state follows it (its records are in the segments about
+        // to go).
+        let restated = q
+            .push
+            .as_ref()
+            .map(|p| p.recorded(id.0))
+            .unwrap_or_default();
+        // In records of at most SUBSCRIBERS_MAX updates (states of subscribers removed
+        // since are kept too, so there can be more).
+        for part in restated.chunks(crate::limits::SUBSCRIBERS_MAX) {
+            st.scratch.clear();
+            record::put_push(
+                &mut st.scratch,
+                no,
+                id,
+                record::push_flags(false, false),
+                part,
+            );
+            let floors = st.floors();
+            log.append(Kind::Push, &st.scratch, floors)?;
+        }
+        Ok(())
     }
-    Ok(())
 }

@@ -21,6 +21,20 @@ fn msg(body: &str) -> NewMessage<'_> {
     }
 }
 
+/// How many segment files are in `dir`.
+fn segment_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".seg")
+        })
+        .count()
+}
+
 fn reserve(n: usize) -> ReserveOptions {
     ReserveOptions {
         n,
@@ -702,16 +716,7 @@ async fn segments_roll_and_space_is_reclaimed_under_post_delete() {
         e.maintain().unwrap();
     }
     e.sync().await.unwrap();
-    let segs = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter(|f| {
-            f.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".seg")
-        })
-        .count();
+    let segs = segment_files(dir.path());
     assert!(segs <= 4, "{segs} segments left for ~0 live data");
     drop(e);
     let e = open(dir.path(), &clock);
@@ -785,16 +790,7 @@ async fn retention_relocates_delayed_and_dead_lettered_messages() {
     }
     assert!(relocated >= 53, "{relocated} relocated");
     e.sync().await.unwrap();
-    let segs = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter(|f| {
-            f.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".seg")
-        })
-        .count();
+    let segs = segment_files(dir.path());
     assert!(segs <= 4, "{segs} segments left for ~0 live data");
     drop(e);
     let e = open(dir.path(), &clock);
