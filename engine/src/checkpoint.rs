@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::ids::{LogPos, QueueKey, QueueNo, ReservationId, SegmentId};
 use crate::log::Log;
 use crate::push::Done;
-use crate::queue::{Entry, LiveBytes, MsgState, Queue};
+use crate::queue::{Entry, LiveBytes, MsgState, Queue, Timers};
 use crate::record::{self, FRAME_HEADER_BYTES, FrameCheck, Put, Reader};
 use crate::storage::{Region, STEP_BYTES, Storage, StorageFile};
 use crate::types::{PushAttempt, PushStatus, PushSubState};
@@ -333,8 +333,8 @@ fn get_subs(r: &mut Reader<'_>) -> R<Vec<PushSubState>> {
 pub(crate) struct Capture {
     /// Header space (zero) followed by the body, but for the entries.
     buf: Vec<u8>,
-    /// (offset in `buf`, the queue's entries, its live count), in `buf` order.
-    holes: Vec<(usize, Entries, u64)>,
+    /// Where each queue's live entries, reservations and delays go, in `buf` order.
+    holes: Vec<Hole>,
     covers: LogPos,
     last_frame: Option<LogPos>,
     next_id: u64,
@@ -342,27 +342,60 @@ pub(crate) struct Capture {
     messages: u64,
 }
 
+/// A queue's part of the index that [`capture`] snapshots rather than writes: its live
+/// entries, reservations and delays, written at `at` in `buf` (after their counts).
+struct Hole {
+    at: usize,
+    entries: Entries,
+    live: u64,
+    timers: Timers,
+}
+
 impl Capture {
     /// Writes the whole file but the header (its place stays zero): the bytes taken under
-    /// the lock with each queue's live entries in its hole.
+    /// the lock with each queue's entries, reservations and delays in its hole.
     fn write_to(&self, out: &mut Stream<'_>) -> std::io::Result<()> {
+        // The counts written before a hole must match what goes in it: else no index is
+        // written (the open would reject it) rather than a shutdown stopped.
+        let mismatch = |what: &str, counted: u64, held: u64| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a queue counts {counted} {what} but holds {held}"),
+            )
+        };
         let mut at = 0;
-        for (pos, entries, live) in &self.holes {
-            out.put(&self.buf[at..*pos])?;
+        let mut bytes = Vec::new();
+        for hole in &self.holes {
+            out.put(&self.buf[at..hole.at])?;
             let mut n = 0;
-            for e in entries.iter().filter(|e| e.state != MsgState::Deleted) {
+            for e in hole.entries.iter().filter(|e| e.state != MsgState::Deleted) {
                 out.put_entry(e)?;
                 n += 1;
             }
-            if n != *live {
-                // The counts written before the entries would not match them: write no
-                // index (the open would reject it) rather than stop a shutdown.
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("a queue counts {live} live messages but holds {n}"),
+            if n != hole.live {
+                return Err(mismatch("live messages", hole.live, n));
+            }
+            bytes.clear();
+            for (id, rid, until) in hole.timers.reservations() {
+                bytes.u64(id);
+                bytes.extend_from_slice(&rid.0);
+                bytes.u64(until);
+            }
+            let delays = hole.timers.delays(&hole.entries);
+            if delays.len() as u64 != hole.timers.delay_count() {
+                let held = delays.len() as u64;
+                return Err(mismatch(
+                    "delayed messages",
+                    hole.timers.delay_count(),
+                    held,
                 ));
             }
-            at = *pos;
+            for (id, visible_at) in delays {
+                bytes.u64(id);
+                bytes.u64(visible_at);
+            }
+            out.put(&bytes)?;
+            at = hole.at;
         }
         out.put(&self.buf[at..])?;
         out.flush()
@@ -421,7 +454,7 @@ impl Stream<'_> {
 }
 
 /// Copies the state as of `covers` (the log's end while the state lock is held), all but
-/// the message entries, which it snapshots (see [`Capture`]).
+/// the message entries, reservations and delays, which it snapshots (see [`Capture`]).
 /// Format (body): { metas: u32 × { key: str16 | segment: u32 | value: bytes32 } |
 ///   queues: u32 × queue }
 /// Format (queue): { def: bytes32 (a QueueDef payload) | def_segment: u32 | entries: u64 |
@@ -464,21 +497,16 @@ pub(crate) fn capture(
         );
         buf.bytes32(&def);
         buf.u32(q.def_segment.0);
-        let reservations = q.current_reservations();
-        let delays = q.current_delays();
+        let timers = q.timers_snapshot();
         buf.u64(q.size());
-        buf.u64(reservations.len() as u64);
-        buf.u64(delays.len() as u64);
-        holes.push((buf.len(), q.entries_snapshot(), q.size()));
-        for (id, rid, until) in reservations {
-            buf.u64(id);
-            buf.extend_from_slice(&rid.0);
-            buf.u64(until);
-        }
-        for (id, at) in delays {
-            buf.u64(id);
-            buf.u64(at);
-        }
+        buf.u64(timers.reservation_count());
+        buf.u64(timers.delay_count());
+        holes.push(Hole {
+            at: buf.len(),
+            entries: q.entries_snapshot(),
+            live: q.size(),
+            timers,
+        });
         match &q.push {
             None => buf.u8(0),
             Some(p) => {
@@ -517,7 +545,7 @@ pub(crate) fn capture(
 }
 
 /// About how many bytes `capture` will write under the state lock (a little more, unless
-/// many push states): everything but the entries.
+/// many push states): everything but the entries, reservations and delays.
 fn estimate(st: &State) -> usize {
     let meta: usize = st
         .meta
@@ -529,11 +557,7 @@ fn estimate(st: &State) -> usize {
         .values()
         .map(|q| {
             let push = if q.push.is_some() { 64 * q.size() } else { 0 };
-            q.reserved() as usize * RESERVATION_BYTES
-                + q.delayed() as usize * DELAY_BYTES
-                + push as usize
-                + q.config.extra.len()
-                + 1024
+            push as usize + q.config.extra.len() + 1024
         })
         .sum();
     INDEX_HEADER_BYTES + 8 + meta + queues + (meta + queues) / 64

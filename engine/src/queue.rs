@@ -155,6 +155,57 @@ fn index_in(entries: &Entries, id: u64) -> Option<usize> {
     entries.search_in(id, lo, hi).ok()
 }
 
+/// A queue's reservations and delay heap, copied under the state lock for the restart
+/// index as they are (two copies of contiguous memory), and put in order after the lock is
+/// released: sorting them, and telling a delayed message's latest heap entry from the
+/// ones a later delay superseded, under the lock took 0.2–0.5 s for 1M delayed messages.
+pub(crate) struct Timers {
+    reservations: IdMap<u64, (ReservationId, u64)>,
+    delayed: Vec<Reverse<(u64, u64)>>,
+    delayed_count: u64,
+}
+
+impl Timers {
+    pub fn reservation_count(&self) -> u64 {
+        self.reservations.len() as u64
+    }
+
+    /// How many messages are delayed: as many as [`Timers::delays`] gives.
+    pub fn delay_count(&self) -> u64 {
+        self.delayed_count
+    }
+
+    /// (message id, reservation id, until_ms), in id order.
+    pub fn reservations(&self) -> Vec<(u64, ReservationId, u64)> {
+        let mut out: Vec<_> = self
+            .reservations
+            .iter()
+            .map(|(id, (rid, until))| (*id, *rid, *until))
+            .collect();
+        out.sort_unstable_by_key(|r| r.0);
+        out
+    }
+
+    /// The visible-at time of every delayed message of `entries` (the queue's entries when
+    /// this was taken): the latest one the heap holds for it, as `drop_stale_delays` would
+    /// keep, in id order.
+    pub fn delays(&self, entries: &Entries) -> Vec<(u64, u64)> {
+        let mut latest: HashMap<u64, u64> = HashMap::with_capacity(self.delayed.len());
+        for Reverse((at, id)) in &self.delayed {
+            let e = latest.entry(*id).or_insert(*at);
+            *e = (*e).max(*at);
+        }
+        let mut out: Vec<(u64, u64)> = latest
+            .into_iter()
+            .filter(|(id, _)| {
+                index_in(entries, *id).is_some_and(|i| entries[i].state == MsgState::Delayed)
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+}
+
 pub(crate) struct Queue {
     pub no: QueueNo,
     pub key: QueueKey,
@@ -638,37 +689,18 @@ impl Queue {
         self.entries.clone()
     }
 
-    /// Current reservations: (message id, reservation id, until_ms), in id order.
-    pub fn current_reservations(&self) -> Vec<(u64, ReservationId, u64)> {
-        let mut out: Vec<_> = self
-            .reservations
-            .iter()
-            .map(|(id, (rid, until))| (*id, *rid, *until))
-            .collect();
-        out.sort_unstable_by_key(|r| r.0);
-        out
-    }
-
-    /// The visible-at time of every delayed message (the latest one the heap holds for
-    /// it, as `drop_stale_delays` would keep), in id order.
-    pub fn current_delays(&self) -> Vec<(u64, u64)> {
-        if self.delayed_count == 0 {
-            return Vec::new();
+    /// The reservations and delays as they are now, copied for the restart index (see
+    /// [`Timers`]).
+    pub fn timers_snapshot(&self) -> Timers {
+        Timers {
+            reservations: self.reservations.clone(),
+            delayed: if self.delayed_count == 0 {
+                Vec::new()
+            } else {
+                self.delayed.as_slice().to_vec()
+            },
+            delayed_count: self.delayed_count,
         }
-        let mut latest: HashMap<u64, u64> = HashMap::new();
-        for Reverse((at, id)) in self.delayed.iter() {
-            let e = latest.entry(*id).or_insert(*at);
-            *e = (*e).max(*at);
-        }
-        let mut out: Vec<(u64, u64)> = latest
-            .into_iter()
-            .filter(|(id, _)| {
-                self.index_of(*id)
-                    .is_some_and(|i| self.entries[i].state == MsgState::Delayed)
-            })
-            .collect();
-        out.sort_unstable();
-        out
     }
 
     /// Rebuilds a queue from what the restart index kept: `entries` (live, in strictly
