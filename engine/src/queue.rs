@@ -109,6 +109,19 @@ impl LiveBytes {
     }
 }
 
+/// The visible-at time of each message in a delay heap's items: the latest of its items
+/// (an item left by an earlier delay is superseded by the latest).
+fn latest_delays<'a>(
+    delayed: impl IntoIterator<Item = &'a Reverse<(u64, u64)>>,
+) -> HashMap<u64, u64> {
+    let mut latest: HashMap<u64, u64> = HashMap::new();
+    for Reverse((at, id)) in delayed {
+        let t = latest.entry(*id).or_insert(*at);
+        *t = (*t).max(*at);
+    }
+    latest
+}
+
 /// A push queue's live messages with the time each becomes due at first: its delay's end
 /// while `Delayed` (a heap entry left by an earlier delay is superseded by the latest), at
 /// once otherwise.
@@ -116,11 +129,7 @@ fn push_plan<'a>(
     entries: &'a Entries,
     delayed: &BinaryHeap<Reverse<(u64, u64)>>,
 ) -> impl Iterator<Item = (u64, u64)> + 'a {
-    let mut until: HashMap<u64, u64> = HashMap::new();
-    for Reverse((at, id)) in delayed.iter() {
-        let t = until.entry(*id).or_insert(*at);
-        *t = (*t).max(*at);
-    }
+    let until = latest_delays(delayed.iter());
     entries
         .iter()
         .filter(|e| e.state != MsgState::Deleted)
@@ -190,12 +199,7 @@ impl Timers {
     /// this was taken): the latest one the heap holds for it, as `drop_stale_delays` would
     /// keep, in id order.
     pub fn delays(&self, entries: &Entries) -> Vec<(u64, u64)> {
-        let mut latest: HashMap<u64, u64> = HashMap::with_capacity(self.delayed.len());
-        for Reverse((at, id)) in &self.delayed {
-            let e = latest.entry(*id).or_insert(*at);
-            *e = (*e).max(*at);
-        }
-        let mut out: Vec<(u64, u64)> = latest
+        let mut out: Vec<(u64, u64)> = latest_delays(&self.delayed)
             .into_iter()
             .filter(|(id, _)| {
                 index_in(entries, *id).is_some_and(|i| entries[i].state == MsgState::Delayed)
@@ -865,12 +869,7 @@ impl Queue {
     /// The visible-at time of every delayed message, by id (the latest of a message's heap
     /// entries; one walk over the delay heap, for relocation only).
     pub fn delayed_times(&self) -> HashMap<u64, u64> {
-        let mut times: HashMap<u64, u64> = HashMap::with_capacity(self.delayed.len());
-        for Reverse((t, id)) in &self.delayed {
-            let at = times.entry(*id).or_default();
-            *at = (*at).max(*t);
-        }
-        times
+        latest_delays(&self.delayed)
     }
 
     #[cfg(any(test, feature = "testing"))]
