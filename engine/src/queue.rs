@@ -129,7 +129,7 @@ fn push_plan<'a>(
     entries: &'a Entries,
     delayed: &BinaryHeap<Reverse<(u64, u64)>>,
 ) -> impl Iterator<Item = (u64, u64)> + 'a {
-    let until = latest_delays(delayed.iter());
+    let until = latest_delays(delayed);
     entries
         .iter()
         .filter(|e| e.state != MsgState::Deleted)
@@ -699,11 +699,7 @@ impl Queue {
     /// reserved, then released with a delay holds both visible-at times, and the stale
     /// earlier one would make it visible early. Later delays of a message are never earlier.
     pub fn drop_stale_delays(&mut self) {
-        let mut latest: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
-        for Reverse((at, id)) in self.delayed.iter() {
-            let e = latest.entry(*id).or_insert(*at);
-            *e = (*e).max(*at);
-        }
+        let latest = latest_delays(&self.delayed);
         self.delayed
             .retain(|Reverse((at, id))| latest.get(id) == Some(at));
     }

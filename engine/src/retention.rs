@@ -128,8 +128,6 @@ fn relocate_from(
     // queue they were posted to are looked for in other queues, but only while the
     // segment still holds live messages once the rest are moved, and in the queues named
     // as dead-letter queues first (every queue last: a dead-letter setting changed since).
-    let mut elsewhere = Vec::new();
-    let mut moved = 0;
     let mut mover = Mover {
         log,
         segment,
@@ -138,59 +136,60 @@ fn relocate_from(
         now_ms,
         delays: Delays::default(),
     };
-    for (no, id) in found {
-        if moved >= RELOCATIONS_PER_CALL_MAX || st.live.messages_in(segment) == 0 {
-            return Ok(moved);
-        }
-        let located = st
-            .queues
-            .get(&no)
-            .and_then(|q| q.get(id).copied())
-            .filter(|e| e.segment == segment.0);
-        match located {
-            Some(e) => {
-                mover.relocate(st, no, e)?;
-                moved += 1;
-            }
-            None => elsewhere.push(id),
-        }
-    }
-    let dead_letter_queues: HashSet<QueueNo> = st
-        .queues
-        .values()
-        .filter_map(|q| {
-            let dl = q.config.dead_letter.as_ref()?;
-            st.by_key
-                .get(&QueueKey::new(&q.key.project, &dl.queue))
-                .copied()
-        })
-        .collect();
-    for pass in [Some(&dead_letter_queues), None] {
+    let mut moved = 0;
+    let mut left = found;
+    for pass in [Look::Own, Look::DeadLetterQueues, Look::Everywhere] {
+        let only: Option<HashSet<QueueNo>> = (pass == Look::DeadLetterQueues).then(|| {
+            st.queues
+                .values()
+                .filter_map(|q| {
+                    let dl = q.config.dead_letter.as_ref()?;
+                    st.by_key
+                        .get(&QueueKey::new(&q.key.project, &dl.queue))
+                        .copied()
+                })
+                .collect()
+        });
         let mut rest = Vec::new();
-        for id in std::mem::take(&mut elsewhere) {
+        for (no, id) in left {
             if moved >= RELOCATIONS_PER_CALL_MAX || st.live.messages_in(segment) == 0 {
                 return Ok(moved);
             }
-            let located = st
-                .queues
-                .values()
-                .filter(|q| pass.is_none_or(|only| only.contains(&q.no)))
-                .find_map(|q| {
-                    q.get(id)
-                        .filter(|e| e.segment == segment.0)
-                        .map(|e| (q.no, *e))
-                });
+            let here = |q: &crate::queue::Queue| {
+                q.get(id)
+                    .filter(|e| e.segment == segment.0)
+                    .map(|e| (q.no, *e))
+            };
+            let located = match pass {
+                Look::Own => st.queues.get(&no).and_then(here),
+                _ => st
+                    .queues
+                    .values()
+                    .filter(|q| only.as_ref().is_none_or(|only| only.contains(&q.no)))
+                    .find_map(here),
+            };
             match located {
                 Some((no, e)) => {
                     mover.relocate(st, no, e)?;
                     moved += 1;
                 }
-                None => rest.push(id),
+                None => rest.push((no, id)),
             }
         }
-        elsewhere = rest;
+        left = rest;
     }
     Ok(moved)
+}
+
+/// Where [`relocate_from`] looks a message up, in turn.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// The queue its record names.
+    Own,
+    /// The queues that some queue names as its dead-letter queue.
+    DeadLetterQueues,
+    /// Every queue.
+    Everywhere,
 }
 
 /// The (queue, id) pairs of the messages posted or relocated into `segment`, found by
