@@ -1481,7 +1481,10 @@ impl Engine {
     /// Then writes the restart index if the log has grown enough since the last one (see
     /// [`Engine::write_index`]); the report says if it did.
     pub fn maintain(&self) -> Result<MaintainReport> {
+        let swept = self.sweep_expired_everywhere();
         let mut report = crate::retention::maintain(self)?;
+        report.messages_expired += swept;
+        Counters::add(&self.inner.counters.expired, report.messages_expired);
         report.index = match self.maintain_index() {
             // The index is a cache: on a full disk it is not written (the full disk is
             // reported on its own, `storage_full`), and retention's report stands.
@@ -1489,6 +1492,42 @@ impl Engine {
             r => r?,
         };
         Ok(report)
+    }
+
+    /// Deletes the expired messages at the head of every queue (as [`Engine::queue_info`]
+    /// does for one), so that a queue no client touches loses them too: its counts drop,
+    /// and retention can drop the segments they were in. A queue is swept again while its
+    /// last sweep found any (each sweep looks at a bounded number of entries), for at most
+    /// [`SWEEP_ROUNDS_MAX`] rounds; the state lock is held for [`SWEEP_QUEUES_PER_HOLD`]
+    /// queues at a time. Expiry is not logged: a replay finds the same messages expired.
+    /// Returns how many went.
+    fn sweep_expired_everywhere(&self) -> u64 {
+        let mut due: Vec<QueueNo> = self.inner.state.lock().queues.keys().copied().collect();
+        let mut expired = 0;
+        for _ in 0..SWEEP_ROUNDS_MAX {
+            let mut again = Vec::new();
+            for group in due.chunks(SWEEP_QUEUES_PER_HOLD) {
+                let mut st = self.inner.state.lock();
+                let now = self.now_ms();
+                let st = &mut *st;
+                for no in group {
+                    let Some(q) = st.queues.get_mut(no) else {
+                        continue;
+                    };
+                    q.tick(now);
+                    let n = q.sweep_expired((now / 1000) as u32, &mut st.live);
+                    if n > 0 {
+                        expired += n as u64;
+                        again.push(*no);
+                    }
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            due = again;
+        }
+        expired
     }
 
     /// While the disk is full: why no new log segment can be made. Posts that would need
@@ -1621,6 +1660,9 @@ impl Drop for Inner {
 pub struct MaintainReport {
     pub segments_dropped: u64,
     pub messages_relocated: u64,
+    /// Expired messages deleted: swept from the heads of queues, or met by relocation
+    /// (which deletes an expired message instead of copying it).
+    pub messages_expired: u64,
     pub definitions_rewritten: u64,
     /// The restart index written by this call, if one was due.
     pub index: Option<crate::checkpoint::IndexWrite>,
@@ -1635,6 +1677,12 @@ fn view((p, body, meta): (Pending, Vec<u8>, Vec<u8>)) -> MessageView {
         reservation: p.reservation,
     }
 }
+
+/// Queues [`Engine::maintain`]'s expiry sweep handles per hold of the state lock.
+const SWEEP_QUEUES_PER_HOLD: usize = 16;
+/// Rounds of that sweep per call at most (a queue's sweep looks at
+/// [`crate::queue::SWEEP_SCAN_MAX`] entries at most: 64 rounds, about 1M messages).
+const SWEEP_ROUNDS_MAX: usize = 64;
 
 /// The file a process holding a data directory keeps locked.
 pub(crate) const LOCK_FILE: &str = "LOCK";

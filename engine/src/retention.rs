@@ -38,7 +38,9 @@ pub(crate) fn maintain(engine: &Engine) -> Result<MaintainReport> {
             break;
         }
         if st.live.messages_in(first) > 0 {
-            if report.messages_relocated as usize >= RELOCATIONS_PER_CALL_MAX {
+            if (report.messages_relocated + report.messages_expired) as usize
+                >= RELOCATIONS_PER_CALL_MAX
+            {
                 break;
             }
             if log.no_space().is_some() {
@@ -63,7 +65,10 @@ pub(crate) fn maintain(engine: &Engine) -> Result<MaintainReport> {
                 }
             }
             let now = clock.now_ms();
-            report.messages_relocated += relocate_from(&mut st, log, first, now, storage)? as u64;
+            let mut expired = 0;
+            report.messages_relocated +=
+                relocate_from(&mut st, log, first, now, storage, &mut expired)? as u64;
+            report.messages_expired += expired;
             if st.live.messages_in(first) > 0 {
                 break;
             }
@@ -101,7 +106,8 @@ pub(crate) fn maintain(engine: &Engine) -> Result<MaintainReport> {
     Ok(report)
 }
 
-/// Copies the live messages of `segment` to the tail. Returns how many moved.
+/// Copies the live messages of `segment` to the tail, but for expired ones, which it
+/// deletes (counted in `expired`). Returns how many moved.
 ///
 /// The state lock is held by the caller, but for the walk over the segment's records (a
 /// sealed segment never changes, and up to 64 MiB of mapped pages can take long to read:
@@ -115,6 +121,7 @@ fn relocate_from(
     segment: SegmentId,
     now_ms: u64,
     storage: &dyn crate::storage::Storage,
+    expired: &mut u64,
 ) -> Result<usize> {
     let region = log
         .region(segment)
@@ -152,7 +159,9 @@ fn relocate_from(
         });
         let mut rest = Vec::new();
         for (no, id) in left {
-            if moved >= RELOCATIONS_PER_CALL_MAX || st.live.messages_in(segment) == 0 {
+            if moved + *expired as usize >= RELOCATIONS_PER_CALL_MAX
+                || st.live.messages_in(segment) == 0
+            {
                 return Ok(moved);
             }
             let here = |q: &crate::queue::Queue| {
@@ -169,6 +178,9 @@ fn relocate_from(
                     .find_map(here),
             };
             match located {
+                // An expired message goes instead of being copied (as a sweep would delete
+                // it; a reserved or push message stays for its own rules).
+                Some((no, _)) if expire_if_due(st, no, id, now_ms) => *expired += 1,
                 Some((no, e)) => {
                     mover.relocate(st, no, e)?;
                     moved += 1;
@@ -179,6 +191,15 @@ fn relocate_from(
         left = rest;
     }
     Ok(moved)
+}
+
+/// Deletes message `id` of queue `no` if it has expired by `now_ms` and is neither
+/// reserved nor a push message ([`crate::queue::Queue::expire_if_due`]). True if it went.
+fn expire_if_due(st: &mut crate::engine::State, no: QueueNo, id: MessageId, now_ms: u64) -> bool {
+    let st = &mut *st;
+    st.queues
+        .get_mut(&no)
+        .is_some_and(|q| q.expire_if_due(id, (now_ms / 1000) as u32, &mut st.live))
 }
 
 /// Where [`relocate_from`] looks a message up, in turn.

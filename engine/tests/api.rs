@@ -892,6 +892,96 @@ async fn message_counters_count_posts_reserves_deletes_clears_and_expiry() {
     );
 }
 
+fn expiring_in(s: u32) -> impl FnOnce(Option<&QueueConfig>) -> Result<QueueConfig, Error> {
+    move |_| {
+        Ok(QueueConfig {
+            message_expiration_s: s,
+            ..QueueConfig::default()
+        })
+    }
+}
+
+/// A queue nobody reads loses its expired messages all the same: `maintain` sweeps the
+/// heads of all queues (a sweep looks at a bounded number of entries, and goes on in
+/// rounds while it finds any).
+#[tokio::test]
+async fn maintenance_sweeps_expired_messages_of_queues_nobody_touches() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    e.upsert_queue(&key("idle"), true, expiring_in(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let batch: Vec<_> = (0..100).map(|_| msg("m")).collect();
+    for _ in 0..300 {
+        e.post(&key("idle"), &batch, false).await.unwrap();
+    }
+    e.post(&key("other"), &[msg("stays")], true).await.unwrap();
+    let report = e.maintain().unwrap();
+    assert_eq!(report.messages_expired, 0);
+    clock.advance_ms(61_000);
+    let report = e.maintain().unwrap();
+    assert_eq!(report.messages_expired, 30_000);
+    assert_eq!(e.queue_info_now(&key("idle")).unwrap().size, 0);
+    assert_eq!(e.queue_info_now(&key("other")).unwrap().size, 1);
+    assert_eq!(e.stats().messages_expired, 30_000);
+    assert_eq!(e.maintain().unwrap().messages_expired, 0);
+    e.check_invariants();
+}
+
+/// Relocation deletes an expired message instead of copying it (here behind one that has
+/// not expired, where no sweep from the head reaches), and what it deletes stays gone
+/// after a restart.
+#[tokio::test]
+async fn relocation_deletes_expired_messages_instead_of_copying_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    e.upsert_queue(&key("x"), true, expiring_in(3_600))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = e.post(&key("x"), &[msg("head")], false).await.unwrap()[0];
+    e.upsert_queue(&key("x"), false, expiring_in(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let short: Vec<_> = (0..50).map(|_| msg("short")).collect();
+    let gone = e.post(&key("x"), &short, false).await.unwrap();
+    clock.advance_ms(61_000);
+    let body = "x".repeat(1000);
+    let (mut relocated, mut expired) = (0, 0);
+    for _ in 0..100 {
+        let batch: Vec<_> = (0..50).map(|_| msg(&body)).collect();
+        e.post(&key("q"), &batch, true).await.unwrap();
+        let opts = ReserveOptions {
+            delete: true,
+            ..reserve(50)
+        };
+        assert_eq!(e.reserve(&key("q"), opts).await.unwrap().len(), 50);
+        let r = e.maintain().unwrap();
+        relocated += r.messages_relocated;
+        expired += r.messages_expired;
+    }
+    assert_eq!(expired, 50);
+    assert!(relocated >= 1, "{relocated} relocated");
+    assert_eq!(e.stats().messages_expired, 50);
+    assert_eq!(e.queue_info_now(&key("x")).unwrap().size, 1);
+    e.sync().await.unwrap();
+    drop(e);
+    let e = open(dir.path(), &clock);
+    assert_eq!(e.queue_info_now(&key("x")).unwrap().size, 1);
+    assert_eq!(e.get(&key("x"), head).await.unwrap().body, b"head");
+    for id in gone {
+        assert!(matches!(
+            e.get(&key("x"), id).await,
+            Err(Error::MessageNotFound)
+        ));
+    }
+    e.check_invariants();
+}
+
 /// A roll names the new segment as it is appended; the writer maps the segment only when
 /// it writes the roll, after syncing the segment it seals. A long poll woken by the post
 /// that rolled takes locations in a segment with no mapping yet: it must wait for the roll

@@ -36,10 +36,11 @@ pub async fn run(engine: Engine) -> String {
         let res = tokio::task::spawn_blocking(move || e.maintain()).await;
         match res {
             Ok(Ok(r)) => {
-                if r.segments_dropped + r.messages_relocated > 0 {
+                if r.segments_dropped + r.messages_relocated + r.messages_expired > 0 {
                     tracing::debug!(
                         segments_dropped = r.segments_dropped,
                         messages_relocated = r.messages_relocated,
+                        messages_expired = r.messages_expired,
                         "maintenance"
                     );
                 }
