@@ -12,6 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::clock::{Clock, SystemClock};
+use crate::entries::Entries;
 use crate::error::{Error, Result};
 use crate::ids::{LogPos, MessageId, QueueKey, QueueNo, ReservationId, SegmentId};
 use crate::limits;
@@ -417,12 +418,20 @@ impl State {
 
     /// Removes an entry from whichever structures hold it (used by replay's drop).
     pub(crate) fn drop_queue(&mut self, no: QueueNo) {
-        self.push_queues.remove(&no);
-        if let Some(mut q) = self.queues.remove(&no) {
-            q.apply_clear(&mut self.live);
-            self.by_key.remove(&q.key);
-            q.waiters.notify_waiters();
+        if let Some(gone) = self.take_queue(no) {
+            self.live.subtract(&LiveBytes::of(&gone));
         }
+    }
+
+    /// Removes queue `no` as [`State::drop_queue`] does, but returns its entries with what
+    /// they take still counted in `live` (see [`Queue::take_all`]).
+    fn take_queue(&mut self, no: QueueNo) -> Option<Entries> {
+        self.push_queues.remove(&no);
+        let mut q = self.queues.remove(&no)?;
+        let gone = q.take_all();
+        self.by_key.remove(&q.key);
+        q.waiters.notify_waiters();
+        Some(gone)
     }
 
     /// A path from `key` through one of `starts` and then `links` back to `key`.
@@ -826,17 +835,40 @@ impl Engine {
     }
 
     pub async fn delete_queue(&self, key: &QueueKey) -> Result<()> {
-        let end = {
+        let (end, gone) = {
             let mut st = self.inner.state.lock();
             let no = st.queue_no(key)?;
             let buf = &mut st.scratch;
             buf.clear();
             buf.u32(no.0);
             let (_, end) = st.append(&self.inner.log, Kind::QueueDrop)?;
-            st.drop_queue(no);
-            end
+            (end, st.take_queue(no))
         };
-        self.inner.log.wait_durable(end).await
+        let (_, durable) = tokio::join!(
+            self.forget(gone.unwrap_or_default()),
+            self.inner.log.wait_durable(end)
+        );
+        durable
+    }
+
+    /// Takes what the entries of a cleared or deleted queue counted out of `LiveBytes`, and
+    /// frees them: the walk over every entry (a queue of millions, in pages that may have
+    /// been idle for long) is done without the state lock, on the blocking pool when large,
+    /// and the lock is held only to subtract the per-segment sums.
+    async fn forget(&self, gone: Entries) {
+        let small = gone_is_small(&gone);
+        let inner = self.inner.clone();
+        let walk = move || {
+            let of = LiveBytes::of(&gone);
+            drop(gone);
+            inner.state.lock().live.subtract(&of);
+        };
+        if small {
+            walk();
+        } else if tokio::task::spawn_blocking(walk).await.is_err() {
+            // Not run (the runtime is shutting down) or it panicked: the counts stay high,
+            // which only keeps retention from dropping those segments until the next open.
+        }
     }
 
     pub async fn queue_info(&self, key: &QueueKey) -> Result<QueueInfo> {
@@ -1406,19 +1438,20 @@ impl Engine {
 
     /// Removes every message of a queue, reserved or not.
     pub async fn clear(&self, key: &QueueKey) -> Result<()> {
-        let end = {
+        let (end, gone) = {
             let mut guard = self.inner.state.lock();
             let st = &mut *guard;
             let no = st.queue_no(key)?;
-            let q = st.queues.get_mut(&no).expect("registered queue");
-            Counters::add(&self.inner.counters.deleted, q.size());
-            q.apply_clear(&mut st.live);
             let buf = &mut st.scratch;
             buf.clear();
             buf.u32(no.0);
-            st.append(&self.inner.log, Kind::Clear)?.1
+            let end = st.append(&self.inner.log, Kind::Clear)?.1;
+            let q = st.queues.get_mut(&no).expect("registered queue");
+            Counters::add(&self.inner.counters.deleted, q.size());
+            (end, q.take_all())
         };
-        self.inner.log.wait_durable(end).await
+        let (_, durable) = tokio::join!(self.forget(gone), self.inner.log.wait_durable(end));
+        durable
     }
 
     // ---- durable metadata for the server (projects, tokens) ----
@@ -1676,6 +1709,12 @@ fn view((p, body, meta): (Pending, Vec<u8>, Vec<u8>)) -> MessageView {
         reserved_count: p.reserved_count,
         reservation: p.reservation,
     }
+}
+
+/// Whether [`Engine::forget`] walks these entries on the calling thread (a few pages)
+/// rather than on the blocking pool.
+fn gone_is_small(gone: &Entries) -> bool {
+    gone.len() <= 16_384
 }
 
 /// Queues [`Engine::maintain`]'s expiry sweep handles per hold of the state lock.

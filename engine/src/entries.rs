@@ -243,10 +243,6 @@ impl Entries {
             self.chunks.shrink_to_fit();
         }
     }
-
-    pub fn clear(&mut self) {
-        *self = Entries::default();
-    }
 }
 
 impl Index<usize> for Entries {
@@ -358,7 +354,7 @@ mod tests {
                     }
                     Op::Snapshot => snaps.push((e.clone(), ids(&e))),
                     Op::Clear => {
-                        e.clear();
+                        std::mem::take(&mut e);
                         model.clear();
                     }
                     _ => {}

@@ -101,6 +101,52 @@ impl LiveBytes {
         }
         self.total -= e.disk_bytes();
     }
+    /// What the live (not deleted) messages among `entries` take, per segment.
+    pub fn of(entries: &Entries) -> LiveBytes {
+        let mut of = LiveBytes::default();
+        // Runs of one segment, one map update each: entries are in id order, and ids
+        // mostly follow the log.
+        let mut run: Option<(u32, u64, u64)> = None;
+        for e in entries.iter().filter(|e| e.state != MsgState::Deleted) {
+            match &mut run {
+                Some((seg, n, bytes)) if *seg == e.segment => {
+                    *n += 1;
+                    *bytes += e.disk_bytes();
+                }
+                _ => {
+                    if let Some(r) = run.replace((e.segment, 1, e.disk_bytes())) {
+                        of.add_run(r);
+                    }
+                }
+            }
+        }
+        if let Some(r) = run {
+            of.add_run(r);
+        }
+        of
+    }
+
+    fn add_run(&mut self, (segment, n, bytes): (u32, u64, u64)) {
+        let s = self.per_segment.entry(segment).or_default();
+        s.0 += n;
+        s.1 += bytes;
+        self.total += bytes;
+    }
+
+    /// Takes out what `gone` counts (from [`LiveBytes::of`] entries counted here).
+    pub fn subtract(&mut self, gone: &LiveBytes) {
+        for (&segment, &(n, bytes)) in gone.per_segment.iter() {
+            if let Some(s) = self.per_segment.get_mut(&segment) {
+                s.0 -= n;
+                s.1 -= bytes;
+                if s.0 == 0 {
+                    self.per_segment.remove(&segment);
+                }
+            }
+        }
+        self.total -= gone.total;
+    }
+
     pub fn messages_in(&self, segment: SegmentId) -> u64 {
         self.per_segment.get(&segment.0).map_or(0, |s| s.0)
     }
@@ -647,12 +693,16 @@ impl Queue {
     }
 
     pub fn apply_clear(&mut self, live: &mut LiveBytes) {
-        for e in self.entries.iter() {
-            if e.state != MsgState::Deleted {
-                live.remove(e);
-            }
-        }
-        self.entries.clear();
+        let gone = self.take_all();
+        live.subtract(&LiveBytes::of(&gone));
+    }
+
+    /// Empties the queue as [`Queue::apply_clear`] does, but leaves what its messages take
+    /// in `LiveBytes` there: the caller subtracts [`LiveBytes::of`] the entries returned,
+    /// and can walk them (millions, in pages idle for long) without the state lock, while
+    /// the counts only keep retention from dropping those segments a little longer.
+    pub fn take_all(&mut self) -> Entries {
+        let gone = std::mem::take(&mut self.entries);
         if let Some(p) = &mut self.push {
             p.on_clear();
         }
@@ -664,6 +714,7 @@ impl Queue {
         self.live = 0;
         self.delayed_count = 0;
         self.tombstones = 0;
+        gone
     }
 
     /// Drops tombstones at the head, and compacts when they dominate.

@@ -982,6 +982,47 @@ async fn relocation_deletes_expired_messages_instead_of_copying_them() {
     e.check_invariants();
 }
 
+/// Clearing or deleting a queue of more entries than are walked under the state lock
+/// leaves the live counts right (`check_invariants`), so retention drops the segments.
+#[tokio::test]
+async fn clearing_and_deleting_big_queues_free_their_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    let body = "b".repeat(100);
+    let batch: Vec<_> = (0..100).map(|_| msg(&body)).collect();
+    for _ in 0..300 {
+        e.post(&key("cleared"), &batch, true).await.unwrap();
+        e.post(&key("deleted"), &batch, true).await.unwrap();
+    }
+    let keeper = e.post(&key("keep"), &[msg("keeper")], true).await.unwrap()[0];
+    let before = segment_files(dir.path());
+    assert!(before >= 4, "{before} segments");
+    e.clear(&key("cleared")).await.unwrap();
+    e.check_invariants();
+    assert_eq!(e.queue_info_now(&key("cleared")).unwrap().size, 0);
+    e.delete_queue(&key("deleted")).await.unwrap();
+    e.check_invariants();
+    assert!(matches!(
+        e.queue_info_now(&key("deleted")),
+        Err(Error::QueueNotFound)
+    ));
+    let mut dropped = 0;
+    for _ in 0..10 {
+        dropped += e.maintain().unwrap().segments_dropped;
+    }
+    assert!(
+        dropped as usize >= before - 2,
+        "{dropped} of {before} dropped"
+    );
+    e.check_invariants();
+    drop(e);
+    let e = open(dir.path(), &clock);
+    assert_eq!(e.queue_info_now(&key("cleared")).unwrap().size, 0);
+    assert_eq!(e.get(&key("keep"), keeper).await.unwrap().body, b"keeper");
+    e.check_invariants();
+}
+
 /// A roll names the new segment as it is appended; the writer maps the segment only when
 /// it writes the roll, after syncing the segment it seals. A long poll woken by the post
 /// that rolled takes locations in a segment with no mapping yet: it must wait for the roll
