@@ -4,12 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
+use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::clock::{Clock, SystemClock};
 use crate::entries::Entries;
@@ -338,6 +339,15 @@ impl State {
 
     fn queue_no(&self, key: &QueueKey) -> Result<QueueNo> {
         self.by_key.get(key).copied().ok_or(Error::QueueNotFound)
+    }
+
+    /// Makes due delays and ended reservations of queue `no` visible and deletes the expired
+    /// messages at its head (a bounded look, [`Queue::sweep_expired`]): what its counts
+    /// should show a reader. Returns how many expired.
+    fn settle_queue(&mut self, no: QueueNo, now_ms: u64) -> u64 {
+        let q = self.queues.get_mut(&no).expect("registered queue");
+        q.tick(now_ms);
+        q.sweep_expired((now_ms / 1000) as u32, &mut self.live) as u64
     }
 
     pub(crate) fn info(&self, no: QueueNo) -> QueueInfo {
@@ -875,12 +885,8 @@ impl Engine {
         let info = {
             let mut st = self.inner.state.lock();
             let no = st.queue_no(key)?;
-            let now = self.now_ms();
-            let st = &mut *st;
-            let q = st.queues.get_mut(&no).expect("registered queue");
-            q.tick(now);
-            let expired = q.sweep_expired((now / 1000) as u32, &mut st.live);
-            Counters::add(&self.inner.counters.expired, expired as u64);
+            let expired = st.settle_queue(no, self.now_ms());
+            Counters::add(&self.inner.counters.expired, expired);
             st.info(no)
         };
         self.settle().await?;
@@ -949,21 +955,61 @@ impl Engine {
         Ok(names)
     }
 
-    /// All queues of all projects (for metrics and stats).
+    /// All queues of all projects (for metrics and stats), in key order, each as
+    /// `queue_info` sees it (settled: an idle queue's counts, in a metrics scrape, do not
+    /// wait for a client to touch it). Queues are read a few per hold of the state lock, so
+    /// this is no snapshot of one moment: a queue made meanwhile may be missing, and one
+    /// deleted meanwhile is left out.
     pub fn all_queues(&self) -> Vec<QueueInfo> {
-        let mut st = self.inner.state.lock();
-        let st = &mut *st;
-        // As `queue_info` sees them: due delays and ended reservations made visible, expired
-        // messages at the head gone (both bounded per queue), so that an idle queue's counts
-        // (a metrics scrape) do not wait for a client to touch it.
-        let now = self.now_ms();
+        // Sized first: a grown copy of the list would be made under the lock.
+        let mut infos = Vec::with_capacity(self.inner.state.lock().by_key.len() + 64);
         let mut expired = 0;
-        for q in st.queues.values_mut() {
-            q.tick(now);
-            expired += q.sweep_expired((now / 1000) as u32, &mut st.live);
+        self.each_queue(|st, no, now| {
+            expired += st.settle_queue(no, now);
+            infos.push(st.info(no));
+        });
+        Counters::add(&self.inner.counters.expired, expired);
+        infos
+    }
+
+    /// Calls `f` with the state, each queue in key order and the time, for
+    /// [`QUEUES_PER_HOLD`] queues per hold of the state lock: a walk over every queue (tens
+    /// of thousands, in pages that may have been idle for long: even collecting their
+    /// numbers first took 12-21 ms for 20,000 queues) never stops requests for long.
+    fn each_queue(&self, mut f: impl FnMut(&mut State, QueueNo, u64)) {
+        let mut after: Option<QueueKey> = None;
+        loop {
+            let mut st = self.inner.state.lock();
+            let now = self.now_ms();
+            let from = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+            let mut group = st
+                .by_key
+                .range((from, Bound::Unbounded))
+                .take(QUEUES_PER_HOLD);
+            let nos: Vec<QueueNo> = group.by_ref().map(|(_, no)| *no).collect();
+            let Some(&last) = nos.last() else {
+                return;
+            };
+            after = Some(st.queues[&last].key.clone());
+            for no in nos {
+                f(&mut st, no, now);
+            }
+            yield_lock(st);
         }
-        Counters::add(&self.inner.counters.expired, expired as u64);
-        st.by_key.values().map(|no| st.info(*no)).collect()
+    }
+
+    /// As [`Engine::each_queue`], for the queues of `nos` still registered.
+    fn each_queue_of(&self, nos: &[QueueNo], mut f: impl FnMut(&mut State, QueueNo, u64)) {
+        for group in nos.chunks(QUEUES_PER_HOLD) {
+            let mut st = self.inner.state.lock();
+            let now = self.now_ms();
+            for &no in group {
+                if st.queues.contains_key(&no) {
+                    f(&mut st, no, now);
+                }
+            }
+            yield_lock(st);
+        }
     }
 
     // ---- messages ----
@@ -1531,34 +1577,27 @@ impl Engine {
     /// does for one), so that a queue no client touches loses them too: its counts drop,
     /// and retention can drop the segments they were in. A queue is swept again while its
     /// last sweep found any (each sweep looks at a bounded number of entries), for at most
-    /// [`SWEEP_ROUNDS_MAX`] rounds; the state lock is held for [`SWEEP_QUEUES_PER_HOLD`]
-    /// queues at a time. Expiry is not logged: a replay finds the same messages expired.
-    /// Returns how many went.
+    /// [`SWEEP_ROUNDS_MAX`] rounds, a few queues per hold of the state lock. Expiry is not
+    /// logged: a replay finds the same messages expired. Returns how many went.
     fn sweep_expired_everywhere(&self) -> u64 {
-        let mut due: Vec<QueueNo> = self.inner.state.lock().queues.keys().copied().collect();
-        let mut expired = 0;
-        for _ in 0..SWEEP_ROUNDS_MAX {
-            let mut again = Vec::new();
-            for group in due.chunks(SWEEP_QUEUES_PER_HOLD) {
-                let mut st = self.inner.state.lock();
-                let now = self.now_ms();
-                let st = &mut *st;
-                for no in group {
-                    let Some(q) = st.queues.get_mut(no) else {
-                        continue;
-                    };
-                    q.tick(now);
-                    let n = q.sweep_expired((now / 1000) as u32, &mut st.live);
-                    if n > 0 {
-                        expired += n as u64;
-                        again.push(*no);
-                    }
-                }
+        // The queues whose sweep found any, to be swept again.
+        fn sweep(st: &mut State, no: QueueNo, now: u64, expired: &mut u64, due: &mut Vec<QueueNo>) {
+            let n = st.settle_queue(no, now);
+            if n > 0 {
+                *expired += n;
+                due.push(no);
             }
-            if again.is_empty() {
+        }
+        let (mut expired, mut due) = (0, Vec::new());
+        self.each_queue(|st, no, now| sweep(st, no, now, &mut expired, &mut due));
+        for _ in 1..SWEEP_ROUNDS_MAX {
+            if due.is_empty() {
                 break;
             }
-            due = again;
+            let last = std::mem::take(&mut due);
+            self.each_queue_of(&last, |st, no, now| {
+                sweep(st, no, now, &mut expired, &mut due)
+            });
         }
         expired
     }
@@ -1717,8 +1756,19 @@ fn gone_is_small(gone: &Entries) -> bool {
     gone.len() <= 16_384
 }
 
-/// Queues [`Engine::maintain`]'s expiry sweep handles per hold of the state lock.
-const SWEEP_QUEUES_PER_HOLD: usize = 16;
+/// Releases the state lock between two holds of a walk that takes it again at once: to a
+/// thread parked on it, if any, and then gives up the CPU, so that one still spinning for
+/// it (parking_lot yields a few times before it parks) gets it too. Without the yield, a
+/// request waited 9-11 ms for the lock during a walk whose holds were each under 2 ms (its
+/// thread and the walker's shared a CPU).
+fn yield_lock(st: MutexGuard<'_, State>) {
+    MutexGuard::unlock_fair(st);
+    std::thread::yield_now();
+}
+
+/// Queues handled per hold of the state lock by walks over every queue
+/// ([`Engine::all_queues`], the expiry sweep of [`Engine::maintain`]).
+const QUEUES_PER_HOLD: usize = 8;
 /// Rounds of that sweep per call at most (a queue's sweep looks at
 /// [`crate::queue::SWEEP_SCAN_MAX`] entries at most: 64 rounds, about 1M messages).
 const SWEEP_ROUNDS_MAX: usize = 64;

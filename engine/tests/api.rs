@@ -1023,6 +1023,43 @@ async fn clearing_and_deleting_big_queues_free_their_segments() {
     e.check_invariants();
 }
 
+/// `all_queues` reads the queues a few per hold of the state lock, in key order, each
+/// settled as `queue_info` would (expired messages gone), across projects.
+#[tokio::test]
+async fn all_queues_lists_every_queue_in_key_order_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    let mut want = Vec::new();
+    for project in ["p2", "p1"] {
+        for i in (0..25).rev() {
+            let k = QueueKey::new(project, format!("q{i:02}"));
+            let expiring = i % 5 == 0;
+            let secs = if expiring { 60 } else { 3_600 };
+            e.upsert_queue(&k, true, expiring_in(secs))
+                .await
+                .unwrap()
+                .unwrap();
+            e.post(&k, &[msg("a"), msg("b")], false).await.unwrap();
+            want.push((
+                project.to_string(),
+                k.name.clone(),
+                if expiring { 0 } else { 2 },
+            ));
+        }
+    }
+    want.sort();
+    clock.advance_ms(61_000);
+    let got: Vec<_> = e
+        .all_queues()
+        .into_iter()
+        .map(|q| (q.project, q.name, q.size))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(e.stats().messages_expired, 20);
+    e.check_invariants();
+}
+
 /// A roll names the new segment as it is appended; the writer maps the segment only when
 /// it writes the roll, after syncing the segment it seals. A long poll woken by the post
 /// that rolled takes locations in a segment with no mapping yet: it must wait for the roll
