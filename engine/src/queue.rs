@@ -464,15 +464,21 @@ impl Queue {
                 }
             }
         };
-        while self.cursor < self.entries.len()
-            && self.entries[self.cursor].state != MsgState::Visible
-        {
-            self.cursor += 1;
-        }
+        self.skip_hidden();
         let from_cursor = (self.cursor < self.entries.len()).then_some(self.cursor);
         match (from_heap, from_cursor) {
             (Some(h), Some(c)) => Some(h.min(c)),
             (h, c) => h.or(c),
+        }
+    }
+
+    /// Moves the cursor past the entries at it that are not visible (delayed, reserved,
+    /// deleted): each is passed once, and one made visible later goes to `returned`.
+    fn skip_hidden(&mut self) {
+        while self.cursor < self.entries.len()
+            && self.entries[self.cursor].state != MsgState::Visible
+        {
+            self.cursor += 1;
         }
     }
 
@@ -494,8 +500,11 @@ impl Queue {
     ///
     /// Every visible entry before the cursor has its id in `returned`, so the entries the
     /// cursor has passed (reserved, deleted, delayed: 100,000 reserved messages at the head
-    /// were 800 pages walked under the state lock on every peek) are not walked.
-    pub fn peek(&self, n: usize, now_s: u32) -> Vec<Entry> {
+    /// were 800 pages walked under the state lock on every peek) are not walked; and peek
+    /// moves the cursor past the hidden entries at it first, as a reserve does (100,000
+    /// delayed messages after the cursor were walked by every peek until a reserve came).
+    pub fn peek(&mut self, n: usize, now_s: u32) -> Vec<Entry> {
+        self.skip_hidden();
         let shown = |e: &Entry| e.state == MsgState::Visible && e.expires_at_s > now_s;
         let cursor = self.cursor.min(self.entries.len());
         let mut returned: Vec<usize> = self
