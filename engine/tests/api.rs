@@ -866,15 +866,10 @@ async fn message_counters_count_posts_reserves_deletes_clears_and_expiry() {
     };
     assert_eq!(e.reserve(&key("q"), popped).await.unwrap().len(), 1);
     e.clear(&key("q")).await.unwrap(); // "b" (reserved) and "d".
-    e.upsert_queue(&key("x"), true, |_| {
-        Ok::<_, Error>(QueueConfig {
-            message_expiration_s: 60,
-            ..QueueConfig::default()
-        })
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    e.upsert_queue(&key("x"), true, expiring_in(60))
+        .await
+        .unwrap()
+        .unwrap();
     e.post(&key("x"), &[msg("e"), msg("f")], false)
         .await
         .unwrap();
