@@ -459,23 +459,20 @@ impl PushState {
         self.done.get(&id)
     }
 
-    /// The durable part, for the restart index: every message's recorded states (claims
-    /// in flight are not logged, so they are left out), in id order.
-    pub fn recorded_states(&self) -> Vec<(u64, Vec<&PushSubState>)> {
-        let mut out: Vec<(u64, Vec<&PushSubState>)> = self
-            .msgs
-            .iter()
-            .filter_map(|(id, subs)| {
-                let states: Vec<&PushSubState> = subs
-                    .iter()
-                    .filter(|s| s.recorded)
-                    .map(|s| &s.state)
-                    .collect();
-                (!states.is_empty()).then_some((*id, states))
-            })
-            .collect();
-        out.sort_unstable_by_key(|m| m.0);
-        out
+    /// The durable part, for the restart index: every message with recorded states (claims
+    /// in flight are not logged, so they are left out), with those states, in no order.
+    pub fn recorded_states(
+        &self,
+    ) -> impl Iterator<Item = (u64, impl Iterator<Item = &PushSubState> + Clone)> {
+        self.msgs.iter().filter_map(|(id, subs)| {
+            let states = subs.iter().filter(|s| s.recorded).map(|s| &s.state);
+            states.clone().next().is_some().then_some((*id, states))
+        })
+    }
+
+    /// How many messages have any delivery state (an upper bound of `recorded_states`).
+    pub fn states_len(&self) -> usize {
+        self.msgs.len()
     }
 
     /// Finished messages kept for lookups, oldest first, with when they finished.

@@ -1482,3 +1482,52 @@ async fn a_hand_over_prefers_a_subscriber_not_tried_yet() {
     assert_eq!(due.len(), 1, "{due:?}");
     assert_eq!(due[0].1, untried, "not {failed}, which just failed");
 }
+
+/// The restart index writes push states in id order whatever order they are kept in (they
+/// are put in order after the state lock is released): hundreds of messages with states,
+/// loaded from the index as a replay has them.
+#[tokio::test]
+async fn many_push_states_load_from_the_index_as_a_replay_has_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let e = open(dir.path(), &clock);
+    push_queue(&e, "m", QueueKind::Multicast, &["a", "b"]).await;
+    let bodies: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    let mut ids = Vec::new();
+    for part in bodies.chunks(100) {
+        ids.extend(post(&e, "m", part).await);
+    }
+    let mut done = 0;
+    loop {
+        let claimed = claim_all(&e, T0).await;
+        if claimed.is_empty() {
+            break;
+        }
+        for d in claimed {
+            let n = ids.iter().position(|id| *id == d.id).unwrap();
+            // Every third message has no recorded state at `b` (its claim stays in flight).
+            if n % 3 == 0 && d.subscriber == "b" {
+                continue;
+            }
+            let due = Some(T0 + 60_000 + n as u64);
+            let up = outcome(&d, PushStatus::Retrying, 500, T0, due);
+            assert!(e.push_complete(&d, &[up]).await.unwrap());
+            done += 1;
+        }
+    }
+    assert_eq!(done, 500);
+    e.close();
+    let from_index = {
+        let e = open(dir.path(), &clock);
+        assert!(
+            matches!(e.recovery_report().index, engine::IndexUse::Loaded { .. }),
+            "{:?}",
+            e.recovery_report()
+        );
+        assert_eq!(e.recovery_report().records_replayed, 0);
+        push_view(&e, &["m"], &ids, T0 + 1_000).await
+    };
+    let e = reopen_by_replay(dir.path(), &clock);
+    assert_eq!(push_view(&e, &["m"], &ids, T0 + 1_000).await, from_index);
+}
