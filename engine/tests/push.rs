@@ -356,12 +356,7 @@ async fn delivery_state_survives_an_index_restart_as_it_does_a_replay() {
 
     let from_index = {
         let e = open(dir.path(), &clock);
-        assert!(
-            matches!(e.recovery_report().index, engine::IndexUse::Loaded { .. }),
-            "{:?}",
-            e.recovery_report()
-        );
-        assert_eq!(e.recovery_report().records_replayed, 0);
+        assert_opened_from_the_index_alone(&e);
         let view = push_view(&e, &["m", "u"], &ids, T0 + 10_000).await;
         // The states a reopen must keep.
         let st = e.push_statuses(&key("m"), ids[1]).await.unwrap();
@@ -387,6 +382,16 @@ async fn delivery_state_survives_an_index_restart_as_it_does_a_replay() {
         .map(|d| (d.id, d.subscriber))
         .collect();
     assert!(!due.is_empty());
+}
+
+/// The open loaded the restart index and had no record after it to replay.
+fn assert_opened_from_the_index_alone(e: &Engine) {
+    assert!(
+        matches!(e.recovery_report().index, engine::IndexUse::Loaded { .. }),
+        "{:?}",
+        e.recovery_report()
+    );
+    assert_eq!(e.recovery_report().records_replayed, 0);
 }
 
 /// Reopens `dir` by a full replay (the restart index removed).
@@ -1520,12 +1525,7 @@ async fn many_push_states_load_from_the_index_as_a_replay_has_them() {
     e.close();
     let from_index = {
         let e = open(dir.path(), &clock);
-        assert!(
-            matches!(e.recovery_report().index, engine::IndexUse::Loaded { .. }),
-            "{:?}",
-            e.recovery_report()
-        );
-        assert_eq!(e.recovery_report().records_replayed, 0);
+        assert_opened_from_the_index_alone(&e);
         push_view(&e, &["m"], &ids, T0 + 1_000).await
     };
     let e = reopen_by_replay(dir.path(), &clock);
