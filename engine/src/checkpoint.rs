@@ -1183,14 +1183,13 @@ fn write_locked(engine: &Engine, t: &mut Tracker, paced: bool) -> Result<IndexWr
     for i in (0..bytes).step_by(4096) {
         buf[i] = 1;
     }
-    let (captured, lock_held) = {
+    let (mut captured, lock_held) = {
         let st = state.lock();
         let started = Instant::now();
         let (end, last_frame) = log.end_and_last_frame();
         let captured = capture(&st, end, last_frame.or(t.recovered_last_frame), buf);
         (captured, started.elapsed())
     };
-    let mut captured = captured;
     captured.put_in_order();
     t.attempted = Some(captured.covers);
     // The index must never cover a record a crash could still take back.

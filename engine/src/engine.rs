@@ -875,9 +875,11 @@ impl Engine {
         };
         if small {
             walk();
-        } else if tokio::task::spawn_blocking(walk).await.is_err() {
-            // Not run (the runtime is shutting down) or it panicked: the counts stay high,
-            // which only keeps retention from dropping those segments until the next open.
+        } else {
+            // An error means it did not run (the runtime is shutting down) or panicked: the
+            // counts stay high, which only keeps retention from dropping those segments
+            // until the next open.
+            let _ = tokio::task::spawn_blocking(walk).await;
         }
     }
 
